@@ -1,0 +1,108 @@
+"""Options that control how an operation is parallelized."""
+
+_DEFAULTS = {
+    "num_python_subprocesses": None,
+    "num_inputs_per_python_subprocess": 1,
+    "iterable_arg": 0,
+    "skip_failed": True,
+    "initializer": (None, ()),
+}
+
+_UNSUPPORTED = {
+    "remote_info": "wfl's remote job submission (ExPyRe) is not part of wfl_like",
+    "remote_label": "wfl's remote job submission (ExPyRe) is not part of wfl_like",
+}
+
+
+class AutoparaInfo:
+    """How to parallelize one call of an autoparallelized operation.
+
+    Only the options given are stored, so that a value given by the caller wins over
+    the wrapper's ``default_autopara_info``, which wins over the class default.
+
+    Parameters
+    ----------
+    num_python_subprocesses : int, optional
+        Worker processes; ``0`` runs in the calling process.  Default: the env var
+        ``WFL_NUM_PYTHON_SUBPROCESSES``, else ``0``.
+    num_inputs_per_python_subprocess : int, default 1
+        Inputs passed to each call of the operation (a chunk).
+    iterable_arg : int or str, default 0
+        Where the operation takes its list of inputs: a position among its positional
+        arguments, or a keyword name.
+    skip_failed : bool, default True
+        An operation that returns ``None`` for an input leaves that input out of the
+        outputs.  With ``False`` it is an error.
+    initializer : (callable, sequence), default (None, ())
+        ``func(*args)`` run once in each worker before any chunk (in the calling process
+        when running serially), e.g. to load a potential once per worker.
+
+    Raises
+    ------
+    ValueError
+        An unknown option name.
+    """
+
+    def __init__(self, **options):
+        _check_names(options, "AutoparaInfo")
+        self._given = dict(options)
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name not in _DEFAULTS:
+            raise AttributeError(name)
+        return self._given.get(name, _DEFAULTS[name])
+
+    def __setattr__(self, name, value):
+        if name == "_given":
+            object.__setattr__(self, name, value)
+        else:
+            _check_names({name: value}, "AutoparaInfo")
+            self._given[name] = value
+
+    def with_defaults(self, defaults=None):
+        """A complete AutoparaInfo: given options, then ``defaults``, then class defaults.
+
+        Parameters
+        ----------
+        defaults : dict, optional
+            The wrapper's ``default_autopara_info``.
+        """
+        defaults = dict(defaults or {})
+        _check_names(defaults, "default_autopara_info")
+        resolved = AutoparaInfo(**{**_DEFAULTS, **defaults, **self._given})
+        resolved._validate()
+        return resolved
+
+    def update_defaults(self, default_kwargs):
+        """wfl's in-place form of :meth:`with_defaults`."""
+        self._given = dict(self.with_defaults(default_kwargs)._given)
+
+    def _validate(self):
+        n = self.num_python_subprocesses
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"num_python_subprocesses must be an integer >= 0 or None, not {n!r}")
+        chunk = self.num_inputs_per_python_subprocess
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"num_inputs_per_python_subprocess must be an integer >= 1, not {chunk!r}")
+        if not isinstance(self.iterable_arg, (int, str)) or isinstance(self.iterable_arg, bool):
+            raise TypeError(f"iterable_arg must be an int (position) or a str (keyword), "
+                            f"not {self.iterable_arg!r}")
+        init = self.initializer
+        if (not isinstance(init, (tuple, list)) or len(init) != 2
+                or not (init[0] is None or callable(init[0]))):
+            raise ValueError(f"initializer must be a pair (callable or None, args), not {init!r}")
+
+    def as_dict(self):
+        """All options with their values (given or default)."""
+        return {name: getattr(self, name) for name in _DEFAULTS}
+
+    def __repr__(self):
+        return "AutoparaInfo(" + ", ".join(f"{k}={v!r}" for k, v in self._given.items()) + ")"
+
+
+def _check_names(options, where):
+    for name in options:
+        if name in _UNSUPPORTED:
+            raise ValueError(f"{where} option {name!r} is not supported: {_UNSUPPORTED[name]}")
+        if name not in _DEFAULTS:
+            raise ValueError(f"unknown {where} option {name!r}; known options: {sorted(_DEFAULTS)}")

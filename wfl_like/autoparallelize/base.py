@@ -1,0 +1,208 @@
+"""The front door: :func:`autoparallelize` and its decorator form :func:`autoparallelized`."""
+
+import functools
+import inspect
+import logging
+import warnings
+
+import numpy as np
+from ase import Atoms
+
+from wfl_like.autoparallelize.autoparainfo import AutoparaInfo
+from wfl_like.autoparallelize.chunks import make_chunks
+from wfl_like.autoparallelize.docstrings import autoparallelize_docstring
+from wfl_like.autoparallelize.executors import chunk_runner, num_workers
+from wfl_like.autoparallelize.opcall import PER_ITEM_INFO, OpCall, op_name, takes_argument
+from wfl_like.autoparallelize.supervisor import run_in_order
+from wfl_like.configset import OutputSpec
+from wfl_like.errors import OpOutputError
+
+log = logging.getLogger(__name__)
+
+
+def autoparallelize(op, *args, default_autopara_info=None, **kwargs):
+    """Apply ``op`` to every item of an input iterable, in chunks, in parallel.
+
+    Called by the wrapper of an operation as
+    ``autoparallelize(op, inputs, outputs, *op_args, autopara_info=..., **op_kwargs)``;
+    ``inputs`` and ``outputs`` may also be given as keywords.
+
+    Parameters
+    ----------
+    op : callable
+        ``op(items, *op_args, **op_kwargs)`` takes a list of items (at ``iterable_arg``)
+        and returns a list with one output per item: an ``Atoms``, a (nested) list of
+        ``Atoms``, or ``None`` to skip the item.  An op that takes
+        ``_autopara_per_item_info`` receives one dict per item with ``item_i`` (its
+        index in the whole input) and, if ``rng`` was given, ``rng``: a
+        ``numpy.random.Generator`` of its own.
+    *args
+        ``inputs`` (any iterable, usually a ConfigSet), ``outputs`` (OutputSpec or
+        None), then the op's positional arguments.
+    default_autopara_info : dict, optional
+        The wrapper's defaults for :class:`AutoparaInfo` options.
+    **kwargs
+        The op's keyword arguments, plus optionally ``inputs``, ``outputs``,
+        ``autopara_info`` (AutoparaInfo or dict) and ``rng`` (numpy Generator).
+
+    Returns
+    -------
+    ConfigSet or None
+        The outputs, or ``None`` when ``outputs`` is ``None``.
+    """
+    args, kwargs = list(args), dict(kwargs)
+    inputs, outputs = _take_inputs_outputs(args, kwargs)
+    info = kwargs.pop("autopara_info", None)
+    if info is None:
+        info = AutoparaInfo()
+    elif isinstance(info, dict):
+        info = AutoparaInfo(**info)
+    elif not isinstance(info, AutoparaInfo):
+        raise TypeError(f"autopara_info must be an AutoparaInfo or a dict, not {type(info).__name__}")
+    info = info.with_defaults(default_autopara_info)
+    rng = kwargs.pop("rng", None)
+    return _run(op, inputs, outputs, info, rng, tuple(args), kwargs)
+
+
+def _take_inputs_outputs(args, kwargs):
+    if "inputs" in kwargs:
+        if "outputs" not in kwargs:
+            raise TypeError("when inputs is given by keyword, outputs must be too (outputs=OutputSpec(...) or None)")
+        return kwargs.pop("inputs"), kwargs.pop("outputs")
+    if not args:
+        raise TypeError("missing the inputs argument (an iterable of items, usually a ConfigSet)")
+    inputs = args.pop(0)
+    if "outputs" in kwargs:
+        return inputs, kwargs.pop("outputs")
+    if not args:
+        raise TypeError("missing the outputs argument (an OutputSpec, or None for no outputs)")
+    return inputs, args.pop(0)
+
+
+def _run(op, inputs, outputs, info, rng, args, kwargs):
+    name = op_name(op)
+    _check_arguments(name, inputs, outputs, info, rng, args)
+    if outputs is not None:
+        if not outputs.overwrite and outputs.all_written():
+            log.info("%s: reusing existing output %s (all files exist and overwrite is False)",
+                     name, [str(p) for p in outputs.paths])
+            return outputs.to_ConfigSet()
+        outputs._refuse_existing()
+
+    per_item_info = takes_argument(op, PER_ITEM_INFO)
+    if rng is not None and not per_item_info:
+        warnings.warn(f"rng was given but operation {name} does not take {PER_ITEM_INFO}, so it "
+                      f"cannot receive per-item generators; rng is not used", stacklevel=3)
+    call = OpCall(op=op, args=args, kwargs=kwargs, iterable_arg=info.iterable_arg,
+                  per_item_info=per_item_info, inherited_item_info=kwargs.pop(PER_ITEM_INFO, None))
+    # Spawn once before the items (as wfl does) so that repeated calls with the same
+    # generator give different, reproducible streams.
+    op_rng = rng.spawn(1)[0] if rng is not None else None
+    workers = num_workers(info.num_python_subprocesses)
+    log.info("%s: %s, %d inputs per chunk", name,
+             f"{workers} worker processes" if workers else "serial", info.num_inputs_per_python_subprocess)
+
+    chunks = make_chunks(inputs, info.num_inputs_per_python_subprocess, op_rng)
+    try:
+        with chunk_runner(call, workers, info.initializer) as (submit, slots):
+            for chunk, results in run_in_order(submit, chunks, slots, name):
+                if outputs is not None:
+                    _store(outputs, chunk, results, name, info.skip_failed)
+    except BaseException:
+        if outputs is not None:
+            outputs.discard()
+        raise
+    if outputs is None:
+        return None
+    outputs.close()
+    return outputs.to_ConfigSet()
+
+
+def _check_arguments(name, inputs, outputs, info, rng, args):
+    try:
+        iter(inputs)
+    except TypeError:
+        raise TypeError(f"inputs of {name} must be iterable (a ConfigSet, a list of Atoms, ...), "
+                        f"not {type(inputs).__name__}") from None
+    if outputs is not None and not isinstance(outputs, OutputSpec):
+        raise TypeError(f"outputs of {name} must be an OutputSpec or None, not {type(outputs).__name__}")
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), "
+                        f"not {type(rng).__name__}")
+    if isinstance(info.iterable_arg, int) and len(args) < info.iterable_arg:
+        raise TypeError(f"iterable_arg={info.iterable_arg} but only {len(args)} positional arguments "
+                        f"were given to {name}")
+
+
+def _store(outputs, chunk, results, name, skip_failed):
+    for index, loc, result in zip(chunk.indices, chunk.locations, results):
+        if result is None:
+            if not skip_failed:
+                raise OpOutputError(f"operation {name} returned None for input item {index} and "
+                                    f"skip_failed is False")
+            continue
+        if outputs.files is not None and not _is_atoms_tree(result):
+            raise OpOutputError(f"operation {name} returned a {type(result).__name__} for input item {index}; "
+                                f"only Atoms (or nested lists of Atoms) can be written to "
+                                f"{[str(p) for p in outputs.paths]}")
+        outputs.store(result, loc or "")
+
+
+def _is_atoms_tree(value):
+    if isinstance(value, Atoms):
+        return True
+    return isinstance(value, (list, tuple)) and all(item is None or _is_atoms_tree(item) for item in value)
+
+
+def autoparallelized(op=None, *, input_type="Atoms", **default_autopara_info):
+    """Decorator: turn an operation on a list of items into its parallel wrapper.
+
+    ``@autoparallelized`` or ``@autoparallelized(num_inputs_per_python_subprocess=10)``
+    above ``def op(items, ...)`` gives a function called as
+    ``op(inputs, outputs, ..., autopara_info=None)``, whose signature and docstring
+    (shown by ``help()``) say so.  The undecorated function stays reachable as
+    ``.op``.
+
+    Parameters
+    ----------
+    op : callable, optional
+        The operation (when used without parentheses).
+    input_type : str, default "Atoms"
+        What the inputs are, for the docstring.
+    **default_autopara_info
+        Defaults for :class:`AutoparaInfo` options, e.g. ``num_inputs_per_python_subprocess``.
+    """
+    AutoparaInfo(**default_autopara_info)     # reject unknown names now, not at the first call
+
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return autoparallelize(func, *args, default_autopara_info=default_autopara_info, **kwargs)
+
+        wrapper.op = func
+        wrapper.__signature__ = _wrapper_signature(func, default_autopara_info.get("iterable_arg", 0))
+        del wrapper.__wrapped__      # help() and inspect must show the wrapper's own signature
+        autoparallelize_docstring(wrapper, func, input_type,
+                                  input_arg=default_autopara_info.get("iterable_arg", 0))
+        return wrapper
+
+    return decorate if op is None else decorate(op)
+
+
+def _wrapper_signature(func, iterable_arg):
+    params = list(inspect.signature(func).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if isinstance(iterable_arg, int) and iterable_arg < len(positional):
+        params.remove(positional[iterable_arg])
+    elif isinstance(iterable_arg, str):
+        params = [p for p in params if p.name != iterable_arg]
+    params = [p for p in params if p.name != PER_ITEM_INFO]
+    io_params = [inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                 inspect.Parameter("outputs", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    rest = [p.replace(kind=p.POSITIONAL_OR_KEYWORD) if p.kind == p.POSITIONAL_ONLY else p for p in params]
+    extra = [inspect.Parameter("autopara_info", inspect.Parameter.KEYWORD_ONLY, default=None)]
+    if PER_ITEM_INFO in inspect.signature(func).parameters:
+        extra.append(inspect.Parameter("rng", inspect.Parameter.KEYWORD_ONLY, default=None))
+    var_kw = [p for p in rest if p.kind == p.VAR_KEYWORD]
+    rest = [p for p in rest if p.kind != p.VAR_KEYWORD]
+    return inspect.Signature(io_params + rest + extra + var_kw)

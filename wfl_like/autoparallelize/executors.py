@@ -1,0 +1,77 @@
+"""Choosing where chunks run: in the calling process, or in a pool of worker processes."""
+
+import contextlib
+import os
+import pickle
+from concurrent.futures import Executor, Future
+
+from wfl_like.autoparallelize.opcall import install, run_installed
+from wfl_like.autoparallelize.pool import WorkerPool
+
+NUM_PROCESSES_ENV = "WFL_NUM_PYTHON_SUBPROCESSES"
+
+
+class SerialExecutor(Executor):
+    """Runs each task at once in the calling process.
+
+    Arguments travel through a pickle round trip, as they would to a worker, so an
+    operation that changes its inputs in place never changes the caller's objects:
+    outputs and side effects are those of a pool run.
+    """
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = Future()
+        future.set_running_or_notify_cancel()
+        try:
+            args, kwargs = pickle.loads(pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL))
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+def num_workers(requested):
+    """Worker processes to use: ``requested``, else ``$WFL_NUM_PYTHON_SUBPROCESSES``, else 0.
+
+    Raises
+    ------
+    ValueError
+        The env var is not a whole number >= 0; the message names it.
+    """
+    if requested is not None:
+        return requested
+    text = os.environ.get(NUM_PROCESSES_ENV, "").strip()
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"environment variable {NUM_PROCESSES_ENV}={text!r} is not a whole number >= 0; "
+                         f"set it to the number of worker processes (0 for none) or unset it")
+    return value
+
+
+@contextlib.contextmanager
+def chunk_runner(call, workers, initializer):
+    """Yield ``(submit, slots)``: ``submit(chunk) -> Future`` and how many chunks run at once.
+
+    The pool's workers receive ``call`` once, when they start, instead of with every chunk.
+    Leaving the block normally waits for the workers to finish; leaving it by an
+    exception (including Ctrl-C) kills them at once.
+    """
+    init_func, init_args = initializer
+    if workers == 0:
+        if init_func is not None:
+            init_func(*init_args)
+        executor = SerialExecutor()
+        yield (lambda chunk: executor.submit(call.run, chunk.first, chunk.items, chunk.rngs)), 1
+        return
+    pool = WorkerPool(workers, initializer=install, initargs=(call, init_func, tuple(init_args)))
+    try:
+        yield (lambda chunk: pool.submit(run_installed, chunk.first, chunk.items, chunk.rngs)), workers
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.shutdown(wait=True)

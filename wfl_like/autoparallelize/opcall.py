@@ -1,0 +1,119 @@
+"""How one chunk is handed to the user's operation; this code runs in the workers."""
+
+import inspect
+from dataclasses import dataclass
+
+from wfl_like.errors import OpOutputError
+
+PER_ITEM_INFO = "_autopara_per_item_info"
+
+
+def op_name(op):
+    """``module.qualname`` of an operation, for messages and logs."""
+    module = getattr(op, "__module__", None) or "?"
+    return f"{module}.{getattr(op, '__qualname__', repr(op))}"
+
+
+def takes_argument(op, name):
+    """Whether ``op`` accepts an argument called ``name`` (explicitly or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(op).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """An operation with its fixed arguments, ready to be applied to chunks of inputs.
+
+    Attributes
+    ----------
+    op : callable
+        ``op(items, *args, **kwargs)`` returning one output per item.
+    args, kwargs
+        The other arguments of the operation.
+    iterable_arg : int or str
+        Where the list of items goes among the arguments.
+    per_item_info : bool
+        Whether ``op`` takes ``_autopara_per_item_info``.
+    inherited_item_info : list of dict or None
+        Per-item info given by an enclosing autoparallelized call, indexed by item.
+    """
+
+    op: object
+    args: tuple
+    kwargs: dict
+    iterable_arg: object = 0
+    per_item_info: bool = False
+    inherited_item_info: list = None
+
+    @property
+    def name(self):
+        return op_name(self.op)
+
+    def run(self, first, items, rngs):
+        """Apply the operation to one chunk.
+
+        Parameters
+        ----------
+        first : int
+            Input index of ``items[0]``.
+        items : list
+        rngs : list of numpy.random.Generator or None
+
+        Returns
+        -------
+        list
+            One output per item (``None`` where the operation gave none).
+        """
+        kwargs = dict(self.kwargs)
+        if self.per_item_info:
+            kwargs[PER_ITEM_INFO] = self._item_info(first, rngs)
+        if isinstance(self.iterable_arg, int):
+            args = self.args[:self.iterable_arg] + (items,) + self.args[self.iterable_arg:]
+        else:
+            args = self.args
+            kwargs[self.iterable_arg] = items
+        outputs = self.op(*args, **kwargs)
+        if outputs is None:
+            return [None] * len(items)
+        try:
+            outputs = list(outputs)
+        except TypeError:
+            raise OpOutputError(f"operation {self.name} returned a {type(outputs).__name__} for input items "
+                                f"{first}..{first + len(items) - 1}; it must return a list with one output "
+                                f"(or None) per input item") from None
+        if len(outputs) != len(items):
+            raise OpOutputError(f"operation {self.name} returned {len(outputs)} outputs for {len(items)} "
+                                f"input items ({first}..{first + len(items) - 1}); it must return exactly "
+                                f"one output (or None) per input item")
+        return outputs
+
+    def _item_info(self, first, rngs):
+        indices = range(first, first + len(rngs))
+        if self.inherited_item_info is not None:
+            return [self.inherited_item_info[i] for i in indices]
+        infos = [{"item_i": i} for i in indices]
+        for info, rng in zip(infos, rngs):
+            if rng is not None:
+                info["rng"] = rng
+        return infos
+
+
+# The call a pool worker applies, set once per worker by `install` so that the
+# operation and its arguments are not sent again with every chunk.
+_installed = None
+
+
+def install(call, initializer=None, initargs=()):
+    """Worker initializer: keep ``call`` for :func:`run_installed`, then run the user's initializer."""
+    global _installed
+    _installed = call
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def run_installed(first, items, rngs):
+    """Apply the call set by :func:`install` to one chunk."""
+    return _installed.run(first, items, rngs)

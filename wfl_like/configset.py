@@ -1,0 +1,475 @@
+"""Collections of structures to read (:class:`ConfigSet`) and to write (:class:`OutputSpec`).
+
+Both keep the nesting of their contents: a structure's place is its *location*
+(see :mod:`wfl_like.locations`), so that outputs of an operation keep the shape of
+its inputs, file for file and group for group.
+"""
+
+import glob
+import itertools
+import logging
+from pathlib import Path
+
+from ase import Atoms
+
+from wfl_like import io
+from wfl_like.locations import (LOC_KEY, format_location, iter_tree, location_of, parse_location,
+                                place_in_tree, tree_from_pairs)
+
+log = logging.getLogger(__name__)
+
+# What a ConfigSet holds: nothing, a nested list of Atoms, one file, or several files.
+_EMPTY, _TREE, _FILE, _FILES = "empty", "tree", "file", "files"
+
+
+class ConfigSet:
+    """A collection of structures, in memory or in files, iterated as a flat sequence.
+
+    Iteration yields ``ase.Atoms`` with their location in the nesting stored in
+    ``info["_ConfigSet_loc"]`` (wfl's ``" / i / j"`` form) and in :attr:`cur_loc`.
+
+    Parameters
+    ----------
+    items : Atoms, (nested) list of Atoms, str, Path, list of str/Path, ConfigSet or list of ConfigSet
+        - ``Atoms`` or a (nested) list of ``Atoms``: kept in memory; the nesting is that
+          of the lists.
+        - a file name: the structures of that file; locations stored in the file
+          (written by :class:`OutputSpec`) give its nesting, else one level.
+        - a glob or a list of file names/globs: one top-level group per file, in the
+          order given, each glob's matches sorted.
+        - ``ConfigSet`` or a list of them: concatenated (all file-based, or all in
+          memory, one group each).
+    file_root : str or Path, optional
+        Directory that relative file names are taken from.
+    read_kwargs : dict, optional
+        Extra keyword arguments for :func:`ase.io.iread`, e.g. ``{"index": "::2"}``.
+
+    Raises
+    ------
+    FileNotFoundError
+        A file name or glob matches no file.
+    ValueError
+        ``file_root`` given with an absolute path, or a list mixing files and structures.
+    """
+
+    def __init__(self, items, *, file_root=None, read_kwargs=None):
+        self.read_kwargs = dict(read_kwargs or {})
+        self._enclosing = ()
+        self._cur_loc = None
+        root = Path(file_root) if file_root is not None else None
+        self._kind, self._content = _classify(items, root)
+
+    @classmethod
+    def _make(cls, kind, content, enclosing, read_kwargs):
+        cs = cls.__new__(cls)
+        cs._kind, cs._content, cs._enclosing = kind, content, enclosing
+        cs.read_kwargs = read_kwargs
+        cs._cur_loc = None
+        return cs
+
+    @property
+    def cur_loc(self):
+        """Location string of the structure the iteration returned last, or ``None``."""
+        return self._cur_loc
+
+    @property
+    def _enclosing_loc(self):
+        # wfl's name: this set's location inside the set that produced it by groups()
+        return format_location(self._enclosing)
+
+    def __iter__(self):
+        for loc, atoms in self._located():
+            self._cur_loc = atoms.info[LOC_KEY] = format_location(loc)
+            yield atoms
+        self._cur_loc = None
+
+    def _located(self):
+        """Yield ``(location, Atoms)`` pairs, locations relative to this set."""
+        if self._kind == _TREE:
+            yield from iter_tree(self._content)
+        elif self._kind == _FILE:
+            yield from _located_in_file(self._content, self.read_kwargs)
+        elif self._kind == _FILES:
+            for file_i, path in enumerate(self._content):
+                for loc, atoms in _located_in_file(path, self.read_kwargs):
+                    yield (file_i,) + loc, atoms
+
+    def groups(self):
+        """Iterate over the top level of the nesting.
+
+        Yields
+        ------
+        Atoms or ConfigSet
+            An ``Atoms`` for a structure at the top level, a ``ConfigSet`` for each
+            sub-list or file.  Each yielded ``ConfigSet`` is independent, so they may be
+            used in any order, or kept and used later.
+        """
+        if self._kind == _TREE:
+            for i, item in enumerate(self._content):
+                if item is None:
+                    continue
+                if isinstance(item, Atoms):
+                    item.info.pop(LOC_KEY, None)
+                    yield item
+                else:
+                    yield self._child(_TREE, item, i)
+        elif self._kind == _FILES:
+            for i, path in enumerate(self._content):
+                yield self._child(_FILE, path, i)
+        elif self._kind == _FILE:
+            pairs = _located_in_file(self._content, self.read_kwargs)
+            for top, group in itertools.groupby(pairs, key=lambda pair: pair[0][0]):
+                group = list(group)
+                if len(group) == 1 and len(group[0][0]) == 1:
+                    atoms = group[0][1]
+                    atoms.info.pop(LOC_KEY, None)
+                    yield atoms
+                else:
+                    # A group of one file is read once, here, and kept in memory, so the
+                    # yielded sets stay valid whatever order the caller uses them in.
+                    yield self._child(_TREE, tree_from_pairs((loc[1:], at) for loc, at in group), top)
+
+    def _child(self, kind, content, index):
+        return ConfigSet._make(kind, content, self._enclosing + (index,), self.read_kwargs)
+
+    def one_file(self):
+        """The path of the one file this set reads, or ``False`` if it is not exactly one file."""
+        if self._kind == _FILE:
+            return self._content
+        if self._kind == _FILES and len(self._content) == 1:
+            return self._content[0]
+        return False
+
+    def files(self):
+        """The paths this set reads (empty for structures in memory)."""
+        return {_FILE: [self._content], _FILES: list(self._content)}.get(self._kind, [])
+
+    def __add__(self, other):
+        if not isinstance(other, ConfigSet):
+            return NotImplemented
+        return ConfigSet([self, other])
+
+    def __repr__(self):
+        if self._kind == _FILE:
+            return f"ConfigSet(file {str(self._content)!r})"
+        if self._kind == _FILES:
+            return f"ConfigSet({len(self._content)} files)"
+        if self._kind == _TREE:
+            return f"ConfigSet({len(self._content)} items in memory)"
+        return "ConfigSet(empty)"
+
+    __str__ = __repr__
+
+
+def _classify(items, root):
+    """Decide what a ConfigSet holds: returns ``(kind, content)``."""
+    if items is None:
+        return _EMPTY, None
+    if isinstance(items, ConfigSet):
+        return _merge([items])
+    if isinstance(items, Atoms):
+        return _TREE, [items]
+    if isinstance(items, (str, Path)):
+        paths = _expand(items, root)
+        if len(paths) == 1 and not glob.has_magic(str(items)):
+            return _FILE, paths[0]
+        return _FILES, paths
+    if type(items).__name__ == "OutputSpec":
+        raise TypeError("ConfigSet(OutputSpec) is not supported: use OutputSpec.to_ConfigSet()")
+    try:
+        items = list(items)
+    except TypeError:
+        raise TypeError(f"ConfigSet items must be Atoms, a (nested) list of Atoms, file names or "
+                        f"ConfigSets, not {type(items).__name__}") from None
+    if not items:
+        return _EMPTY, None
+    if all(isinstance(item, (str, Path)) for item in items):
+        return _FILES, [path for item in items for path in _expand(item, root)]
+    if all(isinstance(item, ConfigSet) for item in items):
+        return _merge(items)
+    if any(isinstance(item, (str, Path, ConfigSet)) for item in items):
+        raise ValueError("ConfigSet items mix file names or ConfigSets with structures; "
+                         "give one kind, or combine ConfigSets with +")
+    return _TREE, items
+
+
+def _expand(pattern, root):
+    """Paths matching a file name or glob, sorted; an error if there are none."""
+    if root is not None and Path(pattern).is_absolute():
+        raise ValueError(f"file_root {str(root)!r} was given but file {str(pattern)!r} is an absolute path")
+    full = (root / pattern) if root is not None else Path(pattern)
+    if not glob.has_magic(str(full)):
+        if not full.exists():
+            raise FileNotFoundError(f"input file {str(full)!r} does not exist")
+        return [full]
+    paths = [Path(p) for p in sorted(glob.glob(str(full), recursive=True))]
+    if not paths:
+        raise FileNotFoundError(f"input glob {str(full)!r} matches no file")
+    return paths
+
+
+def _merge(configsets):
+    """Concatenate ConfigSets: all file-based, or all in memory (one group each)."""
+    parts = [cs for cs in configsets if cs._kind != _EMPTY]
+    if not parts:
+        return _EMPTY, None
+    if all(cs._kind in (_FILE, _FILES) for cs in parts):
+        if len(parts) == 1:
+            return parts[0]._kind, parts[0]._content
+        return _FILES, [path for cs in parts for path in cs.files()]
+    if any(cs._kind in (_FILE, _FILES) for cs in parts):
+        raise ValueError("cannot combine a ConfigSet of files with one of structures in memory; "
+                         "write the structures to a file first, or read the files into memory")
+    if len(parts) == 1:
+        return _TREE, list(parts[0]._content)
+    return _TREE, [list(cs._content) for cs in parts]
+
+
+def _located_in_file(path, read_kwargs):
+    """``(location, Atoms)`` for each structure of a file: the stored location, else the frame number."""
+    for frame_i, atoms in enumerate(io.iread(path, **read_kwargs)):
+        loc = location_of(atoms)
+        yield (loc if loc else (frame_i,)), atoms
+
+
+class OutputSpec:
+    """Where the outputs of an operation go: memory, one file, or several files.
+
+    Files are written under a hidden temporary name beside the final one and renamed
+    into place by :meth:`close`, so a file at an output path is always complete.
+
+    Parameters
+    ----------
+    files : str, Path, list of str/Path, optional
+        ``None`` keeps outputs in memory.  One file receives all outputs, with their
+        locations stored so the nesting survives.  With several files, the first level
+        of an output's location picks the file (inputs from N files go to N outputs).
+    file_root : str or Path, optional
+        Directory that relative file names are taken from.
+    overwrite : bool, default False
+        Replace existing output files.  With ``False``, an operation run through
+        :func:`~wfl_like.autoparallelize.autoparallelize` whose output files all exist
+        returns them instead of running again.
+    flush : bool, default True
+        Flush the file after every structure written.
+    write_kwargs : dict, optional
+        Extra keyword arguments for :func:`ase.io.write` (``format`` among them).
+    tags : dict, optional
+        ``info`` entries set on every stored structure.
+    """
+
+    def __init__(self, files=None, *, file_root=None, overwrite=False, flush=True, write_kwargs=None,
+                 tags=None):
+        self.file_root = Path(file_root) if file_root is not None else Path("")
+        self.overwrite = overwrite
+        self.flush = flush
+        self.write_kwargs = dict(write_kwargs or {})
+        self.tags = dict(tags or {})
+        self.closed = False
+        self._next_index = None    # counter for stores that give no location
+        self._stored_any = False
+        if files is None:
+            self.files = None
+            self.single_file = False
+            self.configs = []
+        else:
+            self.single_file = isinstance(files, (str, Path))
+            self.files = [Path(f) for f in ([files] if self.single_file else files)]
+            if not self.files:
+                raise ValueError("OutputSpec files is an empty list; pass None to keep outputs in memory")
+            absolute = [str(f) for f in self.files if f.is_absolute()]
+            if absolute and file_root is not None:
+                raise ValueError(f"file_root {str(file_root)!r} was given but output files {absolute} are absolute paths")
+            self.configs = None
+        self._file = None          # open handle of the file being written
+        self._file_i = None
+        self._started = set()      # indices of files whose partial file was begun
+
+    @property
+    def paths(self):
+        """Final paths of the output files (empty list for outputs in memory)."""
+        return [self.file_root / f for f in self.files] if self.files is not None else []
+
+    def all_written(self):
+        """Whether every output file exists, i.e. a previous run completed.
+
+        Files reach their final path only when complete, so existence means done.
+        Always ``False`` for outputs in memory.
+        """
+        return self.files is not None and all(p.exists() for p in self.paths)
+
+    def _refuse_existing(self):
+        if self.files is None or self.overwrite:
+            return
+        existing = [str(p) for p in self.paths if p.exists()]
+        if existing:
+            raise FileExistsError(f"output file(s) {existing} already exist and overwrite is False; "
+                                  f"pass OutputSpec(..., overwrite=True) to replace them, or remove them")
+
+    def store(self, configs, input_CS_loc=""):
+        """Store one output (an ``Atoms`` or a nested list of them) at a location.
+
+        Parameters
+        ----------
+        configs : Atoms, (nested) list of Atoms, or None
+            ``None`` stores nothing.  A list is stored one level below ``input_CS_loc``.
+        input_CS_loc : str or tuple, default ""
+            Location of the input this output came from (``info["_ConfigSet_loc"]`` of
+            the input, or :attr:`ConfigSet.cur_loc`).  Required with several files;
+            without it, outputs are placed one after the other.
+        """
+        if self.closed:
+            raise ValueError("cannot store into an OutputSpec after close()")
+        if configs is None:
+            return
+        loc = self._resolve_location(parse_location(input_CS_loc))
+        if self.files is None:
+            self._tag(configs)
+            if loc:
+                place_in_tree(self.configs, loc, configs)
+            else:
+                self.configs.append(configs)
+            return
+        if not self._stored_any:
+            self._refuse_existing()
+        self._stored_any = True
+        if self.single_file:
+            file_i, stored_loc = 0, loc
+        else:
+            if not loc:
+                raise ValueError("OutputSpec with several files needs input_CS_loc in store(): its first "
+                                 "level picks the file")
+            file_i, stored_loc = loc[0], loc[1:]
+            if file_i >= len(self.files):
+                raise ValueError(f"location {format_location(loc)!r} picks output file {file_i}, but only "
+                                 f"{len(self.files)} files were given: {[str(f) for f in self.files]}")
+        self._write(file_i, configs, stored_loc)
+
+    def _resolve_location(self, loc):
+        # Like wfl: outputs stored without location are numbered one after the other,
+        # and a store without location may not follow one with a location or vice versa.
+        if loc:
+            if self._next_index is not None:
+                raise ValueError("store() got a location after calls without one")
+            return loc
+        if self.files is None:
+            return ()
+        if self._stored_any and self._next_index is None:
+            raise ValueError("store() got no location after calls that gave one")
+        self._next_index = 0 if self._next_index is None else self._next_index + 1
+        return (self._next_index,) if self.single_file else ()
+
+    def _tag(self, configs):
+        if isinstance(configs, Atoms):
+            configs.info.update(self.tags)
+        else:
+            for item in configs:
+                self._tag(item)
+
+    def _write(self, file_i, configs, loc):
+        handle = self._open(file_i)
+        for sub_loc, atoms in _nested(configs, loc):
+            if sub_loc:
+                atoms.info[LOC_KEY] = format_location(sub_loc)
+            atoms.info.update(self.tags)
+            io.write(handle, atoms, **self._write_kwargs_for(file_i))
+        if self.flush:
+            handle.flush()
+
+    def _write_kwargs_for(self, file_i):
+        return {**self.write_kwargs, "format": io.format_for(self.files[file_i], self.write_kwargs)}
+
+    def _open(self, file_i):
+        if self._file_i == file_i:
+            return self._file
+        if self._file is not None:
+            self._file.close()
+        final = self.paths[file_i]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # First open truncates a stale partial file from a killed run; later ones append,
+        # since outputs may alternate between files.
+        mode = "a" if file_i in self._started else "w"
+        self._file = open(io.partial_path(final), mode)
+        self._file_i = file_i
+        self._started.add(file_i)
+        return self._file
+
+    def _close_handle(self):
+        if self._file is not None:
+            self._file.close()
+        self._file = self._file_i = None
+
+    def close(self):
+        """Finish writing: every output file is moved to its final path.
+
+        A file that received no structure is created empty, so that
+        :meth:`all_written` knows the run completed.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self._close_handle()
+        if self.files is None:
+            return
+        if not self._stored_any:
+            self._refuse_existing()
+        for file_i, final in enumerate(self.paths):
+            partial = io.partial_path(final)
+            if file_i not in self._started:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_bytes(b"")
+            io.publish(partial, final)
+
+    def discard(self):
+        """Abandon the output: close, and remove the partial files (final paths are untouched)."""
+        self.closed = True
+        self._close_handle()
+        for file_i in self._started:
+            io.partial_path(self.paths[file_i]).unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+    def write(self, configs):
+        """Store every structure of ``configs`` at its own location, then close.
+
+        Parameters
+        ----------
+        configs : iterable of Atoms
+            Usually a ConfigSet; each structure's ``info["_ConfigSet_loc"]`` is kept.
+        """
+        if not self.overwrite and self.all_written():
+            log.info("reusing existing output %s: all files exist and overwrite is False",
+                     [str(p) for p in self.paths])
+            return
+        with self:
+            for atoms in configs:
+                self.store(atoms, atoms.info.get(LOC_KEY, ""))
+
+    def to_ConfigSet(self):
+        """A ConfigSet over what was stored (the files, or the structures in memory)."""
+        if self.files is None:
+            return ConfigSet._make(_TREE, self.configs, (), {})
+        if self.single_file:
+            return ConfigSet._make(_FILE, self.paths[0], (), {})
+        return ConfigSet._make(_FILES, self.paths, (), {})
+
+    def __repr__(self):
+        where = "memory" if self.files is None else [str(p) for p in self.paths]
+        return f"OutputSpec({where})"
+
+
+def _nested(configs, loc):
+    """``(location, Atoms)`` for an output that is an Atoms or a nested list of them."""
+    if isinstance(configs, Atoms):
+        yield loc, configs
+        return
+    for i, item in enumerate(configs):
+        if item is not None:
+            yield from _nested(item, loc + (i,))

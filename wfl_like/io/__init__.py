@@ -1,0 +1,93 @@
+"""Reading and writing structures: the one place that calls :mod:`ase.io`.
+
+ASE's ``read``/``iread``/``write`` default to ``parallel=True``, which under MPI
+reads on rank 0 and broadcasts; every call here passes ``parallel=False`` so that
+each process does its own I/O.
+"""
+
+import os
+from pathlib import Path
+
+from wfl_like.errors import InputFileError
+
+
+def iread(path, **read_kwargs):
+    """Iterate over the structures of one file.
+
+    Parameters
+    ----------
+    path : str or Path
+        File readable by :func:`ase.io.iread`.
+    **read_kwargs
+        Passed to :func:`ase.io.iread`; ``index`` defaults to ``":"``.
+
+    Yields
+    ------
+    ase.Atoms
+
+    Raises
+    ------
+    InputFileError
+        The file is missing or cannot be parsed; the message names the file and the
+        frame where parsing stopped.
+    """
+    import ase.io
+
+    path = Path(path)
+    kwargs = {"index": ":", **read_kwargs, "parallel": False}
+    try:
+        if path.stat().st_size == 0:
+            # an output that received no structure is written as an empty file
+            return
+    except FileNotFoundError:
+        raise InputFileError(f"input file {str(path)!r} does not exist") from None
+    frame_i = 0
+    try:
+        for atoms in ase.io.iread(path, **kwargs):
+            yield atoms
+            frame_i += 1
+    except InputFileError:
+        raise
+    except Exception as exc:
+        raise InputFileError(f"could not read {str(path)!r} at frame {frame_i} "
+                             f"({type(exc).__name__}: {exc}); check that the file is complete "
+                             f"and in a format ASE reads") from exc
+
+
+def format_for(path, write_kwargs=None):
+    """Return the ASE format name to write ``path`` with.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final output path; its name decides the format unless ``write_kwargs`` has one.
+    write_kwargs : dict, optional
+        May hold ``format``.
+    """
+    from ase.io.formats import filetype
+
+    if write_kwargs and write_kwargs.get("format"):
+        return write_kwargs["format"]
+    return filetype(str(path), read=False)
+
+
+def write(fileobj, atoms, **write_kwargs):
+    """Write one structure (or a list) to an open file object."""
+    import ase.io
+
+    ase.io.write(fileobj, atoms, **write_kwargs, parallel=False)
+
+
+def partial_path(path):
+    """Where a file is written before it is complete.
+
+    Hidden, in the same directory (so the final rename is atomic), and named after the
+    final file so that a user who looks sees what it is.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def publish(partial, final):
+    """Move a completed file to its final path in one atomic step."""
+    os.replace(partial, final)
