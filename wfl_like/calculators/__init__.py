@@ -1,0 +1,1 @@
+"""Operations that evaluate calculators on structures."""

@@ -1,0 +1,129 @@
+"""Evaluate an ASE calculator on many structures: :func:`calculate`."""
+
+import logging
+import pickle
+
+from wfl_like.autoparallelize import autoparallelize
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROPERTIES = ("energy", "forces", "stress")
+AUTO_PREFIX = "_auto_"
+
+# The calculator built from a (constructor, args, kwargs) spec in this process, kept so
+# that a worker builds it once, not once per chunk.  One entry: a worker serves one call.
+_built = {"key": None, "calculator": None}
+
+
+def construct_calculator(calculator):
+    """An ASE calculator from an instance or a ``(constructor, args, kwargs)`` spec.
+
+    A spec is built once per process and reused by later chunks: an expensive
+    potential is loaded once per worker.
+
+    Parameters
+    ----------
+    calculator : ase.calculators.calculator.Calculator or tuple
+        An instance, or ``(constructor, args)`` / ``(constructor, args, kwargs)``.
+
+    Raises
+    ------
+    TypeError
+        ``calculator`` is neither.
+    """
+    if not isinstance(calculator, (tuple, list)):
+        if not hasattr(calculator, "get_property"):
+            raise TypeError(f"calculator must be an ASE calculator or a (constructor, args, kwargs) tuple, "
+                            f"not {type(calculator).__name__}")
+        return calculator
+    if len(calculator) not in (2, 3) or not callable(calculator[0]):
+        raise TypeError(f"a calculator spec must be (constructor, args) or (constructor, args, kwargs), "
+                        f"not {calculator!r}")
+    constructor, args = calculator[0], calculator[1] or ()
+    kwargs = calculator[2] if len(calculator) == 3 and calculator[2] else {}
+    try:
+        key = pickle.dumps((constructor, tuple(args), sorted(kwargs.items())))
+    except Exception:
+        key = None     # unpicklable arguments: cannot tell specs apart, so build anew
+    if key is None or key != _built["key"]:
+        _built["calculator"] = constructor(*args, **kwargs)
+        _built["key"] = key
+    return _built["calculator"]
+
+
+# ASE properties with one value per atom: stored in Atoms.arrays; the others in Atoms.info.
+PER_ATOM_PROPERTIES = frozenset({"forces", "energies", "stresses", "magmoms", "charges"})
+
+
+def _calculate_op(atoms_list, calculator, properties=None, output_prefix=AUTO_PREFIX,
+                  raise_calc_exceptions=False):
+    calc = construct_calculator(calculator)
+    prefix = f"{type(calc).__name__}_" if output_prefix == AUTO_PREFIX else output_prefix
+    wanted = list(DEFAULT_PROPERTIES if properties is None else properties)
+    outputs = []
+    for atoms in atoms_list:
+        _forget_results(atoms, prefix, wanted)
+        # stress is undefined without a cell periodic in every direction
+        asked = [name for name in wanted if name != "stress" or atoms.pbc.all()]
+        try:
+            results = {name: calc.get_property(name, atoms) for name in asked}
+        except Exception as exc:
+            if raise_calc_exceptions:
+                raise
+            log.warning("calculation failed on structure %s: %s: %s",
+                        atoms.info.get("_ConfigSet_loc", "?"), type(exc).__name__, exc)
+            atoms.info[prefix + "calculation_failed"] = True
+            results = {}
+        for name, value in results.items():
+            (atoms.arrays if name in PER_ATOM_PROPERTIES else atoms.info)[prefix + name] = value
+        outputs.append(atoms)
+    return outputs
+
+
+def _forget_results(atoms, prefix, properties):
+    """Remove earlier results under this prefix, so a failed calculation leaves no stale value."""
+    atoms.calc = None
+    atoms.info.pop(prefix + "calculation_failed", None)
+    for name in properties:
+        atoms.info.pop(prefix + name, None)
+        atoms.arrays.pop(prefix + name, None)
+
+
+def calculate(*args, **kwargs):
+    return autoparallelize(_calculate_op, *args, default_autopara_info={"num_inputs_per_python_subprocess": 10},
+                           **kwargs)
+
+
+calculate.__doc__ = """Evaluate an ASE calculator on every structure of ``inputs``.
+
+Results are stored with a prefix: ``info[prefix + "energy"]``, ``arrays[prefix + "forces"]``,
+``info[prefix + "stress"]`` (other per-atom properties in ``arrays``, the rest in
+``info``).  Stress is not asked of structures that are not periodic in all three
+directions.  A structure on which the calculator raises gets
+``info[prefix + "calculation_failed"] = True`` and the run goes on, unless
+``raise_calc_exceptions``.  Chunks of 10 structures by default.
+
+Parameters
+----------
+inputs : iterable of Atoms
+    Input structures, usually a ConfigSet.
+outputs : OutputSpec or None
+    Where the output structures go.
+calculator : ase Calculator or (constructor, args, kwargs)
+    A calculator instance, or a picklable recipe built once per worker process
+    (use this for calculators that cannot be pickled or are expensive to set up).
+properties : list of str, default ["energy", "forces", "stress"]
+    Properties to compute.
+output_prefix : str, default "_auto_"
+    Prefix of the stored keys; ``"_auto_"`` means the calculator's class name and ``_``
+    (e.g. ``EMT_energy``).
+raise_calc_exceptions : bool, default False
+    Raise a calculator's exception instead of marking the structure as failed.
+autopara_info : AutoparaInfo or dict, optional
+    How to parallelize: num_python_subprocesses, num_inputs_per_python_subprocess, ...
+
+Returns
+-------
+ConfigSet or None
+    The structures with their results (None when outputs is None).
+"""

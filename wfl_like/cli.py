@@ -1,0 +1,172 @@
+"""The ``wfl-like`` command line."""
+
+import argparse
+import ast
+import importlib
+import logging
+import signal
+import sys
+
+PROG = "wfl-like"
+DEFAULT_CALCULATOR = "ase.calculators.emt:EMT"
+
+# Exit codes: 2 for bad input (as argparse does), 128 + signal number when stopped by a signal.
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line, exit code 2."""
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that cleanup runs as for Ctrl-C."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser():
+    parser = _Parser(
+        prog=PROG,
+        description="Apply per-structure operations to many atomic structures in parallel, "
+                    "writing extended XYZ.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    calc = commands.add_parser(
+        "calculate", help="evaluate an ASE calculator on every structure of the input",
+        description="Evaluate an ASE calculator on every structure of INPUT (any file ASE reads) and "
+                    "write them with the results (energy in info, forces in arrays, stress in info, "
+                    "keys prefixed by the calculator's class name, e.g. EMT_energy) to OUTPUT. "
+                    "A structure on which the calculator fails is written with "
+                    "<prefix>calculation_failed=True. If OUTPUT exists and --overwrite is not given, "
+                    "nothing is recomputed.",
+        epilog="Example: wfl-like calculate in.xyz -o out.xyz -n 4 "
+               "--calculator ase.calculators.lj:LennardJones -k sigma=2.3 -k epsilon=0.4")
+    calc.add_argument("inputs", nargs="+", metavar="INPUT",
+                      help="input file(s) or glob(s); several give one group per file in the output")
+    calc.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                      help="output file; its extension picks the format (.xyz: extended XYZ)")
+    calc.add_argument("-c", "--calculator", default=DEFAULT_CALCULATOR, metavar="MODULE:CLASS",
+                      help=f"calculator class to construct, importable as MODULE:CLASS (default {DEFAULT_CALCULATOR})")
+    calc.add_argument("-k", "--calc-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                      help="keyword argument of the calculator; VALUE is read as a Python literal "
+                           "(number, True, [1, 2], 'text') or else as a string; repeat for several")
+    calc.add_argument("-p", "--properties", default="energy,forces,stress", metavar="LIST",
+                      help="comma-separated properties to compute (default energy,forces,stress)")
+    calc.add_argument("--prefix", default="_auto_",
+                      help="prefix of the stored keys (default: calculator class name + '_')")
+    calc.add_argument("-n", "--num-processes", type=int, default=None, metavar="N",
+                      help="worker processes (default: $WFL_NUM_PYTHON_SUBPROCESSES, else serial)")
+    calc.add_argument("--chunk-size", type=int, default=None, metavar="M",
+                      help="structures per call of the calculator loop (default 10)")
+    calc.add_argument("--overwrite", action="store_true", help="recompute and replace an existing OUTPUT")
+    calc.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    calc.set_defaults(run=run_calculate)
+    return parser
+
+
+def _version():
+    from wfl_like import __version__
+
+    return __version__
+
+
+def parse_calculator(spec, kwarg_texts):
+    """``"module:Class"`` and ``["key=value", ...]`` -> ``(Class, (), kwargs)``.
+
+    Raises
+    ------
+    UsageError
+        The class cannot be imported or a keyword argument is malformed.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"calculator {spec!r} must be given as MODULE:CLASS, e.g. {DEFAULT_CALCULATOR}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import calculator module {module_name!r}: {exc}") from None
+    try:
+        constructor = getattr(module, attr)
+    except AttributeError:
+        raise UsageError(f"module {module_name!r} has no calculator {attr!r}") from None
+    kwargs = {}
+    for text in kwarg_texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"calculator keyword argument {text!r} must be KEY=VALUE")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return constructor, (), kwargs
+
+
+def run_calculate(args):
+    from wfl_like.calculators.generic import calculate
+    from wfl_like.configset import ConfigSet, OutputSpec
+
+    calculator = parse_calculator(args.calculator, args.calc_kwarg)
+    properties = [p.strip() for p in args.properties.split(",") if p.strip()]
+    if not properties:
+        raise UsageError("--properties is empty")
+    inputs = ConfigSet(args.inputs[0] if len(args.inputs) == 1 else args.inputs)
+    outputs = OutputSpec(args.output, overwrite=args.overwrite)
+    autopara_info = {}
+    if args.num_processes is not None:
+        autopara_info["num_python_subprocesses"] = args.num_processes
+    if args.chunk_size is not None:
+        autopara_info["num_inputs_per_python_subprocess"] = args.chunk_size
+    result = calculate(inputs, outputs, calculator, properties=properties, output_prefix=args.prefix,
+                       autopara_info=autopara_info)
+    count = sum(1 for _ in result)
+    logging.getLogger(PROG).info("%d structures in %s", count, args.output)
+    return 0
+
+
+def main(argv=None):
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                            format=f"{PROG}: %(message)s", stream=sys.stderr)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            return args.run(args)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    except UsageError as exc:
+        return _fail(exc, EXIT_USAGE)
+    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError) as exc:
+        return _fail(exc, EXIT_USAGE)
+    except (ValueError, TypeError) as exc:
+        return _fail(exc, EXIT_USAGE)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except _Terminated:
+        print(f"{PROG}: terminated; no output was written", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except Exception as exc:
+        return _fail(exc, 1)
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _fail(exc, code):
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
