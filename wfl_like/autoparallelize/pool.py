@@ -53,6 +53,10 @@ class _Task:
 class _Worker:
     def __init__(self, ctx, initializer, initargs, inherited):
         self.conn, child_conn = ctx.Pipe(duplex=True)
+        if ctx.get_start_method() == "fork":
+            # the forked child also gets the driver's end of its own pipe: unless it closes
+            # it, its recv() never sees end-of-file when the driver dies
+            inherited = list(inherited) + [self.conn]
         self.process = ctx.Process(target=_worker_main, args=(child_conn, initializer, initargs, inherited),
                                    daemon=True, name="wfl_like-worker")
         self.process.start()
