@@ -142,7 +142,11 @@ class ConfigSet:
 
     def files(self):
         """The paths this set reads (empty for structures in memory)."""
-        return {_FILE: [self._content], _FILES: list(self._content)}.get(self._kind, [])
+        if self._kind == _FILE:
+            return [self._content]
+        if self._kind == _FILES:
+            return list(self._content)
+        return []
 
     def __add__(self, other):
         if not isinstance(other, ConfigSet):
@@ -171,7 +175,8 @@ def _classify(items, root):
         return _TREE, [items]
     if isinstance(items, (str, Path)):
         paths = _expand(items, root)
-        if len(paths) == 1 and not glob.has_magic(str(items)):
+        if len(paths) == 1 and paths[0] == _full_path(items, root):
+            # a file name, not a glob (even one that matches a single file)
             return _FILE, paths[0]
         return _FILES, paths
     if type(items).__name__ == "OutputSpec":
@@ -197,15 +202,24 @@ def _expand(pattern, root):
     """Paths matching a file name or glob, sorted; an error if there are none."""
     if root is not None and Path(pattern).is_absolute():
         raise ValueError(f"file_root {str(root)!r} was given but file {str(pattern)!r} is an absolute path")
-    full = (root / pattern) if root is not None else Path(pattern)
-    if not glob.has_magic(str(full)):
-        if not full.exists():
-            raise FileNotFoundError(f"input file {str(full)!r} does not exist")
+    full = _full_path(pattern, root)
+    if full.exists():
+        # an existing file is taken as it is named, even if its name has [ ] * or ?
         return [full]
-    paths = [Path(p) for p in sorted(glob.glob(str(full), recursive=True))]
+    if not glob.has_magic(str(pattern)):
+        raise FileNotFoundError(f"input file {str(full)!r} does not exist")
+    if root is not None:
+        # the root is a directory name, never a pattern
+        paths = [root / p for p in sorted(glob.glob(str(pattern), root_dir=root, recursive=True))]
+    else:
+        paths = [Path(p) for p in sorted(glob.glob(str(pattern), recursive=True))]
     if not paths:
         raise FileNotFoundError(f"input glob {str(full)!r} matches no file")
     return paths
+
+
+def _full_path(pattern, root):
+    return (root / pattern) if root is not None else Path(pattern)
 
 
 def _merge(configsets):
@@ -362,7 +376,7 @@ class OutputSpec:
     def _tag(self, configs):
         if isinstance(configs, Atoms):
             configs.info.update(self.tags)
-        else:
+        elif configs is not None:
             for item in configs:
                 self._tag(item)
 
@@ -371,6 +385,9 @@ class OutputSpec:
         for sub_loc, atoms in _nested(configs, loc):
             if sub_loc:
                 atoms.info[LOC_KEY] = format_location(sub_loc)
+            else:
+                # at the top of its file: a location left from the input must not be written
+                atoms.info.pop(LOC_KEY, None)
             atoms.info.update(self.tags)
             io.write(handle, atoms, **self._write_kwargs_for(file_i))
         if self.flush:
@@ -447,6 +464,8 @@ class OutputSpec:
         if not self.overwrite and self.all_written():
             log.info("reusing existing output %s: all files exist and overwrite is False",
                      [str(p) for p in self.paths])
+            # nothing to write: done, as after the close() that write() otherwise does
+            self.closed = True
             return
         with self:
             for atoms in configs:
@@ -456,9 +475,11 @@ class OutputSpec:
         """A ConfigSet over what was stored (the files, or the structures in memory)."""
         if self.files is None:
             return ConfigSet._make(_TREE, self.configs, (), {})
+        # files named with an extension ASE does not know are read in the format written
+        read_kwargs = {"format": self.write_kwargs["format"]} if self.write_kwargs.get("format") else {}
         if self.single_file:
-            return ConfigSet._make(_FILE, self.paths[0], (), {})
-        return ConfigSet._make(_FILES, self.paths, (), {})
+            return ConfigSet._make(_FILE, self.paths[0], (), read_kwargs)
+        return ConfigSet._make(_FILES, self.paths, (), read_kwargs)
 
     def __repr__(self):
         where = "memory" if self.files is None else [str(p) for p in self.paths]
