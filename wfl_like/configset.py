@@ -298,6 +298,7 @@ class OutputSpec:
         self._file = None          # open handle of the file being written
         self._file_i = None
         self._started = set()      # indices of files whose partial file was begun
+        self._kwargs_cache = {}    # file index -> write kwargs with the format
 
     @property
     def paths(self):
@@ -394,7 +395,11 @@ class OutputSpec:
             handle.flush()
 
     def _write_kwargs_for(self, file_i):
-        return {**self.write_kwargs, "format": io.format_for(self.files[file_i], self.write_kwargs)}
+        # ASE's format detection matches the name against every format it knows: once per file
+        if file_i not in self._kwargs_cache:
+            self._kwargs_cache[file_i] = {**self.write_kwargs,
+                                          "format": io.format_for(self.files[file_i], self.write_kwargs)}
+        return self._kwargs_cache[file_i]
 
     def _open(self, file_i):
         if self._file_i == file_i:

@@ -29,7 +29,7 @@ def construct_calculator(calculator):
     Raises
     ------
     TypeError
-        ``calculator`` is neither.
+        ``calculator`` is neither, or the spec builds something that is not a calculator.
     """
     if not isinstance(calculator, (tuple, list)):
         if not hasattr(calculator, "get_property"):
@@ -46,7 +46,11 @@ def construct_calculator(calculator):
     except Exception:
         key = None     # unpicklable arguments: cannot tell specs apart, so build anew
     if key is None or key != _built["key"]:
-        _built["calculator"] = constructor(*args, **kwargs)
+        built = constructor(*args, **kwargs)
+        if not hasattr(built, "get_property"):
+            raise TypeError(f"the calculator spec's constructor {getattr(constructor, '__qualname__', constructor)!r} "
+                            f"returned a {type(built).__name__}, not an ASE calculator")
+        _built["calculator"] = built
         _built["key"] = key
     return _built["calculator"]
 
@@ -65,6 +69,10 @@ def _calculate_op(atoms_list, calculator, properties=None, output_prefix=AUTO_PR
         _forget_results(atoms, prefix, wanted)
         # stress is undefined without a cell periodic in every direction
         asked = [name for name in wanted if name != "stress" or atoms.pbc.all()]
+        # A calculator reused across structures may keep state (EMT keeps its neighbour
+        # list); a reset makes each result independent of what the worker computed before,
+        # so outputs are the same whatever the process count or chunk size.
+        calc.reset()
         try:
             results = {name: calc.get_property(name, atoms) for name in asked}
         except Exception as exc:
