@@ -7,6 +7,8 @@ import logging
 import signal
 import sys
 
+from wfl_like.configset import OutputSpec
+
 PROG = "wfl-like"
 DEFAULT_CALCULATOR = "ase.calculators.emt:EMT"
 
@@ -107,14 +109,14 @@ def parse_calculator(spec, kwarg_texts):
 
 def run_calculate(args):
     from wfl_like.calculators.generic import calculate
-    from wfl_like.configset import ConfigSet, OutputSpec
+    from wfl_like.configset import ConfigSet
 
     calculator = parse_calculator(args.calculator, args.calc_kwarg)
     properties = [p.strip() for p in args.properties.split(",") if p.strip()]
     if not properties:
         raise UsageError("--properties is empty")
     inputs = ConfigSet(args.inputs[0] if len(args.inputs) == 1 else args.inputs)
-    outputs = OutputSpec(args.output, overwrite=args.overwrite)
+    outputs = _StoppableOutputSpec(args.output, overwrite=args.overwrite)
     autopara_info = {}
     if args.num_processes is not None:
         autopara_info["num_python_subprocesses"] = args.num_processes
@@ -129,6 +131,7 @@ def run_calculate(args):
 
 def main(argv=None):
     """Run the command line; returns the exit code."""
+    global _stop_signal
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -137,11 +140,13 @@ def main(argv=None):
             return EXIT_USAGE
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                             format=f"{PROG}: %(message)s", stream=sys.stderr)
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        _stop_signal = None
+        previous = {signum: signal.signal(signum, _on_stop_signal) for signum in _STOP_SIGNALS}
         try:
             return args.run(args)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     except UsageError as exc:
         return _fail(exc, EXIT_USAGE)
     except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError) as exc:
@@ -158,8 +163,38 @@ def main(argv=None):
         return _fail(exc, 1)
 
 
-def _raise_terminated(signum, frame):
-    raise _Terminated()
+# Signals that stop the command: the exception each raises in the main thread.
+_STOP_SIGNALS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: _Terminated}
+
+# The stop signal received, if any.  An exception raised by a signal handler is lost when
+# the handler runs inside C code that clears errors (numpy scalars in %-formatting, as
+# when extxyz is written, do); this flag is not, and the output checks it.
+_stop_signal = None
+
+
+def _on_stop_signal(signum, frame):
+    global _stop_signal
+    _stop_signal = signum
+    raise _STOP_SIGNALS[signum]()
+
+
+def _check_stop():
+    if _stop_signal is not None:
+        raise _STOP_SIGNALS[_stop_signal]()
+
+
+class _StoppableOutputSpec(OutputSpec):
+    """An OutputSpec that stores nothing more, and publishes nothing, once a stop signal arrived."""
+
+    def store(self, configs, input_CS_loc=""):
+        _check_stop()
+        return super().store(configs, input_CS_loc)
+
+    def close(self):
+        if _stop_signal is not None:
+            self.discard()
+            _check_stop()
+        return super().close()
 
 
 def _fail(exc, code):

@@ -208,6 +208,12 @@ class WorkerPool(Executor):
                 message = worker.conn.recv()
             except (EOFError, OSError):
                 message = None
+            except Exception as exc:
+                # The reply arrived whole but does not unpickle here (e.g. an exception class
+                # whose __init__ takes other arguments): fail that task only, not the pool.
+                error = TypeError(f"a reply from the worker could not be unpickled: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                message = ("error" if worker.task is not None else "init_error", error, "")
             if message is not None:
                 self._handle_message(worker, message)
                 return
@@ -289,8 +295,11 @@ def _unpicklable(exc, what):
 def _worker_main(conn, initializer, initargs, inherited):
     for other in inherited:
         other.close()
-    # Ctrl-C is the driver's to handle: it stops the workers itself.
+    # Ctrl-C is the driver's to handle: it stops the workers itself.  A forked worker
+    # also inherits the driver's SIGTERM handler: take the default back, so SIGTERM
+    # sent to the whole process group (a scheduler, `timeout`) simply ends the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         if initializer is not None:
             try:

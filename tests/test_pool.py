@@ -1,0 +1,356 @@
+"""Tests of wfl_like.autoparallelize.pool.WorkerPool with real worker processes."""
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import Executor
+
+import pytest
+
+from wfl_like.autoparallelize.pool import RemoteTraceback, WorkerPool
+from wfl_like.errors import WorkerDiedError, WorkerInitializerError
+
+
+# --- tasks: module level, as workers need them ---------------------------------------
+
+
+def square(x):
+    return x * x
+
+
+def pid_of_worker():
+    return os.getpid()
+
+
+def slow_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def exit_self(code):
+    os._exit(code)
+
+
+def raise_value_error(message):
+    raise ValueError(message)
+
+
+class CustomError(Exception):
+    pass
+
+
+def raise_custom():
+    raise CustomError("custom failure in worker")
+
+
+class CodeError(Exception):
+    """Pickles in the worker but does not unpickle: __init__ wants more than Exception.args."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+def raise_code_error():
+    raise CodeError("failure with a code", 3)
+
+
+def return_lambda():
+    return lambda: 1
+
+
+def initializer_that_raises():
+    raise RuntimeError("initializer is broken on purpose")
+
+
+def write_init_marker(directory):
+    with open(os.path.join(directory, f"init-{os.getpid()}"), "x"):
+        pass
+
+
+def read_init_marker(directory):
+    return os.getpid(), os.path.exists(os.path.join(directory, f"init-{os.getpid()}"))
+
+
+def touch_and_sleep(path, seconds):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "slept"
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def process_state(pid):
+    """The State letter of /proc/<pid>/status, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("State:"):
+                    return line.split()[1]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def is_running(pid):
+    """A process exists and is not a zombie (a zombie has exited, only not been reaped)."""
+    return process_state(pid) not in (None, "Z", "X")
+
+
+def wait_for(predicate, limit=10.0):
+    """Poll ``predicate`` until true or ``limit`` seconds passed; return its last value."""
+    end = time.monotonic() + limit
+    while True:
+        value = predicate()
+        if value or time.monotonic() > end:
+            return value
+        time.sleep(0.05)
+
+
+def worker_children():
+    return [p for p in multiprocessing.active_children() if p.name == "wfl_like-worker"]
+
+
+@pytest.fixture
+def pool():
+    p = WorkerPool(2)
+    yield p
+    p.terminate()
+
+
+# --- tests ---------------------------------------------------------------------------
+
+
+def test_is_an_executor_and_returns_results_of_many_submits(pool):
+    assert isinstance(pool, Executor)
+    futures = [pool.submit(square, i) for i in range(60)]
+    assert [f.result() for f in futures] == [i * i for i in range(60)]
+    # map comes from Executor and goes through submit
+    assert list(pool.map(square, range(10))) == [i * i for i in range(10)]
+    # the work ran in the two worker processes, not here
+    pids = {f.result() for f in [pool.submit(slow_pid, 0.05) for _ in range(6)]}
+    assert os.getpid() not in pids
+    assert pids <= set(pool.pids)
+    assert len(pool.pids) == 2
+
+
+def test_max_workers_below_one_is_rejected():
+    with pytest.raises(ValueError, match="max_workers"):
+        WorkerPool(0)
+
+
+@pytest.mark.parametrize("task, args, exitcode, words", [
+    (kill_self, (), -signal.SIGKILL, "SIGKILL"),
+    (exit_self, (7,), 7, "exit code 7"),
+])
+def test_dead_worker_fails_only_its_future_and_is_replaced(pool, task, args, exitcode, words):
+    pids_before = list(pool.pids)
+    # a slow task on one worker while the other worker dies
+    slow = [pool.submit(slow_pid, 0.5)]
+    doomed = pool.submit(task, *args)
+    others = slow + [pool.submit(square, i) for i in range(10)]
+
+    exc = doomed.exception()
+    assert isinstance(exc, WorkerDiedError)
+    assert exc.exitcode == exitcode
+    assert words in str(exc)
+    assert exc.pid in pids_before
+    assert [f.result() for f in others[1:]] == [i * i for i in range(10)]
+    assert others[0].result() in pids_before
+
+    # the pool keeps working, with as many workers as before; the dead one is replaced
+    assert [f.result() for f in [pool.submit(square, i) for i in range(20)]] == [i * i for i in range(20)]
+    assert len(pool.pids) == 2
+    assert exc.pid not in pool.pids
+    assert set(pool.pids) - set(pids_before)            # a new pid
+    assert not is_running(exc.pid)
+    ran_on = {f.result() for f in [pool.submit(slow_pid, 0.05) for _ in range(6)]}
+    assert exc.pid not in ran_on
+    assert ran_on <= set(pool.pids)
+
+
+def test_several_deaths_in_a_row_keep_the_worker_count(pool):
+    dead = set()
+    for _ in range(3):
+        exc = pool.submit(kill_self).exception()
+        assert isinstance(exc, WorkerDiedError)
+        dead.add(exc.pid)
+    assert len(dead) == 3
+    assert pool.submit(square, 3).result() == 9
+    assert len(pool.pids) == 2
+    assert not dead & set(pool.pids)
+
+
+def test_exception_travels_back_with_remote_traceback(pool):
+    future = pool.submit(raise_value_error, "bad value 42")
+    with pytest.raises(ValueError, match="bad value 42") as info:
+        future.result()
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    text = str(cause)
+    assert "Traceback" in text
+    assert "raise_value_error" in text          # the worker's frame
+    assert "ValueError: bad value 42" in text
+
+    with pytest.raises(CustomError, match="custom failure") as info:
+        pool.submit(raise_custom).result()
+    assert "raise_custom" in str(info.value.__cause__)
+
+    # an exception is not a death: the same workers carry on
+    pids = list(pool.pids)
+    assert pool.submit(square, 5).result() == 25
+    assert pool.pids == pids
+
+
+def test_initializer_that_raises_fails_futures_and_does_not_hang():
+    pool = WorkerPool(2, initializer=initializer_that_raises)
+    try:
+        futures = []
+        try:
+            for i in range(4):
+                futures.append(pool.submit(square, i))
+        except WorkerInitializerError:
+            pass     # the pool may already know it is broken
+        for future in futures:
+            exc = future.exception()
+            assert isinstance(exc, WorkerInitializerError)
+            assert "initializer is broken on purpose" in str(exc)
+            assert "initializer_that_raises" in str(exc.__cause__)
+        # once broken, submitting says so
+        assert wait_for(lambda: pool._broken is not None)
+        with pytest.raises(WorkerInitializerError):
+            pool.submit(square, 1)
+    finally:
+        pool.shutdown(wait=True)
+    assert worker_children() == []
+
+
+def test_initializer_runs_once_in_every_worker_before_tasks(tmp_path):
+    pool = WorkerPool(2, initializer=write_init_marker, initargs=(str(tmp_path),))
+    try:
+        seen = [f.result() for f in [pool.submit(read_init_marker, str(tmp_path)) for _ in range(12)]]
+        pids = list(pool.pids)
+    finally:
+        pool.shutdown()
+    markers = sorted(p.name for p in tmp_path.iterdir())
+    assert markers == sorted(f"init-{pid}" for pid in pids)
+    # every task found its worker's marker already written
+    assert all(found for _, found in seen)
+    assert {pid for pid, _ in seen} <= set(pids)
+
+
+def test_unpicklable_result_gives_type_error_and_pool_keeps_working(pool):
+    pids = list(pool.pids)
+    bad = pool.submit(return_lambda)
+    good = pool.submit(square, 4)
+    with pytest.raises(TypeError, match="could not be sent back"):
+        bad.result()
+    assert good.result() == 16
+    assert [f.result() for f in [pool.submit(square, i) for i in range(5)]] == [0, 1, 4, 9, 16]
+    assert pool.pids == pids                     # nobody died
+
+
+def test_reply_that_does_not_unpickle_fails_only_its_future(pool):
+    pids = list(pool.pids)
+    busy = pool.submit(slow_pid, 0.3)           # running on the other worker meanwhile
+    bad = pool.submit(raise_code_error)
+    with pytest.raises(TypeError, match="could not be unpickled") as info:
+        bad.result()
+    assert "CodeError" in str(info.value)
+    assert busy.result() in pids
+    assert pool.submit(square, 3).result() == 9
+    assert pool.pids == pids
+
+
+def test_unpicklable_argument_gives_type_error_and_pool_keeps_working(pool):
+    bad = pool.submit(square, lambda: 2)
+    with pytest.raises(TypeError, match="picklable"):
+        bad.result()
+    assert pool.submit(square, 6).result() == 36
+
+
+def test_shutdown_leaves_no_live_worker():
+    pool = WorkerPool(2)
+    futures = [pool.submit(square, i) for i in range(10)]
+    pids = list(pool.pids)
+    assert all(is_running(pid) for pid in pids)
+    pool.shutdown(wait=True)
+    # shutdown waits for the submitted work
+    assert [f.result() for f in futures] == [i * i for i in range(10)]
+    assert not any(is_running(pid) for pid in pids)
+    assert worker_children() == []
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(square, 1)
+
+
+def test_context_manager_shuts_down():
+    with WorkerPool(2) as pool:
+        assert pool.submit(square, 7).result() == 49
+        pids = list(pool.pids)
+    assert not any(is_running(pid) for pid in pids)
+    assert worker_children() == []
+
+
+@pytest.mark.timeout(60)
+def test_terminate_kills_busy_workers_at_once(tmp_path):
+    pool = WorkerPool(2)
+    pids = list(pool.pids)
+    markers = [tmp_path / f"started-{i}" for i in range(2)]
+    # far longer than the test's timeout: terminate must not wait for these
+    busy = [pool.submit(touch_and_sleep, str(m), 1000) for m in markers]
+    queued = [pool.submit(square, i) for i in range(5)]
+    assert wait_for(lambda: all(m.exists() for m in markers))
+    pool.terminate()
+    for future in busy:
+        assert isinstance(future.exception(), WorkerDiedError)
+        assert future.exception().exitcode == -signal.SIGKILL
+    assert all(f.cancelled() for f in queued)
+    assert not any(is_running(pid) for pid in pids)
+    assert worker_children() == []
+
+
+DRIVER_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from wfl_like.autoparallelize.pool import WorkerPool
+
+    pool = WorkerPool(2)
+    busy = pool.submit(time.sleep, 1)      # one worker busy for a short while, one idle
+    time.sleep(0.2)
+    print(" ".join(str(pid) for pid in pool.pids), flush=True)
+    time.sleep(1000)
+""")
+
+
+@pytest.mark.timeout(60)
+def test_workers_exit_when_the_driver_is_killed(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER_SCRIPT)
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = []
+    try:
+        pids = [int(word) for word in driver.stdout.readline().split()]
+        assert len(pids) == 2
+        assert all(is_running(pid) for pid in pids)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        # orphaned workers may stay zombies if nobody reaps them; they must not keep running
+        still_running = wait_for(lambda: not any(is_running(pid) for pid in pids), limit=10.0)
+        assert still_running, f"workers {[pid for pid in pids if is_running(pid)]} outlived their driver"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        driver.stdout.close()
+        for pid in pids:         # leave nothing behind if the test failed
+            if is_running(pid):
+                os.kill(pid, signal.SIGKILL)
