@@ -4,6 +4,7 @@ import inspect
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import time
 import warnings
@@ -479,8 +480,10 @@ def test_any_iterable_as_inputs(tmp_path, nproc):
 def test_autoparainfo_unknown_key_is_rejected_everywhere():
     with pytest.raises(ValueError, match="num_python_subprocess"):
         AutoparaInfo(num_python_subprocess=2)          # typo
-    with pytest.raises(ValueError, match="not supported"):
-        AutoparaInfo(remote_info={})
+    # wfl's remote-job options: accepted when empty (wfl scripts pass None), refused otherwise
+    assert AutoparaInfo(remote_info=None, remote_label=None, hash_ignore=[]).as_dict() == AutoparaInfo().as_dict()
+    with pytest.raises(ValueError, match="remote job submission"):
+        AutoparaInfo(remote_info={"sys_name": "cluster"})
     info = AutoparaInfo()
     with pytest.raises(ValueError, match="bogus"):
         info.bogus = 1
@@ -923,3 +926,48 @@ def test_import_paths():
         assert labels(out) == list(range(5))
         assert chunk_lens(out) == [2, 2, 2, 2, 1]
         assert os.getpid() not in {a.info["pid"] for a in out}
+
+
+# --- ops that end their process or nest ------------------------------------------------
+
+
+def exit_op(items):
+    sys.exit(3)
+
+
+@pytest.mark.parametrize("nproc", [0, 2])
+def test_sys_exit_in_op_is_an_error_not_a_quiet_exit(nproc):
+    with pytest.raises(RuntimeError, match=r"called sys.exit\(3\)") as info:
+        autoparallelize(exit_op, ConfigSet(make_list(3)), OutputSpec(), autopara_info=para(nproc))
+    assert "exit_op" in str(info.value)
+
+
+def tag_pid_op(items):
+    for at in items:
+        at.info["inner_pid"] = os.getpid()
+    return items
+
+
+def nesting_op(items):
+    # an op that itself runs an autoparallelized op, asking for workers
+    inner = autoparallelize(tag_pid_op, items, OutputSpec(), autopara_info=para(2))
+    for at in inner:
+        at.info["outer_pid"] = os.getpid()
+    return list(inner)
+
+
+def test_nested_autoparallelize_runs_serially_inside_a_worker():
+    result = list(autoparallelize(nesting_op, ConfigSet(make_list(6)), OutputSpec(),
+                                  autopara_info=para(2, chunk=3)))
+    assert labels(result) == labels(make_list(6))
+    for at in result:
+        assert at.info["inner_pid"] == at.info["outer_pid"] != os.getpid()
+
+
+def test_closed_outputspec_is_refused_before_any_work(tmp_path):
+    outputs = OutputSpec(tmp_path / "out.xyz")
+    outputs.close()
+    marker_dir = tmp_path / "calls"
+    marker_dir.mkdir()
+    with pytest.raises(ValueError, match="already closed"):
+        autoparallelize(record_op, ConfigSet(make_list(2)), outputs, autopara_info=para(0))

@@ -177,15 +177,17 @@ ERROR_CASES = {
     "malformed -k": (["calculate", EXAMPLE, "-o", "out.xyz", "-k", "sigma2.3"], "sigma2.3"),
     "malformed -k key": (["calculate", EXAMPLE, "-o", "out.xyz", "-k", "=2.3"], "=2.3"),
     "missing -o": (["calculate", EXAMPLE], "-o"),
-    # found only when the run has begun: -q leaves out the progress lines logged before it
-    "not a calculator": (["calculate", EXAMPLE, "-o", "out.xyz", "-q", "-c", "collections:OrderedDict"],
+    "not a calculator": (["calculate", EXAMPLE, "-o", "out.xyz", "-c", "collections:OrderedDict"],
                          "OrderedDict"),
+    "output format that cannot be appended": (["calculate", EXAMPLE, "-o", "out.traj"], "out.traj"),
+    "garbage input file": (["calculate", "garbage.xyz", "-o", "out.xyz", "-q"], "garbage.xyz"),
 }
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_error_is_one_line_with_exit_code_2(tmp_path, case):
     args, expected = ERROR_CASES[case]
+    (tmp_path / "garbage.xyz").write_text("3\nnot a comment line of extended XYZ\nCu 0 0\n")
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
@@ -193,7 +195,7 @@ def test_error_is_one_line_with_exit_code_2(tmp_path, case):
     assert lines[0].startswith("wfl-like: error:"), lines[0]
     assert expected in lines[0]
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "out.xyz").exists()
+    assert not (tmp_path / "out.xyz").exists() and not (tmp_path / "out.traj").exists()
     assert no_partial_files(tmp_path)
 
 
@@ -286,3 +288,10 @@ def test_signal_stops_cleanly(tmp_path, big_input, signum, workers, target):
     assert not partial.exists()
     assert no_partial_files(tmp_path)
     assert wait_for(lambda: not group_exists(pgid), 10), "processes of the run are still alive"
+
+
+def test_calculator_keyword_it_does_not_list_is_warned_about(tmp_path):
+    proc = run_cli("calculate", EXAMPLE, "-o", "out.xyz", "-q", "-c", "ase.calculators.lj:LennardJones",
+                   "-k", "sigmaa=2.3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "sigmaa" in proc.stderr and "sigma" in proc.stderr

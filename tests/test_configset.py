@@ -1029,14 +1029,39 @@ def test_write_kwargs_format_with_txt_name(tmp_path):
     assert tree(cs) == [["a"], ["b", "c"]]
 
 
-def test_unknown_extension_without_format_fails_at_store(tmp_path):
-    from ase.io.formats import UnknownFileTypeError
+@pytest.mark.parametrize("name", ["out.unknownext", "out.json", "out.traj", "POSCAR"])
+def test_output_format_that_cannot_grow_is_refused_before_any_work(tmp_path, name):
+    # outputs are written one structure at a time: only streamable text formats work
+    with pytest.raises(ValueError, match=name) as info:
+        OutputSpec(tmp_path / name)
+    assert "extxyz" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
 
-    out = OutputSpec(tmp_path / "out.unknownext")
-    with pytest.raises(UnknownFileTypeError):
-        out.store(h2("a"))
-    out.discard()
-    assert not (tmp_path / "out.unknownext").exists()
+
+def test_list_of_one_configset_is_one_group_as_in_wfl(tmp_path):
+    mem = ConfigSet([h2("a"), h2("b")])
+    assert [at.info["_ConfigSet_loc"] for at in ConfigSet([mem])] == [" / 0 / 0", " / 0 / 1"]
+    assert [at.info["_ConfigSet_loc"] for at in ConfigSet(mem)] == [" / 0", " / 1"]
+    path = tmp_path / "a.xyz"
+    ase.io.write(path, [h2("a"), h2("b")])
+    assert [at.info["_ConfigSet_loc"] for at in ConfigSet([ConfigSet(path)])] == [" / 0 / 0", " / 0 / 1"]
+    assert [at.info["_ConfigSet_loc"] for at in ConfigSet(ConfigSet(path))] == [" / 0", " / 1"]
+
+
+def test_memory_store_refuses_to_overwrite_a_location():
+    out = OutputSpec()
+    out.store(h2("a"), " / 0")
+    with pytest.raises(ValueError, match="already holds"):
+        out.store(h2("b"), " / 0")
+    assert [at.info["label"] for at in out.to_ConfigSet()] == ["a"]
+
+
+def test_n_stored_counts_structures(tmp_path):
+    for out in (OutputSpec(), OutputSpec(tmp_path / "o.xyz")):
+        out.store(h2("a"), " / 0")
+        out.store([h2("b"), h2("c")], " / 1")
+        out.close()
+        assert out.n_stored == 3
 
 
 def test_flush_false_still_complete_after_close(tmp_path):

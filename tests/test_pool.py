@@ -354,3 +354,40 @@ def test_workers_exit_when_the_driver_is_killed(tmp_path):
         for pid in pids:         # leave nothing behind if the test failed
             if is_running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def initializer_that_exits():
+    os._exit(4)
+
+
+class UnpicklableError(Exception):
+    def __reduce__(self):
+        raise TypeError("this exception refuses to be pickled")
+
+
+def initializer_with_unpicklable_error():
+    raise UnpicklableError("cannot load the potential")
+
+
+@pytest.mark.parametrize("initializer, words", [
+    (initializer_that_exits, "exit code 4"),
+    (initializer_with_unpicklable_error, "cannot load the potential"),
+])
+def test_initializer_failure_breaks_the_pool_once_without_restarting_workers(initializer, words):
+    pool = WorkerPool(2, initializer=initializer)
+    try:
+        first_pids = set(pool.pids)
+        try:
+            error = pool.submit(square, 3).exception(timeout=30)
+        except WorkerInitializerError as exc:    # the pool may already know it is broken
+            error = exc
+        assert isinstance(error, WorkerInitializerError)
+        assert words in str(error)
+        # no restart loop: the pool is broken, not respawning workers that die at start
+        time.sleep(0.5)
+        assert set(pool.pids) <= first_pids
+        with pytest.raises(WorkerInitializerError):
+            pool.submit(square, 4)
+    finally:
+        pool.terminate()
+    assert worker_children() == []

@@ -3,16 +3,19 @@
 import argparse
 import ast
 import importlib
+import inspect
 import logging
 import signal
 import sys
 
 from wfl_like.configset import OutputSpec
+from wfl_like.errors import InputFileError
 
 PROG = "wfl-like"
 DEFAULT_CALCULATOR = "ase.calculators.emt:EMT"
 
-# Exit codes: 2 for bad input (as argparse does), 128 + signal number when stopped by a signal.
+# Exit codes: 2 for bad input (as argparse does), 1 for a failure during the run,
+# 128 + signal number when stopped by a signal.
 EXIT_USAGE = 2
 
 
@@ -30,6 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
+    """The argument parser of ``wfl-like`` and its subcommands."""
     parser = _Parser(
         prog=PROG,
         description="Apply per-structure operations to many atomic structures in parallel, "
@@ -95,6 +99,8 @@ def parse_calculator(spec, kwarg_texts):
         constructor = getattr(module, attr)
     except AttributeError:
         raise UsageError(f"module {module_name!r} has no calculator {attr!r}") from None
+    if not (isinstance(constructor, type) and hasattr(constructor, "get_property")):
+        raise UsageError(f"{spec!r} is not an ASE calculator class")
     kwargs = {}
     for text in kwarg_texts:
         key, sep, value = text.partition("=")
@@ -104,10 +110,23 @@ def parse_calculator(spec, kwarg_texts):
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             kwargs[key] = value
+    try:
+        inspect.signature(constructor).bind(**kwargs)
+    except TypeError as exc:
+        raise UsageError(f"calculator {spec!r} does not take these arguments: {exc}") from None
+    except ValueError:
+        pass    # no signature to check against
+    # ASE calculators take any keyword silently; a name they do not know is likely a typo
+    known = getattr(constructor, "default_parameters", None) or {}
+    unknown = sorted(set(kwargs) - set(known))
+    if known and unknown:
+        logging.getLogger(PROG).warning("%s does not list %s among its parameters %s; passing them anyway",
+                                        attr, unknown, sorted(known))
     return constructor, (), kwargs
 
 
 def run_calculate(args):
+    """``wfl-like calculate``: returns the exit code."""
     from wfl_like.calculators.generic import calculate
     from wfl_like.configset import ConfigSet
 
@@ -115,17 +134,20 @@ def run_calculate(args):
     properties = [p.strip() for p in args.properties.split(",") if p.strip()]
     if not properties:
         raise UsageError("--properties is empty")
-    inputs = ConfigSet(args.inputs[0] if len(args.inputs) == 1 else args.inputs)
-    outputs = _StoppableOutputSpec(args.output, overwrite=args.overwrite)
+    try:
+        inputs = ConfigSet(args.inputs[0] if len(args.inputs) == 1 else args.inputs)
+        outputs = _StoppableOutputSpec(args.output, overwrite=args.overwrite)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
     autopara_info = {}
     if args.num_processes is not None:
         autopara_info["num_python_subprocesses"] = args.num_processes
     if args.chunk_size is not None:
         autopara_info["num_inputs_per_python_subprocess"] = args.chunk_size
-    result = calculate(inputs, outputs, calculator, properties=properties, output_prefix=args.prefix,
-                       autopara_info=autopara_info)
-    count = sum(1 for _ in result)
-    logging.getLogger(PROG).info("%d structures in %s", count, args.output)
+    calculate(inputs, outputs, calculator, properties=properties, output_prefix=args.prefix,
+              autopara_info=autopara_info)
+    if outputs.n_stored:
+        logging.getLogger(PROG).info("wrote %d structures to %s", outputs.n_stored, args.output)
     return 0
 
 
@@ -147,11 +169,8 @@ def main(argv=None):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-    except UsageError as exc:
-        return _fail(exc, EXIT_USAGE)
-    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError) as exc:
-        return _fail(exc, EXIT_USAGE)
-    except (ValueError, TypeError) as exc:
+    except (UsageError, InputFileError, FileNotFoundError, FileExistsError, PermissionError,
+            IsADirectoryError) as exc:
         return _fail(exc, EXIT_USAGE)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no output was written", file=sys.stderr)

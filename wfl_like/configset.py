@@ -53,6 +53,8 @@ class ConfigSet:
     """
 
     def __init__(self, items, *, file_root=None, read_kwargs=None):
+        if read_kwargs is None and isinstance(items, ConfigSet):
+            read_kwargs = items.read_kwargs
         self.read_kwargs = dict(read_kwargs or {})
         self._enclosing = ()
         self._cur_loc = None
@@ -170,7 +172,8 @@ def _classify(items, root):
     if items is None:
         return _EMPTY, None
     if isinstance(items, ConfigSet):
-        return _merge([items])
+        # a copy; a list of ConfigSets (below) makes one group per set or file, as in wfl
+        return items._kind, (list(items._content) if isinstance(items._content, list) else items._content)
     if isinstance(items, Atoms):
         return _TREE, [items]
     if isinstance(items, (str, Path)):
@@ -179,7 +182,7 @@ def _classify(items, root):
             # a file name, not a glob (even one that matches a single file)
             return _FILE, paths[0]
         return _FILES, paths
-    if type(items).__name__ == "OutputSpec":
+    if isinstance(items, OutputSpec):
         raise TypeError("ConfigSet(OutputSpec) is not supported: use OutputSpec.to_ConfigSet()")
     try:
         items = list(items)
@@ -228,14 +231,10 @@ def _merge(configsets):
     if not parts:
         return _EMPTY, None
     if all(cs._kind in (_FILE, _FILES) for cs in parts):
-        if len(parts) == 1:
-            return parts[0]._kind, parts[0]._content
         return _FILES, [path for cs in parts for path in cs.files()]
     if any(cs._kind in (_FILE, _FILES) for cs in parts):
         raise ValueError("cannot combine a ConfigSet of files with one of structures in memory; "
                          "write the structures to a file first, or read the files into memory")
-    if len(parts) == 1:
-        return _TREE, list(parts[0]._content)
     return _TREE, [list(cs._content) for cs in parts]
 
 
@@ -298,7 +297,11 @@ class OutputSpec:
         self._file = None          # open handle of the file being written
         self._file_i = None
         self._started = set()      # indices of files whose partial file was begun
-        self._kwargs_cache = {}    # file index -> write kwargs with the format
+        self.n_stored = 0          # structures stored so far
+        # Bad names fail here, before any work; the format is looked up once per file
+        # (ASE matches a name against every format it knows).
+        self._file_write_kwargs = [{**self.write_kwargs, "format": io.format_for(f, self.write_kwargs)}
+                                   for f in (self.files or [])]
 
     @property
     def paths(self):
@@ -344,6 +347,7 @@ class OutputSpec:
                 place_in_tree(self.configs, loc, configs)
             else:
                 self.configs.append(configs)
+            self.n_stored += sum(1 for _ in _nested(configs, ()))
             return
         if not self._stored_any:
             self._refuse_existing()
@@ -390,16 +394,11 @@ class OutputSpec:
                 # at the top of its file: a location left from the input must not be written
                 atoms.info.pop(LOC_KEY, None)
             atoms.info.update(self.tags)
-            io.write(handle, atoms, **self._write_kwargs_for(file_i))
+            io.write(handle, atoms, **self._file_write_kwargs[file_i])
+            self.n_stored += 1
         if self.flush:
             handle.flush()
 
-    def _write_kwargs_for(self, file_i):
-        # ASE's format detection matches the name against every format it knows: once per file
-        if file_i not in self._kwargs_cache:
-            self._kwargs_cache[file_i] = {**self.write_kwargs,
-                                          "format": io.format_for(self.files[file_i], self.write_kwargs)}
-        return self._kwargs_cache[file_i]
 
     def _open(self, file_i):
         if self._file_i == file_i:

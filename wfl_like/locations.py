@@ -72,6 +72,9 @@ def place_in_tree(tree, loc, value):
         if len(node) <= i:
             node.extend([None] * (i + 1 - len(node)))
         if depth == len(loc) - 1:
+            if node[i] is not None:
+                raise ValueError(f"location {format_location(loc)!r} already holds a stored output; "
+                                 f"each input's output is stored once")
             node[i] = value
             return
         if node[i] is None:

@@ -8,10 +8,9 @@ _DEFAULTS = {
     "initializer": (None, ()),
 }
 
-_UNSUPPORTED = {
-    "remote_info": "wfl's remote job submission (ExPyRe) is not part of wfl_like",
-    "remote_label": "wfl's remote job submission (ExPyRe) is not part of wfl_like",
-}
+# wfl options for its remote job submission (ExPyRe), which wfl_like does not have:
+# accepted when empty (wfl scripts pass None), refused otherwise.
+_REMOTE_ONLY = ("remote_info", "remote_label", "hash_ignore")
 
 
 class AutoparaInfo:
@@ -45,7 +44,7 @@ class AutoparaInfo:
 
     def __init__(self, **options):
         _check_names(options, "AutoparaInfo")
-        self._given = dict(options)
+        self._given = options
 
     def __getattr__(self, name):
         if name.startswith("_") or name not in _DEFAULTS:
@@ -56,8 +55,9 @@ class AutoparaInfo:
         if name == "_given":
             object.__setattr__(self, name, value)
         else:
-            _check_names({name: value}, "AutoparaInfo")
-            self._given[name] = value
+            option = {name: value}
+            _check_names(option, "AutoparaInfo")
+            self._given.update(option)
 
     def with_defaults(self, defaults=None):
         """A complete AutoparaInfo: given options, then ``defaults``, then class defaults.
@@ -101,8 +101,13 @@ class AutoparaInfo:
 
 
 def _check_names(options, where):
-    for name in options:
-        if name in _UNSUPPORTED:
-            raise ValueError(f"{where} option {name!r} is not supported: {_UNSUPPORTED[name]}")
-        if name not in _DEFAULTS:
+    """Refuse unknown option names; drop empty wfl remote-only options from ``options``."""
+    for name in list(options):
+        if name in _REMOTE_ONLY:
+            if options[name]:
+                raise ValueError(f"{where} option {name!r} is for wfl's remote job submission (ExPyRe), "
+                                 f"which wfl_like does not have; leave it unset and choose "
+                                 f"num_python_subprocesses instead")
+            del options[name]
+        elif name not in _DEFAULTS:
             raise ValueError(f"unknown {where} option {name!r}; known options: {sorted(_DEFAULTS)}")

@@ -93,8 +93,9 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
     if rng is not None and not per_item_info:
         warnings.warn(f"rng was given but operation {name} does not take {PER_ITEM_INFO}, so it "
                       f"cannot receive per-item generators; rng is not used", stacklevel=3)
+    inherited_item_info = kwargs.pop(PER_ITEM_INFO, None)
     call = OpCall(op=op, args=args, kwargs=kwargs, iterable_arg=info.iterable_arg,
-                  per_item_info=per_item_info, inherited_item_info=kwargs.pop(PER_ITEM_INFO, None))
+                  per_item_info=per_item_info, inherited_item_info=inherited_item_info)
     # Spawn once before the items (as wfl does) so that repeated calls with the same
     # generator give different, reproducible streams.
     op_rng = rng.spawn(1)[0] if rng is not None else None
@@ -126,6 +127,8 @@ def _check_arguments(name, inputs, outputs, info, rng, args):
                         f"not {type(inputs).__name__}") from None
     if outputs is not None and not isinstance(outputs, OutputSpec):
         raise TypeError(f"outputs of {name} must be an OutputSpec or None, not {type(outputs).__name__}")
+    if outputs is not None and outputs.closed:
+        raise ValueError(f"outputs of {name} ({outputs!r}) was already closed; give a new OutputSpec")
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), "
                         f"not {type(rng).__name__}")

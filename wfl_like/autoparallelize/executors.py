@@ -1,14 +1,17 @@
 """Choosing where chunks run: in the calling process, or in a pool of worker processes."""
 
 import contextlib
+import logging
 import os
 import pickle
 from concurrent.futures import Executor, Future
 
-from wfl_like.autoparallelize.opcall import install, run_installed
+from wfl_like.autoparallelize.opcall import in_worker, install, run_installed
 from wfl_like.autoparallelize.pool import WorkerPool
 
 NUM_PROCESSES_ENV = "WFL_NUM_PYTHON_SUBPROCESSES"
+
+log = logging.getLogger(__name__)
 
 
 class SerialExecutor(Executor):
@@ -62,6 +65,9 @@ def chunk_runner(call, workers, initializer):
     exception (including Ctrl-C) kills them at once.
     """
     init_func, init_args = initializer
+    if workers and in_worker():
+        log.info("%s: called inside a worker process, so it runs serially there", call.name)
+        workers = 0
     if workers == 0:
         if init_func is not None:
             init_func(*init_args)

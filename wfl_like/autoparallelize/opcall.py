@@ -1,11 +1,19 @@
 """How one chunk is handed to the user's operation; this code runs in the workers."""
 
 import inspect
+import os
 from dataclasses import dataclass
 
 from wfl_like.errors import OpOutputError
 
 PER_ITEM_INFO = "_autopara_per_item_info"
+# Set in pool workers, so that autoparallelized calls made by an op run serially there.
+NESTED_ENV = "WFL_LIKE_IN_WORKER"
+
+
+def in_worker():
+    """Whether this process is a wfl_like pool worker."""
+    return os.environ.get(NESTED_ENV) == "1"
 
 
 def op_name(op):
@@ -15,7 +23,7 @@ def op_name(op):
 
 
 def takes_argument(op, name):
-    """Whether ``op`` accepts an argument called ``name`` (explicitly or through ``**kwargs``)."""
+    """Whether ``op`` has a parameter called ``name``."""
     try:
         params = inspect.signature(op).parameters
     except (TypeError, ValueError):
@@ -75,7 +83,12 @@ class OpCall:
         else:
             args = self.args
             kwargs[self.iterable_arg] = items
-        outputs = self.op(*args, **kwargs)
+        try:
+            outputs = self.op(*args, **kwargs)
+        except SystemExit as exc:
+            # sys.exit() in an op must not end the caller's script quietly
+            raise RuntimeError(f"operation {self.name} called sys.exit({exc.code!r}) on input items "
+                               f"{first}..{first + len(items) - 1}") from exc
         if outputs is None:
             return [None] * len(items)
         try:
@@ -110,6 +123,8 @@ def install(call, initializer=None, initargs=()):
     """Worker initializer: keep ``call`` for :func:`run_installed`, then run the user's initializer."""
     global _installed
     _installed = call
+    # an op that calls another autoparallelized op runs it serially: a worker cannot have workers
+    os.environ[NESTED_ENV] = "1"
     if initializer is not None:
         initializer(*initargs)
 

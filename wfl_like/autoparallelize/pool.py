@@ -13,12 +13,14 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
+import time
 import traceback
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from multiprocessing.connection import wait
 
-from wfl_like.errors import WorkerDiedError, WorkerInitializerError
+from wfl_like.errors import WorkerDiedError, WorkerInitializerError, describe_exitcode
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,11 @@ class RemoteTraceback(Exception):
 
 
 def default_context():
-    """``fork`` where there is one (workers inherit the operation, as with wfl), else ``spawn``."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    """``fork`` on Linux (workers inherit the operation, as with wfl), else ``spawn``.
+
+    macOS has ``fork`` but system libraries there are not safe to use after it.
+    """
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 class _Task:
@@ -61,6 +65,7 @@ class _Worker:
                                    daemon=True, name="wfl_like-worker")
         self.process.start()
         child_conn.close()
+        self.ready = False        # the initializer has run; tasks may be sent
         self.task = None          # the _Task being run
 
     @property
@@ -74,10 +79,11 @@ class WorkerPool(Executor):
     Parameters
     ----------
     max_workers : int
-        Number of worker processes, kept constant: a dead worker is replaced.
+        Number of worker processes, kept constant: a worker that dies while running a
+        task is replaced.
     initializer : callable, optional
         Called as ``initializer(*initargs)`` in each worker when it starts.  If it
-        raises, the pool is broken: every future fails with
+        raises or kills its worker, the pool is broken: every future fails with
         :class:`~wfl_like.errors.WorkerInitializerError`.
     initargs : tuple
     mp_context : multiprocessing context, optional
@@ -89,7 +95,9 @@ class WorkerPool(Executor):
             raise ValueError(f"max_workers must be >= 1, not {max_workers}")
         self._ctx = mp_context or default_context()
         self._initializer, self._initargs = initializer, tuple(initargs)
-        self._max_workers = max_workers
+        # The lock guards what submit(), shutdown() and terminate() share with the
+        # dispatcher: the queue, the flags and the list of workers.  Only the dispatcher
+        # talks to workers, and never while holding it.
         self._lock = threading.Lock()
         self._queue = collections.deque()
         self._shutting_down = False
@@ -98,8 +106,12 @@ class WorkerPool(Executor):
         # Workers are started before the dispatcher thread so that the first forks
         # happen while the driver has a single thread.
         self._workers = []
-        for _ in range(max_workers):
-            self._workers.append(self._start_worker())
+        try:
+            for _ in range(max_workers):
+                self._workers.append(self._start_worker())
+        except BaseException:
+            self._stop_workers(self._workers, timeout=0)
+            raise
         self._thread = threading.Thread(target=self._dispatch_loop, name="wfl_like-pool-dispatcher",
                                         daemon=True)
         self._thread.start()
@@ -115,9 +127,11 @@ class WorkerPool(Executor):
     @property
     def pids(self):
         """Process ids of the current workers."""
-        return [w.process.pid for w in self._workers]
+        with self._lock:
+            return [w.process.pid for w in self._workers]
 
     def submit(self, fn, /, *args, **kwargs):
+        """Schedule ``fn(*args, **kwargs)`` in a worker; returns a :class:`~concurrent.futures.Future`."""
         future = Future()
         with self._lock:
             if self._broken is not None:
@@ -129,43 +143,55 @@ class WorkerPool(Executor):
         return future
 
     def shutdown(self, wait=True, *, cancel_futures=False):
+        """Let the workers finish the queued tasks (or cancel them), then stop them."""
         with self._lock:
             self._shutting_down = True
             if cancel_futures:
-                while self._queue:
-                    self._queue.popleft().future.cancel()
+                self._abandon_queue(None)
         self._wake()
-        if wait and self._thread is not threading.current_thread():
-            self._thread.join()
+        if wait:
+            self._join()
 
     def terminate(self):
         """Stop now: kill every worker, fail running and queued tasks, and wait for the dispatcher."""
         with self._lock:
             self._shutting_down = True
-            while self._queue:
-                self._queue.popleft().future.cancel()
+            self._abandon_queue(None)
             for worker in self._workers:
                 _kill(worker.process)
         self._wake()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        self._join()
+
+    def _join(self):
+        if self._thread is threading.current_thread():
+            return
+        self._thread.join()
+        # closed only now: closing while another thread writes could hit a reused descriptor
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _wake(self):
         try:
             self._wake_w.send_bytes(b"")
-        except OSError:
-            pass     # the dispatcher already left and closed the pipe
+        except (OSError, TypeError):
+            pass     # the pool is closed: nobody to wake
+
+    def _abandon_queue(self, exc):
+        """Cancel the queued tasks (``exc=None``) or fail them with ``exc``; call with the lock held."""
+        while self._queue:
+            _abandon(self._queue.popleft().future, exc)
 
     # --- the dispatcher thread --------------------------------------------------------
 
     def _dispatch_loop(self):
         try:
             while True:
+                self._send_tasks(self._pair_tasks())
                 with self._lock:
-                    self._assign_tasks()
                     if self._shutting_down and not self._queue and not any(w.task for w in self._workers):
                         break
-                waitables = [self._wake_r] + [w.conn for w in self._workers] + [w.sentinel for w in self._workers]
+                    workers = list(self._workers)
+                waitables = [self._wake_r] + [w.conn for w in workers] + [w.sentinel for w in workers]
                 for ready in wait(waitables):
                     if ready is self._wake_r:
                         while self._wake_r.poll():
@@ -176,33 +202,40 @@ class WorkerPool(Executor):
             log.exception("wfl_like pool dispatcher failed")
             self._break(RuntimeError(f"the worker pool's dispatcher failed: {exc!r}"))
         finally:
-            self._stop_workers()
-            self._wake_r.close()
-            self._wake_w.close()
+            with self._lock:
+                workers, self._workers = self._workers, []
+            self._stop_workers(workers, timeout=_LEAVE_TIMEOUT)
 
-    def _assign_tasks(self):
-        idle = [w for w in self._workers if w.task is None and w.process.is_alive()]
-        while idle and self._queue:
-            task = self._queue.popleft()
-            # a task put back after a failed send is already marked running
-            if not task.future.running() and not task.future.set_running_or_notify_cancel():
-                continue
-            worker = idle.pop()
+    def _pair_tasks(self):
+        """Take queued tasks for idle ready workers: ``[(worker, task), ...]``."""
+        pairs = []
+        with self._lock:
+            for worker in self._workers:
+                while self._queue and worker.ready and worker.task is None:
+                    task = self._queue.popleft()
+                    # a task put back after a failed send is already marked running
+                    if task.future.running() or task.future.set_running_or_notify_cancel():
+                        worker.task = task
+                        pairs.append((worker, task))
+        return pairs
+
+    def _send_tasks(self, pairs):
+        for worker, task in pairs:
             try:
                 worker.conn.send((task.fn, task.args, task.kwargs))
             except (BrokenPipeError, ConnectionResetError, EOFError):
                 # the worker died just now: its sentinel will say so; another worker takes the task
-                self._queue.appendleft(task)
+                worker.task = None
+                with self._lock:
+                    self._queue.appendleft(task)
             except Exception as exc:
-                task.future.set_exception(_unpicklable(exc, "the task's arguments"))
-                idle.append(worker)
-            else:
-                worker.task = task
+                worker.task = None
+                _abandon(task.future, _unpicklable(exc, "the task's arguments"))
 
     def _handle_ready(self, ready):
         worker = next((w for w in self._workers if ready is w.conn or ready is w.sentinel), None)
         if worker is None:
-            return
+            return      # already handled: its pipe and its sentinel were both ready
         if ready is worker.conn:
             try:
                 message = worker.conn.recv()
@@ -213,7 +246,7 @@ class WorkerPool(Executor):
                 # whose __init__ takes other arguments): fail that task only, not the pool.
                 error = TypeError(f"a reply from the worker could not be unpickled: {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
-                message = ("error" if worker.task is not None else "init_error", error, "")
+                message = ("error" if worker.ready else "init_error", error, "")
             if message is not None:
                 self._handle_message(worker, message)
                 return
@@ -221,55 +254,88 @@ class WorkerPool(Executor):
 
     def _handle_message(self, worker, message):
         kind = message[0]
-        if kind == "init_error":
+        if kind == "ready":
+            worker.ready = True
+        elif kind == "init_error":
             self._break(_with_remote_cause(
                 WorkerInitializerError(f"the worker initializer raised {message[1]!r}; no task can run"),
                 message[2]))
-            return
-        future = worker.task.future
-        worker.task = None
-        if kind == "ok":
-            future.set_result(message[1])
-        else:
-            future.set_exception(_with_remote_cause(message[1], message[2]))
+        elif worker.task is not None:
+            future, worker.task = worker.task.future, None
+            if kind == "ok":
+                _settle(future, result=message[1])
+            else:
+                _settle(future, exc=_with_remote_cause(message[1], message[2]))
 
     def _handle_death(self, worker):
-        worker.process.join()
-        exitcode = worker.process.exitcode
+        worker.process.join(_LEAVE_TIMEOUT)
+        if worker.process.is_alive():
+            # its pipe closed but the process lingers (threads of its own): finish it
+            _kill(worker.process)
+            worker.process.join()
         worker.conn.close()
+        exitcode, pid = worker.process.exitcode, worker.process.pid
+        if not worker.ready:
+            self._break(WorkerInitializerError(
+                f"a worker process (pid {pid}) died with {describe_exitcode(exitcode)} before its "
+                f"initializer finished; no task can run"))
+        if worker.task is not None:
+            _settle(worker.task.future, exc=WorkerDiedError(exitcode, pid))
+            worker.task = None
         with self._lock:
             self._workers.remove(worker)
-            if worker.task is not None and not worker.task.future.done():
-                worker.task.future.set_exception(WorkerDiedError(exitcode, worker.process.pid))
-            if not self._shutting_down and self._broken is None:
-                log.info("worker pid %d died (%s); starting a replacement", worker.process.pid, exitcode)
-                self._workers.append(self._start_worker())
+            replace = not self._shutting_down and self._broken is None
+        if replace:
+            log.info("worker pid %d died (%s); starting a replacement", pid, describe_exitcode(exitcode))
+            replacement = self._start_worker()
+            with self._lock:
+                self._workers.append(replacement)
 
     def _break(self, exc):
         with self._lock:
-            self._broken = exc
+            if self._broken is None:
+                self._broken = exc
             self._shutting_down = True
-            while self._queue:
-                future = self._queue.popleft().future
-                if future.running() or future.set_running_or_notify_cancel():
-                    future.set_exception(exc)
-            for worker in self._workers:
-                if worker.task is not None and not worker.task.future.done():
-                    worker.task.future.set_exception(exc)
-                worker.task = None
+            self._abandon_queue(exc)
+            running = [w for w in self._workers if w.task is not None]
+        for worker in running:
+            _settle(worker.task.future, exc=exc)
+            worker.task = None
 
-    def _stop_workers(self):
-        for worker in self._workers:
+    @staticmethod
+    def _stop_workers(workers, timeout):
+        """Ask workers to leave, wait at most ``timeout`` seconds for all of them, then kill the rest."""
+        for worker in workers:
             try:
                 worker.conn.send(None)
-            except OSError:
+            except (OSError, ValueError):
                 pass
-        for worker in self._workers:
-            worker.process.join(_LEAVE_TIMEOUT)
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 _kill(worker.process)
                 worker.process.join()
             worker.conn.close()
+
+
+def _settle(future, result=None, exc=None):
+    """Complete a future unless it already is (cancelled, or failed by a broken pool)."""
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _abandon(future, exc):
+    """Fail a task that will not run: with ``exc``, or as cancelled when ``exc`` is None."""
+    if exc is None:
+        if not future.cancel():
+            _settle(future, exc=CancelledError())   # already marked running
+    elif future.running() or future.set_running_or_notify_cancel():
+        _settle(future, exc=exc)
 
 
 def _kill(process):
@@ -307,6 +373,7 @@ def _worker_main(conn, initializer, initargs, inherited):
             except BaseException as exc:
                 _send(conn, _error_message("init_error", exc))
                 return
+        conn.send(("ready",))
         while True:
             message = conn.recv()
             if message is None:
@@ -328,10 +395,11 @@ def _send(conn, reply):
         raise
     except Exception as exc:
         # the result or the exception does not pickle: send what can be said of it
-        what = "result" if reply[0] == "ok" else "exception"
+        kind = "error" if reply[0] == "ok" else reply[0]
+        what = "result" if reply[0] == "ok" else f"exception {reply[1]!r}"
         error = TypeError(f"the operation's {what} could not be sent back from the worker: "
                           f"{type(exc).__name__}: {exc}")
-        conn.send(("error", error, reply[2] if len(reply) > 2 else ""))
+        conn.send((kind, error, reply[2] if len(reply) > 2 else ""))
 
 
 def _error_message(kind, exc):

@@ -51,8 +51,10 @@ def _settle(chunk, future, op_name, progress):
 
 
 def _add_note(exc, note):
-    if hasattr(exc, "add_note"):     # Python >= 3.11
+    if hasattr(exc, "add_note"):
         exc.add_note(note)
+    else:       # Python 3.10: kept where 3.11 keeps it, though tracebacks do not show it
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
 
 
 def _span(indices):

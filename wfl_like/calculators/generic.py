@@ -3,7 +3,11 @@
 import logging
 import pickle
 
-from wfl_like.autoparallelize import autoparallelize
+import numpy as np
+from ase.calculators.calculator import all_changes
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from wfl_like.autoparallelize import autoparallelize, autoparallelize_docstring
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +65,42 @@ PER_ATOM_PROPERTIES = frozenset({"forces", "energies", "stresses", "magmoms", "c
 
 def _calculate_op(atoms_list, calculator, properties=None, output_prefix=AUTO_PREFIX,
                   raise_calc_exceptions=False):
+    """Evaluate an ASE calculator on every structure.
+
+    Results are stored with a prefix: ``info[prefix + "energy"]``,
+    ``arrays[prefix + "forces"]``, ``info[prefix + "stress"]`` (other per-atom properties
+    in ``arrays``, the rest in ``info``).  Stress is not asked of structures that are not
+    periodic in all three directions, nor any property the calculator does not implement.
+    A structure on which the calculator raises gets
+    ``info[prefix + "calculation_failed"] = True`` and the run goes on.  Chunks of 10
+    structures by default.
+
+    Parameters
+    ----------
+    atoms_list : list of Atoms
+        Structures to evaluate.
+    calculator : ase Calculator or (constructor, args, kwargs)
+        A calculator instance, or a picklable recipe built once per worker process
+        (for calculators that cannot be pickled or are expensive to set up).
+    properties : list of str, default ["energy", "forces", "stress"]
+        Properties to compute.
+    output_prefix : str or None, default "_auto_"
+        Prefix of the stored keys; ``"_auto_"`` means the calculator's class name and ``_``
+        (e.g. ``EMT_energy``); ``None`` attaches the results as a SinglePointCalculator
+        instead (written by extended XYZ as plain ``energy``, ``forces``, ``stress``).
+    raise_calc_exceptions : bool, default False
+        Raise a calculator's exception instead of marking the structure as failed.
+    """
     calc = construct_calculator(calculator)
-    prefix = f"{type(calc).__name__}_" if output_prefix == AUTO_PREFIX else output_prefix
-    wanted = list(DEFAULT_PROPERTIES if properties is None else properties)
+    prefix = f"{type(calc).__name__}_" if output_prefix == AUTO_PREFIX else (output_prefix or "")
+    wanted = _implemented(calc, DEFAULT_PROPERTIES if properties is None else properties)
     outputs = []
     for atoms in atoms_list:
         _forget_results(atoms, prefix, wanted)
         # stress is undefined without a cell periodic in every direction
         asked = [name for name in wanted if name != "stress" or atoms.pbc.all()]
-        # A calculator reused across structures may keep state (EMT keeps its neighbour
-        # list); a reset makes each result independent of what the worker computed before,
-        # so outputs are the same whatever the process count or chunk size.
-        calc.reset()
         try:
-            results = {name: calc.get_property(name, atoms) for name in asked}
+            results = _evaluate(calc, atoms, asked)
         except Exception as exc:
             if raise_calc_exceptions:
                 raise
@@ -82,10 +108,38 @@ def _calculate_op(atoms_list, calculator, properties=None, output_prefix=AUTO_PR
                         atoms.info.get("_ConfigSet_loc", "?"), type(exc).__name__, exc)
             atoms.info[prefix + "calculation_failed"] = True
             results = {}
-        for name, value in results.items():
-            (atoms.arrays if name in PER_ATOM_PROPERTIES else atoms.info)[prefix + name] = value
+        if output_prefix is None:
+            atoms.calc = SinglePointCalculator(atoms, **results) if results else None
+        else:
+            for name, value in results.items():
+                (atoms.arrays if name in PER_ATOM_PROPERTIES else atoms.info)[prefix + name] = value
         outputs.append(atoms)
     return outputs
+
+
+def _implemented(calc, properties):
+    """The properties the calculator implements, with a warning for the others."""
+    implemented = getattr(calc, "implemented_properties", None)
+    if implemented is None:
+        return list(properties)
+    missing = [name for name in properties if name not in implemented]
+    if missing:
+        log.warning("calculator %s does not implement %s; not computed", type(calc).__name__, missing)
+    return [name for name in properties if name in implemented]
+
+
+def _evaluate(calc, atoms, properties):
+    """All ``properties`` of ``atoms`` in one calculation, as copies."""
+    # A calculator reused across structures may keep state (EMT keeps its neighbour
+    # list); a reset makes each result independent of what the worker computed before,
+    # so outputs are the same whatever the process count or chunk size.
+    calc.reset()
+    calc.calculate(atoms, properties, all_changes)
+    missing = [name for name in properties if name not in calc.results]
+    if missing:
+        raise RuntimeError(f"calculator {type(calc).__name__} did not compute {missing}")
+    return {name: np.array(calc.results[name]) if np.ndim(calc.results[name]) else calc.results[name]
+            for name in properties}
 
 
 def _forget_results(atoms, prefix, properties):
@@ -102,36 +156,4 @@ def calculate(*args, **kwargs):
                            **kwargs)
 
 
-calculate.__doc__ = """Evaluate an ASE calculator on every structure of ``inputs``.
-
-Results are stored with a prefix: ``info[prefix + "energy"]``, ``arrays[prefix + "forces"]``,
-``info[prefix + "stress"]`` (other per-atom properties in ``arrays``, the rest in
-``info``).  Stress is not asked of structures that are not periodic in all three
-directions.  A structure on which the calculator raises gets
-``info[prefix + "calculation_failed"] = True`` and the run goes on, unless
-``raise_calc_exceptions``.  Chunks of 10 structures by default.
-
-Parameters
-----------
-inputs : iterable of Atoms
-    Input structures, usually a ConfigSet.
-outputs : OutputSpec or None
-    Where the output structures go.
-calculator : ase Calculator or (constructor, args, kwargs)
-    A calculator instance, or a picklable recipe built once per worker process
-    (use this for calculators that cannot be pickled or are expensive to set up).
-properties : list of str, default ["energy", "forces", "stress"]
-    Properties to compute.
-output_prefix : str, default "_auto_"
-    Prefix of the stored keys; ``"_auto_"`` means the calculator's class name and ``_``
-    (e.g. ``EMT_energy``).
-raise_calc_exceptions : bool, default False
-    Raise a calculator's exception instead of marking the structure as failed.
-autopara_info : AutoparaInfo or dict, optional
-    How to parallelize: num_python_subprocesses, num_inputs_per_python_subprocess, ...
-
-Returns
--------
-ConfigSet or None
-    The structures with their results (None when outputs is None).
-"""
+autoparallelize_docstring(calculate, _calculate_op, "Atoms")

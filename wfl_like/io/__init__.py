@@ -46,16 +46,18 @@ def iread(path, **read_kwargs):
         for atoms in ase.io.iread(path, **kwargs):
             yield atoms
             frame_i += 1
-    except InputFileError:
-        raise
     except Exception as exc:
         raise InputFileError(f"could not read {str(path)!r} at frame {frame_i} "
                              f"({type(exc).__name__}: {exc}); check that the file is complete "
                              f"and in a format ASE reads") from exc
 
 
+# Formats whose files can grow one structure at a time, as outputs are written.
+APPENDABLE_FORMATS = ("extxyz", "xyz")
+
+
 def format_for(path, write_kwargs=None):
-    """Return the ASE format name to write ``path`` with.
+    """The ASE format to write output file ``path`` with, checked to be appendable.
 
     Parameters
     ----------
@@ -63,12 +65,25 @@ def format_for(path, write_kwargs=None):
         Final output path; its name decides the format unless ``write_kwargs`` has one.
     write_kwargs : dict, optional
         May hold ``format``.
-    """
-    from ase.io.formats import filetype
 
-    if write_kwargs and write_kwargs.get("format"):
-        return write_kwargs["format"]
-    return filetype(str(path), read=False)
+    Raises
+    ------
+    ValueError
+        The format is unknown or cannot be written one structure at a time.
+    """
+    from ase.io.formats import UnknownFileTypeError, filetype
+
+    name = (write_kwargs or {}).get("format")
+    if not name:
+        try:
+            name = filetype(str(path), read=False)
+        except UnknownFileTypeError:
+            name = None
+    if name not in APPENDABLE_FORMATS:
+        raise ValueError(f"output file {str(path)!r}: format {name!r} cannot be written one structure at a "
+                         f"time; name the file *.xyz (extended XYZ), or pass write_kwargs={{'format': "
+                         f"'extxyz'}}, and convert the returned ConfigSet with ase.io.write afterwards")
+    return name
 
 
 def write(fileobj, atoms, **write_kwargs):
@@ -89,5 +104,12 @@ def partial_path(path):
 
 
 def publish(partial, final):
-    """Move a completed file to its final path in one atomic step."""
+    """Move a completed file to its final path in one atomic step, durably."""
+    with open(partial, "rb") as handle:
+        os.fsync(handle.fileno())
     os.replace(partial, final)
+    directory = os.open(Path(final).parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
