@@ -18,7 +18,8 @@ import wfl_like
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import AutoparaInfo, autoparallelize, autoparallelize_docstring, autoparallelized
 from wfl_like.autoparallelize.pool import RemoteTraceback
-from wfl_like.errors import OpOutputError, WorkerDiedError, WorkerInitializerError
+from wfl_like.errors import (AutoparallelizeError, FailedItemsWarning, OpOutputError, WorkerDiedError,
+                             WorkerInitializerError)
 
 NPROCS = [0, 1, 3]
 CHUNKS = [1, 2, 7]
@@ -699,10 +700,12 @@ def test_op_returning_none_for_the_whole_chunk_skips_all(tmp_path, nproc):
 
 @pytest.mark.parametrize("nproc", [0, 2])
 def test_skip_failed_false_raises(tmp_path, nproc):
-    with pytest.raises(OpOutputError, match="input item 1"):
+    with pytest.raises(AutoparallelizeError) as info:
         autoparallelize(odd_fails_op, ConfigSet(make_list(5)), OutputSpec(),
                         autopara_info=para(nproc, 2, skip_failed=False))
-    with pytest.raises(OpOutputError, match="odd_fails_op"):
+    assert [f.index for f in info.value.failures] == [1, 3]
+    assert all(isinstance(f.exception, OpOutputError) for f in info.value.failures)
+    with pytest.raises(AutoparallelizeError, match="odd_fails_op"):
         autoparallelize(odd_fails_op, ConfigSet(make_list(5)), OutputSpec(tmp_path / "out.xyz"),
                         autopara_info=para(nproc, 2, skip_failed=False))
     assert list(tmp_path.iterdir()) == []
@@ -710,12 +713,15 @@ def test_skip_failed_false_raises(tmp_path, nproc):
 
 @pytest.mark.parametrize("nproc", [0, 2])
 def test_op_output_of_wrong_length_or_type(tmp_path, nproc):
-    with pytest.raises(OpOutputError, match="wrong_length_op") as info:
+    with pytest.raises(AutoparallelizeError, match="wrong_length_op") as info:
         autoparallelize(wrong_length_op, ConfigSet(make_list(4)), OutputSpec(), autopara_info=para(nproc, 2))
-    assert "3 outputs for 2" in str(info.value)
-    with pytest.raises(OpOutputError, match="not_a_list_op"):
+    # the chunk of 2 gave 3 outputs, then each item alone gave a wrong count too
+    assert [f.index for f in info.value.failures] == [0, 1, 2, 3]
+    assert all(isinstance(f.exception, OpOutputError) for f in info.value.failures)
+    assert "outputs for 1 input items" in info.value.failures[0].reason
+    with pytest.raises(AutoparallelizeError, match="not_a_list_op"):
         autoparallelize(not_a_list_op, ConfigSet(make_list(4)), OutputSpec(), autopara_info=para(nproc, 2))
-    with pytest.raises(OpOutputError, match="string_op") as info:
+    with pytest.raises(AutoparallelizeError, match="string_op") as info:
         autoparallelize(string_op, ConfigSet(make_list(4)), OutputSpec(tmp_path / "out.xyz"),
                         autopara_info=para(nproc, 2))
     assert "str" in str(info.value)
@@ -736,43 +742,52 @@ def test_bad_inputs_or_outputs_are_type_errors(tmp_path):
 @pytest.mark.parametrize("chunk", [1, 3])
 @pytest.mark.parametrize("how, exitcode, words", [("exit", 7, "exit code 7"),
                                                   ("kill", -signal.SIGKILL, "SIGKILL")])
-def test_dead_worker_raises_worker_died_error(tmp_path, how, exitcode, words, chunk):
+def test_dead_worker_fails_only_its_item_after_retries(tmp_path, how, exitcode, words, chunk):
     out_dir, pid_dir = tmp_path / "out", tmp_path / "pids"
     out_dir.mkdir()
     pid_dir.mkdir()
-    with pytest.raises(WorkerDiedError) as info:
+    with pytest.raises(AutoparallelizeError) as info:
         autoparallelize(die_on_5_op, ConfigSet(make_list(10)), OutputSpec(out_dir / "out.xyz"), str(pid_dir), how,
                         autopara_info=para(2, chunk))
-    exc = info.value
-    expected_items = list(range(5 - 5 % chunk, 5 - 5 % chunk + chunk))
-    assert exc.items == expected_items
-    assert exc.exitcode == exitcode
-    assert words in str(exc)
-    assert str(expected_items) in str(exc)
-    assert "die_on_5_op" in str(exc)
-    # no final output and no partial file
+    [failure] = info.value.failures
+    assert failure.index == 5
+    assert words in failure.reason and "3 times" in failure.reason     # first run + 2 retries
+    assert isinstance(failure.exception, WorkerDiedError) and failure.exception.exitcode == exitcode
+    assert "item 5" in str(info.value) and "die_on_5_op" in str(info.value)
+    # errors="raise": no final output and no partial file
     assert list(out_dir.iterdir()) == []
     # every worker is gone
     pids = marker_pids(pid_dir, "pid-")
     assert pids and os.getpid() not in pids
-    assert exc.pid in pids
+    assert failure.exception.pid in pids
     assert not any(process_running(pid) for pid in pids)
     assert worker_children() == []
 
 
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_dead_worker_with_errors_skip_keeps_every_other_output(tmp_path, chunk):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    with pytest.warns(FailedItemsWarning, match="item 5"):
+        result = autoparallelize(die_on_5_op, ConfigSet(make_list(10)), OutputSpec(tmp_path / "out.xyz"),
+                                 str(pid_dir), "kill", autopara_info=para(2, chunk, errors="skip"))
+    assert labels(result) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert [f.index for f in result.failures] == [5]
+    assert worker_children() == []
+
+
 @pytest.mark.parametrize("nproc", [0, 2])
-def test_op_exception_propagates_with_type_cause_and_note(tmp_path, nproc):
-    with pytest.raises(LabelError, match="label 3 is refused") as info:
+def test_op_exception_fails_only_its_item_with_type_and_traceback(tmp_path, nproc):
+    with pytest.raises(AutoparallelizeError, match="label 3 is refused") as info:
         autoparallelize(raise_on_3_op, ConfigSet(make_list(8)), OutputSpec(tmp_path / "out.xyz"),
                         autopara_info=para(nproc, 2))
-    exc = info.value
-    notes = "\n".join(getattr(exc, "__notes__", []))
-    assert "raise_on_3_op" in notes
-    assert "input items 2..3" in notes
+    [failure] = info.value.failures
+    assert failure.index == 3
+    assert failure.reason == "LabelError: label 3 is refused"
+    assert isinstance(failure.exception, LabelError)
+    assert "raise_on_3_op" in failure.traceback
     if nproc:
-        assert isinstance(exc.__cause__, RemoteTraceback)
-        assert "raise_on_3_op" in str(exc.__cause__)
-        assert "LabelError: label 3 is refused" in str(exc.__cause__)
+        assert isinstance(failure.exception.__cause__, RemoteTraceback)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -971,3 +986,21 @@ def test_closed_outputspec_is_refused_before_any_work(tmp_path):
     marker_dir.mkdir()
     with pytest.raises(ValueError, match="already closed"):
         autoparallelize(record_op, ConfigSet(make_list(2)), outputs, autopara_info=para(0))
+
+
+def always_fails_op(items):
+    raise KeyError("missing_parameter")
+
+
+@pytest.mark.parametrize("nproc", [0, 2])
+def test_same_failure_on_every_first_item_stops_the_run_early(tmp_path, nproc):
+    calls_dir = tmp_path / "calls"
+    calls_dir.mkdir()
+    inputs = (make_atoms(i) for i in range(100_000))      # far more than will be read
+    with pytest.raises(AutoparallelizeError, match="setup") as info:
+        autoparallelize(always_fails_op, inputs, OutputSpec(tmp_path / "out.xyz"),
+                        autopara_info=para(nproc, 2, errors="skip"))
+    assert info.value.stopped_early
+    assert 10 <= len(info.value.failures) < 100
+    assert "KeyError" in str(info.value)
+    assert not (tmp_path / "out.xyz").exists()

@@ -13,6 +13,7 @@ from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
+from wfl_like.errors import AutoparallelizeError
 from wfl_like import AutoparaInfo, ConfigSet, OutputSpec
 from wfl_like.calculators.generic import calculate
 
@@ -240,9 +241,13 @@ def test_failed_flag_survives_a_file(tmp_path):
 def test_raise_calc_exceptions_propagates(tmp_path, num_workers):
     cells = _with_bad(cu_cells(5, seed=7), bad={3})
     out_path = tmp_path / "out.xyz"
-    with pytest.raises(BadStructureError, match="refusing structure 3"):
+    # the calculator's exception makes the item fail (instead of being marked in its info):
+    # every other structure is computed, then the call raises
+    with pytest.raises(AutoparallelizeError, match="refusing structure 3") as info:
         calculate(ConfigSet(cells), OutputSpec(out_path), (FailingEMT, [], {}), raise_calc_exceptions=True,
                   autopara_info={"num_python_subprocesses": num_workers, "num_inputs_per_python_subprocess": 1})
+    [failure] = info.value.failures
+    assert failure.index == 3 and isinstance(failure.exception, BadStructureError)
     assert not out_path.exists()
     assert not list(tmp_path.glob(".*.partial"))
 
@@ -272,8 +277,9 @@ def test_stale_results_under_the_prefix_are_not_kept(num_workers):
 def test_spec_that_does_not_build_a_calculator_is_an_error():
     # a spec whose constructor returns something else is a mistake of the caller, not a
     # failure of each structure
-    with pytest.raises(TypeError, match="calculator"):
+    with pytest.raises(AutoparallelizeError, match="calculator") as info:
         run(cu_cells(3), (dict, [], {}))
+    assert all(isinstance(f.exception, TypeError) for f in info.value.failures)
 
 
 def test_neither_instance_nor_spec_is_an_error():

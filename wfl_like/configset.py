@@ -44,6 +44,12 @@ class ConfigSet:
     read_kwargs : dict, optional
         Extra keyword arguments for :func:`ase.io.iread`, e.g. ``{"index": "::2"}``.
 
+    Attributes
+    ----------
+    failures : list of wfl_like.errors.FailedItem
+        For a set returned by an autoparallelized operation run with ``errors="skip"``:
+        the input items that failed and why (empty otherwise).
+
     Raises
     ------
     FileNotFoundError
@@ -58,6 +64,7 @@ class ConfigSet:
         self.read_kwargs = dict(read_kwargs or {})
         self._enclosing = ()
         self._cur_loc = None
+        self.failures = []
         root = Path(file_root) if file_root is not None else None
         self._kind, self._content = _classify(items, root)
 
@@ -67,6 +74,7 @@ class ConfigSet:
         cs._kind, cs._content, cs._enclosing = kind, content, enclosing
         cs.read_kwargs = read_kwargs
         cs._cur_loc = None
+        cs.failures = []
         return cs
 
     @property

@@ -35,6 +35,10 @@ class WorkerDiedError(RuntimeError):
     def __reduce__(self):
         return (type(self), (self.exitcode, self.pid, self.items, self.op))
 
+    def describe(self):
+        """The exit code or signal in words."""
+        return describe_exitcode(self.exitcode)
+
 
 class WorkerInitializerError(RuntimeError):
     """The per-worker initializer raised, so no worker could start."""
@@ -77,3 +81,98 @@ def describe_exitcode(exitcode):
 
 class InputFileError(ValueError):
     """An input file is missing, empty of matches, or cannot be parsed."""
+
+
+class TaskTimeoutError(TimeoutError):
+    """A task ran past its time limit; its worker was killed.
+
+    Parameters
+    ----------
+    timeout : float
+        The limit, in seconds.
+    pid : int or None
+        Process id of the worker that was killed.
+    """
+
+    def __init__(self, timeout, pid=None):
+        self.timeout, self.pid = timeout, pid
+        super().__init__(f"timed out after {timeout:g} s (worker{'' if pid is None else f' pid {pid}'} killed)")
+
+    def __reduce__(self):
+        return (type(self), (self.timeout, self.pid))
+
+
+class FailedItem:
+    """What went wrong with one input item.
+
+    Attributes
+    ----------
+    index : int
+        Position of the item in the input.
+    reason : str
+        One line: the exception type and message, ``worker died (...)`` or ``timed out after T s``.
+    traceback : str
+        The worker's traceback text, when there is one.
+    exception : BaseException or None
+        The exception itself (the op's own, or WorkerDiedError / TaskTimeoutError).
+    """
+
+    __slots__ = ("index", "reason", "traceback", "exception")
+
+    def __init__(self, index, reason, traceback="", exception=None):
+        self.index, self.reason, self.traceback = index, reason, traceback
+        self.exception = exception
+
+    def __repr__(self):
+        return f"FailedItem(index={self.index}, reason={self.reason!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, FailedItem) and (self.index, self.reason) == (other.index, other.reason)
+
+
+def describe_failures(failures, limit=20):
+    """``"item 3: ValueError: ...; item 7: worker died ..."``, at most ``limit`` of them."""
+    text = "; ".join(f"item {f.index}: {f.reason}" for f in failures[:limit])
+    if len(failures) > limit:
+        text += f"; and {len(failures) - limit} more"
+    return text
+
+
+class AutoparallelizeError(RuntimeError):
+    """Some input items failed; every other item was completed.
+
+    Attributes
+    ----------
+    failures : list of FailedItem
+        One record per failed item, in input order.
+    stopped_early : bool
+        The run was stopped because its first items all failed with the same error.
+    """
+
+    def __init__(self, op, failures, stopped_early=False):
+        self.op, self.failures, self.stopped_early = op, list(failures), stopped_early
+        if stopped_early:
+            message = (f"operation {op} failed on each of the first {len(self.failures)} input items with "
+                       f"the same error, so the run was stopped (likely a problem with the setup, not "
+                       f"the items): {self.failures[0].reason}")
+        else:
+            message = (f"operation {op} failed on {len(self.failures)} input items (every other item "
+                       f"was completed): {describe_failures(self.failures)}")
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.op, self.failures, self.stopped_early))
+
+
+class FailedItemsWarning(UserWarning):
+    """Some input items failed and were left out of the outputs (``errors="skip"``).
+
+    Attributes
+    ----------
+    failures : list of FailedItem
+    """
+
+    def __init__(self, op, failures):
+        self.failures = list(failures)
+        super().__init__(f"operation {op} failed on {len(self.failures)} input items, left out of the "
+                         f"outputs: {describe_failures(self.failures)}")

@@ -6,6 +6,9 @@ _DEFAULTS = {
     "iterable_arg": 0,
     "skip_failed": True,
     "initializer": (None, ()),
+    "errors": "raise",
+    "retries": 2,
+    "timeout": None,
 }
 
 # wfl options for its remote job submission (ExPyRe), which wfl_like does not have:
@@ -35,6 +38,17 @@ class AutoparaInfo:
     initializer : (callable, sequence), default (None, ())
         ``func(*args)`` run once in each worker before any chunk (in the calling process
         when running serially), e.g. to load a potential once per worker.
+    errors : {"raise", "skip"}, default "raise"
+        What a failed item does once every other item is done: ``"raise"`` raises
+        :class:`~wfl_like.errors.AutoparallelizeError` listing the failures (and writes no
+        output file); ``"skip"`` leaves the failed items out of the outputs, warns with
+        :class:`~wfl_like.errors.FailedItemsWarning`, and returns normally.
+    retries : int, default 2
+        How many more times an item whose worker died (signal, out-of-memory kill,
+        segfault) is run, alone, before it counts as failed.
+    timeout : float, optional
+        Seconds an item may run; past that its worker is killed and replaced and the item
+        fails as timed out.  Needs worker processes (ignored, with a warning, when serial).
 
     Raises
     ------
@@ -87,6 +101,15 @@ class AutoparaInfo:
         if not isinstance(self.iterable_arg, (int, str)) or isinstance(self.iterable_arg, bool):
             raise TypeError(f"iterable_arg must be an int (position) or a str (keyword), "
                             f"not {self.iterable_arg!r}")
+        if self.errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {self.errors!r}")
+        retries = self.retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
+        timeout = self.timeout
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0):
+            raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
         init = self.initializer
         if (not isinstance(init, (tuple, list)) or len(init) != 2
                 or not (init[0] is None or callable(init[0]))):

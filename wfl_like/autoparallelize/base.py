@@ -3,6 +3,7 @@
 import functools
 import inspect
 import logging
+import os
 import warnings
 
 import numpy as np
@@ -14,8 +15,8 @@ from wfl_like.autoparallelize.docstrings import autoparallelize_docstring
 from wfl_like.autoparallelize.executors import chunk_runner, num_workers
 from wfl_like.autoparallelize.opcall import PER_ITEM_INFO, OpCall, op_name, takes_argument
 from wfl_like.autoparallelize.supervisor import run_in_order
-from wfl_like.configset import OutputSpec
-from wfl_like.errors import OpOutputError
+from wfl_like.configset import ConfigSet, OutputSpec
+from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
                      name, [str(p) for p in outputs.paths])
             return outputs.to_ConfigSet()
         outputs._refuse_existing()
+        _check_output_paths(inputs, outputs)
 
     per_item_info = takes_argument(op, PER_ITEM_INFO)
     if rng is not None and not per_item_info:
@@ -100,23 +102,85 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
     # generator give different, reproducible streams.
     op_rng = rng.spawn(1)[0] if rng is not None else None
     workers = num_workers(info.num_python_subprocesses)
+    if info.timeout is not None and workers == 0:
+        warnings.warn(f"timeout={info.timeout} is not enforced for {name}: it needs worker processes "
+                      f"(num_python_subprocesses >= 1)", stacklevel=3)
     log.info("%s: %s, %d inputs per chunk", name,
              f"{workers} worker processes" if workers else "serial", info.num_inputs_per_python_subprocess)
 
     chunks = make_chunks(inputs, info.num_inputs_per_python_subprocess, op_rng)
     try:
         with chunk_runner(call, workers, info.initializer) as (submit, slots):
-            for chunk, results in run_in_order(submit, chunks, slots, name):
-                if outputs is not None:
-                    _store(outputs, chunk, results, name, info.skip_failed)
+            results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout)
+            failures = _store_all(results, outputs, name, info.skip_failed)
+        if failures and info.errors == "raise":
+            raise AutoparallelizeError(name, failures)
     except BaseException:
         if outputs is not None:
             outputs.discard()
         raise
+    if failures:
+        warnings.warn(FailedItemsWarning(name, failures), stacklevel=3)
     if outputs is None:
         return None
     outputs.close()
-    return outputs.to_ConfigSet()
+    result = outputs.to_ConfigSet()
+    result.failures = failures
+    return result
+
+
+# A run whose first this-many items all failed for one same reason, with no success at
+# all, is stopped: that is a setup problem (a bad argument, a missing file), and going
+# through every remaining item would only repeat it.
+FAIL_FAST_AFTER = 10
+
+
+def _store_all(results, outputs, name, skip_failed):
+    """Store each chunk's outputs as it comes; return the failures of the whole run."""
+    failures, succeeded = [], 0
+    for result in results:
+        failures.extend(result.failures)
+        failed = {failure.index for failure in result.failures}
+        for index, loc, output in zip(result.chunk.indices, result.chunk.locations, result.outputs):
+            if index in failed:
+                continue
+            problem = _output_problem(output, outputs, name, skip_failed)
+            if problem is not None:
+                failures.append(FailedItem(index, f"OpOutputError: {problem}", "", OpOutputError(problem)))
+                continue
+            succeeded += 1
+            if output is not None and outputs is not None:
+                outputs.store(output, loc or "")
+        if not succeeded and len(failures) >= FAIL_FAST_AFTER and len({f.reason for f in failures}) == 1:
+            raise AutoparallelizeError(name, failures, stopped_early=True)
+    return failures
+
+
+def _output_problem(output, outputs, name, skip_failed):
+    """Why an item's output cannot be stored, or None."""
+    if output is None:
+        return None if skip_failed else f"operation {name} returned None and skip_failed is False"
+    if outputs is not None and outputs.files is not None and not _is_atoms_tree(output):
+        return (f"operation {name} returned a {type(output).__name__}; only Atoms (or nested lists of "
+                f"Atoms) can be written to {[str(p) for p in outputs.paths]}")
+    return None
+
+
+def _check_output_paths(inputs, outputs):
+    """Refuse an output that would replace an input, or that cannot be written, before any work."""
+    if outputs.files is None:
+        return
+    read = {path.resolve() for path in inputs.files()} if isinstance(inputs, ConfigSet) else set()
+    for path in outputs.paths:
+        if path.resolve() in read:
+            raise ValueError(f"output file {str(path)!r} is also an input; write the outputs to another file")
+        directory = path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PermissionError(f"cannot create output directory {str(directory)!r}: {exc.strerror}") from None
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(f"output directory {str(directory)!r} is not writable")
 
 
 def _check_arguments(name, inputs, outputs, info, rng, args):
@@ -135,20 +199,6 @@ def _check_arguments(name, inputs, outputs, info, rng, args):
     if isinstance(info.iterable_arg, int) and len(args) < info.iterable_arg:
         raise TypeError(f"iterable_arg={info.iterable_arg} but only {len(args)} positional arguments "
                         f"were given to {name}")
-
-
-def _store(outputs, chunk, results, name, skip_failed):
-    for index, loc, result in zip(chunk.indices, chunk.locations, results):
-        if result is None:
-            if not skip_failed:
-                raise OpOutputError(f"operation {name} returned None for input item {index} and "
-                                    f"skip_failed is False")
-            continue
-        if outputs.files is not None and not _is_atoms_tree(result):
-            raise OpOutputError(f"operation {name} returned a {type(result).__name__} for input item {index}; "
-                                f"only Atoms (or nested lists of Atoms) can be written to "
-                                f"{[str(p) for p in outputs.paths]}")
-        outputs.store(result, loc or "")
 
 
 def _is_atoms_tree(value):

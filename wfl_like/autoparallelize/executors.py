@@ -58,7 +58,7 @@ def num_workers(requested):
 
 @contextlib.contextmanager
 def chunk_runner(call, workers, initializer):
-    """Yield ``(submit, slots)``: ``submit(chunk) -> Future`` and how many chunks run at once.
+    """Yield ``(submit, slots)``: ``submit(chunk, timeout) -> Future`` and how many chunks run at once.
 
     The pool's workers receive ``call`` once, when they start, instead of with every chunk.
     Leaving the block normally waits for the workers to finish; leaving it by an
@@ -72,11 +72,13 @@ def chunk_runner(call, workers, initializer):
         if init_func is not None:
             init_func(*init_args)
         executor = SerialExecutor()
-        yield (lambda chunk: executor.submit(call.run, chunk.first, chunk.items, chunk.rngs)), 1
+        # no worker to kill in a serial run: a time limit cannot be enforced
+        yield (lambda chunk, timeout: executor.submit(call.run, chunk.first, chunk.items, chunk.rngs)), 1
         return
     pool = WorkerPool(workers, initializer=install, initargs=(call, init_func, tuple(init_args)))
     try:
-        yield (lambda chunk: pool.submit(run_installed, chunk.first, chunk.items, chunk.rngs)), workers
+        yield (lambda chunk, timeout: pool.submit_with_timeout(timeout, run_installed, chunk.first, chunk.items,
+                                                               chunk.rngs)), workers
     except BaseException:
         pool.terminate()
         raise

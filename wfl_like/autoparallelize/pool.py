@@ -9,6 +9,7 @@ only that one, and starts a replacement: the other workers and their tasks carry
 """
 
 import collections
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ import traceback
 from concurrent.futures import CancelledError, Executor, Future
 from multiprocessing.connection import wait
 
-from wfl_like.errors import WorkerDiedError, WorkerInitializerError, describe_exitcode
+from wfl_like.errors import TaskTimeoutError, WorkerDiedError, WorkerInitializerError, describe_exitcode
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,12 @@ def default_context():
 
 
 class _Task:
-    __slots__ = ("future", "fn", "args", "kwargs")
+    __slots__ = ("future", "fn", "args", "kwargs", "timeout", "deadline")
 
-    def __init__(self, future, fn, args, kwargs):
+    def __init__(self, future, fn, args, kwargs, timeout=None):
         self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
+        self.timeout = timeout
+        self.deadline = None      # set when the task reaches a worker
 
 
 class _Worker:
@@ -67,6 +70,7 @@ class _Worker:
         child_conn.close()
         self.ready = False        # the initializer has run; tasks may be sent
         self.task = None          # the _Task being run
+        self.timed_out = False    # killed because its task ran past its deadline
 
     @property
     def sentinel(self):
@@ -132,13 +136,20 @@ class WorkerPool(Executor):
 
     def submit(self, fn, /, *args, **kwargs):
         """Schedule ``fn(*args, **kwargs)`` in a worker; returns a :class:`~concurrent.futures.Future`."""
+        return self.submit_with_timeout(None, fn, *args, **kwargs)
+
+    def submit_with_timeout(self, timeout, fn, /, *args, **kwargs):
+        """Like :meth:`submit`, but a task still running ``timeout`` seconds after it reached
+        a worker has that worker killed (and replaced); its future fails with
+        :class:`~wfl_like.errors.TaskTimeoutError`.  ``None`` means no limit.
+        """
         future = Future()
         with self._lock:
             if self._broken is not None:
                 raise self._broken
             if self._shutting_down:
                 raise RuntimeError("cannot submit to a WorkerPool after shutdown")
-            self._queue.append(_Task(future, fn, args, kwargs))
+            self._queue.append(_Task(future, fn, args, kwargs, timeout))
         self._wake()
         return future
 
@@ -192,12 +203,13 @@ class WorkerPool(Executor):
                         break
                     workers = list(self._workers)
                 waitables = [self._wake_r] + [w.conn for w in workers] + [w.sentinel for w in workers]
-                for ready in wait(waitables):
+                for ready in wait(waitables, timeout=self._time_to_next_deadline(workers)):
                     if ready is self._wake_r:
                         while self._wake_r.poll():
                             self._wake_r.recv_bytes()
                     else:
                         self._handle_ready(ready)
+                self._kill_overdue(workers)
         except BaseException as exc:    # a bug here must not leave the caller waiting forever
             log.exception("wfl_like pool dispatcher failed")
             self._break(RuntimeError(f"the worker pool's dispatcher failed: {exc!r}"))
@@ -219,8 +231,26 @@ class WorkerPool(Executor):
                         pairs.append((worker, task))
         return pairs
 
+    @staticmethod
+    def _time_to_next_deadline(workers):
+        deadlines = [w.task.deadline for w in workers if w.task is not None and w.task.deadline is not None
+                     and not w.timed_out]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    @staticmethod
+    def _kill_overdue(workers):
+        now = time.monotonic()
+        for worker in workers:
+            task = worker.task
+            if task is not None and task.deadline is not None and task.deadline <= now and not worker.timed_out:
+                # the sentinel then reports the death, and the task fails as timed out
+                worker.timed_out = True
+                _kill(worker.process)
+
     def _send_tasks(self, pairs):
         for worker, task in pairs:
+            if task.timeout is not None:
+                task.deadline = time.monotonic() + task.timeout
             try:
                 worker.conn.send((task.fn, task.args, task.kwargs))
             except (BrokenPipeError, ConnectionResetError, EOFError):
@@ -280,7 +310,8 @@ class WorkerPool(Executor):
                 f"a worker process (pid {pid}) died with {describe_exitcode(exitcode)} before its "
                 f"initializer finished; no task can run"))
         if worker.task is not None:
-            _settle(worker.task.future, exc=WorkerDiedError(exitcode, pid))
+            died = TaskTimeoutError(worker.task.timeout, pid) if worker.timed_out else WorkerDiedError(exitcode, pid)
+            _settle(worker.task.future, exc=died)
             worker.task = None
         with self._lock:
             self._workers.remove(worker)
@@ -359,6 +390,7 @@ def _unpicklable(exc, what):
 
 
 def _worker_main(conn, initializer, initargs, inherited):
+    _die_with_parent()
     for other in inherited:
         other.close()
     # Ctrl-C is the driver's to handle: it stops the workers itself.  A forked worker
@@ -386,6 +418,26 @@ def _worker_main(conn, initializer, initargs, inherited):
             _send(conn, reply)
     except (EOFError, OSError):
         return      # the driver is gone: nobody to work for
+
+
+def _die_with_parent():
+    """Have the kernel kill this worker when the driver dies (Linux), even mid-task.
+
+    Without it, a worker busy in a long calculation when the driver is killed (a
+    scheduler's SIGKILL) would run on, orphaned, until its task ends.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:
+        os._exit(1)       # the driver died before prctl took effect
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _send(conn, reply):

@@ -1,10 +1,19 @@
-"""Keeping a bounded number of chunks in flight and handing results back in input order."""
+"""Keeping a bounded number of chunks in flight, isolating failures, and handing results back in input order.
+
+A chunk that fails is split into single items, so one bad item does not take its
+chunk-mates down with it.  An item whose worker died is tried again, up to
+``retries`` times; an item that raises, times out, or keeps killing its worker
+becomes a :class:`~wfl_like.errors.FailedItem`, and the run goes on.
+"""
 
 import collections
 import logging
 import time
+import traceback
+from dataclasses import dataclass, field
 
-from wfl_like.errors import WorkerDiedError
+from wfl_like.autoparallelize.chunks import Chunk
+from wfl_like.errors import FailedItem, TaskTimeoutError, WorkerDiedError, WorkerInitializerError
 
 log = logging.getLogger("wfl_like.progress")
 
@@ -12,49 +21,140 @@ log = logging.getLogger("wfl_like.progress")
 # enough that a huge input never sits in memory at once.
 IN_FLIGHT_PER_SLOT = 2
 
+# Failures that say nothing about the items: they end the whole call.
+_FATAL = (WorkerInitializerError,)
 
-def run_in_order(submit, chunks, slots, op_name):
-    """Submit chunks and yield ``(chunk, outputs)`` in input order.
 
-    At most ``IN_FLIGHT_PER_SLOT * slots`` chunks are submitted and not yet handed
-    back, so inputs are read only as fast as results are consumed.
+@dataclass
+class ChunkResult:
+    """What came of one chunk: one output per item (``None`` for a failed item) and the failures."""
+
+    chunk: Chunk
+    outputs: list
+    failures: list = field(default_factory=list)
+
+
+class _Job:
+    """A chunk on its way: one future for the whole chunk, or one per item once it was split."""
+
+    def __init__(self, chunk, future):
+        self.chunk = chunk
+        self.future = future
+        self.parts = None       # after a split: [(one-item chunk, future, attempts)]
+
+
+def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None):
+    """Submit chunks and yield a :class:`ChunkResult` per chunk, in input order.
+
+    Parameters
+    ----------
+    submit : callable
+        ``submit(chunk, timeout) -> Future`` of the list of outputs of the chunk.
+    chunks : iterable of Chunk
+        Consumed lazily: at most ``IN_FLIGHT_PER_SLOT * slots`` chunks are submitted and
+        not yet handed back.
+    slots : int
+        How many chunks run at once.
+    op_name : str
+        For messages.
+    retries : int
+        How many more times an item whose worker died is tried.
+    timeout : float or None
+        Seconds per item; a chunk gets ``timeout`` times its length.
 
     Raises
     ------
-    WorkerDiedError
-        A worker died running a chunk; the message names the items.
-    Exception
-        Whatever the operation raised, with a note naming the op and the items.
+    WorkerInitializerError
+        No worker could start; nothing can run.
     """
     progress = _Progress(op_name)
     in_flight = collections.deque()
     limit = IN_FLIGHT_PER_SLOT * slots
+
+    def start(chunk):
+        return _Job(chunk, submit(chunk, _limit(timeout, len(chunk.items))))
+
     for chunk in chunks:
-        in_flight.append((chunk, submit(chunk)))
+        in_flight.append(start(chunk))
         if len(in_flight) >= limit:
-            yield _settle(*in_flight.popleft(), op_name, progress)
+            yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
     while in_flight:
-        yield _settle(*in_flight.popleft(), op_name, progress)
+        yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
     progress.finish()
 
 
-def _settle(chunk, future, op_name, progress):
+def _limit(timeout, n_items):
+    return None if timeout is None else timeout * n_items
+
+
+def _settle(job, submit, op_name, retries, timeout, progress):
+    """Wait for a job; on failure split it into items, retry dead workers' items, record the rest."""
     try:
-        outputs = future.result()
-    except WorkerDiedError as exc:
-        raise WorkerDiedError(exc.exitcode, exc.pid, items=list(chunk.indices), op=op_name) from None
-    except Exception as exc:
-        _add_note(exc, f"raised by operation {op_name} on input items {_span(chunk.indices)}")
+        outputs = job.future.result()
+    except _FATAL:
         raise
-    progress.advance(len(chunk.items))
-    return chunk, outputs
+    except Exception as exc:
+        if len(job.chunk.items) > 1:
+            log.info("%s: chunk of items %s failed (%s); running its items one by one",
+                     op_name, _span(job.chunk.indices), _one_line(exc))
+            parts = [_single(job.chunk, k) for k in range(len(job.chunk.items))]
+            futures = [submit(part, timeout) for part in parts]
+            results = [_settle_item(part, future, submit, op_name, retries, timeout)
+                       for part, future in zip(parts, futures)]
+            outputs = [output for output, _ in results]
+            failures = [failure for _, failure in results if failure is not None]
+        else:
+            output, failure = _settle_item(job.chunk, None, submit, op_name, retries, timeout, first_error=exc)
+            outputs, failures = [output], [failure] if failure is not None else []
+    else:
+        failures = []
+    progress.advance(len(job.chunk.items), len(failures))
+    return ChunkResult(job.chunk, outputs, failures)
 
 
-def _add_note(exc, note):
-    if hasattr(exc, "add_note"):
-        exc.add_note(note)
-    else:       # Python 3.10: kept where 3.11 keeps it, though tracebacks do not show it
-        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+def _settle_item(chunk, future, submit, op_name, retries, timeout, first_error=None):
+    """Result of a one-item chunk as ``(output, FailedItem or None)``, retrying a dead worker's item."""
+    attempts = 0
+    while True:
+        if first_error is None:
+            try:
+                return future.result()[0], None
+            except _FATAL:
+                raise
+            except Exception as exc:
+                error = exc
+        else:
+            error, first_error = first_error, None
+        if isinstance(error, WorkerDiedError) and attempts < retries:
+            attempts += 1
+            log.info("%s: item %d: %s; trying again (%d of %d)", op_name, chunk.first,
+                     _one_line(error), attempts, retries)
+            future = submit(chunk, timeout)
+            continue
+        return None, _failure(chunk.first, error, attempts)
+
+
+def _failure(index, error, attempts):
+    if isinstance(error, WorkerDiedError):
+        reason = f"worker died with {error.describe()}" + (f" ({attempts + 1} times)" if attempts else "")
+    elif isinstance(error, TaskTimeoutError):
+        reason = f"timed out after {error.timeout:g} s"
+    else:
+        reason = _one_line(error)
+    remote = error.__cause__
+    tb_text = getattr(remote, "text", None) or "".join(
+        traceback.format_exception(type(error), error, error.__traceback__))
+    return FailedItem(index, reason, tb_text, error)
+
+
+def _single(chunk, k):
+    return Chunk(first=chunk.first + k, items=[chunk.items[k]], locations=[chunk.locations[k]],
+                 rngs=[chunk.rngs[k]])
+
+
+def _one_line(exc):
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _span(indices):
@@ -66,16 +166,18 @@ class _Progress:
 
     def __init__(self, op_name, interval=10.0):
         self.op_name, self.interval = op_name, interval
-        self.done = 0
+        self.done = self.failed = 0
         self.start = self.last = time.monotonic()
 
-    def advance(self, n):
+    def advance(self, n, failed):
         self.done += n
+        self.failed += failed
         now = time.monotonic()
         if now - self.last >= self.interval:
             self.last = now
-            log.info("%s: %d items done, %.1f items/s", self.op_name, self.done, self.done / (now - self.start))
+            log.info("%s: %d items done (%d failed), %.1f items/s", self.op_name, self.done, self.failed,
+                     self.done / (now - self.start))
 
     def finish(self):
         elapsed = time.monotonic() - self.start
-        log.info("%s: finished %d items in %.2f s", self.op_name, self.done, elapsed)
+        log.info("%s: finished %d items (%d failed) in %.2f s", self.op_name, self.done, self.failed, elapsed)

@@ -35,14 +35,9 @@ def construct_calculator(calculator):
     TypeError
         ``calculator`` is neither, or the spec builds something that is not a calculator.
     """
+    _check_calculator_argument(calculator)
     if not isinstance(calculator, (tuple, list)):
-        if not hasattr(calculator, "get_property"):
-            raise TypeError(f"calculator must be an ASE calculator or a (constructor, args, kwargs) tuple, "
-                            f"not {type(calculator).__name__}")
         return calculator
-    if len(calculator) not in (2, 3) or not callable(calculator[0]):
-        raise TypeError(f"a calculator spec must be (constructor, args) or (constructor, args, kwargs), "
-                        f"not {calculator!r}")
     constructor, args = calculator[0], calculator[1] or ()
     kwargs = calculator[2] if len(calculator) == 3 and calculator[2] else {}
     try:
@@ -151,9 +146,24 @@ def _forget_results(atoms, prefix, properties):
         atoms.arrays.pop(prefix + name, None)
 
 
-def calculate(*args, **kwargs):
-    return autoparallelize(_calculate_op, *args, default_autopara_info={"num_inputs_per_python_subprocess": 10},
-                           **kwargs)
+def calculate(inputs, outputs, calculator, properties=None, output_prefix=AUTO_PREFIX, raise_calc_exceptions=False,
+              autopara_info=None):
+    _check_calculator_argument(calculator)
+    return autoparallelize(_calculate_op, inputs, outputs, calculator, properties=properties,
+                           output_prefix=output_prefix, raise_calc_exceptions=raise_calc_exceptions,
+                           autopara_info=autopara_info,
+                           default_autopara_info={"num_inputs_per_python_subprocess": 10})
+
+
+def _check_calculator_argument(calculator):
+    """Refuse, before any work, what can be neither a calculator nor a recipe for one."""
+    if isinstance(calculator, (tuple, list)):
+        if len(calculator) not in (2, 3) or not callable(calculator[0]):
+            raise TypeError(f"a calculator spec must be (constructor, args) or (constructor, args, kwargs), "
+                            f"not {calculator!r}")
+    elif not hasattr(calculator, "get_property"):
+        raise TypeError(f"calculator must be an ASE calculator or a (constructor, args, kwargs) tuple, "
+                        f"not {type(calculator).__name__}")
 
 
 autoparallelize_docstring(calculate, _calculate_op, "Atoms")
