@@ -6,8 +6,8 @@ import os
 import pickle
 from concurrent.futures import Executor, Future
 
-from wfl_like.autoparallelize.opcall import in_worker, install, run_installed
-from wfl_like.autoparallelize.pool import WorkerPool
+from wfl_like.autoparallelize.opcall import ByValue, in_worker, install, run_installed
+from wfl_like.autoparallelize.pool import START_METHOD_ENV, WorkerPool, default_context
 
 NUM_PROCESSES_ENV = "WFL_NUM_PYTHON_SUBPROCESSES"
 
@@ -75,7 +75,16 @@ def chunk_runner(call, workers, initializer):
         # no worker to kill in a serial run: a time limit cannot be enforced
         yield (lambda chunk, timeout: executor.submit(call.run, chunk.first, chunk.items, chunk.rngs)), 1
         return
-    pool = WorkerPool(workers, initializer=install, initargs=(call, init_func, tuple(init_args)))
+    context = default_context()
+    if context.get_start_method() != "fork":
+        # workers that do not inherit the call receive it, pickled by value
+        try:
+            call, init_func = ByValue(call), (ByValue(init_func) if init_func is not None else None)
+        except Exception as exc:
+            raise TypeError(f"operation {call.name} or its arguments cannot be sent to {context.get_start_method()} "
+                            f"workers: {type(exc).__name__}: {exc}; make them picklable, or use "
+                            f"{START_METHOD_ENV}=fork") from exc
+    pool = WorkerPool(workers, initializer=install, initargs=(call, init_func, tuple(init_args)), mp_context=context)
     try:
         yield (lambda chunk, timeout: pool.submit_with_timeout(timeout, run_installed, chunk.first, chunk.items,
                                                                chunk.rngs)), workers

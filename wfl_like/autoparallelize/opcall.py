@@ -119,9 +119,35 @@ class OpCall:
 _installed = None
 
 
+class ByValue:
+    """An object pickled by value with cloudpickle, for workers that do not inherit it.
+
+    Forked workers inherit the operation; spawned ones receive it, and plain pickle
+    refuses lambdas, closures and functions defined in ``__main__`` or a notebook.
+    """
+
+    def __init__(self, obj):
+        import cloudpickle
+
+        self.payload = cloudpickle.dumps(obj)
+
+    def load(self):
+        import cloudpickle
+
+        return cloudpickle.loads(self.payload)
+
+
+def _unwrap(obj):
+    return obj.load() if isinstance(obj, ByValue) else obj
+
+
 def install(call, initializer=None, initargs=()):
-    """Worker initializer: keep ``call`` for :func:`run_installed`, then run the user's initializer."""
+    """Worker initializer: keep ``call`` for :func:`run_installed`, then run the user's initializer.
+
+    ``call`` and ``initializer`` may come wrapped in :class:`ByValue`.
+    """
     global _installed
+    call, initializer = _unwrap(call), _unwrap(initializer)
     _installed = call
     # an op that calls another autoparallelized op runs it serially: a worker cannot have workers
     os.environ[NESTED_ENV] = "1"

@@ -40,12 +40,28 @@ class RemoteTraceback(Exception):
         return self.text
 
 
-def default_context():
-    """``fork`` on Linux (workers inherit the operation, as with wfl), else ``spawn``.
+START_METHOD_ENV = "WFL_LIKE_START_METHOD"
 
-    macOS has ``fork`` but system libraries there are not safe to use after it.
+
+def default_context():
+    """The start method of worker processes: ``$WFL_LIKE_START_METHOD``, else ``fork`` on
+    Linux (workers inherit the operation, as with wfl), else ``spawn``.
+
+    macOS has ``fork`` but system libraries there are not safe to use after it; a driver
+    that has initialised CUDA needs ``spawn`` or ``forkserver`` too.
+
+    Raises
+    ------
+    ValueError
+        The env var names a start method this system does not have.
     """
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    method = os.environ.get(START_METHOD_ENV, "").strip()
+    if not method:
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+    if method not in multiprocessing.get_all_start_methods():
+        raise ValueError(f"environment variable {START_METHOD_ENV}={method!r} is not a start method of this "
+                         f"system; use one of {multiprocessing.get_all_start_methods()}")
+    return multiprocessing.get_context(method)
 
 
 class _Task:
