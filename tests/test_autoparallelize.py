@@ -715,10 +715,10 @@ def test_skip_failed_false_raises(tmp_path, nproc):
 def test_op_output_of_wrong_length_or_type(tmp_path, nproc):
     with pytest.raises(AutoparallelizeError, match="wrong_length_op") as info:
         autoparallelize(wrong_length_op, ConfigSet(make_list(4)), OutputSpec(), autopara_info=para(nproc, 2))
-    # the chunk of 2 gave 3 outputs, then each item alone gave a wrong count too
+    # each chunk of 2 gave 3 outputs: every item of it fails with that, none is run alone
     assert [f.index for f in info.value.failures] == [0, 1, 2, 3]
     assert all(isinstance(f.exception, OpOutputError) for f in info.value.failures)
-    assert "outputs for 1 input items" in info.value.failures[0].reason
+    assert "3 outputs for 2 input items" in info.value.failures[0].reason
     with pytest.raises(AutoparallelizeError, match="not_a_list_op"):
         autoparallelize(not_a_list_op, ConfigSet(make_list(4)), OutputSpec(), autopara_info=para(nproc, 2))
     with pytest.raises(AutoparallelizeError, match="string_op") as info:
@@ -1004,3 +1004,14 @@ def test_same_failure_on_every_first_item_stops_the_run_early(tmp_path, nproc):
     assert 10 <= len(info.value.failures) < 100
     assert "KeyError" in str(info.value)
     assert not (tmp_path / "out.xyz").exists()
+
+
+def first_only_op(items):
+    return items[:1]       # drops every item but the first: wrong only for chunks of 2 or more
+
+
+def test_wrong_length_is_not_hidden_by_running_items_alone():
+    with pytest.raises(AutoparallelizeError, match="first_only_op") as info:
+        autoparallelize(first_only_op, ConfigSet(make_list(6)), OutputSpec(), autopara_info=para(2, 3))
+    assert [f.index for f in info.value.failures] == list(range(6))
+    assert "1 outputs for 3 input items" in info.value.failures[0].reason

@@ -12,7 +12,7 @@ from concurrent.futures import Executor
 import pytest
 
 from wfl_like.autoparallelize.pool import RemoteTraceback, WorkerPool
-from wfl_like.errors import WorkerDiedError, WorkerInitializerError
+from wfl_like.errors import TaskTimeoutError, WorkerDiedError, WorkerInitializerError
 
 
 # --- tasks: module level, as workers need them ---------------------------------------
@@ -388,6 +388,82 @@ def test_initializer_failure_breaks_the_pool_once_without_restarting_workers(ini
         assert set(pool.pids) <= first_pids
         with pytest.raises(WorkerInitializerError):
             pool.submit(square, 4)
+    finally:
+        pool.terminate()
+    assert worker_children() == []
+
+
+# --- submit_with_timeout ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_task_past_its_timeout_fails_its_worker_is_replaced_and_others_carry_on(pool, tmp_path):
+    pids_before = list(pool.pids)
+    busy_marker, hang_marker = tmp_path / "busy", tmp_path / "hang"
+    # one worker busy (no limit) for longer than the other task's limit
+    busy = pool.submit(touch_and_sleep, str(busy_marker), 1.5)
+    assert wait_for(busy_marker.exists)
+    doomed = pool.submit_with_timeout(0.5, touch_and_sleep, str(hang_marker), 1000)
+    generous = pool.submit_with_timeout(30, slow_pid, 0.2)          # a limit, but far from reached
+    queued = [pool.submit(square, i) for i in range(10)]
+
+    exc = doomed.exception()
+    assert isinstance(exc, TaskTimeoutError) and isinstance(exc, TimeoutError)
+    assert exc.timeout == 0.5
+    assert "timed out after 0.5 s" in str(exc)
+    hung_pid = int(hang_marker.read_text())
+    assert exc.pid == hung_pid                                      # the worker that ran it was killed
+    assert hung_pid in pids_before
+    assert not is_running(hung_pid)
+
+    # the task on the other worker, and those waiting, are unaffected
+    assert busy.result() == "slept"
+    busy_pid = int(busy_marker.read_text())
+    assert busy_pid in pids_before and busy_pid != hung_pid
+    assert generous.result() != hung_pid
+    assert [f.result() for f in queued] == [i * i for i in range(10)]
+
+    # replaced: as many workers as before, a new pid, the killed one gone; the pool works
+    assert len(pool.pids) == 2
+    assert hung_pid not in pool.pids
+    assert set(pool.pids) - set(pids_before)
+    assert busy_pid in pool.pids                                    # the other worker was not touched
+    ran_on = {f.result() for f in [pool.submit(slow_pid, 0.05) for _ in range(6)]}
+    assert hung_pid not in ran_on and ran_on <= set(pool.pids)
+
+
+@pytest.mark.timeout(60)
+def test_timeouts_on_every_worker_at_once_replace_them_all(pool):
+    pids_before = list(pool.pids)
+    doomed = [pool.submit_with_timeout(0.3, slow_pid, 1000) for _ in range(2)]
+    errors = [f.exception() for f in doomed]
+    assert all(isinstance(e, TaskTimeoutError) for e in errors)
+    assert sorted(e.pid for e in errors) == sorted(pids_before)
+    # results of later tasks: the dispatcher is past both replacements (it settles a
+    # dead worker's future before it starts the replacement)
+    assert [f.result() for f in [pool.submit(square, i) for i in range(5)]] == [0, 1, 4, 9, 16]
+    assert not set(pool.pids) & set(pids_before)
+    assert len(pool.pids) == 2
+    assert not any(is_running(pid) for pid in pids_before)
+
+
+def test_task_within_its_timeout_succeeds_and_keeps_its_worker(pool):
+    pids = list(pool.pids)
+    assert pool.submit_with_timeout(10, square, 3).result() == 9
+    assert pool.submit_with_timeout(10, slow_pid, 0.2).result() in pids
+    assert pool.submit_with_timeout(None, square, 4).result() == 16    # None: no limit
+    assert pool.pids == pids                                            # nobody was killed
+
+
+@pytest.mark.timeout(60)
+def test_timeout_counts_from_when_the_task_reaches_a_worker():
+    pool = WorkerPool(1)
+    try:
+        busy = pool.submit(slow_pid, 1.0)
+        # waits about 1 s in the queue, longer than its limit, but runs well within it
+        waiting = pool.submit_with_timeout(0.5, slow_pid, 0.05)
+        assert waiting.result() == busy.result()                       # same worker, not killed
+        assert pool.pids == [busy.result()]
     finally:
         pool.terminate()
     assert worker_children() == []

@@ -308,8 +308,8 @@ class OutputSpec:
         self.n_stored = 0          # structures stored so far
         # Bad names fail here, before any work; the format is looked up once per file
         # (ASE matches a name against every format it knows).
-        self._file_write_kwargs = [{**self.write_kwargs, "format": io.format_for(f, self.write_kwargs)}
-                                   for f in (self.files or [])]
+        self._file_write_kwargs = [{**self.write_kwargs, "format": io.format_for(path, self.write_kwargs)}
+                                   for path in self.paths]
 
     @property
     def paths(self):

@@ -84,12 +84,15 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
     name = op_name(op)
     _check_arguments(name, inputs, outputs, info, rng, args)
     if outputs is not None:
+        # before the reuse of existing outputs: an input file "reused" as its own output
+        # would be handed back unprocessed
+        _refuse_output_over_input(inputs, outputs)
         if not outputs.overwrite and outputs.all_written():
             log.info("%s: reusing existing output %s (all files exist and overwrite is False)",
                      name, [str(p) for p in outputs.paths])
             return outputs.to_ConfigSet()
         outputs._refuse_existing()
-        _check_output_paths(inputs, outputs)
+        _check_output_paths(outputs)
 
     per_item_info = takes_argument(op, PER_ITEM_INFO)
     if rng is not None and not per_item_info:
@@ -166,14 +169,21 @@ def _output_problem(output, outputs, name, skip_failed):
     return None
 
 
-def _check_output_paths(inputs, outputs):
-    """Refuse an output that would replace an input, or that cannot be written, before any work."""
+def _refuse_output_over_input(inputs, outputs):
+    """Refuse an output file that is also an input file (under any spelling of its path)."""
     if outputs.files is None:
         return
     read = {path.resolve() for path in inputs.files()} if isinstance(inputs, ConfigSet) else set()
     for path in outputs.paths:
         if path.resolve() in read:
             raise ValueError(f"output file {str(path)!r} is also an input; write the outputs to another file")
+
+
+def _check_output_paths(outputs):
+    """Refuse an output that cannot be written, before any work."""
+    if outputs.files is None:
+        return
+    for path in outputs.paths:
         directory = path.parent
         try:
             directory.mkdir(parents=True, exist_ok=True)

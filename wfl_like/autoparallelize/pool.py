@@ -108,6 +108,13 @@ class WorkerPool(Executor):
     initargs : tuple
     mp_context : multiprocessing context, optional
         Default: :func:`default_context`.
+
+    Notes
+    -----
+    On Linux a worker is killed by the kernel when the thread that started it ends
+    (``PR_SET_PDEATHSIG``), so that no worker outlives a killed driver.  Create the
+    pool in a thread that outlives it (the first workers are started by the thread
+    that creates the pool, replacements by the pool's own thread).
     """
 
     def __init__(self, max_workers, *, initializer=None, initargs=(), mp_context=None):

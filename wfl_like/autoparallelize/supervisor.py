@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from wfl_like.autoparallelize.chunks import Chunk
-from wfl_like.errors import FailedItem, TaskTimeoutError, WorkerDiedError, WorkerInitializerError
+from wfl_like.errors import FailedItem, OpOutputError, TaskTimeoutError, WorkerDiedError, WorkerInitializerError
 
 log = logging.getLogger("wfl_like.progress")
 
@@ -94,6 +94,12 @@ def _settle(job, submit, op_name, retries, timeout, progress):
     except _FATAL:
         raise
     except Exception as exc:
+        if isinstance(exc, OpOutputError):
+            # the op's answer does not fit the chunk (e.g. it filtered its inputs): running the
+            # items one by one could hide that, so every item of the chunk fails with it
+            failures = [_failure(index, exc, 0) for index in job.chunk.indices]
+            progress.advance(len(job.chunk.items), len(failures))
+            return ChunkResult(job.chunk, [None] * len(job.chunk.items), failures)
         if len(job.chunk.items) > 1:
             log.info("%s: chunk of items %s failed (%s); running its items one by one",
                      op_name, _span(job.chunk.indices), _one_line(exc))

@@ -68,11 +68,15 @@ def format_for(path, write_kwargs=None):
 
     Raises
     ------
+    IsADirectoryError
+        ``path`` is a directory.
     ValueError
         The format is unknown or cannot be written one structure at a time.
     """
     from ase.io.formats import UnknownFileTypeError, filetype
 
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"output file {str(path)!r} is an existing directory; name a file")
     name = (write_kwargs or {}).get("format")
     if not name:
         try:
