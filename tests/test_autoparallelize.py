@@ -20,6 +20,7 @@ from wfl_like.autoparallelize import AutoparaInfo, autoparallelize, autoparallel
 from wfl_like.autoparallelize.pool import RemoteTraceback
 from wfl_like.errors import (AutoparallelizeError, FailedItemsWarning, OpOutputError, WorkerDiedError,
                              WorkerInitializerError)
+from helpers import listing
 
 NPROCS = [0, 1, 3]
 CHUNKS = [1, 2, 7]
@@ -326,7 +327,7 @@ def test_flat_inputs_same_outputs_in_order_memory_and_file(tmp_path, serial_refe
     assert_same_atoms(result, reference_file_set)
     assert_same_atoms(result, reference, exact=False)
     # only the final file, no partial left over
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.xyz"]
+    assert listing(tmp_path) == ["out.xyz"]
 
 
 def nested_inputs():
@@ -385,7 +386,7 @@ def test_multi_file_inputs_go_to_matching_output_files(tmp_path, two_input_files
     for name in names:
         assert (out_dir / name).read_bytes() == (ref_dir / name).read_bytes()
     assert shape(result) == [[0, 1, 2], [3, 4, 5, 6]]
-    assert sorted(p.name for p in out_dir.iterdir()) == names
+    assert listing(out_dir) == names
 
     # into memory, the file structure becomes the first level of nesting
     in_memory = autoparallelize(shift_op, ConfigSet(two_input_files), OutputSpec(),
@@ -470,7 +471,7 @@ def test_any_iterable_as_inputs(tmp_path, nproc):
     # range of ints, no outputs: only the side effects count
     result = autoparallelize(marker_op, range(11), None, str(tmp_path), autopara_info=para(nproc, 2))
     assert result is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"done-{i}" for i in range(11))
+    assert listing(tmp_path) == sorted(f"done-{i}" for i in range(11))
     pids = {int((tmp_path / f"done-{i}").read_text()) for i in range(11)}
     assert (pids == {os.getpid()}) if nproc == 0 else (os.getpid() not in pids)
 
@@ -548,7 +549,7 @@ def test_autoparainfo_bad_values(tmp_path, bad):
         autoparallelize(counting_op, ConfigSet(make_list(2)), OutputSpec(), str(tmp_path), autopara_info=bad)
     with pytest.raises(ValueError):
         autoparallelize(counting_op, ConfigSet(make_list(2)), OutputSpec(), str(tmp_path), default_autopara_info=bad)
-    assert list(tmp_path.iterdir()) == []      # the op never ran
+    assert listing(tmp_path) == []      # the op never ran
 
 
 # --- 4. environment variable -------------------------------------------------------------
@@ -663,12 +664,12 @@ def test_initializer_that_raises_stops_the_call(tmp_path):
         autoparallelize(init_state_op, ConfigSet(make_list(6)), OutputSpec(tmp_path / "out.xyz"),
                         autopara_info=para(2, 1, initializer=(failing_initializer, ("no potential here",))))
     assert "failing_initializer" in str(info.value.__cause__)
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
     # serially, the initializer's own exception
     with pytest.raises(RuntimeError, match="no potential here"):
         autoparallelize(init_state_op, ConfigSet(make_list(6)), OutputSpec(tmp_path / "out.xyz"),
                         autopara_info=para(0, 1, initializer=(failing_initializer, ("no potential here",))))
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
 
 
 # --- 7. failed items and bad outputs ------------------------------------------------------
@@ -708,7 +709,7 @@ def test_skip_failed_false_raises(tmp_path, nproc):
     with pytest.raises(AutoparallelizeError, match="odd_fails_op"):
         autoparallelize(odd_fails_op, ConfigSet(make_list(5)), OutputSpec(tmp_path / "out.xyz"),
                         autopara_info=para(nproc, 2, skip_failed=False))
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
 
 
 @pytest.mark.parametrize("nproc", [0, 2])
@@ -725,7 +726,7 @@ def test_op_output_of_wrong_length_or_type(tmp_path, nproc):
         autoparallelize(string_op, ConfigSet(make_list(4)), OutputSpec(tmp_path / "out.xyz"),
                         autopara_info=para(nproc, 2))
     assert "str" in str(info.value)
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
 
 
 def test_bad_inputs_or_outputs_are_type_errors(tmp_path):
@@ -733,7 +734,7 @@ def test_bad_inputs_or_outputs_are_type_errors(tmp_path):
         autoparallelize(record_op, 5, OutputSpec())
     with pytest.raises(TypeError, match="OutputSpec"):
         autoparallelize(record_op, ConfigSet(make_list(2)), str(tmp_path / "out.xyz"))
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
 
 
 # --- 8. dead workers and exceptions ------------------------------------------------------
@@ -755,7 +756,7 @@ def test_dead_worker_fails_only_its_item_after_retries(tmp_path, how, exitcode, 
     assert isinstance(failure.exception, WorkerDiedError) and failure.exception.exitcode == exitcode
     assert "item 5" in str(info.value) and "die_on_5_op" in str(info.value)
     # errors="raise": no final output and no partial file
-    assert list(out_dir.iterdir()) == []
+    assert listing(out_dir) == []
     # every worker is gone
     pids = marker_pids(pid_dir, "pid-")
     assert pids and os.getpid() not in pids
@@ -788,7 +789,7 @@ def test_op_exception_fails_only_its_item_with_type_and_traceback(tmp_path, npro
     assert "raise_on_3_op" in failure.traceback
     if nproc:
         assert isinstance(failure.exception.__cause__, RemoteTraceback)
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
 
 
 # --- 9. skipping finished work -------------------------------------------------------------
@@ -815,10 +816,18 @@ def test_existing_output_file_is_reused_unless_overwrite(tmp_path, nproc):
     assert_same_atoms(again, first)
     assert out.read_bytes() == content
 
-    # proof that the existing file is what is returned: change it, it is not rewritten
+    # an output edited after the run is not handed back: the journal rebuilds it, without the op
+    ase.io.write(out, make_list(2, start=100), format="extxyz")
+    rebuilt = autoparallelize(counting_op, ConfigSet(make_list(6)), OutputSpec(out), str(calls_dir),
+                              autopara_info=para(nproc, 2))
+    assert labels(rebuilt) == list(range(6))
+    assert calls(calls_dir) == 3
+    assert out.read_bytes() == content
+
+    # without the journal (cache=False), wfl's behaviour: the existing file is returned as it is
     ase.io.write(out, make_list(2, start=100), format="extxyz")
     reused = autoparallelize(counting_op, ConfigSet(make_list(6)), OutputSpec(out), str(calls_dir),
-                             autopara_info=para(nproc, 2))
+                             autopara_info=para(nproc, 2, cache=False))
     assert labels(reused) == [100, 101]
     assert calls(calls_dir) == 3
 
@@ -850,12 +859,18 @@ def test_existing_output_files_are_reused_unless_overwrite(tmp_path, two_input_f
     rerun = run(overwrite=True)
     assert calls(calls_dir) == 14
     assert shape(rerun) == [[0, 1, 2], [3, 4, 5, 6]]
-    # only some files present: not finished, and not to be overwritten silently
+    # only some files present: the journal rebuilds the missing one, without the op
+    (out_dir / "b.xyz").unlink()
+    assert shape(run()) == [[0, 1, 2], [3, 4, 5, 6]]
+    assert calls(calls_dir) == 14
+    assert listing(out_dir) == ["a.xyz", "b.xyz"]
+    # without a journal: not finished, and not to be overwritten silently
     (out_dir / "b.xyz").unlink()
     with pytest.raises(FileExistsError, match="a.xyz"):
-        run()
+        autoparallelize(counting_op, ConfigSet(two_input_files), OutputSpec(names, file_root=out_dir),
+                        str(calls_dir), autopara_info=para(nproc, 1, cache=False))
     assert calls(calls_dir) == 14
-    assert sorted(p.name for p in out_dir.iterdir()) == ["a.xyz"]
+    assert listing(out_dir) == ["a.xyz"]
 
 
 # --- 10. decorator, docstrings and import paths ----------------------------------------------

@@ -138,12 +138,19 @@ def test_existing_output_is_kept_and_overwrite_replaces_it(tmp_path, originals):
     assert (second_stat.st_ino, second_stat.st_mtime_ns) == (first_stat.st_ino, first_stat.st_mtime_ns)
     assert out.read_bytes() == first_bytes
 
-    # even a file that does not match the inputs is reused without --overwrite ...
+    # a file edited after the run is not handed back: the journal rebuilds it ...
     stale = originals[0].copy()
     stale.info["EMT_energy"] = -999.0
     ase.io.write(out, [stale], format="extxyz")
-    stale_bytes = out.read_bytes()
     assert_ok(run_cli("calculate", EXAMPLE, "-o", out, cwd=tmp_path))
+    assert out.read_bytes() == first_bytes
+
+    # ... a file written by another tool (no journal) is reused as it is, with a warning ...
+    (tmp_path / ".out.xyz.journal.sqlite").unlink()
+    ase.io.write(out, [stale], format="extxyz")
+    stale_bytes = out.read_bytes()
+    proc = run_cli("calculate", EXAMPLE, "-o", out, cwd=tmp_path)
+    assert proc.returncode == 0 and "could not be checked" in proc.stderr
     assert out.read_bytes() == stale_bytes
 
     # ... and --overwrite recomputes and replaces it

@@ -12,6 +12,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from wfl_like import io
 from wfl_like.configset import ConfigSet, OutputSpec
 from wfl_like.errors import InputFileError
+from helpers import listing
 
 LOC = "_ConfigSet_loc"
 
@@ -964,7 +965,7 @@ def test_context_manager_exception_discards(tmp_path):
             raise RuntimeError("boom")
     assert not final.exists()
     assert not io.partial_path(final).exists()
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
 
     existing = write_xyz(tmp_path / "keep.xyz", ["old"])
     with pytest.raises(KeyError):
@@ -1035,7 +1036,7 @@ def test_output_format_that_cannot_grow_is_refused_before_any_work(tmp_path, nam
     with pytest.raises(ValueError, match=name) as info:
         OutputSpec(tmp_path / name)
     assert "extxyz" in str(info.value)
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
 
 
 def test_list_of_one_configset_is_one_group_as_in_wfl(tmp_path):

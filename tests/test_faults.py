@@ -23,6 +23,7 @@ from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import AutoparaInfo, autoparallelize
 from wfl_like.autoparallelize.base import FAIL_FAST_AFTER
 from wfl_like.errors import AutoparallelizeError, FailedItemsWarning, TaskTimeoutError, WorkerDiedError
+from helpers import listing
 
 ENV = "WFL_NUM_PYTHON_SUBPROCESSES"
 N_ITEMS = 10
@@ -230,7 +231,7 @@ def test_crash_matrix(tmp_path, kind, chunk, errors):
         for failure in failures:
             assert f"item {failure.index}: {failure.reason}" in message
         # no file at the final path, no partial file left either
-        assert list(out_dir.iterdir()) == []
+        assert listing(out_dir) == []
     else:
         with pytest.warns(FailedItemsWarning) as record:
             result = run()
@@ -243,7 +244,7 @@ def test_crash_matrix(tmp_path, kind, chunk, errors):
         for configs in (list(result), ase.io.read(out, ":")):
             assert labels(configs) == good
             assert [atoms.info["value"] for atoms in configs] == [value_of(label) for label in good]
-        assert sorted(p.name for p in out_dir.iterdir()) == ["out.xyz"]
+        assert listing(out_dir) == ["out.xyz"]
 
     runs = runs_of(runs_dir)
     # every other item ran: the outputs above came from runs, not from nowhere
@@ -402,7 +403,7 @@ def test_twelve_items_failing_the_same_way_stop_the_run_early(tmp_path):
     # stopped at the rule's count, before the last items were handed back
     assert [f.index for f in error.failures] == list(range(FAIL_FAST_AFTER))
     assert {f.reason for f in error.failures} == {"KeyError: 'missing_parameter'"}
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
 
 
 @pytest.mark.timeout(60)
@@ -422,4 +423,4 @@ def test_failures_with_a_success_or_different_reasons_do_not_stop_the_run(tmp_pa
     assert [f.index for f in error.failures] == list(range(first, 12))
     assert {f.reason for f in error.failures} == expected_reasons
     assert f"failed on {12 - first} input items" in str(error)
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []

@@ -19,6 +19,7 @@ import ase.io
 import pytest
 
 from wfl_like.autoparallelize import autoparallelize
+from helpers import listing
 
 START_METHOD_ENV = "WFL_LIKE_START_METHOD"
 
@@ -310,9 +311,9 @@ def test_op_argument_that_even_cloudpickle_refuses_fails_before_any_work(tmp_pat
     message = str(info.value)
     assert "record_call_op" in message            # names the operation
     assert f"{START_METHOD_ENV}=fork" in message  # and says what to do
-    assert list(tmp_path.iterdir()) == []         # no item ran
+    assert listing(tmp_path) == []         # no item ran
     # ... and the same call works when workers are forked
     monkeypatch.setenv(START_METHOD_ENV, "fork")
     autoparallelize(record_call_op, list(range(4)), None, str(tmp_path), threading.Lock(),
                     autopara_info={"num_python_subprocesses": 2})
-    assert len(list(tmp_path.iterdir())) == 4
+    assert len(listing(tmp_path)) == 4

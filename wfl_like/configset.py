@@ -306,6 +306,7 @@ class OutputSpec:
         self._file_i = None
         self._started = set()      # indices of files whose partial file was begun
         self.n_stored = 0          # structures stored so far
+        self._replaceable = False  # set by a run whose journal describes the existing files
         # Bad names fail here, before any work; the format is looked up once per file
         # (ASE matches a name against every format it knows).
         self._file_write_kwargs = [{**self.write_kwargs, "format": io.format_for(path, self.write_kwargs)}
@@ -325,7 +326,7 @@ class OutputSpec:
         return self.files is not None and all(p.exists() for p in self.paths)
 
     def _refuse_existing(self):
-        if self.files is None or self.overwrite:
+        if self.files is None or self.overwrite or self._replaceable:
             return
         existing = [str(p) for p in self.paths if p.exists()]
         if existing:

@@ -176,3 +176,7 @@ class FailedItemsWarning(UserWarning):
         self.failures = list(failures)
         super().__init__(f"operation {op} failed on {len(self.failures)} input items, left out of the "
                          f"outputs: {describe_failures(self.failures)}")
+
+
+class OutputLockedError(RuntimeError):
+    """Another run is writing the same output; the message names the output and that process."""

@@ -1,5 +1,7 @@
 """Options that control how an operation is parallelized."""
 
+import os
+
 _DEFAULTS = {
     "num_python_subprocesses": None,
     "num_inputs_per_python_subprocess": 1,
@@ -9,6 +11,7 @@ _DEFAULTS = {
     "errors": "raise",
     "retries": 2,
     "timeout": None,
+    "cache": None,
 }
 
 # wfl options for its remote job submission (ExPyRe), which wfl_like does not have:
@@ -49,6 +52,11 @@ class AutoparaInfo:
     timeout : float, optional
         Seconds an item may run; past that its worker is killed and replaced and the item
         fails as timed out.  Needs worker processes (ignored, with a warning, when serial).
+    cache : bool, str or Path, optional
+        The journal that makes reruns exact and resumable.  Default: for file outputs, a
+        journal beside the first output file; none for outputs in memory.  ``False``: no
+        journal for this call (existing output files are reused as they are, as wfl does).
+        A path: keep the journal there (this is how outputs in memory get one).
 
     Raises
     ------
@@ -110,6 +118,8 @@ class AutoparaInfo:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not timeout > 0):
             raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
+        if self.cache is not None and not isinstance(self.cache, (bool, str, os.PathLike)):
+            raise TypeError(f"cache must be True, False, None or a path, not {self.cache!r}")
         init = self.initializer
         if (not isinstance(init, (tuple, list)) or len(init) != 2
                 or not (init[0] is None or callable(init[0]))):

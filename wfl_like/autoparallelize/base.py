@@ -10,6 +10,7 @@ import numpy as np
 from ase import Atoms
 
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo
+from wfl_like.autoparallelize.cache import RunCache, inputs_fingerprint, journal_location
 from wfl_like.autoparallelize.chunks import make_chunks
 from wfl_like.autoparallelize.docstrings import autoparallelize_docstring
 from wfl_like.autoparallelize.executors import chunk_runner, num_workers
@@ -87,35 +88,77 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
         # before the reuse of existing outputs: an input file "reused" as its own output
         # would be handed back unprocessed
         _refuse_output_over_input(inputs, outputs)
-        if not outputs.overwrite and outputs.all_written():
+    call = _make_call(op, info, args, kwargs, rng, name)
+    journal = journal_location(info.cache, outputs)
+    if journal is None:
+        if outputs is not None and not outputs.overwrite and outputs.all_written():
             log.info("%s: reusing existing output %s (all files exist and overwrite is False)",
                      name, [str(p) for p in outputs.paths])
             return outputs.to_ConfigSet()
-        outputs._refuse_existing()
-        _check_output_paths(outputs)
+        return _execute(call, inputs, outputs, info, rng, cache=None)
+    cache = RunCache(journal, call, info.skip_failed)
+    try:
+        fingerprint_of_inputs = inputs_fingerprint(inputs)
+        finished = _reuse_finished(cache, fingerprint_of_inputs, outputs, name)
+        if finished is not None:
+            return finished
+        return _execute(call, inputs, outputs, info, rng, cache=cache, fingerprint_of_inputs=fingerprint_of_inputs)
+    finally:
+        cache.close()
 
+
+def _make_call(op, info, args, kwargs, rng, name):
     per_item_info = takes_argument(op, PER_ITEM_INFO)
     if rng is not None and not per_item_info:
         warnings.warn(f"rng was given but operation {name} does not take {PER_ITEM_INFO}, so it "
-                      f"cannot receive per-item generators; rng is not used", stacklevel=3)
+                      f"cannot receive per-item generators; rng is not used", stacklevel=4)
     inherited_item_info = kwargs.pop(PER_ITEM_INFO, None)
-    call = OpCall(op=op, args=args, kwargs=kwargs, iterable_arg=info.iterable_arg,
+    return OpCall(op=op, args=args, kwargs=kwargs, iterable_arg=info.iterable_arg,
                   per_item_info=per_item_info, inherited_item_info=inherited_item_info)
+
+
+def _reuse_finished(cache, fingerprint_of_inputs, outputs, name):
+    """The existing outputs when they can be returned as they are, else None."""
+    if outputs is None or outputs.overwrite or not outputs.all_written():
+        return None
+    paths = [str(p) for p in outputs.paths]
+    if not cache.existed:
+        warnings.warn(f"{name}: output {paths} exists without a journal (written by another tool or an older "
+                      f"version), so it could not be checked against the inputs and arguments; reusing it as "
+                      f"it is (pass overwrite=True to recompute)", stacklevel=4)
+        return outputs.to_ConfigSet()
+    if cache.finished(fingerprint_of_inputs, outputs):
+        log.info("%s: nothing changed since %s was written; reusing it", name, paths)
+        return outputs.to_ConfigSet()
+    return None      # stale or incomplete: its journal says what to recompute
+
+
+def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None):
+    name = call.name
+    if outputs is not None:
+        if cache is None or not cache.existed:
+            outputs._refuse_existing()
+        else:
+            outputs._replaceable = True     # files this journal describes: ours to rewrite
+        _check_output_paths(outputs)
+    if cache is not None:
+        cache.start(overwrite=outputs is not None and outputs.overwrite)
     # Spawn once before the items (as wfl does) so that repeated calls with the same
     # generator give different, reproducible streams.
     op_rng = rng.spawn(1)[0] if rng is not None else None
     workers = num_workers(info.num_python_subprocesses)
     if info.timeout is not None and workers == 0:
         warnings.warn(f"timeout={info.timeout} is not enforced for {name}: it needs worker processes "
-                      f"(num_python_subprocesses >= 1)", stacklevel=3)
+                      f"(num_python_subprocesses >= 1)", stacklevel=4)
     log.info("%s: %s, %d inputs per chunk", name,
              f"{workers} worker processes" if workers else "serial", info.num_inputs_per_python_subprocess)
 
-    chunks = make_chunks(inputs, info.num_inputs_per_python_subprocess, op_rng)
+    chunks = make_chunks(inputs, info.num_inputs_per_python_subprocess, op_rng,
+                         lookup=cache.lookup if cache is not None else None)
     try:
         with chunk_runner(call, workers, info.initializer) as (submit, slots):
             results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout)
-            failures = _store_all(results, outputs, name, info.skip_failed)
+            failures, n_items = _store_all(results, outputs, name, info.skip_failed, cache)
         if failures and info.errors == "raise":
             raise AutoparallelizeError(name, failures)
     except BaseException:
@@ -123,10 +166,13 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
             outputs.discard()
         raise
     if failures:
-        warnings.warn(FailedItemsWarning(name, failures), stacklevel=3)
+        warnings.warn(FailedItemsWarning(name, failures), stacklevel=4)
+    if outputs is not None:
+        outputs.close()
+    if cache is not None:
+        cache.finish(n_items, fingerprint_of_inputs, len(failures), outputs)
     if outputs is None:
         return None
-    outputs.close()
     result = outputs.to_ConfigSet()
     result.failures = failures
     return result
@@ -138,25 +184,38 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
 FAIL_FAST_AFTER = 10
 
 
-def _store_all(results, outputs, name, skip_failed):
-    """Store each chunk's outputs as it comes; return the failures of the whole run."""
-    failures, succeeded = [], 0
+def _store_all(results, outputs, name, skip_failed, cache=None):
+    """Journal, then store, each chunk's outputs as it comes.
+
+    Returns
+    -------
+    (list of FailedItem, int)
+        The failures of the whole run, and the number of input items.
+    """
+    failures, succeeded, n_items = [], 0, 0
     for result in results:
-        failures.extend(result.failures)
-        failed = {failure.index for failure in result.failures}
-        for index, loc, output in zip(result.chunk.indices, result.chunk.locations, result.outputs):
-            if index in failed:
+        done, failed = [], list(result.failures)
+        failed_indices = {failure.index for failure in failed}
+        for index, output in zip(result.chunk.indices, result.outputs):
+            if index in failed_indices:
                 continue
             problem = _output_problem(output, outputs, name, skip_failed)
-            if problem is not None:
-                failures.append(FailedItem(index, f"OpOutputError: {problem}", "", OpOutputError(problem)))
-                continue
-            succeeded += 1
+            if problem is None:
+                done.append((index, output))
+            else:
+                failed.append(FailedItem(index, f"OpOutputError: {problem}", "", OpOutputError(problem)))
+        if cache is not None:
+            cache.record(result.chunk, done, failed)
+        locations = dict(zip(result.chunk.indices, result.chunk.locations))
+        for index, output in done:
             if output is not None and outputs is not None:
-                outputs.store(output, loc or "")
+                outputs.store(output, locations[index] or "")
+        failures.extend(sorted(failed, key=lambda failure: failure.index))
+        succeeded += len(done)
+        n_items += len(result.chunk.items)
         if not succeeded and len(failures) >= FAIL_FAST_AFTER and len({f.reason for f in failures}) == 1:
             raise AutoparallelizeError(name, failures, stopped_early=True)
-    return failures
+    return failures, n_items
 
 
 def _output_problem(output, outputs, name, skip_failed):

@@ -23,12 +23,18 @@ class Chunk:
         Where each input sits in its collection, so outputs are stored at the same place.
     rngs : list of numpy.random.Generator or None
         One independent generator per input, or ``None`` when no ``rng`` was given.
+    keys : list of str, optional
+        Cache keys of the items, when a journal is kept.
+    cached : list, optional
+        The outputs, when they were found in the journal: nothing to compute.
     """
 
     first: int
     items: list
     locations: list
     rngs: list
+    keys: list = None
+    cached: list = None
 
     @property
     def indices(self):
@@ -56,7 +62,7 @@ def item_rngs(rng):
     return (rng.spawn(1)[0] for _ in itertools.count())
 
 
-def make_chunks(inputs, chunk_size, rng=None):
+def make_chunks(inputs, chunk_size, rng=None, lookup=None):
     """Group ``inputs`` into :class:`Chunk` s of ``chunk_size`` items, lazily.
 
     Parameters
@@ -67,18 +73,59 @@ def make_chunks(inputs, chunk_size, rng=None):
         Items per chunk (the last one may be shorter).
     rng : numpy.random.Generator, optional
         Parent of the per-item generators.
+    lookup : callable, optional
+        ``lookup(index, item, rng) -> (key, found, output)``: items found are grouped
+        into chunks of their own with ``cached`` outputs.  Each chunk holds consecutive
+        items, so chunks stay in input order.
 
     Yields
     ------
     Chunk
     """
-    items = iter(inputs)
     rngs = item_rngs(rng)
-    first = 0
-    while True:
-        batch = list(itertools.islice(items, chunk_size))
-        if not batch:
-            return
-        yield Chunk(first=first, items=batch, locations=[location_of_item(item) for item in batch],
-                    rngs=list(itertools.islice(rngs, len(batch))))
-        first += len(batch)
+    todo, done = _Batch(found=False), _Batch(found=True)
+    for index, item in enumerate(inputs):
+        item_rng = next(rngs)
+        key, found, output = lookup(index, item, item_rng) if lookup is not None else (None, False, None)
+        batch, other = (done, todo) if found else (todo, done)
+        if other:
+            yield other.flush()
+        batch.add(index, item, item_rng, key, output)
+        if len(batch) == chunk_size or (found and len(batch) >= _CACHED_BATCH):
+            yield batch.flush()
+    for batch in (todo, done):
+        if batch:
+            yield batch.flush()
+
+
+# Items found in the journal travel in larger groups: they cost nothing to hand on.
+_CACHED_BATCH = 1000
+
+
+class _Batch:
+    """Consecutive items being gathered into a chunk: all to compute, or all found."""
+
+    def __init__(self, found):
+        self.found = found
+        self._reset()
+
+    def _reset(self):
+        self.first, self.items, self.rngs, self.keys, self.outputs = None, [], [], [], []
+
+    def add(self, index, item, rng, key, output):
+        if self.first is None:
+            self.first = index
+        self.items.append(item)
+        self.rngs.append(rng)
+        self.keys.append(key)
+        self.outputs.append(output)
+
+    def __len__(self):
+        return len(self.items)
+
+    def flush(self):
+        chunk = Chunk(first=self.first, items=self.items, locations=[location_of_item(i) for i in self.items],
+                      rngs=self.rngs, keys=self.keys if self.keys[0] is not None else None,
+                      cached=self.outputs if self.found else None)
+        self._reset()
+        return chunk

@@ -10,6 +10,7 @@ import collections
 import logging
 import time
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from wfl_like.autoparallelize.chunks import Chunk
@@ -72,6 +73,8 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None):
     limit = IN_FLIGHT_PER_SLOT * slots
 
     def start(chunk):
+        if chunk.cached is not None:
+            return _Job(chunk, _completed(chunk.cached))
         return _Job(chunk, submit(chunk, _limit(timeout, len(chunk.items))))
 
     for chunk in chunks:
@@ -81,6 +84,12 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None):
     while in_flight:
         yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
     progress.finish()
+
+
+def _completed(outputs):
+    future = Future()
+    future.set_result(outputs)
+    return future
 
 
 def _limit(timeout, n_items):

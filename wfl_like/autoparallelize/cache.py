@@ -1,0 +1,145 @@
+"""A run's use of its journal: what can be reused, what must be computed, and why.
+
+An item's output is reused when its cache key is the one it was computed with: the
+operation's identity and code, its arguments (not the inputs and outputs, nor how the
+work is spread: process count, chunk size, retries, timeout), the item's content and
+its random stream.  Failed items are never reused.
+"""
+
+import hashlib
+import logging
+from pathlib import Path
+
+from wfl_like.autoparallelize.fingerprint import describe, fingerprint
+from wfl_like.autoparallelize.journal import Journal, journal_path
+from wfl_like.configset import ConfigSet
+
+log = logging.getLogger("wfl_like.cache")
+
+# Part of every key: bump it when what is stored for an item changes meaning.
+CACHE_FORMAT = 1
+
+
+def journal_location(cache, outputs):
+    """Where the journal of a call lives, or None when there is none.
+
+    Parameters
+    ----------
+    cache : bool, str, Path or None
+        The ``cache`` option: ``None`` or ``True`` keep a journal beside the first
+        output file (none for outputs in memory), ``False`` none, a path keeps it there.
+    outputs : OutputSpec or None
+    """
+    if cache is False:
+        return None
+    if isinstance(cache, (str, Path)):
+        return Path(cache)
+    if outputs is not None and outputs.files is not None:
+        return journal_path(outputs.paths[0])
+    return None
+
+
+class RunCache:
+    """The journal of one call, opened (and locked) for the length of the run.
+
+    Parameters
+    ----------
+    path : Path
+        The journal file.
+    call : OpCall
+        The operation and its arguments.
+    skip_failed : bool
+        Part of the call: it decides what a ``None`` output means.
+    """
+
+    def __init__(self, path, call, skip_failed):
+        self.existed = Path(path).exists()
+        self.journal = Journal(path)
+        self.call_key = fingerprint(CACHE_FORMAT, call.op, call.args, call.kwargs, call.iterable_arg,
+                                    call.per_item_info, call.inherited_item_info, skip_failed)
+        self.description = {"op": call.name, "args": [describe(a) for a in call.args],
+                            "kwargs": {k: describe(v) for k, v in call.kwargs.items()}}
+        self._keys_by_index = call.per_item_info   # an op told its item index depends on it
+        self.reused = self.computed = self.changed = 0
+
+    def finished(self, inputs_fingerprint, outputs):
+        """Whether a previous run of this very call, on these very inputs, completed with no
+        failure, and left the output files as they are now."""
+        journal = self.journal
+        return (inputs_fingerprint is not None and journal.meta("complete") is True
+                and journal.meta("failed") == 0 and journal.meta("call_key") == self.call_key
+                and journal.meta("inputs") == inputs_fingerprint
+                and journal.meta("outputs") == _stat_outputs(outputs))
+
+    def start(self, overwrite):
+        """Begin the run: forget everything (``overwrite``) or what another call computed."""
+        if overwrite:
+            self.journal.clear()
+        reason = self.journal.start(self.call_key, self.description)
+        if reason:
+            log.info("%s: recomputing every item: %s since the last run", self.description["op"], reason)
+
+    def lookup(self, index, item, rng):
+        """``(key, found, output)`` for one input item."""
+        key = fingerprint(self.call_key, item, rng, index if self._keys_by_index else None)
+        found, output, stored_key = self.journal.lookup(index, key)
+        if found:
+            self.reused += 1
+        else:
+            self.computed += 1
+            if stored_key is not None:
+                self.changed += 1
+        return key, found, output
+
+    def record(self, chunk, done, failed):
+        """Persist a chunk's finished items (``done``: ``[(index, output)]``, ``failed``: FailedItems)."""
+        if chunk.cached is not None or chunk.keys is None:
+            return
+        key_of = dict(zip(chunk.indices, chunk.keys))
+        self.journal.record([(index, key_of[index], output) for index, output in done],
+                            [(item.index, key_of[item.index], item) for item in failed])
+
+    def finish(self, n_items, inputs_fingerprint, n_failed, outputs):
+        """Mark the run complete, so an identical rerun can return at once."""
+        self.journal.forget_beyond(n_items)
+        self.journal.set_meta(complete=True, n_items=n_items, failed=n_failed, inputs=inputs_fingerprint,
+                              outputs=_stat_outputs(outputs))
+        op = self.description["op"]
+        if self.reused:
+            why = f"; {self.changed} items changed since the last run" if self.changed else ""
+            log.info("%s: %d items reused from the journal, %d computed%s", op, self.reused, self.computed, why)
+
+    def close(self):
+        self.journal.close()
+
+
+def inputs_fingerprint(inputs):
+    """A fingerprint of input files by their bytes (not parsed), or None for other inputs.
+
+    Hashing a file is far faster than parsing it, so an unchanged input is recognised
+    in a fraction of a second.
+    """
+    if not isinstance(inputs, ConfigSet) or not inputs.files():
+        return None
+    parts = []
+    for path in inputs.files():
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        parts.append((str(Path(path).resolve()), digest.hexdigest()))
+    return fingerprint(parts, inputs.read_kwargs, inputs._enclosing)
+
+
+def _stat_outputs(outputs):
+    """Size and modification time of each output file: an edited or replaced file is not reused."""
+    if outputs is None or outputs.files is None:
+        return None
+    stats = []
+    for path in outputs.paths:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        stats.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return stats
