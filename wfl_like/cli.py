@@ -7,9 +7,10 @@ import inspect
 import logging
 import signal
 import sys
+import warnings
 
 from wfl_like.configset import OutputSpec
-from wfl_like.errors import InputFileError
+from wfl_like.errors import InputFileError, OutputLockedError
 
 PROG = "wfl-like"
 DEFAULT_CALCULATOR = "ase.calculators.emt:EMT"
@@ -71,6 +72,16 @@ def build_parser():
     calc.add_argument("--overwrite", action="store_true", help="recompute and replace an existing OUTPUT")
     calc.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
     calc.set_defaults(run=run_calculate)
+
+    status = commands.add_parser(
+        "status", help="show how far the run that writes OUTPUT got",
+        description="Show, from the journal kept beside OUTPUT, the operation and arguments of the run "
+                    "that writes it, and how many input items are done, failed and pending, with the "
+                    "reason of each failure. Works while the run is going on, and after it was killed.")
+    status.add_argument("output", metavar="OUTPUT", help="the output file of a wfl_like run")
+    status.add_argument("--failures", type=int, default=20, metavar="N",
+                        help="list at most N failed items (default 20)")
+    status.set_defaults(run=run_status)
     return parser
 
 
@@ -151,6 +162,33 @@ def run_calculate(args):
     return 0
 
 
+def run_status(args):
+    """``wfl-like status``: print the journal's summary; returns the exit code."""
+    from wfl_like.autoparallelize.journal import Journal, journal_path
+
+    path = journal_path(args.output)
+    if not path.exists():
+        raise UsageError(f"no journal for {args.output!r} (expected {str(path)!r}): it was not written by "
+                         f"wfl_like, or with the cache off")
+    with Journal(path, lock=False) as journal:
+        call = journal.meta("call") or {}
+        counts = journal.counts()
+        n_items = journal.meta("n_items")
+        complete = journal.meta("complete") is True
+        pending = (f"{n_items - counts['done'] - counts['failed']}" if complete and n_items is not None
+                   else "unknown until the input has been read to its end")
+        arguments = ", ".join(list(call.get("args", [])) + [f"{k}={v}" for k, v in call.get("kwargs", {}).items()])
+        print(f"output:    {args.output} ({'complete' if complete else 'not complete'})")
+        print(f"operation: {call.get('op', '?')}({arguments})")
+        print(f"items:     {counts['done']} done, {counts['failed']} failed, {pending} pending")
+        failures = journal.failures(limit=args.failures)
+        for index, reason in failures:
+            print(f"  item {index}: {reason}")
+        if counts["failed"] > len(failures):
+            print(f"  ... and {counts['failed'] - len(failures)} more")
+    return 0
+
+
 def main(argv=None):
     """Run the command line; returns the exit code."""
     global _stop_signal
@@ -160,8 +198,10 @@ def main(argv=None):
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+        logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                             format=f"{PROG}: %(message)s", stream=sys.stderr)
+        # warnings (e.g. an output that could not be checked) as one line each, like the logs
+        warnings.showwarning = _show_warning
         _stop_signal = None
         previous = {signum: signal.signal(signum, _on_stop_signal) for signum in _STOP_SIGNALS}
         try:
@@ -169,7 +209,7 @@ def main(argv=None):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-    except (UsageError, InputFileError, FileNotFoundError, FileExistsError, PermissionError,
+    except (UsageError, InputFileError, OutputLockedError, FileNotFoundError, FileExistsError, PermissionError,
             IsADirectoryError) as exc:
         return _fail(exc, EXIT_USAGE)
     except KeyboardInterrupt:
@@ -214,6 +254,10 @@ class _StoppableOutputSpec(OutputSpec):
             self.discard()
             _check_stop()
         return super().close()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    logging.getLogger(PROG).warning("warning: %s", message)
 
 
 def _fail(exc, code):

@@ -239,6 +239,11 @@ def describe(value, limit=200):
     """A short readable form of an argument, for logs and ``wfl-like status``."""
     if isinstance(value, (types.FunctionType, type)):
         text = f"{value.__module__}.{value.__qualname__}"
+    elif isinstance(value, (tuple, list)):
+        inner = ", ".join(describe(item, limit) for item in value)
+        text = f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{key!r}: {describe(item, limit)}" for key, item in value.items()) + "}"
     elif hasattr(value, "get_property") and isinstance(getattr(value, "parameters", None), dict):
         text = f"{type(value).__name__}({dict(value.parameters)})"
     else:
