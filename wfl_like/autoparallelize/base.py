@@ -156,7 +156,9 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
     chunks = make_chunks(inputs, info.num_inputs_per_python_subprocess, op_rng,
                          lookup=cache.lookup if cache is not None else None)
     try:
-        with chunk_runner(call, workers, info.initializer) as (submit, slots):
+        # structures read from files are fresh objects: no copy needed to protect the caller's
+        isolate = not (isinstance(inputs, ConfigSet) and inputs.files())
+        with chunk_runner(call, workers, info.initializer, isolate) as (submit, slots):
             results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout)
             failures, n_items = _store_all(results, outputs, name, info.skip_failed, cache)
         if failures and info.errors == "raise":

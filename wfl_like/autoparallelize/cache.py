@@ -53,8 +53,10 @@ class RunCache:
     """
 
     def __init__(self, path, call, skip_failed):
-        self.existed = Path(path).exists()
         self.journal = Journal(path)
+        # a journal that records no run (e.g. created by a call that found foreign outputs
+        # and reused them) vouches for nothing: it counts as none
+        self.existed = self.journal.meta("call_key") is not None
         self.call_key = fingerprint(CACHE_FORMAT, call.op, call.args, call.kwargs, call.iterable_arg,
                                     call.per_item_info, call.inherited_item_info, skip_failed)
         self.description = {"op": call.name, "args": [describe(a) for a in call.args],

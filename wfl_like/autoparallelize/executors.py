@@ -17,16 +17,24 @@ log = logging.getLogger(__name__)
 class SerialExecutor(Executor):
     """Runs each task at once in the calling process.
 
-    Arguments travel through a pickle round trip, as they would to a worker, so an
-    operation that changes its inputs in place never changes the caller's objects:
-    outputs and side effects are those of a pool run.
+    Parameters
+    ----------
+    isolate : bool, default True
+        Pass the arguments through a pickle round trip, as they would travel to a
+        worker, so an operation that changes its inputs in place never changes the
+        caller's objects: outputs and side effects are those of a pool run.  Not needed
+        for structures just read from a file, which nobody else holds.
     """
+
+    def __init__(self, isolate=True):
+        self.isolate = isolate
 
     def submit(self, fn, /, *args, **kwargs):
         future = Future()
         future.set_running_or_notify_cancel()
         try:
-            args, kwargs = pickle.loads(pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL))
+            if self.isolate:
+                args, kwargs = pickle.loads(pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL))
             future.set_result(fn(*args, **kwargs))
         except BaseException as exc:
             future.set_exception(exc)
@@ -57,10 +65,11 @@ def num_workers(requested):
 
 
 @contextlib.contextmanager
-def chunk_runner(call, workers, initializer):
+def chunk_runner(call, workers, initializer, isolate=True):
     """Yield ``(submit, slots)``: ``submit(chunk, timeout) -> Future`` and how many chunks run at once.
 
     The pool's workers receive ``call`` once, when they start, instead of with every chunk.
+    ``isolate`` is passed to :class:`SerialExecutor` for serial runs.
     Leaving the block normally waits for the workers to finish; leaving it by an
     exception (including Ctrl-C) kills them at once.
     """
@@ -71,7 +80,7 @@ def chunk_runner(call, workers, initializer):
     if workers == 0:
         if init_func is not None:
             init_func(*init_args)
-        executor = SerialExecutor()
+        executor = SerialExecutor(isolate)
         # no worker to kill in a serial run: a time limit cannot be enforced
         yield (lambda chunk, timeout: executor.submit(call.run, chunk.first, chunk.items, chunk.rngs)), 1
         return

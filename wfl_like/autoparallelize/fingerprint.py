@@ -13,6 +13,7 @@ import pickle
 import struct
 import sys
 import types
+from pathlib import PurePath
 
 import numpy as np
 from ase import Atoms
@@ -72,6 +73,10 @@ def _feed(hasher, value, seen):
         _feed_bytes(hasher, value.__name__.encode())
     elif tag == b"R":
         _feed_generator(hasher, value, seen)
+    elif tag == b"P":
+        # by its text: a path's instance state holds caches (its str, its hash, which
+        # depends on the hash seed) that come and go with use
+        _feed_bytes(hasher, f"{type(value).__name__}:{value}".encode("utf-8", "surrogateescape"))
     elif tag == b"G":
         # a group from ConfigSet.groups(): its structures and where they sit in it
         _feed(hasher, [[list(loc), atoms] for loc, atoms in value._located()], seen)
@@ -116,6 +121,8 @@ def _tag_of(value):
         return b"R"
     if isinstance(value, ConfigSet):
         return b"G"
+    if isinstance(value, PurePath):
+        return b"P"
     return b"o"
 
 
