@@ -6,6 +6,7 @@ not canonical (dict and set order, memo ids), so values are encoded here with ty
 dict keys and set members sorted, arrays by dtype, shape and bytes.
 """
 
+import functools
 import hashlib
 import importlib
 import math
@@ -77,6 +78,9 @@ def _feed(hasher, value, seen):
         # by its text: a path's instance state holds caches (its str, its hash, which
         # depends on the hash seed) that come and go with use
         _feed_bytes(hasher, f"{type(value).__name__}:{value}".encode("utf-8", "surrogateescape"))
+    elif tag == b"p":
+        # the function it wraps by its code, as a plain function (its pickle names it only)
+        _feed(hasher, [value.func, value.args, value.keywords], seen)
     elif tag == b"G":
         # a group from ConfigSet.groups(): its structures and where they sit in it
         _feed(hasher, [[list(loc), atoms] for loc, atoms in value._located()], seen)
@@ -123,6 +127,8 @@ def _tag_of(value):
         return b"G"
     if isinstance(value, PurePath):
         return b"P"
+    if isinstance(value, functools.partial):
+        return b"p"
     return b"o"
 
 
@@ -201,10 +207,18 @@ def _global_names(code):
 
 
 def _feed_class(hasher, cls):
-    """A class by name and by the version of the package it comes from."""
+    """A class by name and by the version of the package it comes from; a class of a
+    module with no version (a user's script or package) also by the code of its methods."""
     module = getattr(cls, "__module__", "") or ""
     _feed_bytes(hasher, f"{module}.{cls.__qualname__}".encode())
-    _feed_bytes(hasher, str(_package_version(module)).encode())
+    version = _package_version(module)
+    _feed_bytes(hasher, str(version).encode())
+    if version is None and module not in ("builtins",) and module.split(".")[0] not in sys.stdlib_module_names:
+        for name, member in sorted(vars(cls).items()):
+            if isinstance(member, (types.FunctionType, staticmethod, classmethod)):
+                function = getattr(member, "__func__", member)
+                _feed_bytes(hasher, name.encode())
+                _feed_code(hasher, function.__code__)
 
 
 def _package_version(module_name):
