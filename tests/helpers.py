@@ -1,7 +1,55 @@
-"""Small helpers shared by the tests."""
+"""Small helpers shared by the tests: directory listings, processes, driver scripts."""
+
+import os
+import time
 
 
 def listing(directory):
     """Sorted names in ``directory``, leaving out the run journal (``.NAME.journal.sqlite``
     and SQLite's companions), which a run keeps beside its outputs on purpose."""
     return sorted(p.name for p in directory.iterdir() if ".journal.sqlite" not in p.name)
+
+
+def process_state(pid):
+    """The State letter of /proc/<pid>/status, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("State:"):
+                    return line.split()[1]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def is_running(pid):
+    """A process exists and is not a zombie (a zombie has exited, only not been reaped)."""
+    return process_state(pid) not in (None, "Z", "X")
+
+
+def group_exists(pgid):
+    """Whether any process of the process group ``pgid`` is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_for(predicate, timeout=10.0):
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def driver_env(**more):
+    """The environment for a driver script: this one without wfl_like's own settings, plus ``more``."""
+    env = dict(os.environ)
+    env.pop("WFL_NUM_PYTHON_SUBPROCESSES", None)
+    env.pop("WFL_LIKE_START_METHOD", None)
+    env.update(more)
+    return env

@@ -20,7 +20,7 @@ from wfl_like.autoparallelize import AutoparaInfo, autoparallelize, autoparallel
 from wfl_like.autoparallelize.pool import RemoteTraceback
 from wfl_like.errors import (AutoparallelizeError, FailedItemsWarning, OpOutputError, WorkerDiedError,
                              WorkerInitializerError)
-from helpers import listing
+from helpers import is_running as process_running, listing
 
 NPROCS = [0, 1, 3]
 CHUNKS = [1, 2, 7]
@@ -75,15 +75,6 @@ def assert_same_atoms(first, second, exact=True):
 def para(nproc, chunk=1, **more):
     return {"num_python_subprocesses": nproc, "num_inputs_per_python_subprocess": chunk, **more}
 
-
-def process_running(pid):
-    """Whether a process exists and has not exited (a zombie has exited)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            state = next(line.split()[1] for line in f if line.startswith("State:"))
-    except (FileNotFoundError, ProcessLookupError, StopIteration):
-        return False
-    return state not in ("Z", "X")
 
 
 def worker_children():

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from helpers import listing
+from helpers import driver_env, group_exists, listing, wait_for
 from wfl_like import AutoparaInfo, ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
 from wfl_like.autoparallelize.fingerprint import fingerprint
@@ -119,29 +119,7 @@ def labels_and_values(path):
     return [(int(a.info["label"]), a.info["value"]) for a in ase.io.read(path, ":")]
 
 
-def driver_env(**more):
-    env = dict(os.environ)
-    env.pop("WFL_NUM_PYTHON_SUBPROCESSES", None)
-    env.pop("WFL_LIKE_START_METHOD", None)
-    env.update(more)
-    return env
 
-
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def group_exists(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class Driver:

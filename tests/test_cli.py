@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import ase.io
@@ -15,6 +14,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
+from helpers import group_exists, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "cu_rattled.xyz"
 N_EXAMPLE = 40
@@ -242,21 +242,6 @@ def big_input(tmp_path_factory):
     return path
 
 
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
-def group_exists(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("signum, workers, target", [

@@ -23,7 +23,7 @@ from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import AutoparaInfo, autoparallelize
 from wfl_like.autoparallelize.base import FAIL_FAST_AFTER
 from wfl_like.errors import AutoparallelizeError, FailedItemsWarning, TaskTimeoutError, WorkerDiedError
-from helpers import listing
+from helpers import is_running, listing, process_state
 
 ENV = "WFL_NUM_PYTHON_SUBPROCESSES"
 N_ITEMS = 10
@@ -53,21 +53,6 @@ def value_of(label):
     return label * label + 1
 
 
-def process_state(pid):
-    """The State letter of /proc/<pid>/status, or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("State:"):
-                    return line.split()[1]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
-
-
-def is_running(pid):
-    """A process exists and is not a zombie (a zombie has exited, only not been reaped)."""
-    return process_state(pid) not in (None, "Z", "X")
 
 
 def child_pids():

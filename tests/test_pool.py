@@ -13,6 +13,7 @@ import pytest
 
 from wfl_like.autoparallelize.pool import RemoteTraceback, WorkerPool
 from wfl_like.errors import TaskTimeoutError, WorkerDiedError, WorkerInitializerError
+from helpers import is_running, wait_for
 
 
 # --- tasks: module level, as workers need them ---------------------------------------
@@ -90,31 +91,7 @@ def touch_and_sleep(path, seconds):
 # --- helpers -------------------------------------------------------------------------
 
 
-def process_state(pid):
-    """The State letter of /proc/<pid>/status, or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("State:"):
-                    return line.split()[1]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
 
-
-def is_running(pid):
-    """A process exists and is not a zombie (a zombie has exited, only not been reaped)."""
-    return process_state(pid) not in (None, "Z", "X")
-
-
-def wait_for(predicate, limit=10.0):
-    """Poll ``predicate`` until true or ``limit`` seconds passed; return its last value."""
-    end = time.monotonic() + limit
-    while True:
-        value = predicate()
-        if value or time.monotonic() > end:
-            return value
-        time.sleep(0.05)
 
 
 def worker_children():
@@ -344,7 +321,7 @@ def test_workers_exit_when_the_driver_is_killed(tmp_path):
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         # orphaned workers may stay zombies if nobody reaps them; they must not keep running
-        still_running = wait_for(lambda: not any(is_running(pid) for pid in pids), limit=10.0)
+        still_running = wait_for(lambda: not any(is_running(pid) for pid in pids), timeout=10.0)
         assert still_running, f"workers {[pid for pid in pids if is_running(pid)]} outlived their driver"
     finally:
         if driver.poll() is None:

@@ -13,13 +13,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import ase.io
 import pytest
 
 from wfl_like.autoparallelize import autoparallelize
-from helpers import listing
+from helpers import driver_env, group_exists, is_running as process_running, listing, wait_for
 
 START_METHOD_ENV = "WFL_LIKE_START_METHOD"
 
@@ -68,39 +67,8 @@ SLEEPY_DRIVER = textwrap.dedent("""
 """).format(n_quick=N_QUICK, n_items=N_ITEMS)
 
 
-def driver_env(**more):
-    env = dict(os.environ)
-    env.pop("WFL_NUM_PYTHON_SUBPROCESSES", None)
-    env.pop(START_METHOD_ENV, None)
-    env.update(more)
-    return env
 
 
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
-def group_exists(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def process_running(pid):
-    """Whether a process exists and has not exited (a zombie has exited)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            state = next(line.split()[1] for line in f if line.startswith("State:"))
-    except (FileNotFoundError, ProcessLookupError, StopIteration):
-        return False
-    return state not in ("Z", "X")
 
 
 def marker_pids(directory, kind):

@@ -40,7 +40,7 @@ def autoparallelize_docstring(wrapped_func, wrappable_func, input_iterable_type,
         drop = input_arg if input_arg < len(params) else None
     kept = [entry for i, entry in enumerate(params) if i != drop and names[i] != "_autopara_per_item_info"]
     sections["Parameters"] = [
-        [f"inputs : iterable of {input_iterable_type}", f"    Input items, usually a ConfigSet."],
+        [f"inputs : iterable of {input_iterable_type}", "    Input items, usually a ConfigSet."],
         ["outputs : OutputSpec or None", "    Where the output structures go; None keeps none."],
     ] + kept + [
         ["autopara_info : AutoparaInfo or dict, optional",
