@@ -12,6 +12,7 @@ _DEFAULTS = {
     "retries": 2,
     "timeout": None,
     "cache": None,
+    "executor": None,
 }
 
 # wfl options for its remote job submission (ExPyRe), which wfl_like does not have:
@@ -57,6 +58,13 @@ class AutoparaInfo:
         journal beside the first output file; none for outputs in memory.  ``False``: no
         journal for this call (existing output files are reused as they are, as wfl does).
         A path: keep the journal there (this is how outputs in memory get one).
+    executor : concurrent.futures.Executor, optional
+        Run the chunks on this executor instead of wfl_like's own workers, e.g. a Dask
+        ``Client(...).get_executor()``, a loky or ``ProcessPoolExecutor``: same order,
+        random streams, error handling and journal.  The operation is sent by value
+        with each chunk and set up (with the initializer) once per process there.
+        ``num_python_subprocesses`` is then ignored, and ``timeout`` cannot be enforced
+        (the executor's workers are not ours to kill).
 
     Raises
     ------
@@ -120,6 +128,9 @@ class AutoparaInfo:
             raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
         if self.cache is not None and not isinstance(self.cache, (bool, str, os.PathLike)):
             raise TypeError(f"cache must be True, False, None or a path, not {self.cache!r}")
+        if self.executor is not None and not callable(getattr(self.executor, "submit", None)):
+            raise TypeError(f"executor must be a concurrent.futures.Executor (with a submit method), "
+                            f"not {type(self.executor).__name__}")
         init = self.initializer
         if (not isinstance(init, (tuple, list)) or len(init) != 2
                 or not (init[0] is None or callable(init[0]))):

@@ -6,7 +6,7 @@ import os
 import pickle
 from concurrent.futures import Executor, Future
 
-from wfl_like.autoparallelize.opcall import ByValue, in_worker, install, run_installed
+from wfl_like.autoparallelize.opcall import ByValue, in_worker, install, run_installed, run_portable
 from wfl_like.autoparallelize.pool import START_METHOD_ENV, WorkerPool, default_context
 
 NUM_PROCESSES_ENV = "WFL_NUM_PYTHON_SUBPROCESSES"
@@ -64,16 +64,35 @@ def num_workers(requested):
     return value
 
 
+def executor_slots(executor):
+    """How many tasks an executor runs at once, as far as it tells (else the CPU count)."""
+    for attribute in ("_max_workers", "max_workers", "size"):
+        value = getattr(executor, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
-def chunk_runner(call, workers, initializer, isolate=True):
+def chunk_runner(call, workers, initializer, isolate=True, executor=None):
     """Yield ``(submit, slots)``: ``submit(chunk, timeout) -> Future`` and how many chunks run at once.
 
     The pool's workers receive ``call`` once, when they start, instead of with every chunk.
-    ``isolate`` is passed to :class:`SerialExecutor` for serial runs.
+    ``isolate`` is passed to :class:`SerialExecutor` for serial runs.  With ``executor``
+    (any :class:`concurrent.futures.Executor`), chunks run there instead; it is the
+    caller's, so it is left running.
     Leaving the block normally waits for the workers to finish; leaving it by an
     exception (including Ctrl-C) kills them at once.
     """
     init_func, init_args = initializer
+    if executor is not None:
+        # the caller's executor (Dask, loky, a ProcessPoolExecutor ...): the call travels by
+        # value with every chunk, and is installed once per process there
+        payload = ByValue(call)
+        init_payload = ByValue(init_func) if init_func is not None else None
+        yield (lambda chunk, timeout: executor.submit(run_portable, payload, init_payload, tuple(init_args),
+                                                      chunk.first, chunk.items, chunk.rngs)), executor_slots(executor)
+        return
     if workers and in_worker():
         log.info("%s: called inside a worker process, so it runs serially there", call.name)
         workers = 0

@@ -12,6 +12,7 @@ import os
 import pickle
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -164,7 +165,7 @@ class Journal:
             db.close()
             self._db = None
         if self._lock_file is not None:
-            self._lock_file.close()       # closing the descriptor releases the lock
+            self._lock_file.close()
             self._lock_file = None
 
     def __enter__(self):
@@ -185,25 +186,54 @@ class _Transaction:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
+# Outputs held by this process: POSIX record locks do not exclude the process itself.
+_held = set()
+_held_guard = threading.Lock()
+
+
+class _OutputLock:
+    """An exclusive lock on one output, against other processes and this one."""
+
+    def __init__(self, journal):
+        import fcntl
+
+        self.key = str(journal.resolve())
+        with _held_guard:
+            if self.key in _held:
+                raise _locked(journal)
+            _held.add(self.key)
+        try:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            # A POSIX record lock (lockf) belongs to this process alone: worker processes
+            # forked during the run (ours, or those of an executor the caller keeps) do not
+            # inherit it, and it goes with the process however that ends.  A file of its
+            # own keeps it apart from SQLite's record locks on the database.
+            self.file = open(journal.with_name(journal.name + ".lock"), "ab")
+            try:
+                fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.file.close()
+                raise _locked(journal) from None
+        except BaseException:
+            with _held_guard:
+                _held.discard(self.key)
+            raise
+
+    def close(self):
+        self.file.close()      # closing the descriptor releases the lock
+        with _held_guard:
+            _held.discard(self.key)
+
+
 def _take_lock(journal):
-    """Hold an exclusive lock on the output for as long as the returned file stays open.
+    """Hold an exclusive lock on the output until the returned object is closed."""
+    return _OutputLock(journal)
 
-    The lock is an advisory ``flock`` on the journal file itself: SQLite locks with
-    POSIX record locks, which ``flock`` does not touch, and the file is closed only
-    after the database is.
-    """
-    import fcntl
 
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    lock_file = open(journal, "ab")
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock_file.close()
-        output = journal.with_name(journal.name[1:].removesuffix(".journal.sqlite"))
-        raise OutputLockedError(f"output {str(output)!r} is being written by {_holder(journal)}; wait for it "
-                                f"to finish (or stop it) before running again") from None
-    return lock_file
+def _locked(journal):
+    output = journal.with_name(journal.name[1:].removesuffix(".journal.sqlite"))
+    return OutputLockedError(f"output {str(output)!r} is being written by {_holder(journal)}; wait for it "
+                             f"to finish (or stop it) before running again")
 
 
 def _holder(journal):

@@ -141,20 +141,39 @@ def _unwrap(obj):
     return obj.load() if isinstance(obj, ByValue) else obj
 
 
-def install(call, initializer=None, initargs=()):
+def install(call, initializer=None, initargs=(), own_process=True):
     """Worker initializer: keep ``call`` for :func:`run_installed`, then run the user's initializer.
 
-    ``call`` and ``initializer`` may come wrapped in :class:`ByValue`.
+    ``call`` and ``initializer`` may come wrapped in :class:`ByValue`.  ``own_process``
+    says this process is a pool worker of ours (not, say, a thread of the caller's).
     """
     global _installed
     call, initializer = _unwrap(call), _unwrap(initializer)
     _installed = call
-    # an op that calls another autoparallelized op runs it serially: a worker cannot have workers
-    os.environ[NESTED_ENV] = "1"
+    if own_process:
+        # an op that calls another autoparallelized op runs it serially: a worker cannot have workers
+        os.environ[NESTED_ENV] = "1"
     if initializer is not None:
         initializer(*initargs)
 
 
 def run_installed(first, items, rngs):
     """Apply the call set by :func:`install` to one chunk."""
+    return _installed.run(first, items, rngs)
+
+
+# Payloads already installed in this process by run_portable, by their bytes.
+_installed_payload = None
+
+
+def run_portable(call, initializer, initargs, first, items, rngs):
+    """Apply a call sent by value to one chunk, on an executor that is not ours.
+
+    The call is unpickled, and the initializer run, once per process (per call), not
+    once per chunk: the executor's workers are long-lived and shared.
+    """
+    global _installed_payload
+    if _installed_payload != call.payload:
+        install(call, initializer, initargs, own_process=False)
+        _installed_payload = call.payload
     return _installed.run(first, items, rngs)
