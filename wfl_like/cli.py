@@ -5,10 +5,13 @@ import ast
 import importlib
 import inspect
 import logging
+import os
 import signal
 import sys
 import warnings
 
+from wfl_like.autoparallelize import mpipool_support
+from wfl_like.autoparallelize.mpipool_support import MPIPOOL_ENV
 from wfl_like.configset import OutputSpec
 from wfl_like.errors import InputFileError, OutputLockedError
 
@@ -70,6 +73,9 @@ def build_parser():
     calc.add_argument("--chunk-size", type=int, default=None, metavar="M",
                       help="structures per call of the calculator loop (default 10)")
     calc.add_argument("--overwrite", action="store_true", help="recompute and replace an existing OUTPUT")
+    calc.add_argument("--mpi", action="store_true",
+                      help="run on the ranks of an MPI job (mpiexec -n N wfl-like calculate ... --mpi): rank 0 "
+                           "reads and writes, the others compute; also on when $WFL_MPIPOOL is set")
     calc.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
     calc.set_defaults(run=run_calculate)
 
@@ -198,6 +204,9 @@ def main(argv=None):
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
+        if getattr(args, "mpi", False) or os.environ.get(MPIPOOL_ENV):
+            os.environ[MPIPOOL_ENV] = os.environ.get(MPIPOOL_ENV) or "1"
+            mpipool_support.init()      # worker ranks serve rank 0 from here, and leave at its end
         logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                             format=f"{PROG}: %(message)s", stream=sys.stderr)
         # warnings (e.g. an output that could not be checked) as one line each, like the logs

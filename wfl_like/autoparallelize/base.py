@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 from ase import Atoms
 
+from wfl_like.autoparallelize import mpipool_support
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo
 from wfl_like.autoparallelize.cache import RunCache, inputs_fingerprint, journal_location
 from wfl_like.autoparallelize.chunks import make_chunks
@@ -146,11 +147,15 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
     # Spawn once before the items (as wfl does) so that repeated calls with the same
     # generator give different, reproducible streams.
     op_rng = rng.spawn(1)[0] if rng is not None else None
-    workers = num_workers(info.num_python_subprocesses) if info.executor is None else 0
-    if info.timeout is not None and (workers == 0 or info.executor is not None):
+    executor = info.executor if info.executor is not None else mpipool_support.active_executor()
+    if executor is not None and info.executor is None and info.num_python_subprocesses:
+        warnings.warn(f"num_python_subprocesses={info.num_python_subprocesses} is ignored: {name} runs on "
+                      f"the MPI ranks of WFL_MPIPOOL", stacklevel=4)
+    workers = num_workers(info.num_python_subprocesses) if executor is None else 0
+    if info.timeout is not None and (workers == 0 or executor is not None):
         warnings.warn(f"timeout={info.timeout} is not enforced for {name}: it needs wfl_like's own worker "
                       f"processes (num_python_subprocesses >= 1, no executor)", stacklevel=4)
-    where = (f"executor {type(info.executor).__name__}" if info.executor is not None
+    where = (f"executor {type(executor).__name__}" if executor is not None
              else f"{workers} worker processes" if workers else "serial")
     log.info("%s: %s, %d inputs per chunk", name, where, info.num_inputs_per_python_subprocess)
 
@@ -159,7 +164,7 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
     try:
         # structures read from files are fresh objects: no copy needed to protect the caller's
         isolate = not (isinstance(inputs, ConfigSet) and inputs.files())
-        with chunk_runner(call, workers, info.initializer, isolate, info.executor) as (submit, slots):
+        with chunk_runner(call, workers, info.initializer, isolate, executor) as (submit, slots):
             results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout)
             failures, n_items = _store_all(results, outputs, name, info.skip_failed, cache)
         if failures and info.errors == "raise":

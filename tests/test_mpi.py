@@ -1,0 +1,86 @@
+"""Runs under a real ``mpiexec -n 3`` give, byte for byte, the outputs of a serial run."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mpi4py")
+pytest.importorskip("mpipool")
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "data" / "cu_rattled.xyz"
+BIN = os.path.dirname(sys.executable)
+MPIEXEC = shutil.which("mpiexec", path=BIN + os.pathsep + os.environ.get("PATH", ""))
+pytestmark = [pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (install the mpi extra)"),
+              pytest.mark.timeout(180)]
+
+DRIVER = textwrap.dedent("""
+    import sys
+    from wfl_like.autoparallelize import mpipool_support
+    mpipool_support.init()
+
+    import numpy as np
+    from ase.calculators.emt import EMT
+    from wfl_like import ConfigSet, OutputSpec
+    from wfl_like.autoparallelize import autoparallelize
+    from wfl_like.calculators.generic import calculate
+
+
+    def rattle(items, _autopara_per_item_info=None):
+        for atoms, item in zip(items, _autopara_per_item_info):
+            atoms.positions += item["rng"].normal(scale=0.01, size=atoms.positions.shape)
+        return items
+
+
+    def refuse_5(items):
+        for atoms in items:
+            if atoms.info["structure_id"] == 5:
+                raise ValueError("structure 5 is refused")
+        return items
+
+
+    source, tag = sys.argv[1], sys.argv[2]
+    calculate(ConfigSet(source), OutputSpec(tag + "_emt.xyz"), (EMT, [], {}),
+              autopara_info={"num_inputs_per_python_subprocess": 3})
+    autoparallelize(rattle, ConfigSet(source), OutputSpec(tag + "_rng.xyz"), rng=np.random.default_rng(5),
+                    autopara_info={"num_inputs_per_python_subprocess": 2})
+    result = autoparallelize(refuse_5, ConfigSet(source), OutputSpec(tag + "_skip.xyz"),
+                             autopara_info={"errors": "skip"})
+    print("failures", [f.index for f in result.failures], flush=True)
+""")
+
+
+def run(args, cwd, mpi):
+    env = {k: v for k, v in os.environ.items() if k not in ("WFL_MPIPOOL", "WFL_NUM_PYTHON_SUBPROCESSES")}
+    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
+    if mpi:
+        env["WFL_MPIPOOL"] = "1"
+        args = [MPIEXEC, "-n", "3"] + args
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=170)
+
+
+def test_script_under_mpiexec_gives_the_serial_outputs(tmp_path):
+    (tmp_path / "driver.py").write_text(DRIVER)
+    serial = run([sys.executable, "driver.py", str(EXAMPLE), "serial"], tmp_path, mpi=False)
+    assert serial.returncode == 0, serial.stderr
+    mpi = run([sys.executable, "driver.py", str(EXAMPLE), "mpi"], tmp_path, mpi=True)
+    assert mpi.returncode == 0, mpi.stderr
+    for kind in ("emt", "rng", "skip"):
+        assert (tmp_path / f"mpi_{kind}.xyz").read_bytes() == (tmp_path / f"serial_{kind}.xyz").read_bytes(), kind
+    # only rank 0 ran the script after init(): one line of output, with the failure record
+    assert mpi.stdout.count("failures") == 1 and "failures [5]" in mpi.stdout
+
+
+def test_command_line_under_mpiexec_gives_the_serial_output(tmp_path):
+    wfl_like = os.path.join(BIN, "wfl-like")
+    serial = run([wfl_like, "calculate", str(EXAMPLE), "-o", "serial.xyz", "-q"], tmp_path, mpi=False)
+    assert serial.returncode == 0, serial.stderr
+    mpi = subprocess.run([MPIEXEC, "-n", "3", wfl_like, "calculate", str(EXAMPLE), "-o", "mpi.xyz", "-q", "--mpi"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=170,
+                         env={**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", "")})
+    assert mpi.returncode == 0, mpi.stderr
+    assert (tmp_path / "mpi.xyz").read_bytes() == (tmp_path / "serial.xyz").read_bytes()
