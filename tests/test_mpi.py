@@ -84,3 +84,60 @@ def test_command_line_under_mpiexec_gives_the_serial_output(tmp_path):
                          env={**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", "")})
     assert mpi.returncode == 0, mpi.stderr
     assert (tmp_path / "mpi.xyz").read_bytes() == (tmp_path / "serial.xyz").read_bytes()
+
+
+SLOW_DRIVER = textwrap.dedent("""
+    import os, sys, time, uuid
+    from wfl_like.autoparallelize import mpipool_support
+    mpipool_support.init()
+
+    import numpy as np
+    from wfl_like import ConfigSet, OutputSpec
+    from wfl_like.autoparallelize import autoparallelize
+
+
+    def slow_rattle(items, markers, _autopara_per_item_info=None):
+        for atoms, item in zip(items, _autopara_per_item_info):
+            time.sleep(0.1)
+            atoms.positions += item["rng"].normal(scale=0.01, size=atoms.positions.shape)
+            open(os.path.join(markers, f"{atoms.info['structure_id']}-{uuid.uuid4().hex}"), "w").close()
+        return items
+
+
+    source, out, markers = sys.argv[1], sys.argv[2], sys.argv[3]
+    autoparallelize(slow_rattle, ConfigSet(source), OutputSpec(out), markers, rng=np.random.default_rng(9),
+                    autopara_info={"num_inputs_per_python_subprocess": 2})
+""")
+
+
+def test_mpi_job_killed_midway_resumes_from_the_journal(tmp_path):
+    import signal
+    import time
+
+    (tmp_path / "driver.py").write_text(SLOW_DRIVER)
+    for name in ("markers", "reference_markers"):
+        (tmp_path / name).mkdir()
+    reference = run([sys.executable, "driver.py", str(EXAMPLE), "reference.xyz", "reference_markers"], tmp_path,
+                    mpi=False)
+    assert reference.returncode == 0, reference.stderr
+
+    env = {k: v for k, v in os.environ.items() if k != "WFL_NUM_PYTHON_SUBPROCESSES"}
+    env.update(WFL_MPIPOOL="1", PATH=BIN + os.pathsep + env.get("PATH", ""))
+    job = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "driver.py", str(EXAMPLE), "out.xyz", "markers"],
+                           cwd=tmp_path, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list((tmp_path / "markers").iterdir())) < 20 and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)          # the whole job, as a scheduler's wall-time kill
+    job.wait()
+    done_before = len(list((tmp_path / "markers").iterdir()))
+    assert 20 <= done_before < 40
+    assert not (tmp_path / "out.xyz").exists()
+
+    resumed = run([sys.executable, "driver.py", str(EXAMPLE), "out.xyz", "markers"], tmp_path, mpi=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "out.xyz").read_bytes() == (tmp_path / "reference.xyz").read_bytes()
+    computed_again = len(list((tmp_path / "markers").iterdir())) - done_before
+    # only what was not journaled is computed again: at most the chunks in flight at the kill
+    assert 40 - done_before <= computed_again <= 40 - done_before + 8
