@@ -1,5 +1,6 @@
 """Runs under a real ``mpiexec -n 3`` give, byte for byte, the outputs of a serial run."""
 
+import ast
 import os
 import shutil
 import subprocess
@@ -51,6 +52,25 @@ DRIVER = textwrap.dedent("""
     result = autoparallelize(refuse_5, ConfigSet(source), OutputSpec(tag + "_skip.xyz"),
                              autopara_info={"errors": "skip"})
     print("failures", [f.index for f in result.failures], flush=True)
+
+    # the initializer runs once in each process that computes (each worker rank under MPI),
+    # and a process count asked for is ignored there, with a warning
+    import os
+    from wfl_like.autoparallelize import mpipool_support as support
+
+    def setup(directory):
+        open(os.path.join(directory, f"init-{os.getpid()}"), "w").close()
+
+    def where(items):
+        for atoms in items:
+            atoms.info["pid"] = os.getpid()
+        return items
+
+    os.makedirs(tag + "_init", exist_ok=True)
+    placed = autoparallelize(where, ConfigSet(source), OutputSpec(), autopara_info={
+        "initializer": (setup, [tag + "_init"]), "num_python_subprocesses": 4 if support.active_executor() else 0})
+    print("pids", sorted({atoms.info["pid"] for atoms in placed}), "rank0", os.getpid(), flush=True)
+    print("inits", sorted(int(name.split("-")[1]) for name in os.listdir(tag + "_init")), flush=True)
 """)
 
 
@@ -73,6 +93,13 @@ def test_script_under_mpiexec_gives_the_serial_outputs(tmp_path):
         assert (tmp_path / f"mpi_{kind}.xyz").read_bytes() == (tmp_path / f"serial_{kind}.xyz").read_bytes(), kind
     # only rank 0 ran the script after init(): one line of output, with the failure record
     assert mpi.stdout.count("failures") == 1 and "failures [5]" in mpi.stdout
+    lines = {line.split()[0]: line for line in mpi.stdout.splitlines()}
+    pids = ast.literal_eval(lines["pids"].split("rank0")[0].split(" ", 1)[1])
+    rank0 = int(lines["pids"].split("rank0")[1])
+    inits = ast.literal_eval(lines["inits"].split(" ", 1)[1])
+    assert rank0 not in pids and len(pids) == 2           # the two worker ranks computed
+    assert inits == pids                                  # one initializer run in each
+    assert "num_python_subprocesses=4 is ignored" in mpi.stderr
 
 
 def test_command_line_under_mpiexec_gives_the_serial_output(tmp_path):
