@@ -17,23 +17,15 @@ class WorkerDiedError(RuntimeError):
         negative for a signal, ``None`` when unknown.
     pid : int or None
         Process id of the dead worker.
-    items : list of int, optional
-        Input indices of the items the worker was running.
-    op : str, optional
-        Name of the operation.
     """
 
-    def __init__(self, exitcode=None, pid=None, items=None, op=None):
-        self.exitcode, self.pid, self.items, self.op = exitcode, pid, items, op
-        message = f"worker process{'' if pid is None else f' (pid {pid})'} died with {describe_exitcode(exitcode)}"
-        if items is not None:
-            message += f" while running input item(s) {items}"
-        if op is not None:
-            message += f" of operation {op}"
-        super().__init__(message)
+    def __init__(self, exitcode=None, pid=None):
+        self.exitcode, self.pid = exitcode, pid
+        super().__init__(f"worker process{'' if pid is None else f' (pid {pid})'} died with "
+                         f"{describe_exitcode(exitcode)}")
 
     def __reduce__(self):
-        return (type(self), (self.exitcode, self.pid, self.items, self.op))
+        return (type(self), (self.exitcode, self.pid))
 
     def describe(self):
         """The exit code or signal in words."""

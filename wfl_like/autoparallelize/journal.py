@@ -54,9 +54,7 @@ class Journal:
 
     def __init__(self, path, lock=True):
         self.path = Path(path)
-        self._lock_file = None
-        if lock:
-            self._lock_file = _take_lock(self.path)
+        self._lock = _OutputLock(self.path) if lock else None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -164,9 +162,9 @@ class Journal:
         if db is not None:
             db.close()
             self._db = None
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -223,11 +221,6 @@ class _OutputLock:
         self.file.close()      # closing the descriptor releases the lock
         with _held_guard:
             _held.discard(self.key)
-
-
-def _take_lock(journal):
-    """Hold an exclusive lock on the output until the returned object is closed."""
-    return _OutputLock(journal)
 
 
 def _locked(journal):
