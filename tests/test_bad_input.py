@@ -133,9 +133,15 @@ def test_truncated_extxyz_names_the_file_and_the_frame(tmp_path, calls, nproc, l
     message = str(info.value)
     assert str(path) in message
     assert f"frame {bad_frame}" in message
-    # the whole frames before the cut were processed and begun in the output, then dropped
+    # the chunks already running when the input broke off were finished, not thrown away
     assert n_calls(calls) >= 1
     assert_no_output(out)
+    # ...and journaled: once the file is whole, only what was not yet computed runs
+    done_before = n_calls(calls)
+    path.write_text("".join(lines))
+    result = autoparallelize(counting_op, ConfigSet(path), OutputSpec(out), str(calls), autopara_info=para(nproc))
+    assert [atoms.info["label"] for atoms in result] == list(range(N_FRAMES))
+    assert n_calls(calls) == N_FRAMES, f"{done_before} frames computed before the cut were computed again"
 
 
 GARBAGE = {

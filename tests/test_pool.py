@@ -296,6 +296,32 @@ def test_terminate_kills_busy_workers_at_once(tmp_path):
     assert worker_children() == []
 
 
+@pytest.mark.timeout(60)
+def test_shutdown_runs_the_queued_tasks_even_when_its_last_worker_dies():
+    pool = WorkerPool(1)
+    dying = pool.submit(exit_self, 3)
+    queued = [pool.submit(square, i) for i in range(4)]
+    pool.shutdown(wait=True)          # the dead worker is replaced: the queue still runs
+    assert isinstance(dying.exception(), WorkerDiedError)
+    assert [f.result() for f in queued] == [0, 1, 4, 9]
+    assert worker_children() == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("round_i", range(10))
+def test_terminate_while_workers_die_and_tasks_are_queued_returns(round_i):
+    # Workers that die while tasks are being handed to them: a task sent to a worker
+    # that just died goes back to the queue, and must not be left there after terminate().
+    pool = WorkerPool(2)
+    futures = [pool.submit(exit_self if i % 2 else square, 1 if i % 2 else i) for i in range(40)]
+    time.sleep(0.002 * round_i)       # stop at a different point of the churn each round
+    pids = pool.pids
+    pool.terminate()
+    assert all(f.done() for f in futures)
+    assert not any(is_running(pid) for pid in pids)
+    assert worker_children() == []
+
+
 DRIVER_SCRIPT = textwrap.dedent("""
     import sys, time
     from wfl_like.autoparallelize.pool import WorkerPool

@@ -14,6 +14,7 @@ from wfl_like.autoparallelize import mpipool_support
 from wfl_like.autoparallelize.mpipool_support import MPIPOOL_ENV
 from wfl_like.configset import OutputSpec
 from wfl_like.errors import InputFileError, OutputLockedError
+from wfl_like.stopping import Terminated, stop_on_signals
 
 PROG = "wfl-like"
 DEFAULT_CALCULATOR = "ase.calculators.emt:EMT"
@@ -25,10 +26,6 @@ EXIT_USAGE = 2
 
 class UsageError(Exception):
     """Bad command-line input: reported as one line, exit code 2."""
-
-
-class _Terminated(BaseException):
-    """Raised in the main thread by SIGTERM, so that cleanup runs as for Ctrl-C."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,7 +150,7 @@ def run_calculate(args):
         raise UsageError("--properties is empty")
     try:
         inputs = ConfigSet(args.inputs[0] if len(args.inputs) == 1 else args.inputs)
-        outputs = _StoppableOutputSpec(args.output, overwrite=args.overwrite)
+        outputs = OutputSpec(args.output, overwrite=args.overwrite)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     autopara_info = {}
@@ -197,7 +194,6 @@ def run_status(args):
 
 def main(argv=None):
     """Run the command line; returns the exit code."""
-    global _stop_signal
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -211,58 +207,19 @@ def main(argv=None):
                             format=f"{PROG}: %(message)s", stream=sys.stderr)
         # warnings (e.g. an output that could not be checked) as one line each, like the logs
         warnings.showwarning = _show_warning
-        _stop_signal = None
-        previous = {signum: signal.signal(signum, _on_stop_signal) for signum in _STOP_SIGNALS}
-        try:
+        with stop_on_signals(prog=PROG):
             return args.run(args)
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
     except (UsageError, InputFileError, OutputLockedError, FileNotFoundError, FileExistsError, PermissionError,
             IsADirectoryError) as exc:
         return _fail(exc, EXIT_USAGE)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
         return 128 + signal.SIGINT
-    except _Terminated:
+    except Terminated:
         print(f"{PROG}: terminated; no output was written", file=sys.stderr)
         return 128 + signal.SIGTERM
     except Exception as exc:
         return _fail(exc, 1)
-
-
-# Signals that stop the command: the exception each raises in the main thread.
-_STOP_SIGNALS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: _Terminated}
-
-# The stop signal received, if any.  An exception raised by a signal handler is lost when
-# the handler runs inside C code that clears errors (numpy scalars in %-formatting, as
-# when extxyz is written, do); this flag is not, and the output checks it.
-_stop_signal = None
-
-
-def _on_stop_signal(signum, frame):
-    global _stop_signal
-    _stop_signal = signum
-    raise _STOP_SIGNALS[signum]()
-
-
-def _check_stop():
-    if _stop_signal is not None:
-        raise _STOP_SIGNALS[_stop_signal]()
-
-
-class _StoppableOutputSpec(OutputSpec):
-    """An OutputSpec that stores nothing more, and publishes nothing, once a stop signal arrived."""
-
-    def store(self, configs, input_CS_loc=""):
-        _check_stop()
-        return super().store(configs, input_CS_loc)
-
-    def close(self):
-        if _stop_signal is not None:
-            self.discard()
-            _check_stop()
-        return super().close()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -13,6 +13,7 @@ from pathlib import Path
 from ase import Atoms
 
 from wfl_like import io
+from wfl_like.stopping import check_stop, partial_begun, partial_ended, stop_requested
 from wfl_like.locations import (LOC_KEY, format_location, iter_tree, location_of, parse_location,
                                 place_in_tree, tree_from_pairs)
 
@@ -345,6 +346,9 @@ class OutputSpec:
             the input, or :attr:`ConfigSet.cur_loc`).  Required with several files;
             without it, outputs are placed one after the other.
         """
+        # under stop_on_signals, nothing more is stored once a stop was asked for, even
+        # if the exception the signal raised was lost on its way
+        check_stop()
         if self.closed:
             raise ValueError("cannot store into an OutputSpec after close()")
         if configs is None:
@@ -408,7 +412,6 @@ class OutputSpec:
         if self.flush:
             handle.flush()
 
-
     def _open(self, file_i):
         if self._file_i == file_i:
             return self._file
@@ -420,6 +423,7 @@ class OutputSpec:
         # since outputs may alternate between files.
         mode = "a" if file_i in self._started else "w"
         self._file = open(io.partial_path(final), mode)
+        partial_begun(io.partial_path(final))
         self._file_i = file_i
         self._started.add(file_i)
         return self._file
@@ -437,6 +441,9 @@ class OutputSpec:
         """
         if self.closed:
             return
+        if stop_requested():
+            self.discard()
+            check_stop()
         self.closed = True
         self._close_handle()
         if self.files is None:
@@ -449,6 +456,7 @@ class OutputSpec:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 partial.write_bytes(b"")
             io.publish(partial, final)
+            partial_ended(partial)
 
     def discard(self):
         """Abandon the output: close, and remove the partial files (final paths are untouched)."""
@@ -456,6 +464,7 @@ class OutputSpec:
         self._close_handle()
         for file_i in self._started:
             io.partial_path(self.paths[file_i]).unlink(missing_ok=True)
+            partial_ended(io.partial_path(self.paths[file_i]))
 
     def __enter__(self):
         return self

@@ -128,6 +128,7 @@ class WorkerPool(Executor):
         self._lock = threading.Lock()
         self._queue = collections.deque()
         self._shutting_down = False
+        self._cancelled = False     # queued tasks are not to run (terminate, cancel_futures, broken)
         self._broken = None
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         # Workers are started before the dispatcher thread so that the first forks
@@ -181,6 +182,7 @@ class WorkerPool(Executor):
         with self._lock:
             self._shutting_down = True
             if cancel_futures:
+                self._cancelled = True
                 self._abandon_queue(None)
         self._wake()
         if wait:
@@ -189,7 +191,7 @@ class WorkerPool(Executor):
     def terminate(self):
         """Stop now: kill every worker, fail running and queued tasks, and wait for the dispatcher."""
         with self._lock:
-            self._shutting_down = True
+            self._shutting_down = self._cancelled = True
             self._abandon_queue(None)
             for worker in self._workers:
                 _kill(worker.process)
@@ -222,7 +224,11 @@ class WorkerPool(Executor):
             while True:
                 self._send_tasks(self._pair_tasks())
                 with self._lock:
-                    if self._shutting_down and not self._queue and not any(w.task for w in self._workers):
+                    idle = not any(w.task for w in self._workers)
+                    # queued tasks keep a shutting-down pool going only while a worker is
+                    # left to run them (dead workers are replaced while tasks are queued)
+                    if self._shutting_down and idle and (not self._queue or not self._workers):
+                        self._abandon_queue(self._broken)
                         break
                     workers = list(self._workers)
                 waitables = [self._wake_r] + [w.conn for w in workers] + [w.sentinel for w in workers]
@@ -277,10 +283,14 @@ class WorkerPool(Executor):
             try:
                 worker.conn.send((task.fn, task.args, task.kwargs))
             except (BrokenPipeError, ConnectionResetError, EOFError):
-                # the worker died just now: its sentinel will say so; another worker takes the task
+                # the worker died just now: its sentinel will say so; another worker takes
+                # the task, unless queued tasks were given up meanwhile (terminate)
                 worker.task = None
                 with self._lock:
-                    self._queue.appendleft(task)
+                    if self._cancelled:
+                        _abandon(task.future, self._broken)
+                    else:
+                        self._queue.appendleft(task)
             except Exception as exc:
                 worker.task = None
                 _abandon(task.future, _unpicklable(exc, "the task's arguments"))
@@ -338,7 +348,8 @@ class WorkerPool(Executor):
             worker.task = None
         with self._lock:
             self._workers.remove(worker)
-            replace = not self._shutting_down and self._broken is None
+            # after shutdown(), only while tasks wait that no other worker would run
+            replace = not self._cancelled and (not self._shutting_down or bool(self._queue))
         if replace:
             log.info("worker pid %d died (%s); starting a replacement", pid, describe_exitcode(exitcode))
             replacement = self._start_worker()
@@ -349,7 +360,7 @@ class WorkerPool(Executor):
         with self._lock:
             if self._broken is None:
                 self._broken = exc
-            self._shutting_down = True
+            self._shutting_down = self._cancelled = True
             self._abandon_queue(exc)
             running = [w for w in self._workers if w.task is not None]
         for worker in running:

@@ -77,7 +77,19 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None):
             return _Job(chunk, _completed(chunk.cached))
         return _Job(chunk, submit(chunk, _limit(timeout, len(chunk.items))))
 
-    for chunk in chunks:
+    chunks = iter(chunks)
+    while True:
+        try:
+            chunk = next(chunks, None)
+        except Exception:
+            # The inputs broke off (a truncated file, say): the chunks already running are
+            # still handed back, so that their results are journaled and a rerun after the
+            # input is fixed does not compute them again.
+            while in_flight:
+                yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
+            raise
+        if chunk is None:
+            break
         in_flight.append(start(chunk))
         if len(in_flight) >= limit:
             yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)

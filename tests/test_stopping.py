@@ -1,0 +1,161 @@
+"""A stop signal ends the run even when the clean stop cannot: ``wfl_like.stopping``.
+
+The driver scripts here get stuck for real the way a run does on a cluster: the file
+system stops answering while an output is stored (the call blocks, and swallows the
+exception the signal raises).  The watchdog must then kill the workers, remove the
+partial output and end the process, keeping what the journal already holds.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from wfl_like.autoparallelize.journal import Journal, journal_path
+from wfl_like.stopping import stop_on_signals
+from helpers import driver_env, group_exists, is_running, wait_for
+
+STUCK_DRIVER = textwrap.dedent("""
+    import os, sys, time
+    from ase import Atoms
+    from wfl_like import OutputSpec
+    from wfl_like.autoparallelize import autoparallelize
+    from wfl_like.stopping import stop_on_signals
+
+    MARKERS, OUT, WORKERS, FORCE_AFTER = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+
+    def op(items):
+        for atoms in items:
+            open(os.path.join(MARKERS, f"item-{atoms.info['label']}-{os.getpid()}"), "w").close()
+        return items
+
+    class StuckOutput(OutputSpec):
+        # after the first structure, storing blocks and ignores every exception: what a
+        # hung network file system, or C code that swallows signals, looks like
+        def store(self, configs, input_CS_loc=""):
+            super().store(configs, input_CS_loc)
+            self._file.flush()
+            open(os.path.join(MARKERS, "stuck"), "w").close()
+            while True:
+                try:
+                    time.sleep(3600)
+                except BaseException:
+                    pass
+
+    inputs = [Atoms("H", cell=[3, 3, 3], pbc=True, info={"label": i}) for i in range(20)]
+    with stop_on_signals(force_after=FORCE_AFTER, prog="driver"):
+        autoparallelize(op, inputs, StuckOutput(OUT),
+                        autopara_info={"num_python_subprocesses": WORKERS, "num_inputs_per_python_subprocess": 1})
+""")
+
+
+class StuckRun:
+    def __init__(self, tmp_path, workers, force_after):
+        script = tmp_path / "driver.py"
+        script.write_text(STUCK_DRIVER)
+        self.markers = tmp_path / "markers"
+        self.markers.mkdir()
+        self.out = tmp_path / "out.xyz"
+        self.partial = tmp_path / ".out.xyz.partial"
+        self.stderr_path = tmp_path / "stderr.txt"
+        with open(self.stderr_path, "w") as stderr:
+            self.proc = subprocess.Popen([sys.executable, str(script), str(self.markers), str(self.out),
+                                          str(workers), str(force_after)],
+                                         cwd=tmp_path, env=driver_env(), stdout=subprocess.DEVNULL, stderr=stderr,
+                                         start_new_session=True)
+        self.pgid = self.proc.pid
+
+    def wait_until_stuck(self):
+        assert wait_for((self.markers / "stuck").exists, 60), self.stderr()
+        assert self.partial.exists()
+        return {int(p.name.rsplit("-", 1)[1]) for p in self.markers.glob("item-*")} - {self.proc.pid}
+
+    def stderr(self):
+        return self.stderr_path.read_text()
+
+    def cleanup(self):
+        if group_exists(self.pgid):
+            os.killpg(self.pgid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.wait()
+
+
+@pytest.fixture
+def stuck_run(tmp_path):
+    runs = []
+
+    def start(workers, force_after):
+        runs.append(StuckRun(tmp_path, workers, force_after))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.cleanup()
+
+
+def wait_exit(proc, timeout):
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the driver was still running {timeout} s after the stop signal")
+
+
+def assert_stopped_cleanly(run, signum, worker_pids):
+    stderr = run.stderr()
+    assert "Traceback" not in stderr, stderr
+    assert not run.out.exists()
+    assert not run.partial.exists(), "the partial output was left behind"
+    assert wait_for(lambda: not group_exists(run.pgid), 10), "processes of the run are still alive"
+    assert not any(is_running(pid) for pid in worker_pids)
+    # what was computed before the stop is still in the journal, for the rerun
+    with Journal(journal_path(run.out), lock=False) as journal:
+        assert journal.counts()["done"] >= 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stuck_clean_stop_is_forced_after_the_grace_period(stuck_run, workers, signum):
+    run = stuck_run(workers, force_after=1.0)
+    worker_pids = run.wait_until_stuck()
+    assert bool(worker_pids) == bool(workers), "the items did not run where they should"
+    assert all(is_running(pid) for pid in worker_pids)
+    run.proc.send_signal(signum)
+    assert wait_exit(run.proc, 60) == 128 + signum, run.stderr()
+    assert "clean stop took more than 1 s" in run.stderr()
+    assert_stopped_cleanly(run, signum, worker_pids)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_second_signal_forces_the_stop_at_once(stuck_run, workers):
+    # a grace period far longer than the wait below: only the second signal can end the run
+    run = stuck_run(workers, force_after=3600)
+    worker_pids = run.wait_until_stuck()
+    run.proc.send_signal(signal.SIGINT)
+    assert wait_for(lambda: run.proc.poll() is not None, 2) is False, "the stuck run ended on the first signal"
+    run.proc.send_signal(signal.SIGINT)
+    assert wait_exit(run.proc, 60) == 128 + signal.SIGINT, run.stderr()
+    assert "second signal" in run.stderr()
+    assert_stopped_cleanly(run, signal.SIGINT, worker_pids)
+
+
+def test_stop_on_signals_restores_the_handlers_and_refuses_nesting():
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    with stop_on_signals():
+        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+        with pytest.raises(RuntimeError, match="already in force"):
+            with stop_on_signals():
+                pass
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def test_stop_on_signals_turns_sigterm_into_an_exception_in_the_block():
+    from wfl_like.stopping import Terminated, stop_requested
+
+    with pytest.raises(Terminated):
+        with stop_on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            wait_for(lambda: False, 5)      # the handler raises at the next bytecode
+    assert not stop_requested()             # nothing is left in force after the block
