@@ -76,7 +76,6 @@ def para(nproc, chunk=1, **more):
     return {"num_python_subprocesses": nproc, "num_inputs_per_python_subprocess": chunk, **more}
 
 
-
 def worker_children():
     return [p for p in multiprocessing.active_children() if p.name == "wfl_like-worker"]
 

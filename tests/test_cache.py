@@ -119,9 +119,6 @@ def labels_and_values(path):
     return [(int(a.info["label"]), a.info["value"]) for a in ase.io.read(path, ":")]
 
 
-
-
-
 class Driver:
     """A script run in its own session; ``kill()`` SIGKILLs the driver alone."""
 

@@ -14,7 +14,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
-from helpers import group_exists, wait_for
+from helpers import driver_env, group_exists, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "cu_rattled.xyz"
 N_EXAMPLE = 40
@@ -30,15 +30,9 @@ def console_script():
     return found
 
 
-def cli_env():
-    env = dict(os.environ)
-    env.pop("WFL_NUM_PYTHON_SUBPROCESSES", None)
-    return env
-
-
 def run_cli(*args, cwd, script=False, timeout=120):
     command = [console_script()] if script else [sys.executable, "-m", "wfl_like.cli"]
-    return subprocess.run(command + [str(a) for a in args], cwd=cwd, env=cli_env(), capture_output=True,
+    return subprocess.run(command + [str(a) for a in args], cwd=cwd, env=driver_env(), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -242,8 +236,6 @@ def big_input(tmp_path_factory):
     return path
 
 
-
-
 @pytest.mark.parametrize("signum, workers, target", [
     (signal.SIGTERM, 0, "process"),
     (signal.SIGTERM, 2, "process"),
@@ -258,7 +250,7 @@ def test_signal_stops_cleanly(tmp_path, big_input, signum, workers, target):
     stderr_path = tmp_path / "stderr.txt"
     command = [console_script(), "calculate", str(big_input), "-o", str(out), "-n", str(workers)]
     with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=stderr,
+        proc = subprocess.Popen(command, cwd=tmp_path, env=driver_env(), stdout=subprocess.DEVNULL, stderr=stderr,
                                 start_new_session=True)
     pgid = proc.pid
     try:

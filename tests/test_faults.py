@@ -53,8 +53,6 @@ def value_of(label):
     return label * label + 1
 
 
-
-
 def child_pids():
     """Processes whose parent is this one, zombies included, whichever thread started them.
 

@@ -16,13 +16,14 @@ space, reset by exec); both must stay flat.
 """
 
 import json
-import os
 import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from helpers import driver_env
 
 SMALL, LARGE = 5_000, 50_000
 
@@ -55,13 +56,6 @@ DRIVER = textwrap.dedent("""
         print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "hwm_kb": hwm,
                           "produced": produced[0], "returned_none": result is None}))
 """)
-
-
-def driver_env():
-    env = dict(os.environ)
-    env.pop("WFL_NUM_PYTHON_SUBPROCESSES", None)
-    env.pop("WFL_LIKE_START_METHOD", None)
-    return env
 
 
 def start(tmp_path, n, output):

@@ -91,9 +91,6 @@ def touch_and_sleep(path, seconds):
 # --- helpers -------------------------------------------------------------------------
 
 
-
-
-
 def worker_children():
     return [p for p in multiprocessing.active_children() if p.name == "wfl_like-worker"]
 

@@ -67,10 +67,6 @@ SLEEPY_DRIVER = textwrap.dedent("""
 """).format(n_quick=N_QUICK, n_items=N_ITEMS)
 
 
-
-
-
-
 def marker_pids(directory, kind):
     return {int(p.name.rsplit("-", 1)[1]) for p in directory.iterdir() if p.name.startswith(kind + "-")}
 
