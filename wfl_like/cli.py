@@ -33,6 +33,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _chunk_size(text):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1 or 'auto'")
+    return value
+
+
 def build_parser():
     """The argument parser of ``wfl-like`` and its subcommands."""
     parser = _Parser(
@@ -67,8 +79,9 @@ def build_parser():
                       help="prefix of the stored keys (default: calculator class name + '_')")
     calc.add_argument("-n", "--num-processes", type=int, default=None, metavar="N",
                       help="worker processes (default: $WFL_NUM_PYTHON_SUBPROCESSES, else serial)")
-    calc.add_argument("--chunk-size", type=int, default=None, metavar="M",
-                      help="structures per call of the calculator loop (default 10)")
+    calc.add_argument("--chunk-size", type=_chunk_size, default=None, metavar="M",
+                      help="structures per call of the calculator loop, or 'auto' to size chunks so each "
+                           "takes about 0.2 s (default 10)")
     calc.add_argument("--overwrite", action="store_true", help="recompute and replace an existing OUTPUT")
     calc.add_argument("--mpi", action="store_true",
                       help="run on the ranks of an MPI job (mpiexec -n N wfl-like calculate ... --mpi): rank 0 "

@@ -31,8 +31,11 @@ class AutoparaInfo:
     num_python_subprocesses : int, optional
         Worker processes; ``0`` runs in the calling process.  Default: the env var
         ``WFL_NUM_PYTHON_SUBPROCESSES``, else ``0``.
-    num_inputs_per_python_subprocess : int, default 1
-        Inputs passed to each call of the operation (a chunk).
+    num_inputs_per_python_subprocess : int or "auto", default 1
+        Inputs passed to each call of the operation (a chunk).  ``"auto"`` sizes chunks
+        as the run goes so that each takes about 0.2 s: cheap operations get large chunks
+        (the round trip to a worker stops dominating), expensive ones keep chunks of one.
+        Outputs are the same whatever the chunk size.
     iterable_arg : int or str, default 0
         Where the operation takes its list of inputs: a position among its positional
         arguments, or a keyword name.
@@ -112,8 +115,8 @@ class AutoparaInfo:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise ValueError(f"num_python_subprocesses must be an integer >= 0 or None, not {n!r}")
         chunk = self.num_inputs_per_python_subprocess
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"num_inputs_per_python_subprocess must be an integer >= 1, not {chunk!r}")
+        if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"num_inputs_per_python_subprocess must be an integer >= 1 or 'auto', not {chunk!r}")
         if not isinstance(self.iterable_arg, (int, str)) or isinstance(self.iterable_arg, bool):
             raise TypeError(f"iterable_arg must be an int (position) or a str (keyword), "
                             f"not {self.iterable_arg!r}")

@@ -12,7 +12,7 @@ from ase import Atoms
 from wfl_like.autoparallelize import mpipool_support
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo
 from wfl_like.autoparallelize.cache import RunCache, inputs_fingerprint, journal_location
-from wfl_like.autoparallelize.chunks import make_chunks
+from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
 from wfl_like.autoparallelize.docstrings import autoparallelize_docstring
 from wfl_like.autoparallelize.executors import chunk_runner, num_workers
 from wfl_like.autoparallelize.opcall import PER_ITEM_INFO, OpCall, op_name, takes_argument
@@ -157,15 +157,17 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
                       f"processes (num_python_subprocesses >= 1, no executor)", stacklevel=4)
     where = (f"executor {type(executor).__name__}" if executor is not None
              else f"{workers} worker processes" if workers else "serial")
-    log.info("%s: %s, %d inputs per chunk", name, where, info.num_inputs_per_python_subprocess)
-
-    chunks = make_chunks(inputs, info.num_inputs_per_python_subprocess, op_rng,
-                         lookup=cache.lookup if cache is not None else None)
+    chunk_size = info.num_inputs_per_python_subprocess
+    log.info("%s: %s, %s inputs per chunk", name, where, chunk_size)
+    if chunk_size == "auto":
+        chunk_size = AdaptiveChunkSize()
+    chunks = make_chunks(inputs, chunk_size, op_rng, lookup=cache.lookup if cache is not None else None)
     try:
         # structures read from files are fresh objects: no copy needed to protect the caller's
         isolate = not (isinstance(inputs, ConfigSet) and inputs.files())
         with chunk_runner(call, workers, info.initializer, isolate, executor) as (submit, slots):
-            results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout)
+            results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
+                                   chunk_size=chunk_size if isinstance(chunk_size, AdaptiveChunkSize) else None)
             failures, n_items = _store_all(results, outputs, name, info.skip_failed, cache)
         if failures and info.errors == "raise":
             raise AutoparallelizeError(name, failures)

@@ -1,6 +1,8 @@
 """Grouping inputs into chunks: pure functions, no I/O, no processes."""
 
 import itertools
+import threading
+import time
 from dataclasses import dataclass
 
 from ase import Atoms
@@ -69,8 +71,9 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
     ----------
     inputs : iterable
         Any iterable; it is consumed one chunk at a time.
-    chunk_size : int
-        Items per chunk (the last one may be shorter).
+    chunk_size : int or AdaptiveChunkSize
+        Items per chunk (the last one may be shorter); an :class:`AdaptiveChunkSize` is
+        asked again for each new chunk.
     rng : numpy.random.Generator, optional
         Parent of the per-item generators.
     lookup : callable, optional
@@ -83,6 +86,7 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
     Chunk
     """
     rngs = item_rngs(rng)
+    size_of = chunk_size if callable(chunk_size) else (lambda: chunk_size)
     todo, done = _Batch(found=False), _Batch(found=True)
     for index, item in enumerate(inputs):
         item_rng = next(rngs)
@@ -90,16 +94,71 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
         batch, other = (done, todo) if found else (todo, done)
         if other:
             yield other.flush()
+        if not batch:
+            batch.size = size_of()
         batch.add(index, item, item_rng, key, output)
-        if len(batch) == chunk_size or (found and len(batch) >= _CACHED_BATCH):
+        if len(batch) >= batch.size or (found and len(batch) >= _CACHED_BATCH):
             yield batch.flush()
     for batch in (todo, done):
         if batch:
             yield batch.flush()
 
 
-# Items found in the journal travel in larger groups: they cost nothing to hand on.
+# Items found in the journal cost nothing to hand on, but their outputs are held in memory
+# until stored: a cap on their groups.
 _CACHED_BATCH = 1000
+
+
+class AdaptiveChunkSize:
+    """Chunk sizes that follow the cost of the operation: ``num_inputs_per_python_subprocess="auto"``.
+
+    Chunks start with one item.  As chunks complete, the time a worker spends per item is
+    estimated from the rate at which items come back (wall time x slots / items, which
+    holds for any executor and counts the round trip to the worker as part of the cost),
+    and the size is set so that a chunk takes about ``target`` seconds: cheap operations
+    get large chunks, so the round trip stops dominating; expensive ones keep chunks of
+    one, so no worker sits idle at the end and a failure or a kill costs little.  Outputs
+    do not depend on the sizes (every item has its own random stream).
+
+    Parameters
+    ----------
+    target : float
+        Seconds of work wanted per chunk.
+    maximum : int
+        Largest chunk; it bounds the items held in memory.
+    """
+
+    def __init__(self, target=0.2, maximum=1000):
+        self.target, self.maximum = target, maximum
+        self.size = 1
+        self._since = None        # when the current measurement began
+        self._items = 0           # items completed since then
+        self._lock = threading.Lock()     # completions are reported from executors' threads
+
+    def __call__(self):
+        return self.size
+
+    def completed(self, n_items, slots):
+        """Note that a chunk of ``n_items`` came back, with ``slots`` chunks running at once."""
+        now = time.monotonic()
+        with self._lock:
+            if self._since is None:
+                # the first chunk also paid for starting the workers: measure from its end
+                self._since = now
+                return
+            self._items += n_items
+            elapsed = now - self._since
+            # judge after a chunk's worth of time, or sooner when chunks come back fast
+            # enough that eight per slot were seen: cheap operations reach their size quickly
+            if elapsed < self.target and self._items < 8 * self.size * slots:
+                return
+            if elapsed <= 0:
+                return
+            per_item = elapsed * slots / self._items
+            # at most 8-fold growth per measurement: the round trip's share shrinks as
+            # chunks grow, so the first estimates undervalue large chunks
+            self.size = max(1, min(self.maximum, int(self.target / per_item), 8 * self.size))
+            self._since, self._items = now, 0
 
 
 class _Batch:
@@ -107,6 +166,7 @@ class _Batch:
 
     def __init__(self, found):
         self.found = found
+        self.size = None      # items wanted in this chunk, fixed when its first item comes
         self._reset()
 
     def _reset(self):

@@ -44,7 +44,7 @@ class _Job:
         self.parts = None       # after a split: [(one-item chunk, future, attempts)]
 
 
-def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None):
+def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_size=None):
     """Submit chunks and yield a :class:`ChunkResult` per chunk, in input order.
 
     Parameters
@@ -62,6 +62,8 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None):
         How many more times an item whose worker died is tried.
     timeout : float or None
         Seconds per item; a chunk gets ``timeout`` times its length.
+    chunk_size : AdaptiveChunkSize, optional
+        Told of every computed chunk that comes back, to size the next ones.
 
     Raises
     ------
@@ -75,7 +77,10 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None):
     def start(chunk):
         if chunk.cached is not None:
             return _Job(chunk, _completed(chunk.cached))
-        return _Job(chunk, submit(chunk, _limit(timeout, len(chunk.items))))
+        job = _Job(chunk, submit(chunk, _limit(timeout, len(chunk.items))))
+        if chunk_size is not None:
+            job.future.add_done_callback(lambda _: chunk_size.completed(len(chunk.items), slots))
+        return job
 
     chunks = iter(chunks)
     while True:
