@@ -53,3 +53,29 @@ def driver_env(**more):
     env.pop("WFL_LIKE_START_METHOD", None)
     env.update(more)
     return env
+
+
+def wait_for_release(release, name, timeout=300.0):
+    """Block until the file ``release`` exists: a gate that a test opens when its checks are done.
+
+    A run held here cannot finish before the test has looked at it (or killed it), however
+    slowly either is scheduled.  The first wait of ``name`` leaves a file
+    ``<release>.waiting-<name>`` beside the gate, so the test can see the run reach it.
+    Raises TimeoutError after ``timeout`` seconds, so a gate nobody opens ends its run.
+    """
+    release = os.fspath(release)
+    if os.path.exists(release):
+        return
+    open(f"{release}.waiting-{name}", "a").close()
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release} was not created within {timeout} s")
+        time.sleep(0.05)
+
+
+def waiting_at(release):
+    """The names that wait (or waited) at the gate ``release`` of :func:`wait_for_release`."""
+    directory, base = os.path.split(os.fspath(release))
+    prefix = f"{base}.waiting-"
+    return sorted(name[len(prefix):] for name in os.listdir(directory or ".") if name.startswith(prefix))

@@ -178,6 +178,19 @@ def init_state_op(atoms_list):
     return atoms_list
 
 
+def init_state_when_all_started_op(atoms_list, directory, n_workers):
+    # Holds the first chunks until every worker has run its initializer: otherwise one
+    # worker could do all the items, and the other, started late on a loaded machine,
+    # be stopped at shutdown before its initializer ran, leaving no marker to count.
+    def started():
+        return len([name for name in os.listdir(directory) if name.startswith("init-")]) >= n_workers
+
+    deadline = time.monotonic() + 60
+    while not started() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return init_state_op(atoms_list)
+
+
 def odd_fails_op(atoms_list):
     return [None if atoms.info["label"] % 2 else atoms for atoms in atoms_list]
 
@@ -625,7 +638,8 @@ def test_no_warning_without_rng():
 
 def test_initializer_runs_once_per_worker_before_any_chunk(tmp_path):
     assert _INIT_STATE is None
-    result = list(autoparallelize(init_state_op, ConfigSet(make_list(10)), OutputSpec(),
+    result = list(autoparallelize(init_state_when_all_started_op, ConfigSet(make_list(10)), OutputSpec(),
+                                  str(tmp_path), 2,
                                   autopara_info=para(2, 1, initializer=(init_worker, (str(tmp_path), "ready")))))
     assert labels(result) == list(range(10))
     initialized = marker_pids(tmp_path, "init-")

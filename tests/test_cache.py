@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -29,7 +30,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from helpers import driver_env, group_exists, listing, wait_for
+from helpers import driver_env, group_exists, listing, wait_for, wait_for_release, waiting_at
 from wfl_like import AutoparaInfo, ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
 from wfl_like.autoparallelize.fingerprint import fingerprint
@@ -62,6 +63,14 @@ def marking_op(atoms_list, markers, scale=1.0, sleep=0.0, _autopara_per_item_inf
             atoms.info["draw"] = float(info["rng"].random())
         outputs.append(atoms)
     return outputs
+
+
+def gated_marking_op(atoms_list, markers, release, gate, _autopara_per_item_info=None):
+    """``marking_op``, but the items labelled ``gate`` or more wait for the file ``release``."""
+    for atoms in atoms_list:
+        if atoms.info["label"] >= gate:
+            wait_for_release(release, atoms.info["label"])
+    return marking_op(atoms_list, markers, _autopara_per_item_info=_autopara_per_item_info)
 
 
 def failing_op(atoms_list, markers, control):
@@ -119,6 +128,19 @@ def labels_and_values(path):
     return [(int(a.info["label"]), a.info["value"]) for a in ase.io.read(path, ":")]
 
 
+def journaled(out):
+    """How many items the journal of ``out`` holds as done, read as ``wfl-like status`` reads it
+    (0 while there is no journal yet, or its writer holds it for a moment)."""
+    path = journal_path(out)
+    if not path.exists():
+        return 0
+    try:
+        with Journal(path, lock=False) as journal:
+            return journal.counts()["done"]
+    except sqlite3.OperationalError:
+        return 0
+
+
 class Driver:
     """A script run in its own session; ``kill()`` SIGKILLs the driver alone."""
 
@@ -141,7 +163,7 @@ class Driver:
         self.proc.send_signal(signal.SIGKILL)
         assert self.proc.wait(timeout=30) == -signal.SIGKILL
         # workers die with their driver (PR_SET_PDEATHSIG): nothing of the run is left
-        assert wait_for(lambda: not group_exists(self.pgid), 20), "workers outlived their killed driver"
+        assert wait_for(lambda: not group_exists(self.pgid), 60), "workers outlived their killed driver"
 
     def cleanup(self):
         if group_exists(self.pgid):
@@ -168,67 +190,81 @@ def drivers():
 
 N_KILL = 40
 KILL_WORKERS, KILL_CHUNK = 2, 2
+# Items from KILL_GATE on wait for a release file that the killed run never sees, so it is
+# killed with exactly the items before the gate journaled, however slowly it is scheduled.
+KILL_GATE = 20
 
 KILL_DRIVER = textwrap.dedent(f"""
-    import os, sys, time, uuid
+    import os, sys, uuid
+    sys.path.insert(0, sys.argv[1])
     import numpy as np
     from ase import Atoms
+    from helpers import wait_for_release
     from wfl_like import OutputSpec
     from wfl_like.autoparallelize import autoparallelize
 
-    def op(items, markers, sleep, _autopara_per_item_info):
+    def op(items, markers, release, _autopara_per_item_info):
         for atoms, info in zip(items, _autopara_per_item_info):
             open(os.path.join(markers, f"{{atoms.info['label']}}-{{uuid.uuid4().hex}}"), "w").close()
-            time.sleep(sleep)
+            if info["item_i"] >= {KILL_GATE}:
+                wait_for_release(release, atoms.info["label"])
             atoms.info["draw"] = info["rng"].random()
             atoms.info["item_i"] = info["item_i"]
         return items
 
     if __name__ == "__main__":
-        markers, out = sys.argv[1], sys.argv[2]
+        markers, out, release = sys.argv[2:5]
         gen = np.random.default_rng(0)
         inputs = [Atoms("Cu2", positions=gen.random((2, 3)) * 3, cell=[4, 4, 4], pbc=True, info={{"label": i}})
                   for i in range({N_KILL})]
-        autoparallelize(op, inputs, OutputSpec(out), markers, 0.1, rng=np.random.default_rng(7),
+        autoparallelize(op, inputs, OutputSpec(out), markers, release, rng=np.random.default_rng(7),
                         autopara_info={{"num_python_subprocesses": {KILL_WORKERS},
                                         "num_inputs_per_python_subprocess": {KILL_CHUNK}}})
 """)
 
 
+@pytest.mark.timeout(900)
 def test_sigkilled_run_resumes_computing_only_what_was_not_journaled(tmp_path, drivers):
     script = tmp_path / "driver.py"
     script.write_text(KILL_DRIVER)
-    command = [sys.executable, script]
-
-    # the reference: an uninterrupted run in a directory of its own
+    command = [sys.executable, script, TESTS_DIR]
+    # the same path in every run: it is an argument of the op, so part of the cache key
+    release = tmp_path / "release"
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     for directory in (ref_dir, run_dir):
         (directory / "markers").mkdir(parents=True)
-    drivers(command, [ref_dir / "markers", ref_dir / "out.xyz"], cwd=ref_dir).wait()
-    assert sum(computed(ref_dir / "markers").values()) == N_KILL
 
     markers, out = run_dir / "markers", run_dir / "out.xyz"
-    killed = drivers(command, [markers, out], cwd=run_dir)
-    assert wait_for(lambda: len(os.listdir(markers)) >= N_KILL // 2 or killed.proc.poll() is not None, 60)
+    killed = drivers(command, [markers, out, release], cwd=run_dir)
+    # each worker holds a chunk from the gate on, having started (marked) its first item;
+    # the chunks before the gate are all back and journaled, in order
+    assert wait_for(lambda: len(waiting_at(release)) == KILL_WORKERS or killed.proc.poll() is not None, 240)
+    assert wait_for(lambda: journaled(out) >= KILL_GATE or killed.proc.poll() is not None, 240)
     assert killed.proc.poll() is None, f"the driver ended before it was killed:\n{killed.stderr()}"
     killed.kill()
     started_before = computed(markers)
     assert not out.exists()
-    with Journal(journal_path(out), lock=False) as journal:
-        journaled = journal.counts()["done"]
-    assert 0 < journaled < N_KILL
+    journaled_before = journaled(out)
+    assert journaled_before == KILL_GATE
+    # the work the kill lost: the items the workers had started, at most the chunks in flight
+    lost = sum(started_before.values()) - journaled_before
+    assert lost == KILL_WORKERS
+    assert lost <= IN_FLIGHT_PER_SLOT * KILL_WORKERS * KILL_CHUNK
+    assert set(started_before) == set(range(KILL_GATE)) | {int(label) for label in waiting_at(release)}
 
-    drivers(command, [markers, out], cwd=run_dir).wait()
+    release.touch()
+    # the reference: an uninterrupted run in a directory of its own
+    drivers(command, [ref_dir / "markers", ref_dir / "out.xyz", release], cwd=ref_dir).wait()
+    assert sum(computed(ref_dir / "markers").values()) == N_KILL
+
+    drivers(command, [markers, out, release], cwd=run_dir).wait()
     assert not group_exists(killed.pgid)
     counts = computed(markers)
+    # the rerun computed exactly the items not journaled: the lost ones a second time
     assert set(counts) == set(range(N_KILL))
-    rerun = sum(counts.values()) - sum(started_before.values())
-    # the rerun computed exactly the items not journaled; those the kill lost are at most
-    # the chunks in flight (two per worker)
-    in_flight = IN_FLIGHT_PER_SLOT * KILL_WORKERS * KILL_CHUNK
-    assert rerun == N_KILL - journaled
-    assert sum(started_before.values()) - journaled <= in_flight
-    assert N_KILL <= sum(counts.values()) <= N_KILL + in_flight
+    assert sum(counts.values()) - sum(started_before.values()) == N_KILL - journaled_before
+    assert {label for label, n in counts.items() if n == 2} == set(started_before) - set(range(KILL_GATE))
+    assert sum(counts.values()) == N_KILL + lost
     # ... and wrote exactly what an uninterrupted run writes
     assert out.read_bytes() == (ref_dir / "out.xyz").read_bytes()
     assert listing(run_dir) == sorted(["markers", "out.xyz", *[p.name for p in run_dir.glob("stderr-*")]])
@@ -476,26 +512,34 @@ def test_outputs_without_a_journal_are_reused_with_a_warning(setup):
 LOCK_DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from test_cache import marking_op, para
+    from test_cache import gated_marking_op, para
     from wfl_like import ConfigSet, OutputSpec
     from wfl_like.autoparallelize import autoparallelize
 
-    inputs, out, markers = sys.argv[2:5]
-    autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), str(markers), sleep=0.25, autopara_info=para())
+    inputs, out, markers, release, gate = sys.argv[2:7]
+    autoparallelize(gated_marking_op, ConfigSet(inputs), OutputSpec(out), markers, release, int(gate),
+                    autopara_info=para())
 """)
+# the first run holds the lock, waiting at the gate, until the test has made its checks
+LOCK_GATE = N_ITEMS // 2
 
 
+@pytest.mark.timeout(600)
 def test_second_run_on_a_locked_output_fails_naming_it_and_the_holder(setup, tmp_path, drivers, capsys,
                                                                       monkeypatch):
     inputs, out, markers = setup
+    release = tmp_path / "release"
+    # the same arguments in every call here, as a rerun of the same call would pass them
+    call_args = (str(markers), str(release), LOCK_GATE)
     script = tmp_path / "driver.py"
     script.write_text(LOCK_DRIVER)
-    first = drivers([sys.executable, script], [TESTS_DIR, inputs, out, markers], cwd=tmp_path)
-    assert wait_for(lambda: any(markers.iterdir()) or first.proc.poll() is not None, 60)
+    first = drivers([sys.executable, script], [TESTS_DIR, inputs, out, *call_args], cwd=tmp_path)
+    assert wait_for(lambda: waiting_at(release) or first.proc.poll() is not None, 240)
     assert first.proc.poll() is None, first.stderr()
+    assert sum(computed(markers).values()) == LOCK_GATE
 
     with pytest.raises(OutputLockedError) as error:
-        autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), str(markers), sleep=0.25, autopara_info=para())
+        autoparallelize(gated_marking_op, ConfigSet(inputs), OutputSpec(out), *call_args, autopara_info=para())
     message = str(error.value)
     assert str(out) in message and f"process {first.proc.pid} on {socket.gethostname()}" in message
 
@@ -504,13 +548,15 @@ def test_second_run_on_a_locked_output_fails_naming_it_and_the_holder(setup, tmp
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
     assert cli_main(["status", str(out)]) == 0
     assert "not complete" in capsys.readouterr().out
+    assert first.proc.poll() is None, first.stderr()
 
-    first.wait()
+    release.touch()
+    first.wait(timeout=300)
     # the refused run changed nothing: every item computed once, by the first run, and written
     assert computed(markers) == Counter({label: 1 for label in range(N_ITEMS)})
     assert labels_and_values(out) == expected(inputs)
     # the lock is gone with its holder; the same call now finds everything done
-    result = autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), str(markers), sleep=0.25,
+    result = autoparallelize(gated_marking_op, ConfigSet(inputs), OutputSpec(out), *call_args,
                              autopara_info=para())
     assert sum(computed(markers).values()) == N_ITEMS
     assert len(list(result)) == N_ITEMS
@@ -636,6 +682,7 @@ SEED_DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.timeout(300)
 def test_rerun_under_another_hash_seed_reuses_everything(tmp_path, drivers):
     script = tmp_path / "driver.py"
     script.write_text(SEED_DRIVER)
@@ -658,55 +705,88 @@ def wfl_like_command():
     return [str(beside)] if beside.exists() else [sys.executable, "-m", "wfl_like.cli"]
 
 
-def run_cli(*args, cwd):
-    return subprocess.run(wfl_like_command() + [str(a) for a in args], cwd=cwd, env=driver_env(),
+def run_cli(*args, cwd, env=None):
+    return subprocess.run(wfl_like_command() + [str(a) for a in args], cwd=cwd, env=env or driver_env(),
                           capture_output=True, text=True, timeout=120)
 
 
-N_COPIES = 10      # 400 structures: long enough to be stopped in the middle
+N_COPIES = 10      # 400 structures
+CLI_WORKERS, CLI_CHUNK = 2, 4
+CLI_GATE = 200     # structures from here on wait for the release file
+
+GATED_CALCULATOR = textwrap.dedent("""
+    from ase.calculators.emt import EMT
+    from helpers import wait_for_release
 
 
+    class GatedEMT(EMT):
+        \"\"\"EMT; structures whose info["item"] is ``gate`` or more wait for the file ``release``.\"\"\"
+
+        default_parameters = {**EMT.default_parameters, "release": None, "gate": None}
+
+        def calculate(self, atoms=None, *args, **kwargs):
+            item = (atoms if atoms is not None else self.atoms).info["item"]
+            if item >= self.parameters.gate:
+                wait_for_release(self.parameters.release, item)
+            super().calculate(atoms, *args, **kwargs)
+""")
+
+
+# above the sum of its waits and command timeouts
+@pytest.mark.timeout(1200)
 def test_cli_calculate_killed_and_rerun_writes_what_an_uninterrupted_run_writes(tmp_path, drivers):
+    # every structure numbered, for the gate: the example repeated N_COPIES times
+    configs = ase.io.read(EXAMPLE, ":") * N_COPIES
+    n_structures = len(configs)
+    for i, atoms in enumerate(configs):
+        atoms = configs[i] = atoms.copy()
+        atoms.info["item"] = i
     big = tmp_path / "big.xyz"
-    big.write_bytes(EXAMPLE.read_bytes() * N_COPIES)
-    n_structures = 40 * N_COPIES
-    calculate = ["calculate", big, "-o", "out.xyz", "-n", "2", "--chunk-size", "4"]
+    ase.io.write(big, configs, format="extxyz")
+    (tmp_path / "gated_calc.py").write_text(GATED_CALCULATOR)
+    env = driver_env(PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), str(TESTS_DIR),
+                                                              os.environ.get("PYTHONPATH")])))
+    # one release path for every run: the calculator's arguments are part of the cache key
+    release = tmp_path / "release"
+    calculate = ["calculate", big, "-o", "out.xyz", "-n", CLI_WORKERS, "--chunk-size", CLI_CHUNK,
+                 "-c", "gated_calc:GatedEMT", "-k", f"release={release}", "-k", f"gate={CLI_GATE}"]
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     ref_dir.mkdir(), run_dir.mkdir()
 
-    reference = run_cli(*calculate, cwd=ref_dir)
-    assert reference.returncode == 0, reference.stderr
-    ref_size = (ref_dir / "out.xyz").stat().st_size
-
-    partial = run_dir / ".out.xyz.partial"
-    killed = drivers(wfl_like_command(), calculate, cwd=run_dir)
-    assert wait_for(lambda: (partial.exists() and partial.stat().st_size > ref_size // 3)
-                    or killed.proc.poll() is not None, 60)
+    killed = drivers(wfl_like_command(), calculate, cwd=run_dir, env=env)
+    # both workers hold a chunk from the gate on; every chunk before it is back and journaled
+    assert wait_for(lambda: len(waiting_at(release)) == CLI_WORKERS or killed.proc.poll() is not None, 240)
+    assert wait_for(lambda: journaled(run_dir / "out.xyz") >= CLI_GATE or killed.proc.poll() is not None, 240)
     assert killed.proc.poll() is None, f"the run ended before it was killed:\n{killed.stderr()}"
     killed.kill()
     assert not (run_dir / "out.xyz").exists()
 
-    status = run_cli("status", "out.xyz", cwd=run_dir)
+    status = run_cli("status", "out.xyz", cwd=run_dir, env=env)
     assert status.returncode == 0, status.stderr
     done = int(status.stdout.split("items:")[1].split()[0])
-    assert 0 < done < n_structures
+    assert done == CLI_GATE
     assert "not complete" in status.stdout and "0 failed" in status.stdout
 
-    rerun = run_cli(*calculate, cwd=run_dir)
+    release.touch()
+    reference = run_cli(*calculate, cwd=ref_dir, env=env)
+    assert reference.returncode == 0, reference.stderr
+
+    rerun = run_cli(*calculate, cwd=run_dir, env=env)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{done} items reused from the journal, {n_structures - done} computed" in rerun.stderr
     assert (run_dir / "out.xyz").read_bytes() == (ref_dir / "out.xyz").read_bytes()
 
-    status = run_cli("status", "out.xyz", cwd=run_dir)
+    status = run_cli("status", "out.xyz", cwd=run_dir, env=env)
     assert status.returncode == 0, status.stderr
     assert "(complete)" in status.stdout
     assert f"{n_structures} done, 0 failed, 0 pending" in status.stdout
-    assert "wfl_like.calculators.generic._calculate_op" in status.stdout and "EMT" in status.stdout
+    assert "wfl_like.calculators.generic._calculate_op" in status.stdout and "GatedEMT" in status.stdout
 
-    again = run_cli(*calculate, cwd=run_dir)
+    again = run_cli(*calculate, cwd=run_dir, env=env)
     assert again.returncode == 0 and "nothing changed" in again.stderr, again.stderr
 
 
+@pytest.mark.timeout(600)
 def test_cli_overwrite_recomputes_and_status_without_journal_is_a_usage_error(tmp_path):
     calculate = ["calculate", EXAMPLE, "-o", "out.xyz"]
     assert run_cli(*calculate, cwd=tmp_path).returncode == 0

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import ase.io
@@ -19,6 +20,22 @@ from helpers import driver_env, group_exists, wait_for
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "cu_rattled.xyz"
 N_EXAMPLE = 40
 
+# Seconds one command may take: far more than it needs, even on a loaded machine.
+RUN_TIMEOUT = 120
+
+# Deadline of a wait on the command's processes (start-up, exit, reaping).
+DEADLINE = 60
+
+
+def cli_timeout(calls=1, waits=0):
+    """A pytest time limit above the limits of a test's own commands and waits, so that
+    a hang is reported by the command's or the wait's own failure, which says which."""
+    return pytest.mark.timeout(calls * RUN_TIMEOUT + waits * DEADLINE + 60)
+
+
+# most tests run one command; those that run more, or wait on a run, say so
+pytestmark = cli_timeout(1)
+
 
 def console_script():
     beside = Path(sys.executable).parent / "wfl-like"
@@ -30,7 +47,7 @@ def console_script():
     return found
 
 
-def run_cli(*args, cwd, script=False, timeout=120):
+def run_cli(*args, cwd, script=False, timeout=RUN_TIMEOUT):
     command = [console_script()] if script else [sys.executable, "-m", "wfl_like.cli"]
     return subprocess.run(command + [str(a) for a in args], cwd=cwd, env=driver_env(), capture_output=True,
                           text=True, timeout=timeout)
@@ -83,6 +100,7 @@ def test_console_script(tmp_path, originals):
     assert_emt_results(tmp_path / "out.xyz", originals)
 
 
+@cli_timeout(2)
 def test_two_processes_byte_identical_to_serial(tmp_path, originals):
     assert_ok(run_cli("calculate", EXAMPLE, "-o", "serial.xyz", cwd=tmp_path))
     assert_ok(run_cli("calculate", EXAMPLE, "-o", "parallel.xyz", "-n", "2", "--chunk-size", "3", cwd=tmp_path))
@@ -121,6 +139,7 @@ def test_calculator_and_keyword_arguments(tmp_path, originals):
     assert not np.isclose(computed[0].info["LennardJones_energy"], default_energy)
 
 
+@cli_timeout(5)
 def test_existing_output_is_kept_and_overwrite_replaces_it(tmp_path, originals):
     out = tmp_path / "out.xyz"
     assert_ok(run_cli("calculate", EXAMPLE, "-o", out, cwd=tmp_path))
@@ -224,18 +243,47 @@ def test_calculate_help(tmp_path):
 
 # --- signals ------------------------------------------------------------------------------
 
+# A calculator that computes EMT for real, and then, after GATE_AFTER structures in one
+# process, blocks for good: however long the test waits for its CPU share, the run is
+# still going when it is signalled (without it, a starved test could find it finished).
+GATE_AFTER = 150
+GATED_CALCULATOR = textwrap.dedent("""
+    import time
+    from ase.calculators.emt import EMT
+
+    computed = 0
+
+    class GatedEMT(EMT):
+        def calculate(self, *args, **kwargs):
+            global computed
+            computed += 1
+            while computed > {gate_after}:
+                time.sleep(3600)
+            super().calculate(*args, **kwargs)
+""").format(gate_after=GATE_AFTER)
+
+
 @pytest.fixture(scope="module")
 def big_input(tmp_path_factory):
-    """3000 copies of a 108-atom Cu cell: several seconds of work."""
+    """1000 copies of a 108-atom Cu cell: more than the gated calculator lets 2 workers do."""
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (3, 3, 3)
     atoms.rattle(0.05, seed=1)
     text = io.StringIO()
     ase.io.write(text, atoms, format="extxyz")
     path = tmp_path_factory.mktemp("big") / "big.xyz"
-    path.write_text(text.getvalue() * 3000)
+    path.write_text(text.getvalue() * 1000)
     return path
 
 
+@pytest.fixture(scope="module")
+def gated_calculator_path(tmp_path_factory):
+    """A directory to put on PYTHONPATH, holding the module ``gated_emt``."""
+    directory = tmp_path_factory.mktemp("calculators")
+    (directory / "gated_emt.py").write_text(GATED_CALCULATOR)
+    return directory
+
+
+@cli_timeout(calls=0, waits=3)
 @pytest.mark.parametrize("signum, workers, target", [
     (signal.SIGTERM, 0, "process"),
     (signal.SIGTERM, 2, "process"),
@@ -244,23 +292,29 @@ def big_input(tmp_path_factory):
     (signal.SIGINT, 2, "process"),
     (signal.SIGINT, 2, "group"),       # as Ctrl-C in a terminal would send it
 ], ids=lambda v: getattr(v, "name", str(v)))
-def test_signal_stops_cleanly(tmp_path, big_input, signum, workers, target):
+def test_signal_stops_cleanly(tmp_path, big_input, gated_calculator_path, signum, workers, target):
     out = tmp_path / "out.xyz"
     partial = tmp_path / ".out.xyz.partial"
     stderr_path = tmp_path / "stderr.txt"
-    command = [console_script(), "calculate", str(big_input), "-o", str(out), "-n", str(workers)]
+    command = [console_script(), "calculate", str(big_input), "-o", str(out), "-n", str(workers),
+               "-c", "gated_emt:GatedEMT"]
+    python_path = os.pathsep.join(filter(None, [str(gated_calculator_path), os.environ.get("PYTHONPATH")]))
     with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen(command, cwd=tmp_path, env=driver_env(), stdout=subprocess.DEVNULL, stderr=stderr,
-                                start_new_session=True)
+        proc = subprocess.Popen(command, cwd=tmp_path, env=driver_env(PYTHONPATH=python_path),
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     pgid = proc.pid
     try:
-        assert wait_for(partial.exists, 30), "the run did not start writing its output"
-        assert proc.poll() is None, "the run finished before it could be stopped; make the input bigger"
+        assert wait_for(partial.exists, DEADLINE), \
+            f"the run did not start writing its output\n{stderr_path.read_text()}"
+        assert proc.poll() is None, f"the run ended before it was signalled\n{stderr_path.read_text()}"
         if target == "group":
             os.killpg(pgid, signum)
         else:
             proc.send_signal(signum)
-        returncode = proc.wait(timeout=60)
+        try:
+            returncode = proc.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run was still going {DEADLINE} s after the signal\n{stderr_path.read_text()}")
     finally:
         if proc.poll() is None:
             os.killpg(pgid, signal.SIGKILL)
@@ -271,7 +325,8 @@ def test_signal_stops_cleanly(tmp_path, big_input, signum, workers, target):
     assert not out.exists()
     assert not partial.exists()
     assert no_partial_files(tmp_path)
-    assert wait_for(lambda: not group_exists(pgid), 10), "processes of the run are still alive"
+    # a killed worker stays in the group as a zombie until it is reaped
+    assert wait_for(lambda: not group_exists(pgid), DEADLINE), "processes of the run are still alive"
 
 
 def test_calculator_keyword_it_does_not_list_is_warned_about(tmp_path):

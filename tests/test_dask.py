@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 
@@ -39,14 +40,17 @@ def run_all(tmp_path, tag, executor=None):
                            autopara_info={**info, "errors": "skip"})
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_local_cluster_gives_the_serial_outputs(tmp_path):
     serial = run_all(tmp_path, "serial")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        dask = run_all(tmp_path, "dask", executor=client.get_executor())
+    # worker processes that start slowly on a loaded machine must not time out connecting
+    # (30 s by default)
+    with dask.config.set({"distributed.comm.timeouts.connect": "120s"}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        on_dask = run_all(tmp_path, "dask", executor=client.get_executor())
         worker_pids = set(client.run(lambda: __import__("os").getpid()).values())
     for kind in ("emt", "rng", "skip"):
         assert (tmp_path / f"dask_{kind}.xyz").read_bytes() == (tmp_path / f"serial_{kind}.xyz").read_bytes(), kind
-    assert [f.index for f in dask.failures] == [f.index for f in serial.failures] == [5]
+    assert [f.index for f in on_dask.failures] == [f.index for f in serial.failures] == [5]
     assert len(worker_pids) == 2

@@ -28,7 +28,9 @@ from helpers import is_running, listing, process_state
 ENV = "WFL_NUM_PYTHON_SUBPROCESSES"
 N_ITEMS = 10
 BAD = (2, 7)       # with chunks of 3: the last item of chunk [0, 1, 2], the middle one of [6, 7, 8]
-TIMEOUT = 1        # seconds per item, for the hangs
+# Seconds per item for the hangs.  It also bounds the good items run with it, so it is
+# far above what one takes even on a loaded machine; a hang sleeps far longer still.
+TIMEOUT = 5
 RETRIES = 2        # the default
 
 
@@ -118,7 +120,7 @@ def _misbehave(kind, label):
     elif kind == "raise":
         raise ValueError(f"label {label} is refused")
     elif kind == "hang":
-        time.sleep(600)
+        time.sleep(600)      # only the time limit ends it
     raise AssertionError(f"{kind} did not misbehave")
 
 
@@ -186,7 +188,8 @@ KINDS = {
 }
 
 
-@pytest.mark.timeout(60)
+# a hang in a chunk of 3 waits out the chunk's limit, then its own alone: 4 x TIMEOUT
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("errors", ["raise", "skip"])
 @pytest.mark.parametrize("chunk", [1, 3])
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -316,14 +319,15 @@ def test_item_that_kills_its_worker_only_once_succeeds_on_the_retry(tmp_path, ch
 # --- timeouts ----------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_timeout_is_per_item_so_a_chunk_has_its_length_times_the_limit(tmp_path):
-    # each item takes less than the limit, the chunk of 3 takes more: nothing times out,
-    # and no item runs twice (a chunk timed out as a whole would be rerun item by item)
+    # each item takes less than the limit, the chunk of 3 surely more (sleeps never end
+    # early): nothing times out, and no item runs twice (a chunk timed out as a whole would
+    # be rerun item by item); the chunk's budget leaves it 4.5 s to spare
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
-    result = autoparallelize(slow_op, ConfigSet(make_list(3)), OutputSpec(), 0.4, str(runs_dir),
-                             autopara_info=para(1, 3, timeout=1))
+    result = autoparallelize(slow_op, ConfigSet(make_list(3)), OutputSpec(), 1.0, str(runs_dir),
+                             autopara_info=para(1, 3, timeout=2.5))
     assert labels(result) == [0, 1, 2]
     assert [atoms.info["value"] for atoms in result] == [value_of(label) for label in range(3)]
     runs = runs_of(runs_dir)
@@ -331,14 +335,14 @@ def test_timeout_is_per_item_so_a_chunk_has_its_length_times_the_limit(tmp_path)
     assert len({pid for pids in runs.values() for pid in pids}) == 1      # one chunk, one worker
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_worker_killed_by_timeout_is_replaced_and_later_items_still_run(tmp_path):
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
     # one worker only: if the killed one were not replaced, nothing could run after item 0
-    with pytest.warns(FailedItemsWarning, match="item 0: timed out after 1 s"):
+    with pytest.warns(FailedItemsWarning, match=f"item 0: timed out after {TIMEOUT} s"):
         result = autoparallelize(misbehave_op, ConfigSet(make_list(5)), OutputSpec(), "hang", (0,), str(runs_dir),
-                                 autopara_info=para(1, 1, errors="skip", timeout=1))
+                                 autopara_info=para(1, 1, errors="skip", timeout=TIMEOUT))
     assert labels(result) == [1, 2, 3, 4]
     assert [atoms.info["value"] for atoms in result] == [value_of(label) for label in range(1, 5)]
     [failure] = result.failures

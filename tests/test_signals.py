@@ -25,6 +25,14 @@ START_METHOD_ENV = "WFL_LIKE_START_METHOD"
 N_ITEMS = 6          # items 0 and 1 are quick, so the output file is begun; 2.. sleep
 N_QUICK = 2
 
+# Deadline of every wait on another process (start-up, exit, reaping): generous, since
+# CI machines can be heavily loaded; a passing run never waits that long.
+DEADLINE = 60
+
+# Above the sum of the waits of the sleepy tests (busy, stopped, workers and group gone,
+# rerun), so that a wait's own message, not pytest's timeout, reports a hang.
+SLEEPY_TIMEOUT = 6 * DEADLINE
+
 SLEEPY_DRIVER = textwrap.dedent("""
     import json, os, sys, time
     from ase import Atoms
@@ -72,9 +80,13 @@ def marker_pids(directory, kind):
 
 
 class SleepyRun:
-    """A driver running the sleepy op with 2 workers, both busy on 30 s items."""
+    """A driver running the sleepy op with 2 workers, both busy on items that sleep for an hour.
 
-    def __init__(self, tmp_path, sleep=30):
+    An hour, not less: the run must still be going when the test, however starved of
+    CPU, gets round to signalling it; the signal or the cleanup ends the sleep.
+    """
+
+    def __init__(self, tmp_path, sleep=3600):
         self.script = tmp_path / "driver.py"
         self.script.write_text(SLEEPY_DRIVER)
         self.markers = tmp_path / "markers"
@@ -91,7 +103,7 @@ class SleepyRun:
     def wait_until_busy(self):
         """Both workers are in the long sleep, and the quick items were written to the partial file."""
         ok = wait_for(lambda: len(marker_pids(self.markers, "busy")) == 2 and self.partial.exists()
-                      and self.partial.stat().st_size > 0, 60)
+                      and self.partial.stat().st_size > 0, DEADLINE)
         assert ok, f"the workers never got busy: {sorted(os.listdir(self.markers))}\n{self.stderr()}"
         assert self.proc.poll() is None, self.stderr()
         worker_pids = marker_pids(self.markers, "busy") | marker_pids(self.markers, "quick")
@@ -102,7 +114,7 @@ class SleepyRun:
     def stop(self, signum):
         self.proc.send_signal(signum)
         try:
-            return self.proc.wait(timeout=30)
+            return self.proc.wait(timeout=DEADLINE)
         except subprocess.TimeoutExpired:
             pytest.fail(f"the driver did not exit after {signal.Signals(signum).name}\n{self.stderr()}")
 
@@ -128,7 +140,7 @@ def assert_rerun_completes(tmp_path, run):
     """A new run over the same output path (stale partial file or not) writes every item."""
     rerun = SleepyRun(tmp_path, sleep=0)
     try:
-        returncode = rerun.proc.wait(timeout=60)
+        returncode = rerun.proc.wait(timeout=DEADLINE)
         assert returncode == 0, rerun.stderr()
         assert rerun.proc.stdout.read().strip() == "finished"
     finally:
@@ -138,6 +150,7 @@ def assert_rerun_completes(tmp_path, run):
     assert not run.partial.exists()
 
 
+@pytest.mark.timeout(SLEEPY_TIMEOUT)
 def test_sigint_to_driver_raises_keyboardinterrupt_and_cleans_up(tmp_path, sleepy):
     worker_pids = sleepy.wait_until_busy()
     returncode = sleepy.stop(signal.SIGINT)
@@ -151,11 +164,13 @@ def test_sigint_to_driver_raises_keyboardinterrupt_and_cleans_up(tmp_path, sleep
     assert json.loads(stdout.strip().splitlines()[-1]) == {"alive_after_interrupt": []}
     assert not sleepy.out.exists()
     assert not sleepy.partial.exists(), "the half-written file was left behind"
-    assert wait_for(lambda: not any(process_running(pid) for pid in worker_pids), 10), \
+    assert wait_for(lambda: not any(process_running(pid) for pid in worker_pids), DEADLINE), \
         f"workers still alive: {[pid for pid in worker_pids if process_running(pid)]}"
-    assert wait_for(lambda: not group_exists(sleepy.pgid), 10), "processes of the run are still alive"
+    # a killed process stays in its group as a zombie until it is reaped
+    assert wait_for(lambda: not group_exists(sleepy.pgid), DEADLINE), "processes of the run are still alive"
 
 
+@pytest.mark.timeout(SLEEPY_TIMEOUT)
 def test_sigterm_to_driver_kills_busy_workers(tmp_path, sleepy):
     worker_pids = sleepy.wait_until_busy()
     returncode = sleepy.stop(signal.SIGTERM)
@@ -163,18 +178,21 @@ def test_sigterm_to_driver_kills_busy_workers(tmp_path, sleepy):
     # cleanup, and the kernel kills the workers (PR_SET_PDEATHSIG) mid-sleep
     assert returncode == -signal.SIGTERM, sleepy.stderr()
     assert not sleepy.out.exists(), "a file was published at the output path"
-    assert wait_for(lambda: not group_exists(sleepy.pgid), 10), "processes of the run are still alive"
+    # a killed process stays in its group as a zombie until it is reaped
+    assert wait_for(lambda: not group_exists(sleepy.pgid), DEADLINE), "processes of the run are still alive"
     assert not any(process_running(pid) for pid in worker_pids)
     # a stale hidden partial file may remain; it must not get in the way of the next run
     assert_rerun_completes(tmp_path, sleepy)
 
 
+@pytest.mark.timeout(SLEEPY_TIMEOUT)
 def test_sigkill_to_driver_kills_busy_workers(tmp_path, sleepy):
     worker_pids = sleepy.wait_until_busy()
     returncode = sleepy.stop(signal.SIGKILL)
     assert returncode == -signal.SIGKILL
     assert not sleepy.out.exists(), "a file was published at the output path"
-    assert wait_for(lambda: not group_exists(sleepy.pgid), 10), "processes of the run are still alive"
+    # a killed process stays in its group as a zombie until it is reaped
+    assert wait_for(lambda: not group_exists(sleepy.pgid), DEADLINE), "processes of the run are still alive"
     assert not any(process_running(pid) for pid in worker_pids)
     assert_rerun_completes(tmp_path, sleepy)
 
@@ -228,13 +246,15 @@ UNPICKLABLE_DRIVER = textwrap.dedent("""
 """)
 
 
+# the driver's own limit fires first, with its output, if it hangs
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("method", [None, "spawn", "forkserver"], ids=["default", "spawn", "forkserver"])
 def test_lambda_closure_and_main_function_run_in_workers(tmp_path, method):
     script = tmp_path / "driver.py"
     script.write_text(UNPICKLABLE_DRIVER)
     env = driver_env(**({START_METHOD_ENV: method} if method else {}))
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120, start_new_session=True)
+                          timeout=240, start_new_session=True)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     driver = report["driver"]

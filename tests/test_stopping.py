@@ -38,12 +38,16 @@ STUCK_DRIVER = textwrap.dedent("""
         def store(self, configs, input_CS_loc=""):
             super().store(configs, input_CS_loc)
             self._file.flush()
-            open(os.path.join(MARKERS, "stuck"), "w").close()
             while True:
                 try:
+                    # inside the try: a signal sent once this file exists is swallowed
+                    # here whenever it lands, never raised out of store()
+                    open(os.path.join(MARKERS, "stuck"), "w").close()
                     time.sleep(3600)
                 except BaseException:
-                    pass
+                    # the first signal's handler has run: only now may a second signal
+                    # be sent, or CPython would merge the two into one handler call
+                    open(os.path.join(MARKERS, "interrupted"), "w").close()
 
     inputs = [Atoms("H", cell=[3, 3, 3], pbc=True, info={"label": i}) for i in range(20)]
     with stop_on_signals(force_after=FORCE_AFTER, prog="driver"):
@@ -108,13 +112,17 @@ def assert_stopped_cleanly(run, signum, worker_pids):
     assert "Traceback" not in stderr, stderr
     assert not run.out.exists()
     assert not run.partial.exists(), "the partial output was left behind"
-    assert wait_for(lambda: not group_exists(run.pgid), 10), "processes of the run are still alive"
+    # 60 s: a killed process stays in its group as a zombie until it is reaped
+    assert wait_for(lambda: not group_exists(run.pgid), 60), "processes of the run are still alive"
     assert not any(is_running(pid) for pid in worker_pids)
     # what was computed before the stop is still in the journal, for the rerun
     with Journal(journal_path(run.out), lock=False) as journal:
         assert journal.counts()["done"] >= 1
 
 
+# above the sum of the waits (start-up, exit, group gone: 60 s each), so that a wait's
+# own failure message is what a hung run reports
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_stuck_clean_stop_is_forced_after_the_grace_period(stuck_run, workers, signum):
@@ -128,13 +136,16 @@ def test_a_stuck_clean_stop_is_forced_after_the_grace_period(stuck_run, workers,
     assert_stopped_cleanly(run, signum, worker_pids)
 
 
+@pytest.mark.timeout(360)
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_second_signal_forces_the_stop_at_once(stuck_run, workers):
-    # a grace period far longer than the wait below: only the second signal can end the run
+    # a grace period far longer than the test: only the second signal can end the run
     run = stuck_run(workers, force_after=3600)
     worker_pids = run.wait_until_stuck()
     run.proc.send_signal(signal.SIGINT)
-    assert wait_for(lambda: run.proc.poll() is not None, 2) is False, "the stuck run ended on the first signal"
+    assert wait_for((run.markers / "interrupted").exists, 60), \
+        f"the driver never handled the first signal\n{run.stderr()}"
+    assert run.proc.poll() is None, f"the stuck run ended on the first signal\n{run.stderr()}"
     run.proc.send_signal(signal.SIGINT)
     assert wait_exit(run.proc, 60) == 128 + signal.SIGINT, run.stderr()
     assert "second signal" in run.stderr()
@@ -157,5 +168,6 @@ def test_stop_on_signals_turns_sigterm_into_an_exception_in_the_block():
     with pytest.raises(Terminated):
         with stop_on_signals():
             os.kill(os.getpid(), signal.SIGTERM)
-            wait_for(lambda: False, 5)      # the handler raises at the next bytecode
+            # the handler raises at the next bytecode; the deadline only bounds a failure
+            wait_for(lambda: False, 60)
     assert not stop_requested()             # nothing is left in force after the block
