@@ -128,7 +128,7 @@ class AdaptiveChunkSize:
         Largest chunk; it bounds the items held in memory.
     """
 
-    def __init__(self, target=0.2, maximum=1000):
+    def __init__(self, target=0.2, maximum=200):
         self.target, self.maximum = target, maximum
         self.size = 1
         self._since = None        # when the current measurement began
