@@ -135,7 +135,7 @@ def journaled(out):
     if not path.exists():
         return 0
     try:
-        with Journal(path, lock=False) as journal:
+        with Journal(path, read_only=True) as journal:
             return journal.counts()["done"]
     except sqlite3.OperationalError:
         return 0

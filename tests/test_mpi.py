@@ -175,7 +175,7 @@ def journaled(out):
     if not journal_path(out).exists():
         return 0
     try:
-        with Journal(journal_path(out), lock=False) as journal:
+        with Journal(journal_path(out), read_only=True) as journal:
             return journal.counts()["done"]
     except sqlite3.OperationalError:     # its writer holds it for a moment
         return 0

@@ -116,7 +116,7 @@ def assert_stopped_cleanly(run, signum, worker_pids):
     assert wait_for(lambda: not group_exists(run.pgid), 60), "processes of the run are still alive"
     assert not any(is_running(pid) for pid in worker_pids)
     # what was computed before the stop is still in the journal, for the rerun
-    with Journal(journal_path(run.out), lock=False) as journal:
+    with Journal(journal_path(run.out), read_only=True) as journal:
         assert journal.counts()["done"] >= 1
 
 

@@ -186,7 +186,7 @@ def run_status(args):
     if not path.exists():
         raise UsageError(f"no journal for {args.output!r} (expected {str(path)!r}): it was not written by "
                          f"wfl_like, or with the cache off")
-    with Journal(path, lock=False) as journal:
+    with Journal(path, read_only=True) as journal:
         call = journal.meta("call") or {}
         counts = journal.counts()
         n_items = journal.meta("n_items")

@@ -46,15 +46,20 @@ class Journal:
     ----------
     path : str or Path
         The database file (see :func:`journal_path`).
-    lock : bool, default True
-        Take the output's lock, so a second run on the same output fails at once
-        with :class:`~wfl_like.errors.OutputLockedError` instead of interleaving with
-        this one.  ``wfl-like status`` reads without it.
+    read_only : bool, default False
+        Open to read only, as ``wfl-like status`` does beside a running writer: no
+        lock, no schema set-up, nothing written.  Otherwise the output's lock is
+        taken, so a second run on the same output fails at once with
+        :class:`~wfl_like.errors.OutputLockedError` instead of interleaving with this one.
     """
 
-    def __init__(self, path, lock=True):
+    def __init__(self, path, read_only=False):
         self.path = Path(path)
-        self._lock = _OutputLock(self.path) if lock else None
+        self._lock = None
+        if read_only:
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            return
+        self._lock = _OutputLock(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
