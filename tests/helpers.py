@@ -1,6 +1,7 @@
 """Small helpers shared by the tests: directory listings, processes, driver scripts."""
 
 import os
+import signal
 import time
 
 
@@ -34,6 +35,14 @@ def group_exists(pgid):
     except ProcessLookupError:
         return False
     return True
+
+
+def end_process_group(proc):
+    """Kill whatever is left of the session started by ``proc`` (``start_new_session=True``) and reap ``proc``."""
+    if group_exists(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.wait()
 
 
 def wait_for(predicate, timeout=10.0):

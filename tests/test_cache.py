@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from helpers import driver_env, group_exists, listing, wait_for, wait_for_release, waiting_at
+from helpers import driver_env, end_process_group, group_exists, listing, wait_for, wait_for_release, waiting_at
 from wfl_like import AutoparaInfo, ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
 from wfl_like.autoparallelize.fingerprint import fingerprint
@@ -166,10 +166,7 @@ class Driver:
         assert wait_for(lambda: not group_exists(self.pgid), 60), "workers outlived their killed driver"
 
     def cleanup(self):
-        if group_exists(self.pgid):
-            os.killpg(self.pgid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.wait()
+        end_process_group(self.proc)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import ase.io
 import pytest
 
 from wfl_like.autoparallelize import autoparallelize
-from helpers import driver_env, group_exists, is_running as process_running, listing, wait_for
+from helpers import driver_env, end_process_group, group_exists, is_running as process_running, listing, wait_for
 
 START_METHOD_ENV = "WFL_LIKE_START_METHOD"
 
@@ -122,10 +122,7 @@ class SleepyRun:
         return self.stderr_path.read_text()
 
     def cleanup(self):
-        if group_exists(self.pgid):
-            os.killpg(self.pgid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.wait()
+        end_process_group(self.proc)
         self.proc.stdout.close()
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from wfl_like.autoparallelize.journal import Journal, journal_path
 from wfl_like.stopping import stop_on_signals
-from helpers import driver_env, group_exists, is_running, wait_for
+from helpers import driver_env, end_process_group, group_exists, is_running, wait_for
 
 STUCK_DRIVER = textwrap.dedent("""
     import os, sys, time
@@ -81,10 +81,7 @@ class StuckRun:
         return self.stderr_path.read_text()
 
     def cleanup(self):
-        if group_exists(self.pgid):
-            os.killpg(self.pgid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.wait()
+        end_process_group(self.proc)
 
 
 @pytest.fixture
