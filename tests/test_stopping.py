@@ -6,11 +6,13 @@ exception the signal raises).  The watchdog must then kill the workers, remove t
 partial output and end the process, keeping what the journal already holds.
 """
 
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -149,14 +151,78 @@ def test_a_second_signal_forces_the_stop_at_once(stuck_run, workers):
     assert_stopped_cleanly(run, signal.SIGINT, worker_pids)
 
 
-def test_stop_on_signals_restores_the_handlers_and_refuses_nesting():
+def test_stop_on_signals_restores_the_handlers_and_a_nested_one_leaves_the_outer_in_force():
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    with stop_on_signals():
-        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
-        with pytest.raises(RuntimeError, match="already in force"):
-            with stop_on_signals():
-                pass
+    with stop_on_signals() as outer:
+        ours = signal.getsignal(signal.SIGTERM)
+        assert ours is not before[signal.SIGTERM]
+        with stop_on_signals() as inner:      # e.g. a script calling the command line's main()
+            assert inner is outer
+        assert signal.getsignal(signal.SIGTERM) == ours
     assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def test_the_block_ends_while_processes_forked_in_it_live_on():
+    # a forked child holds a copy of the watchdog's pipe: the end of the block must not
+    # wait for the child to close it
+    with stop_on_signals():
+        executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        assert executor.submit(abs, -3).result() == 3
+    try:
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        executor.shutdown()
+
+
+EXECUTOR_DRIVER = textwrap.dedent("""
+    import multiprocessing, os, sys, time
+    from concurrent.futures import ProcessPoolExecutor
+    from ase import Atoms
+    from wfl_like import OutputSpec
+    from wfl_like.autoparallelize import autoparallelize
+    from wfl_like.stopping import stop_on_signals
+
+    MARKERS, OUT = sys.argv[1], sys.argv[2]
+
+    def op(items):
+        for atoms in items:
+            open(os.path.join(MARKERS, f"item-{atoms.info['label']}"), "w").close()
+            if atoms.info["label"] >= 2:
+                time.sleep(3600)
+        return items
+
+    inputs = [Atoms("H", cell=[3, 3, 3], pbc=True, info={"label": i}) for i in range(6)]
+    executor = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+    with stop_on_signals(force_after=3600, prog="driver"):
+        autoparallelize(op, inputs, OutputSpec(OUT), autopara_info={"executor": executor})
+""")
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_to_the_group_with_forked_executor_workers_is_one_clean_stop(tmp_path):
+    # the executor's workers, forked inside the block, receive the same SIGINT: it must end
+    # them as it would have without stop_on_signals, not count as a second signal here
+    script = tmp_path / "driver.py"
+    script.write_text(EXECUTOR_DRIVER)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "out.xyz"
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(script), str(markers), str(out)], cwd=tmp_path,
+                                env=driver_env(), stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        assert wait_for(lambda: len(list(markers.glob("item-*"))) >= 3, 60), stderr_path.read_text()
+        os.killpg(proc.pid, signal.SIGINT)
+        returncode = wait_exit(proc, 120)
+    finally:
+        end_process_group(proc)
+    stderr = stderr_path.read_text()
+    assert returncode == -signal.SIGINT, stderr
+    assert "KeyboardInterrupt" in stderr
+    assert "second signal" not in stderr and "were killed" not in stderr, stderr
+    assert not out.exists()
+    assert not (tmp_path / ".out.xyz.partial").exists()
 
 
 def test_stop_on_signals_turns_sigterm_into_an_exception_in_the_block():

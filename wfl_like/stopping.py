@@ -83,7 +83,8 @@ def stop_on_signals(*, force_after=FORCE_AFTER, prog="wfl_like"):
     KeyboardInterrupt, Terminated
         In the block, on SIGINT or SIGTERM.
     RuntimeError
-        Not called from the main thread, or nested in another ``stop_on_signals``.
+        Not called from the main thread.  Nested in another ``stop_on_signals``, the
+        outer one stays in force.
 
     Examples
     --------
@@ -96,7 +97,9 @@ def stop_on_signals(*, force_after=FORCE_AFTER, prog="wfl_like"):
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("stop_on_signals() installs signal handlers, which only the main thread can do")
     if _active is not None:
-        raise RuntimeError("stop_on_signals() is already in force")
+        # already in force (a script that calls the command line's main()): the outer one acts
+        yield _active
+        return
     stopper = _StopOnSignals(force_after, prog)
     _active = stopper
     try:
@@ -106,28 +109,54 @@ def stop_on_signals(*, force_after=FORCE_AFTER, prog="wfl_like"):
         _active = None
 
 
+# What the main thread writes to the watchdog's pipe when the block ends; signal numbers
+# are never 0.
+_DONE = b"\0"
+
+
 class _StopOnSignals:
     def __init__(self, force_after, prog):
         self.force_after, self.prog = force_after, prog
         self.received = None
+        self._closing = False
 
     def __enter__(self):
         # The handler talks to the watchdog through a pipe: a write to it takes no lock,
         # so it is safe whatever the main thread was doing when the signal came.
+        self._pid = os.getpid()
         self._read_fd, self._write_fd = os.pipe()
         self._watchdog = threading.Thread(target=self._watch, name="wfl_like-stop-watchdog", daemon=True)
         self._watchdog.start()
-        self._previous = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
+        self._previous = {}
+        try:
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc_info):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        os.close(self._write_fd)       # end of file: the watchdog returns
-        self._watchdog.join()
-        os.close(self._read_fd)
+        # a signal from here on finds the work done (or already stopping): it is not raised
+        self._closing = True
+        try:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+        finally:
+            # a byte rather than closing the pipe: processes forked in the block hold its
+            # write end too, so the watchdog would never see end-of-file
+            os.write(self._write_fd, _DONE)
+            self._watchdog.join()
+            os.close(self._write_fd)
+            os.close(self._read_fd)
 
     def _on_signal(self, signum, frame):
+        if os.getpid() != self._pid:
+            # a process forked in the block (an executor's worker) inherited this handler:
+            # the signal is for it, handled as it would have been without us
+            signal.signal(signum, self._previous.get(signum) or signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         first = self.received is None
         if first:
             self.received = signum
@@ -135,14 +164,14 @@ class _StopOnSignals:
             os.write(self._write_fd, bytes([signum]))
         except OSError:
             pass
-        if first:
+        if first and not self._closing:
             raise STOP_SIGNALS[signum]()
 
     def _watch(self):
-        if not os.read(self._read_fd, 1):
+        if os.read(self._read_fd, 1) in (_DONE, b""):
             return                     # the block ended with no signal
         ready, _, _ = select.select([self._read_fd], [], [], self.force_after)
-        if ready and not os.read(self._read_fd, 1):
+        if ready and os.read(self._read_fd, 1) in (_DONE, b""):
             return                     # the clean stop finished in time
         self._force(forced_by_signal=bool(ready))
 
@@ -156,8 +185,8 @@ class _StopOnSignals:
         why = "a second signal" if forced_by_signal else f"the clean stop took more than {self.force_after:g} s"
         name = signal.Signals(self.received).name
         # os.write, not print: the main thread may hold the lock of sys.stderr
-        os.write(2, f"{self.prog}: stopped by {name}; worker processes killed after {why}; "
-                    f"no output was written\n".encode())
+        os.write(2, f"{self.prog}: stopped by {name}; after {why}, worker processes were killed and partial "
+                    f"output files removed\n".encode())
         os._exit(128 + self.received)
 
 

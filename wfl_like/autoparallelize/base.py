@@ -158,7 +158,7 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
     where = (f"executor {type(executor).__name__}" if executor is not None
              else f"{workers} worker processes" if workers else "serial")
     chunk_size = info.num_inputs_per_python_subprocess
-    log.info("%s: %s, %s inputs per chunk", name, where, chunk_size)
+    log.info("%s: %s, chunk size %s", name, where, chunk_size)
     if chunk_size == "auto":
         chunk_size = AdaptiveChunkSize()
     chunks = make_chunks(inputs, chunk_size, op_rng, lookup=cache.lookup if cache is not None else None)

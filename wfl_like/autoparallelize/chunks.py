@@ -104,8 +104,8 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
             yield batch.flush()
 
 
-# Items found in the journal cost nothing to hand on, but their outputs are held in memory
-# until stored: a cap on their groups.
+# Items found in the journal are grouped like the others, but never more than this many at
+# once: their outputs are held in memory until stored.
 _CACHED_BATCH = 1000
 
 

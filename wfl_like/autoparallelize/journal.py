@@ -48,7 +48,8 @@ class Journal:
         The database file (see :func:`journal_path`).
     read_only : bool, default False
         Open to read only, as ``wfl-like status`` does beside a running writer: no
-        lock, no schema set-up, nothing written.  Otherwise the output's lock is
+        lock, no schema set-up, no change to the data (SQLite may still create its
+        ``-wal``/``-shm`` companions).  Otherwise the output's lock is
         taken, so a second run on the same output fails at once with
         :class:`~wfl_like.errors.OutputLockedError` instead of interleaving with this one.
     """

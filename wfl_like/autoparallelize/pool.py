@@ -354,7 +354,12 @@ class WorkerPool(Executor):
             log.info("worker pid %d died (%s); starting a replacement", pid, describe_exitcode(exitcode))
             replacement = self._start_worker()
             with self._lock:
-                self._workers.append(replacement)
+                cancelled = self._cancelled
+                if not cancelled:
+                    self._workers.append(replacement)
+            if cancelled:
+                # terminate() came while it started: it is not needed, and nobody else will stop it
+                self._stop_workers([replacement], timeout=0)
 
     def _break(self, exc):
         with self._lock:

@@ -74,12 +74,17 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
     in_flight = collections.deque()
     limit = IN_FLIGHT_PER_SLOT * slots
 
+    def note_cost(future, n_items):
+        # only chunks that ran through say what an item costs
+        if not future.cancelled() and future.exception() is None:
+            chunk_size.completed(n_items, slots)
+
     def start(chunk):
         if chunk.cached is not None:
             return _Job(chunk, _completed(chunk.cached))
         job = _Job(chunk, submit(chunk, _limit(timeout, len(chunk.items))))
         if chunk_size is not None:
-            job.future.add_done_callback(lambda _: chunk_size.completed(len(chunk.items), slots))
+            job.future.add_done_callback(lambda future: note_cost(future, len(chunk.items)))
         return job
 
     chunks = iter(chunks)
