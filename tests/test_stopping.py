@@ -188,7 +188,9 @@ EXECUTOR_DRIVER = textwrap.dedent("""
         for atoms in items:
             open(os.path.join(MARKERS, f"item-{atoms.info['label']}"), "w").close()
             if atoms.info["label"] >= 2:
-                time.sleep(3600)
+                # long enough to be signalled in, short enough that a task the executor had
+                # already queued (it cannot be withdrawn) ends before the driver's exit
+                time.sleep(10)
         return items
 
     inputs = [Atoms("H", cell=[3, 3, 3], pbc=True, info={"label": i}) for i in range(6)]

@@ -1,5 +1,6 @@
 """The front door: :func:`autoparallelize` and its decorator form :func:`autoparallelized`."""
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -168,7 +169,8 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
         with chunk_runner(call, workers, info.initializer, isolate, executor) as (submit, slots):
             results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
                                    chunk_size=chunk_size if isinstance(chunk_size, AdaptiveChunkSize) else None)
-            failures, n_items = _store_all(results, outputs, name, info.skip_failed, cache)
+            with contextlib.closing(results):      # an error while storing withdraws the queued chunks
+                failures, n_items = _store_all(results, outputs, name, info.skip_failed, cache)
         if failures and info.errors == "raise":
             raise AutoparallelizeError(name, failures)
     except BaseException:

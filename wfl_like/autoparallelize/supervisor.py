@@ -87,25 +87,31 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
             job.future.add_done_callback(lambda future: note_cost(future, len(chunk.items)))
         return job
 
-    chunks = iter(chunks)
-    while True:
-        try:
-            chunk = next(chunks, None)
-        except Exception:
-            # The inputs broke off (a truncated file, say): the chunks already running are
-            # still handed back, so that their results are journaled and a rerun after the
-            # input is fixed does not compute them again.
-            while in_flight:
+    try:
+        chunks = iter(chunks)
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except Exception:
+                # The inputs broke off (a truncated file, say): the chunks already running are
+                # still handed back, so that their results are journaled and a rerun after the
+                # input is fixed does not compute them again.
+                while in_flight:
+                    yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
+                raise
+            if chunk is None:
+                break
+            in_flight.append(start(chunk))
+            if len(in_flight) >= limit:
                 yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
-            raise
-        if chunk is None:
-            break
-        in_flight.append(start(chunk))
-        if len(in_flight) >= limit:
+        while in_flight:
             yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
-    while in_flight:
-        yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
-    progress.finish()
+        progress.finish()
+    finally:
+        # stopped early (an error, Ctrl-C): chunks not started yet are withdrawn, so that
+        # an executor that outlives the call does not go on computing them
+        for job in in_flight:
+            job.future.cancel()
 
 
 def _completed(outputs):
