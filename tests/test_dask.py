@@ -9,23 +9,11 @@ import pytest
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
 from wfl_like.calculators.generic import calculate
+from backend_ops import rattle, refuse_5
 
 distributed = pytest.importorskip("distributed")
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "data" / "cu_rattled.xyz"
-
-
-def rattle(items, _autopara_per_item_info=None):
-    for atoms, item in zip(items, _autopara_per_item_info):
-        atoms.positions += item["rng"].normal(scale=0.01, size=atoms.positions.shape)
-    return items
-
-
-def refuse_5(items):
-    for atoms in items:
-        if atoms.info["structure_id"] == 5:
-            raise ValueError("structure 5 is refused")
-    return items
 
 
 def run_all(tmp_path, tag, executor=None):

@@ -39,19 +39,7 @@ DRIVER = textwrap.dedent("""
     from wfl_like.autoparallelize import autoparallelize
     from wfl_like.calculators.generic import calculate
 
-
-    def rattle(items, _autopara_per_item_info=None):
-        for atoms, item in zip(items, _autopara_per_item_info):
-            atoms.positions += item["rng"].normal(scale=0.01, size=atoms.positions.shape)
-        return items
-
-
-    def refuse_5(items):
-        for atoms in items:
-            if atoms.info["structure_id"] == 5:
-                raise ValueError("structure 5 is refused")
-        return items
-
+    from backend_ops import rattle, refuse_5
 
     source, tag = sys.argv[1], sys.argv[2]
     calculate(ConfigSet(source), OutputSpec(tag + "_emt.xyz"), (EMT, [], {}),
