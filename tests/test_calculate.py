@@ -213,20 +213,25 @@ def _with_bad(cells, bad):
     return cells
 
 
+def assert_marked_or_computed(atoms, failed):
+    """A structure FailingEMT refused carries the failure flag and no results; any other, the right results."""
+    if failed:
+        assert atoms.info["FailingEMT_calculation_failed"] is True
+        assert "FailingEMT_energy" not in atoms.info
+        assert "FailingEMT_forces" not in atoms.arrays
+        assert "FailingEMT_stress" not in atoms.info
+    else:
+        assert "FailingEMT_calculation_failed" not in atoms.info
+        assert_matches_direct(atoms, prefix="FailingEMT_")
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_failing_structure_is_marked_and_others_computed(num_workers):
     cells = _with_bad(cu_cells(7, seed=5), bad={1, 4})
     out = run(cells, (FailingEMT, [], {}), num_workers=num_workers, chunk=2)
     assert [at.info["idx"] for at in out] == list(range(7))
     for atoms in out:
-        if atoms.info["idx"] in (1, 4):
-            assert atoms.info["FailingEMT_calculation_failed"] is True
-            assert "FailingEMT_energy" not in atoms.info
-            assert "FailingEMT_forces" not in atoms.arrays
-            assert "FailingEMT_stress" not in atoms.info
-        else:
-            assert "FailingEMT_calculation_failed" not in atoms.info
-            assert_matches_direct(atoms, prefix="FailingEMT_")
+        assert_marked_or_computed(atoms, failed=atoms.info["idx"] in (1, 4))
 
 
 def test_failed_flag_survives_a_file(tmp_path):
@@ -264,14 +269,7 @@ def test_stale_results_under_the_prefix_are_not_kept(num_workers):
     out = run(cells, FailingEMT(), num_workers=num_workers)
     for atoms in out:
         assert atoms.info["other_energy"] == 7.0
-        if atoms.info["idx"] in (0, 2):
-            assert atoms.info["FailingEMT_calculation_failed"] is True
-            assert "FailingEMT_energy" not in atoms.info
-            assert "FailingEMT_forces" not in atoms.arrays
-            assert "FailingEMT_stress" not in atoms.info
-        else:
-            assert "FailingEMT_calculation_failed" not in atoms.info
-            assert_matches_direct(atoms, prefix="FailingEMT_")
+        assert_marked_or_computed(atoms, failed=atoms.info["idx"] in (0, 2))
 
 
 def test_spec_that_does_not_build_a_calculator_is_an_error():

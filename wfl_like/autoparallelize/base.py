@@ -158,17 +158,16 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
                       f"processes (num_python_subprocesses >= 1, no executor)", stacklevel=4)
     where = (f"executor {type(executor).__name__}" if executor is not None
              else f"{workers} worker processes" if workers else "serial")
-    chunk_size = info.num_inputs_per_python_subprocess
-    log.info("%s: %s, chunk size %s", name, where, chunk_size)
-    if chunk_size == "auto":
-        chunk_size = AdaptiveChunkSize()
-    chunks = make_chunks(inputs, chunk_size, op_rng, lookup=cache.lookup if cache is not None else None)
+    log.info("%s: %s, chunk size %s", name, where, info.num_inputs_per_python_subprocess)
+    sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
+    chunks = make_chunks(inputs, sizer or info.num_inputs_per_python_subprocess, op_rng,
+                         lookup=cache.lookup if cache is not None else None)
     try:
         # structures read from files are fresh objects: no copy needed to protect the caller's
         isolate = not (isinstance(inputs, ConfigSet) and inputs.files())
         with chunk_runner(call, workers, info.initializer, isolate, executor) as (submit, slots):
             results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
-                                   chunk_size=chunk_size if isinstance(chunk_size, AdaptiveChunkSize) else None)
+                                   chunk_size=sizer)
             with contextlib.closing(results):      # an error while storing withdraws the queued chunks
                 failures, n_items = _store_all(results, outputs, name, info.skip_failed, cache)
         if failures and info.errors == "raise":

@@ -150,9 +150,7 @@ class AdaptiveChunkSize:
             elapsed = now - self._since
             # judge after a chunk's worth of time, or sooner when chunks come back fast
             # enough that eight per slot were seen: cheap operations reach their size quickly
-            if elapsed < self.target and self._items < 8 * self.size * slots:
-                return
-            if elapsed <= 0:
+            if elapsed <= 0 or (elapsed < self.target and self._items < 8 * self.size * slots):
                 return
             per_item = elapsed * slots / self._items
             # at most 8-fold growth per measurement: the round trip's share shrinks as
