@@ -172,3 +172,12 @@ class FailedItemsWarning(UserWarning):
 
 class OutputLockedError(RuntimeError):
     """Another run is writing the same output; the message names the output and that process."""
+
+
+# --- the journal and the cache --------------------------------------------------------
+
+
+# --- outputs --------------------------------------------------------------------------
+
+
+# --- worker processes -----------------------------------------------------------------

@@ -11,7 +11,11 @@ _DEFAULTS = {
     "errors": "raise",
     "retries": 2,
     "timeout": None,
+    "initializer_timeout": None,
+    "max_items_per_worker": None,
+    "fail_fast": True,
     "cache": None,
+    "cache_extra": None,
     "executor": None,
 }
 
@@ -56,11 +60,30 @@ class AutoparaInfo:
     timeout : float, optional
         Seconds an item may run; past that its worker is killed and replaced and the item
         fails as timed out.  Needs worker processes (ignored, with a warning, when serial).
+    initializer_timeout : float, optional
+        Seconds the initializer may take in a worker; past that the call fails with
+        :class:`~wfl_like.errors.WorkerInitializerError`.  Default: ``timeout`` when it is
+        set, else no limit.  Needs worker processes.
+    max_items_per_worker : int, optional
+        Replace each worker after it has run this many items, so that an operation that
+        leaks memory or file descriptors cannot poison the rest of the run.  Default: no
+        limit.  (A worker whose item fails with ``MemoryError`` or "too many open files"
+        is replaced whatever this says.)
+    fail_fast : bool, default True
+        Stop the call when its first items all fail with one same reason and none has
+        succeeded (a setup problem, such as a wrong argument).  ``False`` goes through
+        every item whatever happens, for campaigns whose first items may really fail.
     cache : bool, str or Path, optional
         The journal that makes reruns exact and resumable.  Default: for file outputs, a
         journal beside the first output file; none for outputs in memory.  ``False``: no
         journal for this call (existing output files are reused as they are, as wfl does).
         A path: keep the journal there (this is how outputs in memory get one).
+    cache_extra : object, optional
+        More things the outputs depend on that the journal cannot see by itself, folded
+        into every item's cache key: values (a version string, a dict of settings) and
+        :class:`pathlib.Path` objects, which count by the bytes of the file (or of every
+        file under the directory) they name, e.g. a model file rewritten in place.  A
+        list or dict of such things works too.
     executor : concurrent.futures.Executor, optional
         Run the chunks on this executor instead of wfl_like's own workers, e.g. a Dask
         ``Client(...).get_executor()``, a loky or ``ProcessPoolExecutor``: same order,
@@ -129,6 +152,17 @@ class AutoparaInfo:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not timeout > 0):
             raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")
+        initializer_timeout = self.initializer_timeout
+        if initializer_timeout is not None and (isinstance(initializer_timeout, bool)
+                                                or not isinstance(initializer_timeout, (int, float))
+                                                or not initializer_timeout > 0):
+            raise ValueError(f"initializer_timeout must be a number of seconds > 0 or None, "
+                             f"not {initializer_timeout!r}")
+        most = self.max_items_per_worker
+        if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
+            raise ValueError(f"max_items_per_worker must be an integer >= 1 or None, not {most!r}")
+        if not isinstance(self.fail_fast, bool):
+            raise TypeError(f"fail_fast must be True or False, not {self.fail_fast!r}")
         if self.cache is not None and not isinstance(self.cache, (bool, str, os.PathLike)):
             raise TypeError(f"cache must be True, False, None or a path, not {self.cache!r}")
         if self.executor is not None and not callable(getattr(self.executor, "submit", None)):
