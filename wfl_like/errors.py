@@ -33,7 +33,8 @@ class WorkerDiedError(RuntimeError):
 
 
 class WorkerInitializerError(RuntimeError):
-    """The per-worker initializer raised, so no worker could start."""
+    """The per-worker initializer raised, killed its worker, or ran past
+    ``initializer_timeout``, so no worker could start."""
 
 
 class OpOutputError(ValueError):
@@ -181,3 +182,34 @@ class OutputLockedError(RuntimeError):
 
 
 # --- worker processes -----------------------------------------------------------------
+
+
+class ItemAbortedError(RuntimeError):
+    """The operation raised a :class:`BaseException` that is not an :class:`Exception`
+    (``KeyboardInterrupt``, ``GeneratorExit``, one of its own) in a worker process.
+
+    Only a signal to the driver stops a run; in a worker such an exception is the
+    failure of the item that raised it.  The message starts with the original type's name.
+    """
+
+
+class WorkerPoisonedError(RuntimeError):
+    """An item failed in a way that leaves its worker unusable (``MemoryError``, or "too
+    many open files" anywhere in the exception's chain), so the worker was replaced.
+
+    The item is tried again like a dead worker's item; if it keeps failing, it fails
+    with the original exception, :attr:`error`.
+
+    Parameters
+    ----------
+    error : BaseException
+        What the operation raised.
+    """
+
+    def __init__(self, error):
+        self.error = error
+        super().__init__(f"{type(error).__name__}: {error} (the worker was replaced: it may have run out of "
+                         f"memory or of file descriptors)")
+
+    def __reduce__(self):
+        return (type(self), (self.error,))

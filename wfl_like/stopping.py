@@ -180,14 +180,27 @@ class _StopOnSignals:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         for child in _children():
-            with contextlib.suppress(OSError):
-                os.kill(child, signal.SIGKILL)
+            _kill_tree(child)
         why = "a second signal" if forced_by_signal else f"the clean stop took more than {self.force_after:g} s"
         name = signal.Signals(self.received).name
         # os.write, not print: the main thread may hold the lock of sys.stderr
         os.write(2, f"{self.prog}: stopped by {name}; after {why}, worker processes were killed and partial "
                     f"output files removed\n".encode())
         os._exit(128 + self.received)
+
+
+def _kill_tree(pid):
+    """SIGKILL a worker and its process group (what its operation started), or the process
+    alone when it leads no group."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+        return
+    except ProcessLookupError:
+        pass
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _children():

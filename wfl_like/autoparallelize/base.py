@@ -15,8 +15,8 @@ from wfl_like.autoparallelize.autoparainfo import AutoparaInfo
 from wfl_like.autoparallelize.cache import RunCache, inputs_fingerprint, journal_location
 from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
 from wfl_like.autoparallelize.docstrings import autoparallelize_docstring
-from wfl_like.autoparallelize.executors import chunk_runner, num_workers
-from wfl_like.autoparallelize.opcall import PER_ITEM_INFO, OpCall, op_name, takes_argument
+from wfl_like.autoparallelize.executors import available_cpus, chunk_runner, num_workers
+from wfl_like.autoparallelize.opcall import PER_ITEM_INFO, OpCall, in_worker, op_name, takes_argument
 from wfl_like.autoparallelize.supervisor import run_in_order
 from wfl_like.configset import ConfigSet, OutputSpec
 from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError
@@ -156,6 +156,14 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
     if info.timeout is not None and (workers == 0 or executor is not None):
         warnings.warn(f"timeout={info.timeout} is not enforced for {name}: it needs wfl_like's own worker "
                       f"processes (num_python_subprocesses >= 1, no executor)", stacklevel=4)
+    if info.initializer_timeout is not None and (workers == 0 or executor is not None):
+        warnings.warn(f"initializer_timeout={info.initializer_timeout} is not enforced for {name}: it needs "
+                      f"wfl_like's own worker processes (num_python_subprocesses >= 1, no executor)", stacklevel=4)
+    cpus = available_cpus()
+    if workers > cpus and not in_worker():
+        warnings.warn(f"{name}: {workers} worker processes were asked for, but this process may run on only "
+                      f"{cpus} CPUs; they will share them (at most one worker per chunk is started)",
+                      stacklevel=4)
     where = (f"executor {type(executor).__name__}" if executor is not None
              else f"{workers} worker processes" if workers else "serial")
     log.info("%s: %s, chunk size %s", name, where, info.num_inputs_per_python_subprocess)
@@ -165,7 +173,9 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
     try:
         # structures read from files are fresh objects: no copy needed to protect the caller's
         isolate = not (isinstance(inputs, ConfigSet) and inputs.files())
-        with chunk_runner(call, workers, info.initializer, isolate, executor) as (submit, slots):
+        initializer_timeout = info.initializer_timeout if info.initializer_timeout is not None else info.timeout
+        with chunk_runner(call, workers, info.initializer, isolate, executor, initializer_timeout=initializer_timeout,
+                          max_items_per_worker=info.max_items_per_worker) as (submit, slots):
             results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
                                    chunk_size=sizer)
             with contextlib.closing(results):      # an error while storing withdraws the queued chunks

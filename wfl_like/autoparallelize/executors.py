@@ -64,6 +64,13 @@ def num_workers(requested):
     return value
 
 
+def available_cpus():
+    """CPUs this process may run on (its affinity mask where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def executor_slots(executor):
     """How many tasks an executor runs at once, as far as it tells (else the CPU count)."""
     for attribute in ("_max_workers", "max_workers", "size"):
@@ -74,13 +81,16 @@ def executor_slots(executor):
 
 
 @contextlib.contextmanager
-def chunk_runner(call, workers, initializer, isolate=True, executor=None):
+def chunk_runner(call, workers, initializer, isolate=True, executor=None, initializer_timeout=None,
+                 max_items_per_worker=None):
     """Yield ``(submit, slots)``: ``submit(chunk, timeout) -> Future`` and how many chunks run at once.
 
-    The pool's workers receive ``call`` once, when they start, instead of with every chunk.
+    The pool's workers receive ``call`` once, when they start, instead of with every chunk;
+    they are started as chunks arrive, so never more of them than chunks.
     ``isolate`` is passed to :class:`SerialExecutor` for serial runs.  With ``executor``
     (any :class:`concurrent.futures.Executor`), chunks run there instead; it is the
-    caller's, so it is left running.
+    caller's, so it is left running.  ``initializer_timeout`` and ``max_items_per_worker``
+    are those of :class:`~wfl_like.autoparallelize.pool.WorkerPool` (ignored unless it runs).
     Leaving the block normally waits for the workers to finish; leaving it by an
     exception (including Ctrl-C) kills them at once.
     """
@@ -112,10 +122,12 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None):
             raise TypeError(f"operation {call.name} or its arguments cannot be sent to {context.get_start_method()} "
                             f"workers: {type(exc).__name__}: {exc}; make them picklable, or use "
                             f"{START_METHOD_ENV}=fork") from exc
-    pool = WorkerPool(workers, initializer=install, initargs=(call, init_func, tuple(init_args)), mp_context=context)
+    pool = WorkerPool(workers, initializer=install, initargs=(call, init_func, tuple(init_args)), mp_context=context,
+                      on_demand=True, initializer_timeout=initializer_timeout,
+                      max_items_per_worker=max_items_per_worker)
     try:
-        yield (lambda chunk, timeout: pool.submit_with_timeout(timeout, run_installed, chunk.first, chunk.items,
-                                                               chunk.rngs)), workers
+        yield (lambda chunk, timeout: pool.submit_task(run_installed, (chunk.first, chunk.items, chunk.rngs),
+                                                       timeout=timeout, weight=len(chunk.items))), workers
     except BaseException:
         pool.terminate()
         raise

@@ -4,7 +4,7 @@ import inspect
 import os
 from dataclasses import dataclass
 
-from wfl_like.errors import OpOutputError
+from wfl_like.errors import ItemAbortedError, OpOutputError
 
 PER_ITEM_INFO = "_autopara_per_item_info"
 # Set in pool workers, so that autoparallelized calls made by an op run serially there.
@@ -170,10 +170,24 @@ def run_portable(call, initializer, initargs, first, items, rngs):
     """Apply a call sent by value to one chunk, on an executor that is not ours.
 
     The call is unpickled, and the initializer run, once per process (per call), not
-    once per chunk: the executor's workers are long-lived and shared.
+    once per chunk: the executor's workers are long-lived and shared.  A BaseException
+    that is not an Exception (KeyboardInterrupt, ...) raised there is raised as
+    :class:`~wfl_like.errors.ItemAbortedError`: on a worker it fails the chunk, not the run.
     """
     global _installed_payload
-    if _installed_payload != call.payload:
-        install(call, initializer, initargs, own_process=False)
-        _installed_payload = call.payload
-    return _installed.run(first, items, rngs)
+    try:
+        if _installed_payload != call.payload:
+            install(call, initializer, initargs, own_process=False)
+            _installed_payload = call.payload
+        return _installed.run(first, items, rngs)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise item_aborted(exc) from exc
+
+
+def item_aborted(exc):
+    """The :class:`~wfl_like.errors.ItemAbortedError` that stands for ``exc``, a BaseException
+    that is not an Exception raised by the operation where it cannot be a stop of the run."""
+    text = str(exc)
+    return ItemAbortedError(f"{type(exc).__name__}{': ' + text if text else ''} (raised by the operation)")

@@ -9,24 +9,29 @@ only that one, and starts a replacement: the other workers and their tasks carry
 """
 
 import collections
-import ctypes
+import itertools
 import logging
 import multiprocessing
 import os
-import signal
 import sys
 import threading
 import time
-import traceback
 from concurrent.futures import CancelledError, Executor, Future
 from multiprocessing.connection import wait
 
-from wfl_like.errors import TaskTimeoutError, WorkerDiedError, WorkerInitializerError, describe_exitcode
+from wfl_like.autoparallelize.guardian import Guardian, kill_process_group
+from wfl_like.autoparallelize.worker import worker_main
+from wfl_like.errors import (TaskTimeoutError, WorkerDiedError, WorkerInitializerError, WorkerPoisonedError,
+                             describe_exitcode)
 
 log = logging.getLogger(__name__)
 
 # How long workers get to leave after being asked before they are terminated.
 _LEAVE_TIMEOUT = 5.0
+
+# The longest single wait of the dispatcher: waits longer than that (a timeout of inf or
+# 1e10 s) are made of several, as wait() overflows on them.
+_MAX_WAIT = 3600.0
 
 
 class RemoteTraceback(Exception):
@@ -65,32 +70,49 @@ def default_context():
 
 
 class _Task:
-    __slots__ = ("future", "fn", "args", "kwargs", "timeout", "deadline")
+    __slots__ = ("id", "future", "fn", "args", "kwargs", "timeout", "weight", "deadline")
 
-    def __init__(self, future, fn, args, kwargs, timeout=None):
-        self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
+    def __init__(self, task_id, future, fn, args, kwargs, timeout=None, weight=1):
+        self.id, self.future, self.fn, self.args, self.kwargs = task_id, future, fn, args, kwargs
         self.timeout = timeout
+        self.weight = weight      # items it holds, for max_items_per_worker
         self.deadline = None      # set when the task reaches a worker
 
 
 class _Worker:
-    def __init__(self, ctx, initializer, initargs, inherited):
+    def __init__(self, ctx, initializer, initargs, inherited, initializer_timeout=None):
         self.conn, child_conn = ctx.Pipe(duplex=True)
         if ctx.get_start_method() == "fork":
             # the forked child also gets the driver's end of its own pipe: unless it closes
             # it, its recv() never sees end-of-file when the driver dies
             inherited = list(inherited) + [self.conn]
-        self.process = ctx.Process(target=_worker_main, args=(child_conn, initializer, initargs, inherited),
+        else:
+            inherited = []      # a spawned child inherits none of them (and fd numbers mean nothing there)
+        self.process = ctx.Process(target=worker_main, args=(child_conn, initializer, initargs, inherited),
                                    daemon=True, name="wfl_like-worker")
         self.process.start()
         child_conn.close()
         self.ready = False        # the initializer has run; tasks may be sent
         self.task = None          # the _Task being run
-        self.timed_out = False    # killed because its task ran past its deadline
+        self.timed_out = False    # killed because its task (or its initializer) ran past its deadline
+        self.items_run = 0
+        self.init_deadline = None if initializer_timeout is None else time.monotonic() + initializer_timeout
 
     @property
     def sentinel(self):
         return self.process.sentinel
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def deadline(self):
+        """When this worker is to be killed, or None."""
+        if self.timed_out:
+            return None
+        if not self.ready:
+            return self.init_deadline
+        return self.task.deadline if self.task is not None else None
 
 
 class WorkerPool(Executor):
@@ -99,8 +121,8 @@ class WorkerPool(Executor):
     Parameters
     ----------
     max_workers : int
-        Number of worker processes, kept constant: a worker that dies while running a
-        task is replaced.
+        Most worker processes at once.  A worker that dies while running a task is
+        replaced.
     initializer : callable, optional
         Called as ``initializer(*initargs)`` in each worker when it starts.  If it
         raises or kills its worker, the pool is broken: every future fails with
@@ -108,64 +130,118 @@ class WorkerPool(Executor):
     initargs : tuple
     mp_context : multiprocessing context, optional
         Default: :func:`default_context`.
+    on_demand : bool, default False
+        Start workers only as tasks arrive, never more than the tasks submitted and not
+        yet finished; else all ``max_workers`` at once.
+    initializer_timeout : float, optional
+        Seconds a worker's initializer may take; past that the worker is killed and the
+        pool is broken (:class:`~wfl_like.errors.WorkerInitializerError`).
+    max_items_per_worker : int, optional
+        Replace a worker once it has run this many items (see :meth:`submit_task`).
 
     Notes
     -----
-    On Linux a worker is killed by the kernel when the thread that started it ends
-    (``PR_SET_PDEATHSIG``), so that no worker outlives a killed driver.  Create the
-    pool in a thread that outlives it (the first workers are started by the thread
-    that creates the pool, replacements by the pool's own thread).
+    Each worker leads a process group of its own; whenever a worker ends (done,
+    killed, dead) its whole group is killed, so programs the task started go with it,
+    and a guardian process (:mod:`~wfl_like.autoparallelize.guardian`) does the same
+    if the driver dies.  A worker whose task failed with ``MemoryError`` or "too many
+    open files" is replaced, and its future fails with
+    :class:`~wfl_like.errors.WorkerPoisonedError`.
+    On Linux a worker is also killed by the kernel when the thread that started it
+    ends (``PR_SET_PDEATHSIG``).  Create the pool in a thread that outlives it (the
+    first workers are started by the thread that creates the pool, those started on
+    demand and replacements by the pool's own thread).
     """
 
-    def __init__(self, max_workers, *, initializer=None, initargs=(), mp_context=None):
+    def __init__(self, max_workers, *, initializer=None, initargs=(), mp_context=None, on_demand=False,
+                 initializer_timeout=None, max_items_per_worker=None):
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, not {max_workers}")
         self._ctx = mp_context or default_context()
+        self._max_workers = max_workers
+        self._on_demand = on_demand
         self._initializer, self._initargs = initializer, tuple(initargs)
+        self._initializer_timeout = initializer_timeout
+        self._max_items_per_worker = max_items_per_worker
         # The lock guards what submit(), shutdown() and terminate() share with the
         # dispatcher: the queue, the flags and the list of workers.  Only the dispatcher
         # talks to workers, and never while holding it.
         self._lock = threading.Lock()
         self._queue = collections.deque()
+        self._task_ids = itertools.count(1)
         self._shutting_down = False
         self._cancelled = False     # queued tasks are not to run (terminate, cancel_futures, broken)
         self._broken = None
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
-        # Workers are started before the dispatcher thread so that the first forks
-        # happen while the driver has a single thread.
+        self._guardian = Guardian()
         self._workers = []
+        self._retiring = []         # asked to leave after their last task; reaped when they have
         try:
-            for _ in range(max_workers):
-                self._workers.append(self._start_worker())
+            if not on_demand:
+                # before the dispatcher thread, so that the first forks happen while the
+                # driver has a single thread
+                self._grow()
         except BaseException:
             self._stop_workers(self._workers, timeout=0)
+            self._guardian.close()
             raise
         self._thread = threading.Thread(target=self._dispatch_loop, name="wfl_like-pool-dispatcher",
                                         daemon=True)
         self._thread.start()
 
     def _start_worker(self):
-        # A forked worker inherits the driver's ends of its siblings' pipes; it must close
-        # them, or a sibling would never see end-of-file when the driver dies.
-        inherited = []
-        if self._ctx.get_start_method() == "fork":
-            inherited = [w.conn for w in self._workers] + [self._wake_r, self._wake_w]
-        return _Worker(self._ctx, self._initializer, self._initargs, inherited)
+        # A forked worker inherits the driver's ends of its siblings' pipes and of the
+        # guardian's; it must close them, or they would never see end-of-file when the
+        # driver dies.
+        inherited = [w.conn for w in self._workers + self._retiring] + [self._wake_r, self._wake_w]
+        if self._guardian.fileno is not None:
+            inherited.append(self._guardian.fileno)
+        worker = _Worker(self._ctx, self._initializer, self._initargs, inherited, self._initializer_timeout)
+        self._guardian.watch(worker.pid)
+        return worker
+
+    def _grow(self):
+        """Start the workers now wanted: up to ``max_workers``, on demand only for queued tasks."""
+        with self._lock:
+            if self._cancelled or (self._shutting_down and not self._queue):
+                return
+            wanted = self._max_workers - len(self._workers)
+            if self._on_demand:
+                idle = sum(1 for w in self._workers if w.task is None)
+                wanted = min(wanted, len(self._queue) - idle)
+        for _ in range(wanted):
+            worker = self._start_worker()
+            with self._lock:
+                cancelled = self._cancelled
+                if not cancelled:
+                    self._workers.append(worker)
+            if cancelled:
+                # terminate() came while it started: it is not needed, and nobody else will stop it
+                self._stop_workers([worker], timeout=0)
+                return
 
     @property
     def pids(self):
         """Process ids of the current workers."""
         with self._lock:
-            return [w.process.pid for w in self._workers]
+            return [w.pid for w in self._workers]
 
     def submit(self, fn, /, *args, **kwargs):
         """Schedule ``fn(*args, **kwargs)`` in a worker; returns a :class:`~concurrent.futures.Future`."""
-        return self.submit_with_timeout(None, fn, *args, **kwargs)
+        return self.submit_task(fn, args, kwargs)
 
     def submit_with_timeout(self, timeout, fn, /, *args, **kwargs):
         """Like :meth:`submit`, but a task still running ``timeout`` seconds after it reached
         a worker has that worker killed (and replaced); its future fails with
         :class:`~wfl_like.errors.TaskTimeoutError`.  ``None`` means no limit.
+        """
+        return self.submit_task(fn, args, kwargs, timeout=timeout)
+
+    def submit_task(self, fn, args=(), kwargs=None, *, timeout=None, weight=1):
+        """Schedule ``fn(*args, **kwargs)``, with a time limit as :meth:`submit_with_timeout`.
+
+        ``weight`` is how many items the task counts as for ``max_items_per_worker``
+        (a chunk counts its length).
         """
         future = Future()
         with self._lock:
@@ -173,7 +249,8 @@ class WorkerPool(Executor):
                 raise self._broken
             if self._shutting_down:
                 raise RuntimeError("cannot submit to a WorkerPool after shutdown")
-            self._queue.append(_Task(future, fn, args, kwargs, timeout))
+            self._queue.append(_Task(next(self._task_ids), future, fn, tuple(args), dict(kwargs or {}),
+                                     timeout, weight))
         self._wake()
         return future
 
@@ -193,8 +270,8 @@ class WorkerPool(Executor):
         with self._lock:
             self._shutting_down = self._cancelled = True
             self._abandon_queue(None)
-            for worker in self._workers:
-                _kill(worker.process)
+            for worker in self._workers + self._retiring:
+                kill_process_group(worker.pid)
         self._wake()
         self._join()
 
@@ -205,6 +282,7 @@ class WorkerPool(Executor):
         # closed only now: closing while another thread writes could hit a reused descriptor
         self._wake_r.close()
         self._wake_w.close()
+        self._guardian.close()
 
     def _wake(self):
         try:
@@ -222,6 +300,7 @@ class WorkerPool(Executor):
     def _dispatch_loop(self):
         try:
             while True:
+                self._grow()
                 self._send_tasks(self._pair_tasks())
                 with self._lock:
                     idle = not any(w.task for w in self._workers)
@@ -231,8 +310,10 @@ class WorkerPool(Executor):
                         self._abandon_queue(self._broken)
                         break
                     workers = list(self._workers)
-                waitables = [self._wake_r] + [w.conn for w in workers] + [w.sentinel for w in workers]
-                for ready in wait(waitables, timeout=self._time_to_next_deadline(workers)):
+                retiring = list(self._retiring)
+                waitables = ([self._wake_r] + [w.conn for w in workers] + [w.sentinel for w in workers]
+                             + [w.sentinel for w in retiring])
+                for ready in wait(waitables, timeout=_time_to_next_deadline(workers)):
                     if ready is self._wake_r:
                         while self._wake_r.poll():
                             self._wake_r.recv_bytes()
@@ -245,6 +326,7 @@ class WorkerPool(Executor):
         finally:
             with self._lock:
                 workers, self._workers = self._workers, []
+            workers, self._retiring = workers + self._retiring, []
             self._stop_workers(workers, timeout=_LEAVE_TIMEOUT)
 
     def _pair_tasks(self):
@@ -261,27 +343,21 @@ class WorkerPool(Executor):
         return pairs
 
     @staticmethod
-    def _time_to_next_deadline(workers):
-        deadlines = [w.task.deadline for w in workers if w.task is not None and w.task.deadline is not None
-                     and not w.timed_out]
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-
-    @staticmethod
     def _kill_overdue(workers):
         now = time.monotonic()
         for worker in workers:
-            task = worker.task
-            if task is not None and task.deadline is not None and task.deadline <= now and not worker.timed_out:
-                # the sentinel then reports the death, and the task fails as timed out
+            deadline = worker.deadline()
+            if deadline is not None and deadline <= now:
+                # the sentinel then reports the death, and the task (or the pool) fails as timed out
                 worker.timed_out = True
-                _kill(worker.process)
+                kill_process_group(worker.pid)
 
     def _send_tasks(self, pairs):
         for worker, task in pairs:
             if task.timeout is not None:
                 task.deadline = time.monotonic() + task.timeout
             try:
-                worker.conn.send((task.fn, task.args, task.kwargs))
+                worker.conn.send((task.id, task.fn, task.args, task.kwargs))
             except (BrokenPipeError, ConnectionResetError, EOFError):
                 # the worker died just now: its sentinel will say so; another worker takes
                 # the task, unless queued tasks were given up meanwhile (terminate)
@@ -296,6 +372,11 @@ class WorkerPool(Executor):
                 _abandon(task.future, _unpicklable(exc, "the task's arguments"))
 
     def _handle_ready(self, ready):
+        retired = next((w for w in self._retiring if ready is w.sentinel), None)
+        if retired is not None:
+            self._retiring.remove(retired)
+            self._reap(retired)
+            return
         worker = next((w for w in self._workers if ready is w.conn or ready is w.sentinel), None)
         if worker is None:
             return      # already handled: its pipe and its sentinel were both ready
@@ -309,57 +390,82 @@ class WorkerPool(Executor):
                 # whose __init__ takes other arguments): fail that task only, not the pool.
                 error = TypeError(f"a reply from the worker could not be unpickled: {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
-                message = ("error" if worker.ready else "init_error", error, "")
+                task_id = worker.task.id if worker.task is not None else None
+                message = ("error" if worker.ready else "init_error", task_id, error, "", False)
             if message is not None:
                 self._handle_message(worker, message)
                 return
         self._handle_death(worker)
 
     def _handle_message(self, worker, message):
-        kind = message[0]
+        kind, task_id, value, tb_text, replace = message
         if kind == "ready":
             worker.ready = True
         elif kind == "init_error":
             self._break(_with_remote_cause(
-                WorkerInitializerError(f"the worker initializer raised {message[1]!r}; no task can run"),
-                message[2]))
-        elif worker.task is not None:
-            future, worker.task = worker.task.future, None
+                WorkerInitializerError(f"the worker initializer raised {value!r}; no task can run"), tb_text))
+        elif worker.task is None or task_id != worker.task.id:
+            log.warning("dropped a reply from worker pid %d for task %s: it is running %s (a process forked by "
+                        "the operation wrote on the worker's pipe?)", worker.pid, task_id,
+                        "nothing" if worker.task is None else f"task {worker.task.id}")
+        else:
+            task, worker.task = worker.task, None
+            worker.items_run += task.weight
             if kind == "ok":
-                _settle(future, result=message[1])
+                _settle(task.future, result=value)
+            elif replace:
+                _settle(task.future, exc=WorkerPoisonedError(_with_remote_cause(value, tb_text)))
             else:
-                _settle(future, exc=_with_remote_cause(message[1], message[2]))
+                _settle(task.future, exc=_with_remote_cause(value, tb_text))
+            if replace or (self._max_items_per_worker is not None
+                           and worker.items_run >= self._max_items_per_worker):
+                self._retire(worker, "its operation ran out of memory or file descriptors" if replace
+                             else f"it ran {worker.items_run} items (max_items_per_worker)")
+
+    def _retire(self, worker, why):
+        """Ask a worker to leave after its task; a new one takes its place when needed."""
+        log.info("replacing worker pid %d: %s", worker.pid, why)
+        with self._lock:
+            self._workers.remove(worker)
+        self._retiring.append(worker)
+        try:
+            worker.conn.send(None)
+        except (OSError, ValueError):
+            kill_process_group(worker.pid)
 
     def _handle_death(self, worker):
-        worker.process.join(_LEAVE_TIMEOUT)
-        if worker.process.is_alive():
-            # its pipe closed but the process lingers (threads of its own): finish it
-            _kill(worker.process)
-            worker.process.join()
-        worker.conn.close()
-        exitcode, pid = worker.process.exitcode, worker.process.pid
+        exitcode, pid = self._reap(worker)
         if not worker.ready:
-            self._break(WorkerInitializerError(
-                f"a worker process (pid {pid}) died with {describe_exitcode(exitcode)} before its "
-                f"initializer finished; no task can run"))
+            if worker.timed_out:
+                self._break(WorkerInitializerError(
+                    f"the worker initializer did not finish within initializer_timeout="
+                    f"{self._initializer_timeout:g} s (worker pid {pid} killed); no task can run. Give it "
+                    f"longer with AutoparaInfo(initializer_timeout=...), which defaults to timeout"))
+            else:
+                self._break(WorkerInitializerError(
+                    f"a worker process (pid {pid}) died with {describe_exitcode(exitcode)} before its "
+                    f"initializer finished; no task can run"))
         if worker.task is not None:
             died = TaskTimeoutError(worker.task.timeout, pid) if worker.timed_out else WorkerDiedError(exitcode, pid)
             _settle(worker.task.future, exc=died)
             worker.task = None
         with self._lock:
             self._workers.remove(worker)
-            # after shutdown(), only while tasks wait that no other worker would run
-            replace = not self._cancelled and (not self._shutting_down or bool(self._queue))
-        if replace:
-            log.info("worker pid %d died (%s); starting a replacement", pid, describe_exitcode(exitcode))
-            replacement = self._start_worker()
-            with self._lock:
-                cancelled = self._cancelled
-                if not cancelled:
-                    self._workers.append(replacement)
-            if cancelled:
-                # terminate() came while it started: it is not needed, and nobody else will stop it
-                self._stop_workers([replacement], timeout=0)
+        log.info("worker pid %d died (%s)", pid, describe_exitcode(exitcode))
+
+    def _reap(self, worker, grace=_LEAVE_TIMEOUT):
+        """Wait for a worker to end (killing it after ``grace`` seconds), kill what is left of
+        its process group, and reap it; its ``(exitcode, pid)``."""
+        # waiting on the sentinel does not reap the worker, and while it is unreaped its pid
+        # (the group's id) cannot be reused: the group kill cannot hit another process
+        if not wait([worker.sentinel], timeout=grace):
+            # its pipe closed but the process lingers (threads of its own), or it does not leave
+            kill_process_group(worker.pid)
+        kill_process_group(worker.pid)       # what the operation started and left running
+        worker.process.join()
+        worker.conn.close()
+        self._guardian.forget(worker.pid)
+        return worker.process.exitcode, worker.pid
 
     def _break(self, exc):
         with self._lock:
@@ -372,8 +478,7 @@ class WorkerPool(Executor):
             _settle(worker.task.future, exc=exc)
             worker.task = None
 
-    @staticmethod
-    def _stop_workers(workers, timeout):
+    def _stop_workers(self, workers, timeout):
         """Ask workers to leave, wait at most ``timeout`` seconds for all of them, then kill the rest."""
         for worker in workers:
             try:
@@ -382,11 +487,18 @@ class WorkerPool(Executor):
                 pass
         deadline = time.monotonic() + timeout
         for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                _kill(worker.process)
-                worker.process.join()
-            worker.conn.close()
+            # one still in its initializer reads nothing yet: it is not waited for
+            grace = max(0.0, deadline - time.monotonic()) if worker.ready else 0.0
+            self._reap(worker, grace=grace)
+
+
+def _time_to_next_deadline(workers):
+    """Seconds until the next worker is due to be killed (at most ``_MAX_WAIT``), or None."""
+    deadlines = [d for d in (w.deadline() for w in workers) if d is not None]
+    if not deadlines:
+        return None
+    # a limit of inf or 1e10 s is accepted: never hand wait() more than it takes
+    return min(_MAX_WAIT, max(0.0, min(deadlines) - time.monotonic()))
 
 
 def _settle(future, result=None, exc=None):
@@ -408,13 +520,6 @@ def _abandon(future, exc):
         _settle(future, exc=exc)
 
 
-def _kill(process):
-    try:
-        os.kill(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, TypeError):
-        pass
-
-
 def _with_remote_cause(exc, tb_text):
     if tb_text:
         exc.__cause__ = RemoteTraceback(f"\n\"\"\"\n{tb_text}\"\"\"")
@@ -426,72 +531,3 @@ def _unpicklable(exc, what):
                       f"everything the operation receives must be picklable")
     error.__cause__ = exc
     return error
-
-
-def _worker_main(conn, initializer, initargs, inherited):
-    _die_with_parent()
-    for other in inherited:
-        other.close()
-    # Ctrl-C is the driver's to handle: it stops the workers itself.  A forked worker
-    # also inherits the driver's SIGTERM handler: take the default back, so SIGTERM
-    # sent to the whole process group (a scheduler, `timeout`) simply ends the worker.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        if initializer is not None:
-            try:
-                initializer(*initargs)
-            except BaseException as exc:
-                _send(conn, _error_message("init_error", exc))
-                return
-        conn.send(("ready",))
-        while True:
-            message = conn.recv()
-            if message is None:
-                return
-            fn, args, kwargs = message
-            try:
-                reply = ("ok", fn(*args, **kwargs))
-            except BaseException as exc:
-                reply = _error_message("error", exc)
-            _send(conn, reply)
-    except (EOFError, OSError):
-        return      # the driver is gone: nobody to work for
-
-
-def _die_with_parent():
-    """Have the kernel kill this worker when the driver dies (Linux), even mid-task.
-
-    Without it, a worker busy in a long calculation when the driver is killed (a
-    scheduler's SIGKILL) would run on, orphaned, until its task ends.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:
-        os._exit(1)       # the driver died before prctl took effect
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _send(conn, reply):
-    try:
-        conn.send(reply)
-    except (OSError, EOFError):
-        raise
-    except Exception as exc:
-        # the result or the exception does not pickle: send what can be said of it
-        kind = "error" if reply[0] == "ok" else reply[0]
-        what = "result" if reply[0] == "ok" else f"exception {reply[1]!r}"
-        error = TypeError(f"the operation's {what} could not be sent back from the worker: "
-                          f"{type(exc).__name__}: {exc}")
-        conn.send((kind, error, reply[2] if len(reply) > 2 else ""))
-
-
-def _error_message(kind, exc):
-    return (kind, exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))

@@ -14,7 +14,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from wfl_like.autoparallelize.chunks import Chunk
-from wfl_like.errors import FailedItem, OpOutputError, TaskTimeoutError, WorkerDiedError, WorkerInitializerError
+from wfl_like.errors import (FailedItem, OpOutputError, TaskTimeoutError, WorkerDiedError, WorkerInitializerError,
+                             WorkerPoisonedError)
 
 log = logging.getLogger("wfl_like.progress")
 
@@ -168,12 +169,16 @@ def _settle_item(chunk, future, submit, op_name, retries, timeout, first_error=N
                 error = exc
         else:
             error, first_error = first_error, None
-        if isinstance(error, WorkerDiedError) and attempts < retries:
+        # a dead worker's item, or one whose failure left its worker unusable (and replaced),
+        # may well succeed on a fresh worker
+        if isinstance(error, (WorkerDiedError, WorkerPoisonedError)) and attempts < retries:
             attempts += 1
             log.info("%s: item %d: %s; trying again (%d of %d)", op_name, chunk.first,
                      _one_line(error), attempts, retries)
             future = submit(chunk, timeout)
             continue
+        if isinstance(error, WorkerPoisonedError):
+            error = error.error
         return None, _failure(chunk.first, error, attempts)
 
 

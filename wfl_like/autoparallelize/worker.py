@@ -1,0 +1,168 @@
+"""The loop a pool worker process runs; nothing here runs in the driver.
+
+The protocol over the worker's pipe: the driver sends ``(task_id, fn, args, kwargs)``
+or ``None`` (leave); the worker answers ``(kind, task_id, value, traceback_text,
+replace_me)`` with ``kind`` one of ``"ready"``, ``"init_error"``, ``"ok"``, ``"error"``.
+Every reply names the task it answers, so a reply that is not the worker's current
+task's (a process the operation forked, speaking on the worker's pipe) can be told
+and dropped.
+"""
+
+import ctypes
+import errno
+import os
+import signal
+import sys
+import traceback
+
+from wfl_like.autoparallelize.opcall import item_aborted
+
+# Failures after which a worker is not to be trusted with more work: out of memory, or
+# out of file descriptors (EMFILE for this process, ENFILE for the whole system).
+_POISONING_ERRNOS = (errno.EMFILE, errno.ENFILE)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_main(conn, initializer, initargs, inherited):
+    """Run tasks from ``conn`` until told to leave or the driver is gone.
+
+    Parameters
+    ----------
+    conn : multiprocessing.connection.Connection
+        This worker's end of its pipe.
+    initializer : callable or None
+    initargs : tuple
+    inherited : list
+        Connections and file descriptors of the driver's that a forked worker inherited
+        and must close (its siblings' pipes, the guardian's pipe), or none of them would
+        see end-of-file when the driver dies.
+    """
+    _lead_own_process_group()
+    _die_with_parent()
+    for other in inherited:
+        _close(other)
+    me = os.getpid()
+    # a process the operation forks must not speak on this worker's pipe
+    os.register_at_fork(after_in_child=lambda: _close(conn))
+    # Ctrl-C is the driver's to handle: it stops the workers itself.  A forked worker
+    # also inherits the driver's SIGTERM handler: take the default back, so SIGTERM
+    # sent to this worker's group simply ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        if initializer is not None:
+            try:
+                initializer(*initargs)
+            except BaseException as exc:
+                _send(conn, me, _error_reply("init_error", None, exc))
+                return
+        _send(conn, me, ("ready", None, None, "", False))
+        _serve(conn, me)
+    except (EOFError, OSError):
+        return      # the driver is gone: nobody to work for
+
+
+def _serve(conn, me):
+    while True:
+        _only_in(me)
+        message = conn.recv()
+        if message is None:
+            return
+        task_id, fn, args, kwargs = message
+        try:
+            reply = ("ok", task_id, fn(*args, **kwargs), "", False)
+        except BaseException as exc:
+            reply = _error_reply("error", task_id, _as_item_failure(exc))
+        _send(conn, me, reply)
+
+
+def _only_in(me):
+    """End a process forked by the operation that came back into this loop: it is not the worker."""
+    if os.getpid() != me:
+        os._exit(0)
+
+
+def _as_item_failure(exc):
+    """A BaseException that is not an Exception, raised by the operation, as an Exception.
+
+    A KeyboardInterrupt in a worker is not a Ctrl-C (workers ignore SIGINT): it came
+    from the operation, and must fail its item, not stop the driver.
+    """
+    if isinstance(exc, Exception):
+        return exc
+    error = item_aborted(exc)
+    error.__cause__ = exc
+    return error
+
+
+def poisons_worker(exc):
+    """Whether ``exc``, or an exception in its chain, says its process is out of memory or fds."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError):
+            return True
+        if isinstance(exc, OSError) and exc.errno in _POISONING_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _error_reply(kind, task_id, exc):
+    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return (kind, task_id, exc, tb_text, poisons_worker(exc))
+
+
+def _send(conn, me, reply):
+    _only_in(me)
+    try:
+        conn.send(reply)
+    except (OSError, EOFError):
+        raise
+    except Exception as exc:
+        # the result or the exception does not pickle: send what can be said of it
+        kind, task_id, value, tb_text, replace = reply
+        what = "result" if kind == "ok" else f"exception {value!r}"
+        error = TypeError(f"the operation's {what} could not be sent back from the worker: "
+                          f"{type(exc).__name__}: {exc}")
+        conn.send(("error" if kind == "ok" else kind, task_id, error, tb_text, replace))
+
+
+def _close(thing):
+    try:
+        if isinstance(thing, int):
+            os.close(thing)
+        else:
+            thing.close()
+    except OSError:
+        pass
+
+
+def _lead_own_process_group():
+    """Make this worker the leader of a new session and process group.
+
+    Whatever the operation starts joins that group, so killing the group (timeout,
+    driver gone) ends the operation's programs with their worker.
+    """
+    try:
+        os.setsid()
+    except OSError:
+        pass        # already a group leader (not a process we started): leave it as it is
+
+
+def _die_with_parent():
+    """Have the kernel kill this worker when the driver dies (Linux), even mid-task.
+
+    Without it, a worker busy in a long calculation when the driver is killed (a
+    scheduler's SIGKILL) would run on, orphaned, until its task ends.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:
+        os._exit(1)       # the driver died before prctl took effect
