@@ -47,13 +47,18 @@ for pgid in groups:
 """
 
 
-def kill_process_group(pid):
-    """SIGKILL the process group led by ``pid``, or the process alone when it leads none."""
+def kill_process_group(pid, alone_too=True):
+    """SIGKILL the process group led by ``pid``, or (``alone_too``) the process alone when it
+    leads none.  Leave ``alone_too`` off for a process that may already have been reaped:
+    its pid may belong to another process by now, whereas a group id stays reserved while
+    the group has members."""
     try:
         os.killpg(pid, signal.SIGKILL)
         return
     except ProcessLookupError:
-        pass        # not (yet) a group leader: it may not have called setsid yet
+        if not alone_too:
+            return
+        # not (yet) a group leader: it may not have called setsid yet
     except PermissionError:
         return
     try:

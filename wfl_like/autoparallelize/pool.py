@@ -33,6 +33,9 @@ _LEAVE_TIMEOUT = 5.0
 # 1e10 s) are made of several, as wait() overflows on them.
 _MAX_WAIT = 3600.0
 
+# How often a worker that was asked to leave is looked at while it is waited for.
+_EXIT_POLL = 0.05
+
 
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker, attached as ``__cause__``."""
@@ -96,7 +99,8 @@ class _Worker:
         self.task = None          # the _Task being run
         self.timed_out = False    # killed because its task (or its initializer) ran past its deadline
         self.items_run = 0
-        self.init_deadline = None if initializer_timeout is None else time.monotonic() + initializer_timeout
+        self.initializer_timeout = initializer_timeout
+        self.init_deadline = None     # set when the worker says its initializer starts
 
     @property
     def sentinel(self):
@@ -380,11 +384,23 @@ class WorkerPool(Executor):
         worker = next((w for w in self._workers if ready is w.conn or ready is w.sentinel), None)
         if worker is None:
             return      # already handled: its pipe and its sentinel were both ready
-        if ready is worker.conn:
+        # what a worker sent before it ended counts (its initializer's error, say), even
+        # when its sentinel is seen first
+        open_ = self._read_messages(worker)
+        if ready is worker.conn and open_:
+            return
+        if worker in self._workers:
+            self._handle_death(worker)
+
+    def _read_messages(self, worker):
+        """Handle every message waiting on a worker's pipe; False once the pipe is closed."""
+        while worker in self._workers:
             try:
+                if not worker.conn.poll():
+                    return True
                 message = worker.conn.recv()
             except (EOFError, OSError):
-                message = None
+                return False
             except Exception as exc:
                 # The reply arrived whole but does not unpickle here (e.g. an exception class
                 # whose __init__ takes other arguments): fail that task only, not the pool.
@@ -392,14 +408,15 @@ class WorkerPool(Executor):
                 error.__cause__ = exc
                 task_id = worker.task.id if worker.task is not None else None
                 message = ("error" if worker.ready else "init_error", task_id, error, "", False)
-            if message is not None:
-                self._handle_message(worker, message)
-                return
-        self._handle_death(worker)
+            self._handle_message(worker, message)
+        return True     # retired meanwhile: what follows is not read
 
     def _handle_message(self, worker, message):
         kind, task_id, value, tb_text, replace = message
-        if kind == "ready":
+        if kind == "initializing":
+            if worker.initializer_timeout is not None:
+                worker.init_deadline = time.monotonic() + worker.initializer_timeout
+        elif kind == "ready":
             worker.ready = True
         elif kind == "init_error":
             self._break(_with_remote_cause(
@@ -456,12 +473,12 @@ class WorkerPool(Executor):
     def _reap(self, worker, grace=_LEAVE_TIMEOUT):
         """Wait for a worker to end (killing it after ``grace`` seconds), kill what is left of
         its process group, and reap it; its ``(exitcode, pid)``."""
-        # waiting on the sentinel does not reap the worker, and while it is unreaped its pid
-        # (the group's id) cannot be reused: the group kill cannot hit another process
-        if not wait([worker.sentinel], timeout=grace):
+        # waiting does not reap the worker, and while it is unreaped its pid (the group's id)
+        # cannot be reused: the group kill cannot hit another process
+        if not _wait_for_exit(worker, grace):
             # its pipe closed but the process lingers (threads of its own), or it does not leave
             kill_process_group(worker.pid)
-        kill_process_group(worker.pid)       # what the operation started and left running
+        kill_process_group(worker.pid, alone_too=False)      # what the operation started and left running
         worker.process.join()
         worker.conn.close()
         self._guardian.forget(worker.pid)
@@ -490,6 +507,31 @@ class WorkerPool(Executor):
             # one still in its initializer reads nothing yet: it is not waited for
             grace = max(0.0, deadline - time.monotonic()) if worker.ready else 0.0
             self._reap(worker, grace=grace)
+
+
+def _wait_for_exit(worker, timeout):
+    """Whether the worker ended within ``timeout`` seconds; it is left unreaped.
+
+    Its sentinel alone does not say: a process the operation forked inherits the
+    sentinel's write end, and keeps it from being ready while it lingers.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if _has_exited(worker.pid):
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        wait([worker.sentinel], timeout=min(_EXIT_POLL, remaining))
+
+
+def _has_exited(pid):
+    if not hasattr(os, "waitid"):
+        return False        # only the sentinel can tell
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True         # already reaped (multiprocessing reaps ended children when it starts one)
 
 
 def _time_to_next_deadline(workers):

@@ -2,7 +2,8 @@
 
 The protocol over the worker's pipe: the driver sends ``(task_id, fn, args, kwargs)``
 or ``None`` (leave); the worker answers ``(kind, task_id, value, traceback_text,
-replace_me)`` with ``kind`` one of ``"ready"``, ``"init_error"``, ``"ok"``, ``"error"``.
+replace_me)`` with ``kind`` one of ``"initializing"``, ``"ready"``, ``"init_error"``,
+``"ok"``, ``"error"``.
 Every reply names the task it answers, so a reply that is not the worker's current
 task's (a process the operation forked, speaking on the worker's pipe) can be told
 and dropped.
@@ -51,6 +52,8 @@ def worker_main(conn, initializer, initargs, inherited):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
+        # the initializer's time limit starts now, not while the interpreter was starting
+        _send(conn, me, ("initializing", None, None, "", False))
         if initializer is not None:
             try:
                 initializer(*initargs)
