@@ -9,6 +9,8 @@ memory; more workers asked for than there are chunks.
 
 import collections
 import ctypes
+import gc
+import multiprocessing
 import os
 import resource
 import signal
@@ -18,14 +20,15 @@ import textwrap
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-import multiprocessing
+from multiprocessing.connection import Connection
 
 import pytest
 from ase import Atoms
 
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
-from wfl_like.errors import AutoparallelizeError, FailedItemsWarning, WorkerInitializerError
+from wfl_like.autoparallelize.pool import WorkerPool
+from wfl_like.errors import FailedItemsWarning, WorkerInitializerError
 from helpers import driver_env, end_process_group, is_running, wait_for
 
 # Every wait on another process: generous, for a loaded machine; a passing run never waits that long.
@@ -102,6 +105,19 @@ def test_child_forked_by_the_op_does_not_misattribute_outputs_or_hang(tmp_path, 
             assert gone_within_deadline(int(name.split("-")[1]))
 
 
+def speak_on_the_workers_pipe():
+    """Send a reply for another task on this worker's own pipe, as a stray process could."""
+    [conn] = [o for o in gc.get_objects() if isinstance(o, Connection) and not o.closed]
+    conn.send(("ok", -1, "a stray reply", "", False))
+    return "the task's own result"
+
+
+def test_reply_that_does_not_answer_the_running_task_is_dropped():
+    with WorkerPool(1) as pool:
+        assert [pool.submit(speak_on_the_workers_pipe).result(timeout=DEADLINE) for _ in range(3)] == \
+            ["the task's own result"] * 3
+
+
 # --- point 8: programs the op starts die with their worker and with the driver ---------
 
 
@@ -129,6 +145,7 @@ DRIVER = textwrap.dedent("""
     from ase import Atoms
     from wfl_like import ConfigSet, OutputSpec
     from wfl_like.autoparallelize import autoparallelize
+from wfl_like.autoparallelize.pool import WorkerPool
     from wfl_like.stopping import stop_on_signals
     sys.path.insert(0, {tests!r})
     from test_trust_processes import start_sleep_and_block
@@ -332,3 +349,4 @@ def test_no_more_workers_start_than_there_are_chunks(tmp_path, monkeypatch):
                                  autopara_info={"initializer": (record_worker, (str(tmp_path),))})
     assert indices(result) == [0, 1, 2]
     assert 1 <= len(os.listdir(tmp_path)) <= 3
+

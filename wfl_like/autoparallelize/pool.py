@@ -214,7 +214,15 @@ class WorkerPool(Executor):
                 idle = sum(1 for w in self._workers if w.task is None)
                 wanted = min(wanted, len(self._queue) - idle)
         for _ in range(wanted):
-            worker = self._start_worker()
+            try:
+                worker = self._start_worker()
+            except OSError as exc:
+                if not self._workers:
+                    raise
+                # the system refuses more processes (a limit on processes or memory): carry on with these
+                log.warning("could not start another worker process (%s); going on with %d", exc, len(self._workers))
+                self._max_workers = len(self._workers)
+                return
             with self._lock:
                 cancelled = self._cancelled
                 if not cancelled:
