@@ -7,8 +7,10 @@ module follows what a function can reach, by reading its bytecode:
 
 - a global name it loads counts by the value it has now (so a constant computed at run
   time from ``sys.argv`` or an environment variable counts too), except a name the code
-  itself writes (``global x; x = ...``, ``x[key] = ...``, ``x.append(...)``): that is the
-  code's own state (a memo, a built object), not something it is given;
+  itself changes (``global x; x = ...``, ``x[key] = ...``, ``x.attr = ...``,
+  ``x.append(...)``): its value is then the code's own state (a memo, an object built
+  once) and says what ran before in this process, so it counts by the source file of
+  its module instead, where its first value is written;
 - functions and classes of *local* modules (neither the standard library nor installed
   in a site-packages directory) count by their code, transitively; a class by its bases,
   the code of its methods and its class attributes;
@@ -157,8 +159,11 @@ def installed_version(module_name):
 
 
 def source_digest(module_name):
-    """A hash of a module's source file ("" when it has none, e.g. an interactive ``__main__``)."""
-    location = _module_file(module_name)
+    """A hash of a module's source file ("" when it has none, e.g. an interactive ``__main__``).
+
+    Not cached: a module rewritten and reloaded in this process counts by its new text.
+    """
+    location = _module_file(module_name) if module_name else None
     if location is None or not Path(location).is_file():
         return ""
     return hashlib.blake2b(Path(location).read_bytes(), digest_size=20).hexdigest()
@@ -200,45 +205,89 @@ def code_reads(code):
 
 def _scan(code, chains, written, imported):
     instructions = list(dis.get_instructions(code))
-    position = 0
-    while position < len(instructions):
-        instruction = instructions[position]
-        if instruction.opname in _GLOBAL_LOADS:
-            position = _read_chain(instructions, position, chains, written)
-            continue
-        if instruction.opname in _GLOBAL_WRITES:
+    for index, instruction in enumerate(instructions):
+        name = instruction.opname
+        if name in _GLOBAL_LOADS:
+            chains.add(_chain_from(instructions, index))
+        elif name in _GLOBAL_WRITES:
             written.add(instruction.argval)
-        elif instruction.opname == "IMPORT_NAME":
-            level = instructions[position - 2].argval if position >= 2 else 0
+        elif name == "IMPORT_NAME":
+            level = instructions[index - 2].argval if index >= 2 else 0
             imported.add((instruction.argval, level if isinstance(level, int) else 0))
-        position += 1
+        target = _changed_operand(instruction)
+        if target is not None:
+            root = _root_global(instructions, index, target)
+            if root is not None:
+                written.add(root)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             _scan(const, chains, written, imported)
 
 
-def _read_chain(instructions, position, chains, written):
-    """Record the chain that starts at ``position`` (a global load); the position after it."""
-    chain = [instructions[position].argval]
-    position += 1
-    while position < len(instructions) and instructions[position].opname in _ATTRIBUTE_LOADS:
-        chain.append(instructions[position].argval)
-        position += 1
-    if _writes_into(instructions, position, chain):
-        written.add(chain[0])
-    chains.add(tuple(chain))
-    return position
+def _chain_from(instructions, index):
+    """The ``name.attr.attr`` chain loaded from ``index`` (a global load) on."""
+    chain = [instructions[index].argval]
+    for instruction in instructions[index + 1:]:
+        if instruction.opname not in _ATTRIBUTE_LOADS:
+            break
+        chain.append(instruction.argval)
+    return tuple(chain)
 
 
-def _writes_into(instructions, position, chain):
-    """Whether the object a chain loaded is changed at once: ``x.a = v``, ``x[k] = v``
-    (a key of one instruction), ``x.append(v)``."""
-    if len(chain) > 1 and chain[-1] in _MUTATORS:
-        return True
-    following = [instruction.opname for instruction in instructions[position:position + 2]]
-    if following[:1] and following[0] in _ATTRIBUTE_WRITES:
-        return True
-    return len(following) == 2 and following[1] in _ITEM_WRITES
+def _changed_operand(instruction):
+    """Which stack slot (0: the top) holds the object an instruction changes, or None:
+    ``x[k] = v``, ``del x[k]``, ``x.a = v``, ``del x.a``, and ``x.append`` (a mutator)."""
+    if instruction.opname in _ITEM_WRITES:
+        return 1
+    if instruction.opname in _ATTRIBUTE_WRITES:
+        return 0
+    if instruction.opname in _ATTRIBUTE_LOADS and instruction.argval in _MUTATORS:
+        return 0
+    return None
+
+
+def _root_global(instructions, index, position):
+    """The global name whose object (or an item or attribute of it) sits in stack slot
+    ``position`` just before ``instructions[index]``, or None (a local, a call's result,
+    or code too involved to follow: then the value keeps counting, the safe side)."""
+    for instruction in reversed(instructions[:index]):
+        if instruction.is_jump_target or instruction.opcode in _JUMPS:
+            return None
+        name = instruction.opname
+        if name == "SWAP":
+            depth = instruction.arg - 1
+            position = depth if position == 0 else 0 if position == depth else position
+            continue
+        if name == "COPY" and position == 0:
+            position = instruction.arg - 1
+            continue
+        effect = dis.stack_effect(instruction.opcode, instruction.arg)
+        pushes = _pushes(instruction)
+        if position < pushes:
+            if position != 0:
+                return None
+            if name in _GLOBAL_LOADS:
+                return instruction.argval
+            if name in _ATTRIBUTE_LOADS:
+                continue             # its object was on top just before it
+            if name == "BINARY_SUBSCR":
+                position = 1         # its container was below the key
+                continue
+            return None
+        position -= effect
+    return None
+
+
+def _pushes(instruction):
+    if instruction.opname in _NO_PUSH or instruction.opname.startswith(("STORE_", "DELETE_", "POP_")):
+        return 0
+    if instruction.opname == "LOAD_METHOD" or (instruction.opname == "LOAD_GLOBAL" and instruction.arg & 1):
+        return 2
+    return 1
+
+
+_JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
+_NO_PUSH = frozenset({"PRECALL", "KW_NAMES", "NOP", "RESUME", "EXTENDED_ARG", "CACHE", "RETURN_VALUE"})
 
 
 # --- functions and classes -----------------------------------------------------------------
@@ -327,7 +376,10 @@ def _feed_reads(feed, hasher, code, namespace, qualname, seen):
         _feed_text(hasher, ".".join(chain))
         step = f" (global {'.'.join(chain)} read by {qualname})"
         if chain[0] in written:
-            _feed_text(hasher, "<its own state>")
+            # the code's own state (a memo, an object built once): its current value says
+            # what ran before in this process; its first value is in the module's text
+            _feed_text(hasher, f"<state of {namespace.get('__name__')}>")
+            _feed_text(hasher, source_digest(namespace.get("__name__")))
             continue
         feed_step(lambda h, v, s: _feed_chain(feed, h, chain, v, s), hasher, namespace, seen, step)
     for name, level in sorted(imported):

@@ -78,8 +78,10 @@ def _call_parts(op, args, kwargs, iterable_arg):
     yield "the operation (its code, or a module-level value its code reads)", op
     yield "the number of arguments", [len(args), sorted(kwargs)]
     for position, value in enumerate(args):
-        named = f" ({names[position]!r})" if names and position < len(names) else ""
-        yield f"positional argument {position}{named} after the items", value
+        if names and position < len(names):
+            yield f"argument {names[position]!r} (args[{position}], given by position)", value
+        else:
+            yield f"positional argument args[{position}]", value
     for name in sorted(kwargs):
         yield f"keyword argument {name!r}", kwargs[name]
 
