@@ -361,13 +361,24 @@ def test_an_argument_holding_a_lock_fails_before_any_work_naming_it_and_what_to_
 _GLOBAL_LOCK = threading.Lock()
 
 
-def op_reading_a_global_lock(atoms_list):
+def op_reading_a_global_lock(atoms_list, markers):
     with _GLOBAL_LOCK:
+        for atoms in atoms_list:
+            mark(markers, atoms.info["label"])
         return atoms_list
 
 
-def test_a_module_level_lock_the_op_reads_is_named_not_ignored():
-    with pytest.raises(TypeError) as raised:
-        fingerprint_call(op_reading_a_global_lock, (), {})
-    message = str(raised.value)
-    assert "the operation" in message and "_GLOBAL_LOCK" in message and "cache=False" in message
+def nesting_op(atoms_list, markers):
+    """Calls an autoparallelized operation itself (the engine's own module-level locks are reached)."""
+    return autoparallelize(memo_op, atoms_list, None, markers, autopara_info=para())
+
+
+@pytest.mark.parametrize("op", [op_reading_a_global_lock, nesting_op])
+def test_a_module_level_lock_the_op_reaches_counts_by_its_module_source(tmp_path, markers, op):
+    inputs, out = tmp_path / "in.xyz", tmp_path / "out.xyz"
+    ase.io.write(inputs, [Atoms("Cu", positions=[[0, 0, i]], info={"label": i}) for i in range(N_ITEMS)])
+    out.write_text("")
+    for _ in range(2):
+        out.unlink()      # no whole-run shortcut: every item is looked up by its key
+        autoparallelize(op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=para())
+    assert sum(computed(markers).values()) == N_ITEMS

@@ -18,6 +18,9 @@ module follows what a function can reach, by reading its bytecode:
   reached counts, not the whole module (editing an unrelated line of a driver script
   leaves its operations' keys alone); a local module used as a whole (passed around,
   imported inside a function) counts by its source file;
+- a global with no content to hash (a module-level lock, an open file) counts by the
+  source file of its module, where it is made (arguments with no content are an error:
+  they differ from call to call, code's globals come from its text);
 - installed packages count by their distribution's version, the standard library and
   builtins by name.
 
@@ -31,11 +34,14 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import logging
 import site
 import sys
 import sysconfig
 import types
 from pathlib import Path
+
+log = logging.getLogger("wfl_like.cache")
 
 LOCAL, INSTALLED, STDLIB = "local", "installed", "stdlib"
 
@@ -381,9 +387,25 @@ def _feed_reads(feed, hasher, code, namespace, qualname, seen):
             _feed_text(hasher, f"<state of {namespace.get('__name__')}>")
             _feed_text(hasher, source_digest(namespace.get("__name__")))
             continue
-        feed_step(lambda h, v, s: _feed_chain(feed, h, chain, v, s), hasher, namespace, seen, step)
+        feed_step(lambda h, v, s: _feed_global(feed, h, chain, v, s), hasher, namespace, seen, step)
     for name, level in sorted(imported):
         _feed_imported(hasher, name, level, namespace)
+
+
+def _feed_global(feed, hasher, chain, namespace, seen):
+    """A global the code reads, by value; one with no content to hash (a module-level lock,
+    an open file) by the source file of its module, where it is made."""
+    by_value = hashlib.blake2b(digest_size=20)
+    try:
+        _feed_chain(feed, by_value, chain, namespace, seen)
+    except Unfingerprintable as error:
+        module = namespace.get("__name__")
+        log.debug("%s.%s (a %s) has no content to hash; it counts by the source of %s",
+                  module, ".".join(chain), error.type_name, module)
+        _feed_text(hasher, f"<no content, made in {module}>")
+        _feed_text(hasher, source_digest(module))
+        return
+    hasher.update(by_value.digest())
 
 
 def _feed_chain(feed, hasher, chain, namespace, seen):

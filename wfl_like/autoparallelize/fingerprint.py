@@ -7,6 +7,7 @@ here with type tags, dict keys and set members sorted, arrays by dtype, shape an
 What code counts by is :mod:`wfl_like.autoparallelize.code_identity`'s.
 """
 
+import copyreg
 import functools
 import hashlib
 import inspect
@@ -342,7 +343,9 @@ def _feed_object_content(hasher, obj, seen):
         # a callable wrapping a function (functools.lru_cache, wraps): the function counts
         feed_step(_feed, hasher, wrapped, seen, ".__wrapped__")
     try:
-        reduced = obj.__reduce_ex__(4)
+        # as pickle does: a reducer registered for the type (copyreg) first
+        reducer = copyreg.dispatch_table.get(type(obj))
+        reduced = reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
     except Exception as error:
         raise Unfingerprintable(obj, f"{type(error).__name__}: {error}") from error
     if isinstance(reduced, str):
