@@ -7,7 +7,6 @@ driver process, as a user edits and reruns a script.
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -382,3 +381,21 @@ def test_a_module_level_lock_the_op_reaches_counts_by_its_module_source(tmp_path
         out.unlink()      # no whole-run shortcut: every item is looked up by its key
         autoparallelize(op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=para())
     assert sum(computed(markers).values()) == N_ITEMS
+
+
+class LockedOp:
+    """An operation object that holds a lock beside its settings."""
+
+    def __init__(self):
+        self.scale = 2.0
+        self.lock = threading.RLock()
+
+    def __call__(self, atoms_list):
+        return atoms_list
+
+
+def test_an_operation_object_holding_a_lock_is_named_as_the_operation():
+    with pytest.raises(TypeError) as raised:
+        fingerprint_call(LockedOp(), (), {})
+    message = str(raised.value)
+    assert "the operation" in message and "at .lock" in message and f"{__name__}.LockedOp" in message

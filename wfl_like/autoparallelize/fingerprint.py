@@ -8,6 +8,7 @@ What code counts by is :mod:`wfl_like.autoparallelize.code_identity`'s.
 """
 
 import copyreg
+import errno
 import functools
 import hashlib
 import inspect
@@ -148,8 +149,8 @@ def _with_file_contents(value):
     if isinstance(value, PurePath):
         return _FileContents(_contents_digest(Path(value)))
     if isinstance(value, (list, tuple)):
-        return type(value)(_with_file_contents(item) for item in value) if type(value) in (list, tuple) \
-            else [_with_file_contents(item) for item in value]
+        converted = [_with_file_contents(item) for item in value]
+        return tuple(converted) if isinstance(value, tuple) else converted
     if isinstance(value, dict):
         return {key: _with_file_contents(item) for key, item in value.items()}
     return value
@@ -161,8 +162,8 @@ def _contents_digest(path):
     if path.is_dir():
         files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
         return _digest([[name, _file_digest(p)] for name, p in files])
-    raise FileNotFoundError(2, f"cache_extra names {str(path)!r}, which does not exist (give the file or "
-                               f"directory the outputs depend on)", str(path))
+    raise FileNotFoundError(errno.ENOENT, "cache_extra names a path that does not exist (give the file or "
+                                          "directory that the outputs depend on)", str(path.absolute()))
 
 
 def _file_digest(path):
