@@ -98,7 +98,7 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
                      name, [str(p) for p in outputs.paths])
             return outputs.to_ConfigSet()
         return _execute(call, inputs, outputs, info, rng, cache=None)
-    cache = RunCache(journal, call, info.skip_failed)
+    cache = RunCache(journal, call, info.skip_failed, cache_extra=info.cache_extra)
     try:
         fingerprint_of_inputs = inputs_fingerprint(inputs)
         finished = _reuse_finished(cache, fingerprint_of_inputs, outputs, name)

@@ -10,7 +10,7 @@ import hashlib
 import logging
 from pathlib import Path
 
-from wfl_like.autoparallelize.fingerprint import describe, fingerprint
+from wfl_like.autoparallelize.fingerprint import describe, fingerprint, fingerprint_call, fingerprint_extra
 from wfl_like.autoparallelize.journal import Journal, journal_path
 from wfl_like.configset import ConfigSet
 
@@ -50,15 +50,20 @@ class RunCache:
         The operation and its arguments.
     skip_failed : bool
         Part of the call: it decides what a ``None`` output means.
+    cache_extra : object, optional
+        ``AutoparaInfo(cache_extra=...)``, folded into the key of every item.
     """
 
-    def __init__(self, path, call, skip_failed):
+    def __init__(self, path, call, skip_failed, cache_extra=None):
+        # first, so that an argument with no content to hash, or a missing cache_extra
+        # file, fails before the journal is opened or anything is computed
+        self.call_key = fingerprint(CACHE_FORMAT, fingerprint_call(call.op, call.args, call.kwargs, call.iterable_arg),
+                                    call.iterable_arg, call.per_item_info, call.inherited_item_info, skip_failed,
+                                    fingerprint_extra(cache_extra))
         self.journal = Journal(path)
         # a journal that records no run (e.g. created by a call that found foreign outputs
         # and reused them) vouches for nothing: it counts as none
         self.existed = self.journal.meta("call_key") is not None
-        self.call_key = fingerprint(CACHE_FORMAT, call.op, call.args, call.kwargs, call.iterable_arg,
-                                    call.per_item_info, call.inherited_item_info, skip_failed)
         self.description = {"op": call.name, "args": [describe(a) for a in call.args],
                             "kwargs": {k: describe(v) for k, v in call.kwargs.items()}}
         self._keys_by_index = call.per_item_info   # an op told its item index depends on it

@@ -1,24 +1,27 @@
 """Content hashes that are the same in every process, run and Python hash seed.
 
-Used as cache keys: an item's output is reused only if the operation (its code), its
-arguments, the item's content and its random stream are what they were.  ``pickle`` is
-not canonical (dict and set order, memo ids), so values are encoded here with type tags,
-dict keys and set members sorted, arrays by dtype, shape and bytes.
+Used as cache keys: an item's output is reused only if the operation (its code and what
+that code reads), its arguments, the item's content and its random stream are what they
+were.  ``pickle`` is not canonical (dict and set order, memo ids), so values are encoded
+here with type tags, dict keys and set members sorted, arrays by dtype, shape and bytes.
+What code counts by is :mod:`wfl_like.autoparallelize.code_identity`'s.
 """
 
+import copyreg
+import errno
 import functools
 import hashlib
-import importlib
+import inspect
 import math
-import pickle
 import struct
-import sys
 import types
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 import numpy as np
 from ase import Atoms
 
+from wfl_like.autoparallelize import code_identity
+from wfl_like.autoparallelize.code_identity import Unfingerprintable, feed_step
 from wfl_like.configset import ConfigSet
 from wfl_like.locations import LOC_KEY
 
@@ -26,10 +29,154 @@ from wfl_like.locations import LOC_KEY
 def fingerprint(*values):
     """Hex digest of the canonical encoding of ``values``.
 
-    Structures are hashed by content (numbers, positions, cell, pbc, info, arrays,
-    constraints) without their location, functions by name and code, classes by name
-    and package version, ASE calculators by class and parameters.
+    Structures are hashed by everything they carry (their location aside), functions and
+    classes by what :mod:`~wfl_like.autoparallelize.code_identity` says they reach, ASE
+    calculators given as values by class and parameters, other objects by what pickle
+    would rebuild them from.
+
+    Raises
+    ------
+    TypeError
+        A value has no content to hash (a lock, an open file); the message says where.
     """
+    try:
+        return _digest(*values)
+    except Unfingerprintable as error:
+        where = f" at value{error.where()}" if error.path else ""
+        raise TypeError(f"cannot fingerprint a {error.type_name}{where}: {error.reason}") from error
+
+
+def fingerprint_call(op, args, kwargs, iterable_arg=0):
+    """Hex digest of an operation and its fixed arguments: the part of a call's cache key
+    that is the same for every item, computed once per call.
+
+    Parameters
+    ----------
+    op : callable
+    args : tuple
+        The operation's arguments besides the items.
+    kwargs : dict
+    iterable_arg : int or str, default 0
+        Where the items go, to name the other arguments in errors.
+
+    Raises
+    ------
+    TypeError
+        An argument, or something the operation's code reads, has no content to hash;
+        the message names it and says what to do.
+    """
+    hasher = hashlib.blake2b(digest_size=20)
+    seen = set()
+    for role, value in _call_parts(op, args, kwargs, iterable_arg):
+        try:
+            _feed(hasher, value, seen)
+        except Unfingerprintable as error:
+            raise TypeError(_unfingerprintable_message(op, role, error)) from error
+    return hasher.hexdigest()
+
+
+def _call_parts(op, args, kwargs, iterable_arg):
+    names = _positional_names(op, len(args), iterable_arg)
+    yield "the operation (its code, or a module-level value its code reads)", op
+    yield "the number of arguments", [len(args), sorted(kwargs)]
+    for position, value in enumerate(args):
+        if names and position < len(names):
+            yield f"argument {names[position]!r} (args[{position}], given by position)", value
+        else:
+            yield f"positional argument args[{position}]", value
+    for name in sorted(kwargs):
+        yield f"keyword argument {name!r}", kwargs[name]
+
+
+def _positional_names(op, n_args, iterable_arg):
+    try:
+        parameters = list(inspect.signature(op).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if isinstance(iterable_arg, int) and iterable_arg < len(positional):
+        del positional[iterable_arg]
+    elif isinstance(iterable_arg, str) and iterable_arg in positional:
+        positional.remove(iterable_arg)
+    return positional[:n_args]
+
+
+def _unfingerprintable_message(op, role, error):
+    op_name = f"{getattr(op, '__module__', None)}.{getattr(op, '__qualname__', repr(op))}"
+    where = f", at {error.where().strip()}," if error.path else ""
+    what = (f"cannot compute the cache key of {op_name}: {role}{where} holds a {error.type_name}, which has no "
+            f"content to hash ({error.reason}); its identity would not survive a rerun, so it cannot be used instead.")
+    if error.holder is not None:
+        remedy = (f" Define __getstate__ on {error.holder.__module__}.{error.holder.__qualname__} returning "
+                  f"what defines the object (its settings, not its locks, files or caches)")
+    else:
+        remedy = " Keep such an object out of the arguments and of what the operation reads at module level"
+    return what + remedy + ", or pass AutoparaInfo(cache=False) to run this call without a journal."
+
+
+def fingerprint_extra(value):
+    """Hex digest of ``AutoparaInfo(cache_extra=...)``: what the outputs depend on that the
+    journal cannot see by itself.
+
+    Parameters
+    ----------
+    value : object
+        Values count by content as usual; :class:`pathlib.Path` objects by the bytes of
+        the file, or of every file under the directory (relative names and contents),
+        they name; lists, tuples and dicts of such things too.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path given does not exist (checked before any work).
+    """
+    return fingerprint(_with_file_contents(value))
+
+
+class _FileContents:
+    """What a path in ``cache_extra`` stands for: the hash of the bytes under it."""
+
+    __slots__ = ("digest",)
+
+    def __init__(self, digest):
+        self.digest = digest
+
+    def __reduce__(self):
+        return (_FileContents, (self.digest,))
+
+
+def _with_file_contents(value):
+    if isinstance(value, PurePath):
+        return _FileContents(_contents_digest(Path(value)))
+    if isinstance(value, (list, tuple)):
+        converted = [_with_file_contents(item) for item in value]
+        return tuple(converted) if isinstance(value, tuple) else converted
+    if isinstance(value, dict):
+        return {key: _with_file_contents(item) for key, item in value.items()}
+    return value
+
+
+def _contents_digest(path):
+    if path.is_file():
+        return _file_digest(path)
+    if path.is_dir():
+        files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+        return _digest([[name, _file_digest(p)] for name, p in files])
+    raise FileNotFoundError(errno.ENOENT, "cache_extra names a path that does not exist (give the file or "
+                                          "directory that the outputs depend on)", str(path.absolute()))
+
+
+def _file_digest(path):
+    digest = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- the encoding ------------------------------------------------------------------------------
+
+def _digest(*values):
     hasher = hashlib.blake2b(digest_size=20)
     for value in values:
         _feed(hasher, value, set())
@@ -38,98 +185,9 @@ def fingerprint(*values):
 
 def _feed(hasher, value, seen):
     """Write a type-tagged, canonical encoding of ``value`` into ``hasher``."""
-    tag = _tag_of(value)
+    tag, feeder = _encoder_for(type(value))
     hasher.update(tag)
-    if tag == b"N":
-        return
-    if tag in (b"b", b"i"):
-        hasher.update(str(int(value)).encode())
-    elif tag == b"f":
-        # repr round-trips exactly; nan and -0.0 keep their identity
-        hasher.update(repr(float(value)).encode() if not math.isnan(value) else b"nan")
-    elif tag == b"c":
-        hasher.update(repr(complex(value)).encode())
-    elif tag == b"s":
-        _feed_bytes(hasher, value.encode("utf-8", "surrogatepass"))
-    elif tag == b"y":
-        _feed_bytes(hasher, bytes(value))
-    elif tag in (b"l", b"t"):
-        hasher.update(struct.pack("<q", len(value)))
-        for item in value:
-            _feed(hasher, item, seen)
-    elif tag == b"d":
-        _feed_mapping(hasher, value, seen)
-    elif tag == b"S":
-        members = sorted(fingerprint(member) for member in value)
-        _feed(hasher, members, seen)
-    elif tag == b"a":
-        _feed_array(hasher, value)
-    elif tag == b"A":
-        _feed_atoms(hasher, value, seen)
-    elif tag == b"F":
-        _feed_function(hasher, value, seen)
-    elif tag == b"C":
-        _feed_class(hasher, value)
-    elif tag == b"M":
-        _feed_bytes(hasher, value.__name__.encode())
-    elif tag == b"R":
-        _feed_generator(hasher, value, seen)
-    elif tag == b"P":
-        # by its text: a path's instance state holds caches (its str, its hash, which
-        # depends on the hash seed) that come and go with use
-        _feed_bytes(hasher, f"{type(value).__name__}:{value}".encode("utf-8", "surrogateescape"))
-    elif tag == b"p":
-        # the function it wraps by its code, as a plain function (its pickle names it only)
-        _feed(hasher, [value.func, value.args, value.keywords], seen)
-    elif tag == b"G":
-        # a group from ConfigSet.groups(): its structures and where they sit in it
-        _feed(hasher, [[list(loc), atoms] for loc, atoms in value._located()], seen)
-    else:
-        _feed_object(hasher, value, seen)
-
-
-def _tag_of(value):
-    if value is None:
-        return b"N"
-    if isinstance(value, (bool, np.bool_)):
-        return b"b"
-    if isinstance(value, (int, np.integer)):
-        return b"i"
-    if isinstance(value, (float, np.floating)):
-        return b"f"
-    if isinstance(value, (complex, np.complexfloating)):
-        return b"c"
-    if isinstance(value, str):
-        return b"s"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return b"y"
-    if isinstance(value, list):
-        return b"l"
-    if isinstance(value, tuple):
-        return b"t"
-    if isinstance(value, dict):
-        return b"d"
-    if isinstance(value, (set, frozenset)):
-        return b"S"
-    if isinstance(value, np.ndarray):
-        return b"a"
-    if isinstance(value, Atoms):
-        return b"A"
-    if isinstance(value, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
-        return b"F"
-    if isinstance(value, type):
-        return b"C"
-    if isinstance(value, types.ModuleType):
-        return b"M"
-    if isinstance(value, np.random.Generator):
-        return b"R"
-    if isinstance(value, ConfigSet):
-        return b"G"
-    if isinstance(value, PurePath):
-        return b"P"
-    if isinstance(value, functools.partial):
-        return b"p"
-    return b"o"
+    feeder(hasher, value, seen)
 
 
 def _feed_bytes(hasher, data):
@@ -137,15 +195,53 @@ def _feed_bytes(hasher, data):
     hasher.update(data)
 
 
-def _feed_mapping(hasher, mapping, seen):
-    keys = sorted(mapping, key=lambda key: fingerprint(key))
+def _feed_nothing(hasher, value, seen):
+    pass
+
+
+def _feed_int(hasher, value, seen):
+    hasher.update(str(int(value)).encode())
+
+
+def _feed_float(hasher, value, seen):
+    # repr round-trips exactly; nan and -0.0 keep their identity
+    hasher.update(repr(float(value)).encode() if not math.isnan(value) else b"nan")
+
+
+def _feed_complex(hasher, value, seen):
+    hasher.update(repr(complex(value)).encode())
+
+
+def _feed_str(hasher, value, seen=None):
+    _feed_bytes(hasher, value.encode("utf-8", "surrogatepass"))
+
+
+def _feed_raw(hasher, value, seen):
+    _feed_bytes(hasher, bytes(value))
+
+
+def _feed_sequence(hasher, value, seen):
+    hasher.update(struct.pack("<q", len(value)))
+    for position, item in enumerate(value):
+        feed_step(_feed, hasher, item, seen, f"[{position}]")
+
+
+def _feed_mapping(hasher, mapping, seen, attributes=False):
+    """A mapping, keys sorted by their own fingerprint; ``attributes``: it is an object's
+    state, so an error names ``.key`` rather than ``[key]``."""
+    keys = sorted(mapping, key=lambda key: _digest(key))
     hasher.update(struct.pack("<q", len(keys)))
     for key in keys:
         _feed(hasher, key, seen)
-        _feed(hasher, mapping[key], seen)
+        step = f".{key}" if attributes and isinstance(key, str) else f"[{key!r}]"
+        feed_step(_feed, hasher, mapping[key], seen, step)
 
 
-def _feed_array(hasher, array):
+def _feed_set(hasher, value, seen):
+    _feed(hasher, sorted(_digest(member) for member in value), seen)
+
+
+def _feed_array(hasher, array, seen=None):
     if array.dtype == object:
         _feed(hasher, array.tolist(), set())
         return
@@ -156,104 +252,157 @@ def _feed_array(hasher, array):
 
 
 def _feed_atoms(hasher, atoms, seen):
+    """Everything a structure carries but its location: its class, numbers, positions, cell,
+    cell displacement, pbc, info, arrays, constraints and attached calculator (results
+    read from a file, such as reference energies and forces, included)."""
+    _feed_str(hasher, f"{type(atoms).__module__}.{type(atoms).__qualname__}")
     _feed_array(hasher, atoms.numbers)
     _feed_array(hasher, atoms.positions)
     _feed_array(hasher, np.asarray(atoms.cell))
+    _feed_array(hasher, np.asarray(atoms.get_celldisp()))
     _feed_array(hasher, atoms.pbc)
-    _feed_mapping(hasher, {k: v for k, v in atoms.info.items() if k != LOC_KEY}, seen)
-    _feed_mapping(hasher, {k: v for k, v in atoms.arrays.items() if k not in ("numbers", "positions")}, seen)
-    _feed(hasher, [repr(constraint.todict()) for constraint in atoms.constraints], seen)
+    info = {k: v for k, v in atoms.info.items() if k != LOC_KEY}
+    feed_step(_feed_mapping, hasher, info, seen, ".info")
+    arrays = {k: v for k, v in atoms.arrays.items() if k not in ("numbers", "positions")}
+    feed_step(_feed_mapping, hasher, arrays, seen, ".arrays")
+    constraints = [c.todict() if hasattr(c, "todict") else c for c in atoms.constraints]
+    feed_step(_feed, hasher, constraints, seen, ".constraints")
+    feed_step(_feed_attached_calculator, hasher, atoms.calc, seen, ".calc")
+
+
+def _feed_attached_calculator(hasher, calc, seen):
+    """A structure's calculator: by class, parameters and results (a SinglePointCalculator
+    from a file is its results)."""
+    if not _is_calculator(calc):
+        _feed(hasher, calc, seen)
+        return
+    hasher.update(b"K")
+    _feed(hasher, type(calc), seen)
+    _feed(hasher, dict(calc.parameters), seen)
+    _feed(hasher, dict(getattr(calc, "results", None) or {}), seen)
+
+
+def _is_calculator(value):
+    return isinstance(getattr(value, "parameters", None), dict) and hasattr(value, "get_property")
 
 
 def _feed_function(hasher, func, seen):
-    """A function by name and code: its own, its defaults and closure, and the code of the
-    functions of its module that it calls by name (so editing a helper invalidates too)."""
-    if isinstance(func, types.MethodType):
-        _feed(hasher, func.__func__, seen)
-        _feed(hasher, func.__self__, seen)
-        return
-    _feed_bytes(hasher, f"{getattr(func, '__module__', None)}.{getattr(func, '__qualname__', repr(func))}".encode())
-    code = getattr(func, "__code__", None)
-    if code is None or id(func) in seen:
-        return          # builtins: the name is the identity; a function already fed: no loop
-    seen.add(id(func))
-    _feed_code(hasher, code)
-    _feed(hasher, func.__defaults__, seen)
-    _feed(hasher, func.__kwdefaults__, seen)
-    _feed(hasher, [cell.cell_contents for cell in func.__closure__ or ()], seen)
-    module_globals = func.__globals__
-    for name in sorted(_global_names(code)):
-        helper = module_globals.get(name)
-        if isinstance(helper, types.FunctionType) and helper.__module__ == func.__module__:
-            _feed(hasher, helper, seen)
+    code_identity.feed_function(_feed, hasher, func, seen)
 
 
-def _feed_code(hasher, code):
-    _feed_bytes(hasher, code.co_code)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            _feed_code(hasher, const)
-        else:
-            _feed(hasher, const, set())
-    _feed(hasher, list(code.co_names), set())
+def _feed_class(hasher, cls, seen):
+    code_identity.feed_class(_feed, hasher, cls, seen)
 
 
-def _global_names(code):
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
-
-
-def _feed_class(hasher, cls):
-    """A class by name and by the version of the package it comes from; a class of a
-    module with no version (a user's script or package) also by the code of its methods."""
-    module = getattr(cls, "__module__", "") or ""
-    _feed_bytes(hasher, f"{module}.{cls.__qualname__}".encode())
-    version = _package_version(module)
-    _feed_bytes(hasher, str(version).encode())
-    if version is None and module not in ("builtins",) and module.split(".")[0] not in sys.stdlib_module_names:
-        for name, member in sorted(vars(cls).items()):
-            if isinstance(member, (types.FunctionType, staticmethod, classmethod)):
-                function = getattr(member, "__func__", member)
-                _feed_bytes(hasher, name.encode())
-                _feed_code(hasher, function.__code__)
-
-
-def _package_version(module_name):
-    top = module_name.split(".")[0]
-    package = sys.modules.get(top)
-    if package is None:
-        try:
-            package = importlib.import_module(top)
-        except Exception:
-            return None
-    return getattr(package, "__version__", None)
+def _feed_module(hasher, module, seen):
+    code_identity.feed_module(hasher, module)
 
 
 def _feed_generator(hasher, rng, seen):
-    _feed_class(hasher, type(rng.bit_generator))
+    _feed_class(hasher, type(rng.bit_generator), seen)
     _feed(hasher, rng.bit_generator.state, seen)
 
 
+def _feed_path(hasher, path, seen):
+    # by its text: a path's instance state holds caches (its str, its hash, which
+    # depends on the hash seed) that come and go with use
+    _feed_bytes(hasher, f"{type(path).__name__}:{path}".encode("utf-8", "surrogateescape"))
+
+
+def _feed_partial(hasher, partial, seen):
+    # the function it wraps by its code, as a plain function (its pickle names it only)
+    _feed(hasher, [partial.func, partial.args, partial.keywords], seen)
+
+
+def _feed_group(hasher, group, seen):
+    # a group from ConfigSet.groups(): its structures and where they sit in it
+    _feed(hasher, [[list(loc), atoms] for loc, atoms in group._located()], seen)
+
+
 def _feed_object(hasher, obj, seen):
-    """Any other object: its class, and its parameters (ASE calculators) or its state."""
-    _feed_class(hasher, type(obj))
+    """Any other object: its class, and its parameters (an ASE calculator given as a value
+    is what its class and parameters say, not its cached results), or else what pickle
+    would rebuild it from (its constructor, arguments and state)."""
+    _feed_class(hasher, type(obj), seen)
     if id(obj) in seen:
         return
     seen.add(id(obj))
-    parameters = getattr(obj, "parameters", None)
-    if isinstance(parameters, dict) and hasattr(obj, "get_property"):
-        # an ASE calculator is what its class and parameters say, not its cached results
-        _feed(hasher, dict(parameters), seen)
+    try:
+        _feed_object_content(hasher, obj, seen)
+    except Unfingerprintable as error:
+        if error.holder is None and error.path:     # found inside it, not the object itself
+            error.holder = type(obj)
+        raise
+
+
+def _feed_object_content(hasher, obj, seen):
+    if _is_calculator(obj):
+        _feed(hasher, dict(obj.parameters), seen)
         return
-    state = obj.__getstate__() if hasattr(obj, "__getstate__") else getattr(obj, "__dict__", None)
-    if state is not None:
-        _feed(hasher, state, seen)
+    wrapped = getattr(obj, "__dict__", {}).get("__wrapped__") if hasattr(obj, "__dict__") else None
+    if wrapped is not None:
+        # a callable wrapping a function (functools.lru_cache, wraps): the function counts
+        feed_step(_feed, hasher, wrapped, seen, ".__wrapped__")
+    try:
+        # as pickle does: a reducer registered for the type (copyreg) first
+        reducer = copyreg.dispatch_table.get(type(obj))
+        reduced = reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
+    except Exception as error:
+        raise Unfingerprintable(obj, f"{type(error).__name__}: {error}") from error
+    if isinstance(reduced, str):
+        _feed_str(hasher, reduced)       # pickled by reference: its name is its identity
+        return
+    constructor, arguments, state, list_items, dict_items = (tuple(reduced) + (None,) * 5)[:5]
+    _feed(hasher, constructor, seen)
+    feed_step(_feed, hasher, arguments, seen, "")
+    _feed_state(hasher, state, seen)
+    _feed(hasher, None if list_items is None else list(list_items), seen)
+    _feed(hasher, None if dict_items is None else dict(dict_items), seen)
+
+
+def _feed_state(hasher, state, seen):
+    if isinstance(state, dict):
+        _feed_mapping(hasher, state, seen, attributes=True)
+    elif isinstance(state, tuple) and len(state) == 2 and all(isinstance(s, (dict, type(None))) for s in state):
+        # (instance dict, __slots__ values)
+        for part in state:
+            _feed_state(hasher, part, seen)
     else:
-        # no inspectable state: fall back on its pickle (stable for most such objects)
-        _feed_bytes(hasher, pickle.dumps(obj, protocol=4))
+        _feed(hasher, state, seen)
+
+
+# One table, in the order the types are tried (bool before int, ...): the tag written,
+# then the feeder that writes the value.
+_ENCODERS = (
+    (type(None), b"N", _feed_nothing),
+    ((bool, np.bool_), b"b", _feed_int),
+    ((int, np.integer), b"i", _feed_int),
+    ((float, np.floating), b"f", _feed_float),
+    ((complex, np.complexfloating), b"c", _feed_complex),
+    (str, b"s", _feed_str),
+    ((bytes, bytearray, memoryview), b"y", _feed_raw),
+    (list, b"l", _feed_sequence),
+    (tuple, b"t", _feed_sequence),
+    ((dict, types.MappingProxyType), b"d", _feed_mapping),
+    ((set, frozenset), b"S", _feed_set),
+    (np.ndarray, b"a", _feed_array),
+    (Atoms, b"A", _feed_atoms),
+    ((types.FunctionType, types.MethodType, types.BuiltinFunctionType), b"F", _feed_function),
+    (type, b"C", _feed_class),
+    (types.ModuleType, b"M", _feed_module),
+    (np.random.Generator, b"R", _feed_generator),
+    (ConfigSet, b"G", _feed_group),
+    (PurePath, b"P", _feed_path),
+    (functools.partial, b"p", _feed_partial),
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoder_for(cls):
+    for kinds, tag, feeder in _ENCODERS:
+        if issubclass(cls, kinds):
+            return tag, feeder
+    return b"o", _feed_object
 
 
 def describe(value, limit=200):

@@ -1,0 +1,481 @@
+"""What a piece of code is, for cache keys: the code it runs and what that code reads.
+
+An operation's output depends on more than its own bytecode: on the module-level
+constants it reads, on the helpers it calls (in its own module or in other modules of
+the user's project), on the classes it uses, and on the packages it imports.  This
+module follows what a function can reach, by reading its bytecode:
+
+- a global name it loads counts by the value it has now (so a constant computed at run
+  time from ``sys.argv`` or an environment variable counts too), except a name the code
+  itself changes (``global x; x = ...``, ``x[key] = ...``, ``x.attr = ...``,
+  ``x.append(...)``): its value is then the code's own state (a memo, an object built
+  once) and says what ran before in this process, so it counts by the source file of
+  its module instead, where its first value is written;
+- functions and classes of *local* modules (neither the standard library nor installed
+  in a site-packages directory) count by their code, transitively; a class by its bases,
+  the code of its methods and its class attributes;
+- ``module.name`` chains on a local module resolve to the names used, so only what is
+  reached counts, not the whole module (editing an unrelated line of a driver script
+  leaves its operations' keys alone); a local module used as a whole (passed around,
+  imported inside a function) counts by its source file;
+- a global with no content to hash (a module-level lock, an open file) counts by the
+  source file of its module, where it is made (arguments with no content are an error:
+  they differ from call to call, code's globals come from its text);
+- installed packages count by their distribution's version, the standard library and
+  builtins by name.
+
+The encoding of values is :mod:`wfl_like.autoparallelize.fingerprint`'s; its feeder is
+passed in (``feed(hasher, value, seen)``) so that the two modules need not import each other.
+"""
+
+import builtins
+import dis
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import site
+import sys
+import sysconfig
+import types
+from pathlib import Path
+
+log = logging.getLogger("wfl_like.cache")
+
+LOCAL, INSTALLED, STDLIB = "local", "installed", "stdlib"
+
+# class attributes that the interpreter keeps for its own bookkeeping: they say nothing
+# about what the class computes (and some, like ABC caches, change as the class is used)
+_CLASS_BOOKKEEPING = frozenset({"__dict__", "__weakref__", "__module__", "__qualname__", "__doc__",
+                                "_abc_impl", "__annotations__"})
+
+# methods by which code changes a container it loaded: the container is then its state
+_MUTATORS = frozenset({"append", "extend", "insert", "pop", "popitem", "remove", "clear", "update",
+                       "setdefault", "add", "discard", "__setitem__", "__delitem__", "appendleft",
+                       "extendleft", "popleft", "intersection_update", "difference_update",
+                       "symmetric_difference_update", "sort", "reverse"})
+
+_GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+_ATTRIBUTE_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
+_GLOBAL_WRITES = frozenset({"STORE_GLOBAL", "DELETE_GLOBAL"})
+_ITEM_WRITES = frozenset({"STORE_SUBSCR", "DELETE_SUBSCR"})
+_ATTRIBUTE_WRITES = frozenset({"STORE_ATTR", "DELETE_ATTR"})
+
+
+class Unfingerprintable(TypeError):
+    """A value with no content to hash (a lock, an open file), and where it was found.
+
+    ``path`` lists the steps from the outermost value down to it, innermost first while
+    the error travels up; ``holder`` is the class of the nearest object holding it.
+    """
+
+    def __init__(self, value, reason):
+        self.type_name = f"{type(value).__module__}.{type(value).__qualname__}"
+        self.reason = reason
+        self.path = []
+        self.holder = None
+        super().__init__(self.type_name)
+
+    def where(self):
+        return "".join(reversed(self.path))
+
+
+def feed_step(feed, hasher, value, seen, step):
+    """``feed`` a value found at ``step`` (``[0]``, ``.name``), so that an error can say where."""
+    try:
+        feed(hasher, value, seen)
+    except Unfingerprintable as error:
+        error.path.append(step)
+        raise
+
+
+# --- where a module comes from -------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _site_directories():
+    directories = set(site.getsitepackages()) | {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    if site.ENABLE_USER_SITE:
+        directories.add(site.getusersitepackages())
+    directories |= {entry for entry in sys.path if Path(entry).name in ("site-packages", "dist-packages")}
+    return tuple(sorted(Path(d).resolve() for d in directories if d))
+
+
+@functools.lru_cache(maxsize=None)
+def _stdlib_directories():
+    paths = sysconfig.get_paths()
+    return tuple(sorted({Path(paths["stdlib"]).resolve(), Path(paths["platstdlib"]).resolve()}))
+
+
+def _module_file(module_name):
+    module = sys.modules.get(module_name)
+    if module is not None:
+        location = getattr(module, "__file__", None)
+        if location is None and getattr(module, "__path__", None):
+            location = next(iter(module.__path__), None)      # a namespace package
+        return location
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
+
+
+@functools.lru_cache(maxsize=None)
+def module_origin(module_name):
+    """``LOCAL``, ``INSTALLED`` or ``STDLIB`` for a module name (cached per process)."""
+    if not module_name:
+        return LOCAL
+    top = module_name.partition(".")[0]
+    if module_name == "builtins" or top in sys.stdlib_module_names:
+        return STDLIB
+    location = _module_file(module_name)
+    if location is None:
+        return LOCAL
+    resolved = Path(location).resolve()
+    if any(resolved.is_relative_to(directory) for directory in _site_directories()):
+        return INSTALLED
+    if any(resolved.is_relative_to(directory) for directory in _stdlib_directories()):
+        return STDLIB
+    return LOCAL
+
+
+@functools.lru_cache(maxsize=None)
+def _distributions_by_package():
+    return importlib.metadata.packages_distributions()
+
+
+@functools.lru_cache(maxsize=None)
+def installed_version(module_name):
+    """The versions of the distributions that provide an installed module's package, e.g.
+    ``"ase==3.23.0"``; failing that its ``__version__``, failing that its file's hash."""
+    top = module_name.partition(".")[0]
+    versions = []
+    for distribution in sorted(set(_distributions_by_package().get(top, ()))):
+        try:
+            versions.append(f"{distribution}=={importlib.metadata.version(distribution)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if versions:
+        return ";".join(versions)
+    version = getattr(sys.modules.get(top), "__version__", None)
+    if isinstance(version, str):
+        return f"{top}=={version}"
+    return f"file:{source_digest(module_name)}"
+
+
+def source_digest(module_name):
+    """A hash of a module's source file ("" when it has none, e.g. an interactive ``__main__``).
+
+    Not cached: a module rewritten and reloaded in this process counts by its new text.
+    """
+    location = _module_file(module_name) if module_name else None
+    if location is None or not Path(location).is_file():
+        return ""
+    return hashlib.blake2b(Path(location).read_bytes(), digest_size=20).hexdigest()
+
+
+def _feed_text(hasher, text):
+    data = text.encode("utf-8", "surrogatepass")
+    hasher.update(len(data).to_bytes(8, "little"))
+    hasher.update(data)
+
+
+def feed_module(hasher, module):
+    """A module as a value: the standard library by name, an installed package by version,
+    a local module by its source file (its names used cannot be told apart)."""
+    name = module.__name__
+    _feed_text(hasher, name)
+    origin = module_origin(name)
+    _feed_text(hasher, origin)
+    if origin == INSTALLED:
+        _feed_text(hasher, installed_version(name))
+    elif origin == LOCAL:
+        _feed_text(hasher, source_digest(name))
+
+
+# --- what code reads -----------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4096)
+def code_reads(code):
+    """``(chains, written, imported)`` of a code object and the code nested in it.
+
+    ``chains``: the ``name.attr.attr`` chains of global names it loads (a frozenset of
+    tuples); ``written``: global names it assigns or whose object it changes in place;
+    ``imported``: ``(name, level)`` of the modules it imports itself.
+    """
+    chains, written, imported = set(), set(), set()
+    _scan(code, chains, written, imported)
+    return frozenset(chains), frozenset(written), frozenset(imported)
+
+
+def _scan(code, chains, written, imported):
+    instructions = list(dis.get_instructions(code))
+    for index, instruction in enumerate(instructions):
+        name = instruction.opname
+        if name in _GLOBAL_LOADS:
+            chains.add(_chain_from(instructions, index))
+        elif name in _GLOBAL_WRITES:
+            written.add(instruction.argval)
+        elif name == "IMPORT_NAME":
+            level = instructions[index - 2].argval if index >= 2 else 0
+            imported.add((instruction.argval, level if isinstance(level, int) else 0))
+        target = _changed_operand(instruction)
+        if target is not None:
+            root = _root_global(instructions, index, target)
+            if root is not None:
+                written.add(root)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _scan(const, chains, written, imported)
+
+
+def _chain_from(instructions, index):
+    """The ``name.attr.attr`` chain loaded from ``index`` (a global load) on."""
+    chain = [instructions[index].argval]
+    for instruction in instructions[index + 1:]:
+        if instruction.opname not in _ATTRIBUTE_LOADS:
+            break
+        chain.append(instruction.argval)
+    return tuple(chain)
+
+
+def _changed_operand(instruction):
+    """Which stack slot (0: the top) holds the object an instruction changes, or None:
+    ``x[k] = v``, ``del x[k]``, ``x.a = v``, ``del x.a``, and ``x.append`` (a mutator)."""
+    if instruction.opname in _ITEM_WRITES:
+        return 1
+    if instruction.opname in _ATTRIBUTE_WRITES:
+        return 0
+    if instruction.opname in _ATTRIBUTE_LOADS and instruction.argval in _MUTATORS:
+        return 0
+    return None
+
+
+def _root_global(instructions, index, position):
+    """The global name whose object (or an item or attribute of it) sits in stack slot
+    ``position`` just before ``instructions[index]``, or None (a local, a call's result,
+    or code too involved to follow: then the value keeps counting, the safe side)."""
+    for instruction in reversed(instructions[:index]):
+        if instruction.is_jump_target or instruction.opcode in _JUMPS:
+            return None
+        name = instruction.opname
+        if name == "SWAP":
+            depth = instruction.arg - 1
+            position = depth if position == 0 else 0 if position == depth else position
+            continue
+        if name == "COPY" and position == 0:
+            position = instruction.arg - 1
+            continue
+        effect = dis.stack_effect(instruction.opcode, instruction.arg)
+        pushes = _pushes(instruction)
+        if position < pushes:
+            if position != 0:
+                return None
+            if name in _GLOBAL_LOADS:
+                return instruction.argval
+            if name in _ATTRIBUTE_LOADS:
+                continue             # its object was on top just before it
+            if name == "BINARY_SUBSCR":
+                position = 1         # its container was below the key
+                continue
+            return None
+        position -= effect
+    return None
+
+
+def _pushes(instruction):
+    if instruction.opname in _NO_PUSH or instruction.opname.startswith(("STORE_", "DELETE_", "POP_")):
+        return 0
+    if instruction.opname == "LOAD_METHOD" or (instruction.opname == "LOAD_GLOBAL" and instruction.arg & 1):
+        return 2
+    return 1
+
+
+_JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
+_NO_PUSH = frozenset({"PRECALL", "KW_NAMES", "NOP", "RESUME", "EXTENDED_ARG", "CACHE", "RETURN_VALUE"})
+
+
+# --- functions and classes -----------------------------------------------------------------
+
+def _defining_module(func):
+    """The module whose code this is: its globals say it even when ``functools.wraps``
+    copied another function's ``__module__`` onto a wrapper."""
+    namespace = getattr(func, "__globals__", None)
+    if isinstance(namespace, dict) and isinstance(namespace.get("__name__"), str):
+        return namespace["__name__"]
+    return getattr(func, "__module__", None) or ""
+
+
+def feed_function(feed, hasher, func, seen):
+    """A function by name; local code also by its code, defaults, closure and what it reads;
+    library code by its package's version (and the function it wraps, if any)."""
+    if isinstance(func, types.MethodType):
+        feed_step(feed, hasher, func.__func__, seen, f".{func.__name__}")
+        feed_step(feed, hasher, func.__self__, seen, f".{func.__name__}.__self__")
+        return
+    module = _defining_module(func)
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    _feed_text(hasher, f"{module}.{qualname}")
+    code = getattr(func, "__code__", None)
+    if code is None or module_origin(module) != LOCAL:
+        _feed_library_callable(feed, hasher, func, module, seen)
+        return
+    if id(func) in seen:
+        return          # fed already in this key: no loop through recursive helpers
+    seen.add(id(func))
+    feed_code(feed, hasher, code)
+    feed_step(feed, hasher, func.__defaults__, seen, f" (defaults of {qualname})")
+    feed_step(feed, hasher, func.__kwdefaults__, seen, f" (keyword defaults of {qualname})")
+    _feed_closure(feed, hasher, func, qualname, seen)
+    _feed_reads(feed, hasher, code, func.__globals__, qualname, seen)
+
+
+def _feed_library_callable(feed, hasher, func, module, seen):
+    origin = module_origin(module)
+    _feed_text(hasher, origin)
+    if origin == INSTALLED:
+        _feed_text(hasher, installed_version(module))
+    bound_to = getattr(func, "__self__", None)
+    if bound_to is not None and not isinstance(bound_to, types.ModuleType):
+        # a builtin method bound to a value (``some_dict.get``): the value counts
+        feed_step(feed, hasher, bound_to, seen, f".{getattr(func, '__name__', '')}.__self__")
+    wrapped = getattr(func, "__wrapped__", None)
+    if wrapped is not None:
+        feed_step(feed, hasher, wrapped, seen, ".__wrapped__")
+
+
+def _feed_closure(feed, hasher, func, qualname, seen):
+    cells = func.__closure__ or ()
+    names = func.__code__.co_freevars
+    for name, cell in zip(names, cells):
+        try:
+            contents = cell.cell_contents
+        except ValueError:
+            contents = _EMPTY_CELL
+        _feed_text(hasher, name)
+        feed_step(feed, hasher, contents, seen, f" (variable {name} of {qualname}'s closure)")
+
+
+_EMPTY_CELL = "<empty closure cell>"
+
+
+def feed_code(feed, hasher, code):
+    """A code object without its line numbers and file name (moving a function leaves it
+    alone), with its constants and nested code."""
+    for part in (code.co_code, code.co_exceptiontable):
+        hasher.update(len(part).to_bytes(8, "little"))
+        hasher.update(part)
+    feed(hasher, [code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags,
+                  list(code.co_names), list(code.co_varnames), list(code.co_freevars), list(code.co_cellvars)],
+         set())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            feed_code(feed, hasher, const)
+        else:
+            feed(hasher, const, set())
+
+
+def _feed_reads(feed, hasher, code, namespace, qualname, seen):
+    chains, written, imported = code_reads(code)
+    for chain in sorted(chains):
+        _feed_text(hasher, ".".join(chain))
+        step = f" (global {'.'.join(chain)} read by {qualname})"
+        if chain[0] in written:
+            # the code's own state (a memo, an object built once): its current value says
+            # what ran before in this process; its first value is in the module's text
+            _feed_text(hasher, f"<state of {namespace.get('__name__')}>")
+            _feed_text(hasher, source_digest(namespace.get("__name__")))
+            continue
+        feed_step(lambda h, v, s: _feed_global(feed, h, chain, v, s), hasher, namespace, seen, step)
+    for name, level in sorted(imported):
+        _feed_imported(hasher, name, level, namespace)
+
+
+def _feed_global(feed, hasher, chain, namespace, seen):
+    """A global the code reads, by value; one with no content to hash (a module-level lock,
+    an open file) by the source file of its module, where it is made."""
+    by_value = hashlib.blake2b(digest_size=20)
+    try:
+        _feed_chain(feed, by_value, chain, namespace, seen)
+    except Unfingerprintable as error:
+        module = namespace.get("__name__")
+        log.debug("%s.%s (a %s) has no content to hash; it counts by the source of %s",
+                  module, ".".join(chain), error.type_name, module)
+        _feed_text(hasher, f"<no content, made in {module}>")
+        _feed_text(hasher, source_digest(module))
+        return
+    hasher.update(by_value.digest())
+
+
+def _feed_chain(feed, hasher, chain, namespace, seen):
+    """The value a ``name.attr...`` chain reaches: through local modules attribute by
+    attribute, so that only the names used count."""
+    name = chain[0]
+    if name in namespace:
+        value = namespace[name]
+    elif hasattr(builtins, name):
+        _feed_text(hasher, "<builtin>")
+        return
+    else:
+        _feed_text(hasher, "<unbound>")
+        return
+    for attribute in chain[1:]:
+        if not (isinstance(value, types.ModuleType) and module_origin(value.__name__) == LOCAL):
+            break
+        _feed_text(hasher, f"{value.__name__}.{attribute}")
+        if attribute not in vars(value):
+            _feed_text(hasher, "<missing>")      # e.g. a submodule not imported yet
+            return
+        value = vars(value)[attribute]
+    feed(hasher, value, seen)
+
+
+def _feed_imported(hasher, name, level, namespace):
+    """A module imported inside a function: by origin and version or source (it may not
+    have been imported yet, so what is used of it cannot be told)."""
+    try:
+        absolute = importlib.util.resolve_name("." * level + name, namespace.get("__package__")) if level else name
+    except (ImportError, ValueError):
+        absolute = name
+    _feed_text(hasher, f"<import {absolute}>")
+    origin = module_origin(absolute)
+    _feed_text(hasher, origin)
+    if origin == INSTALLED:
+        _feed_text(hasher, installed_version(absolute))
+    elif origin == LOCAL:
+        _feed_text(hasher, source_digest(absolute))
+
+
+def feed_class(feed, hasher, cls, seen):
+    """A class by name; a local one also by its bases, the code of its methods and its
+    class attributes; an installed one by its package's version."""
+    module = getattr(cls, "__module__", "") or ""
+    _feed_text(hasher, f"{module}.{cls.__qualname__}")
+    origin = module_origin(module)
+    _feed_text(hasher, origin)
+    if origin == INSTALLED:
+        _feed_text(hasher, installed_version(module))
+    if origin != LOCAL or id(cls) in seen:
+        return
+    seen.add(id(cls))
+    for base in cls.__bases__:
+        feed_step(feed, hasher, base, seen, f" (base of {cls.__qualname__})")
+    for name, member in sorted(vars(cls).items()):
+        if name in _CLASS_BOOKKEEPING:
+            continue
+        _feed_text(hasher, name)
+        feed_step(feed, hasher, _unwrap_descriptor(member), seen, f" (attribute {name} of class {cls.__qualname__})")
+
+
+def _unwrap_descriptor(member):
+    """What a class attribute runs: a static/class method's function, a property's accessors."""
+    if isinstance(member, (staticmethod, classmethod)):
+        return member.__func__
+    if isinstance(member, property):
+        return [member.fget, member.fset, member.fdel]
+    if isinstance(member, functools.cached_property):
+        return member.func
+    if isinstance(member, (types.MemberDescriptorType, types.GetSetDescriptorType)):
+        return member.__name__         # a __slots__ entry: its name is all there is
+    return member
