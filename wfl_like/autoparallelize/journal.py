@@ -157,6 +157,12 @@ class Journal:
         found = self.meta("format")
         if found != FORMAT:
             raise JournalError(f"journal {str(self.path)!r} is of format {found}, not {FORMAT}; {_RECOVER}")
+        # every value of the record checked once, here: a bad one is reported at once, by
+        # a run and by ``wfl-like status`` alike
+        with self._guard():
+            keys = [row[0] for row in self._db.execute("SELECT key FROM meta")]
+        for key in keys:
+            self.meta(key)
 
     # --- the call -----------------------------------------------------------------------
 
