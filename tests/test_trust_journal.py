@@ -400,3 +400,48 @@ def test_a_lock_taken_on_a_lock_file_no_longer_at_its_path_is_not_held(tmp_path)
         opened_early.close()
         third.close()
     assert not lock_file.exists()
+
+
+# --- 17. a journal on read-only media -----------------------------------------------------------------
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """``(directory, remount_read_only)``: a tmpfs mounted at ``tmp_path / "media"``, and what makes
+    it read-only."""
+    media = tmp_path / "media"
+    media.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(media)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here (root in CI): {mounted.stderr.strip()}")
+
+    def remount_read_only():
+        subprocess.run(["mount", "-o", "remount,ro", str(media)], check=True)
+
+    try:
+        yield media, remount_read_only
+    finally:
+        subprocess.run(["umount", "-l", str(media)], check=False)
+
+
+def test_journal_on_read_only_media_is_a_clear_error_and_status_still_reads_it(run, small_tmpfs, capsys):
+    media, remount_read_only = small_tmpfs
+    out = media / "out.xyz"
+    run(out=out)
+    written = out.read_bytes()
+    remount_read_only()
+
+    with pytest.raises(PermissionError) as error:
+        run(out=out)
+    message = str(error.value)
+    assert str(journal_path(out)) in message and "Read-only file system" in message
+    assert "cache=False" in message
+    # what the message offers works: without a journal, the complete outputs are reused
+    result = autoparallelize(counting_op, ConfigSet(run.inputs), OutputSpec(out), run.markers,
+                             autopara_info=para(cache=False))
+    assert len(list(result)) == N_ITEMS and out.read_bytes() == written
+    assert sum(computed(run.markers).values()) == N_ITEMS
+
+    code, printed, err = status(out, capsys)
+    assert code == 0, err
+    assert "(complete)" in printed and f"{N_ITEMS} done, 0 failed, 0 pending" in printed

@@ -93,7 +93,7 @@ class Journal:
     def __init__(self, path, read_only=False, fresh=False):
         self.path = Path(path)
         self._lock = self._db = None
-        self.empty = False
+        self.empty = self.read_only = False
         try:
             if read_only:
                 self._open_read_only()
@@ -109,8 +109,10 @@ class Journal:
     def _open_read_only(self):
         if not os.access(self.path, os.R_OK):
             raise PermissionError(f"cannot read the journal {str(self.path)!r}: permission denied")
+        self.read_only = True
         with self._guard():
-            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{_read_only_mode(self.path)}", uri=True,
+                                       isolation_level=None)
             tables = self._tables()
         if not tables:
             self.empty = True      # being created by its writer, or never used
@@ -316,6 +318,8 @@ class Journal:
             message = str(exc)
             if "locked" in message or "busy" in message:
                 raise      # a writer holds it for a moment: the caller may try again
+            if self.read_only and "unable to open" in message:
+                raise PermissionError(f"cannot read the journal {str(self.path)!r} ({message})") from None
             if "readonly" in message or "unable to open" in message:
                 raise PermissionError(_not_writable(self.path, message)) from None
             raise JournalError(f"journal {str(self.path)!r} cannot be used ({message}); {_RECOVER}") from None
@@ -349,6 +353,21 @@ def _not_writable(path, why):
     return (f"cannot write the journal {str(path)!r} ({why}): make it and its directory writable, or give "
             f"the journal another place (AutoparaInfo(cache='path/to/journal.sqlite')), or run without "
             f"one (AutoparaInfo(cache=False): no resume)")
+
+
+def _read_only_mode(path):
+    """SQLite's URI mode to read a journal without writing anything.
+
+    A journal in WAL mode needs its ``-shm`` companion even to be read; where the
+    directory cannot be written (read-only media), no writer can be at work either, so
+    the file is read as immutable.
+    """
+    directory = path.resolve().parent
+    try:
+        read_only_media = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_media = False
+    return "mode=ro&immutable=1" if read_only_media or not os.access(directory, os.W_OK) else "mode=ro"
 
 
 def _remove_database(path):
