@@ -107,6 +107,8 @@ class Journal:
             raise
 
     def _open_read_only(self):
+        if not self.path.exists():
+            raise FileNotFoundError(f"no journal {str(self.path)!r}")
         if not os.access(self.path, os.R_OK):
             raise PermissionError(f"cannot read the journal {str(self.path)!r}: permission denied")
         self.read_only = True
