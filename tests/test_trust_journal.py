@@ -6,6 +6,7 @@ Real files, real driver processes killed with SIGKILL; no mocks.  Operations cou
 work with marker files, one per item computed.
 """
 
+import functools
 import logging
 import os
 import pickle
@@ -235,6 +236,62 @@ def test_output_the_journal_cannot_hold_is_kept_and_computed_again_with_one_warn
     assert computed(markers) == Counter({label: 2 if label == 1 else 1 for label in range(N_ITEMS)})
     assert second[1].info["ratio"] == Fraction(1, 3)
     assert [a.info["value"] for a in second] == [a.info["value"] for a in first]
+
+
+def rich_op(atoms_list, markers, for_file=False):
+    """Outputs carrying what a structure can carry: a calculator's results, a constraint,
+    per-atom arrays of several dtypes, numpy scalars and exact floats in ``info`` (and, unless
+    ``for_file``, values that extended XYZ cannot write)."""
+    from ase.calculators.emt import EMT
+    from ase.constraints import FixAtoms
+
+    for atoms in counting_op(atoms_list, markers):
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        atoms.set_constraint(FixAtoms(indices=[0]))
+        atoms.set_tags([1, 2])
+        atoms.set_initial_magnetic_moments([0.5, -0.25])
+        atoms.set_momenta(np.full((2, 3), 1 / 3))
+        atoms.info.update(third=1 / 3, tiny=5e-324, scalar=np.float32(0.1), count=np.int64(7), flag=True,
+                          name="Cu\u00e9", vector=np.array([1 / 7, 2 / 7]))
+        if not for_file:
+            atoms.info.update(ratio=1 + 2j, pair=(1, "x"), raw=b"\x00\xff", nested={"a": [1, None], 3: 4.5})
+    return atoms_list
+
+
+def _summary(atoms):
+    """Everything an output holds, types included, for an exact comparison."""
+    return (type(atoms), atoms.numbers.tolist(), atoms.positions.tobytes(), atoms.cell.array.tobytes(),
+            atoms.pbc.tolist(), atoms.get_celldisp().tobytes(),
+            [(k, type(v), repr(v)) for k, v in atoms.info.items()],
+            [(k, v.dtype.str, v.tobytes()) for k, v in atoms.arrays.items()],
+            [c.todict() for c in atoms.constraints].__repr__(),
+            [(k, repr(v)) for k, v in atoms.calc.results.items()])
+
+
+def test_outputs_reused_from_the_journal_are_exactly_the_computed_ones(tmp_path):
+    markers, cache = tmp_path / "markers", tmp_path / "run.sqlite"
+    markers.mkdir()
+
+    def call():
+        return list(autoparallelize(rich_op, structures(range(3)), OutputSpec(), markers,
+                                    autopara_info=para(cache=str(cache))))
+
+    computed_outputs, reused_outputs = call(), call()
+    assert sum(computed(markers).values()) == 3
+    assert [_summary(a) for a in reused_outputs] == [_summary(a) for a in computed_outputs]
+
+
+def test_output_file_rebuilt_from_the_journal_is_byte_identical(run, tmp_path):
+    ase.io.write(run.inputs, structures(range(3)), format="extxyz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # every value is written, none skipped
+        run(op=functools.partial(rich_op, for_file=True))
+    written = run.out.read_bytes()
+    run.out.unlink()
+    run(op=functools.partial(rich_op, for_file=True))
+    assert sum(computed(run.markers).values()) == 3
+    assert run.out.read_bytes() == written
 
 
 # --- 17. keys by content: an insertion computes the new item only -----------------------------------
