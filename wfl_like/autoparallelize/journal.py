@@ -150,7 +150,9 @@ class Journal:
                 self._check_schema(tables)
 
     def _tables(self):
-        names = [row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        # SQLite's own tables (statistics of ANALYZE, ...) are no part of the schema
+        names = [row[0] for row in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")]
         return {name: tuple(row[1] for row in self._db.execute(f"PRAGMA table_info({_quoted(name)})"))
                 for name in names}
 
