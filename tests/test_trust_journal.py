@@ -502,3 +502,28 @@ def test_journal_on_read_only_media_is_a_clear_error_and_status_still_reads_it(r
     code, printed, err = status(out, capsys)
     assert code == 0, err
     assert "(complete)" in printed and f"{N_ITEMS} done, 0 failed, 0 pending" in printed
+
+
+@pytest.mark.parametrize("reuse", ["foreign outputs", "cache=False"])
+def test_a_call_reusing_outputs_without_a_journal_still_advances_the_rng(tmp_path, reuse):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    ase.io.write(tmp_path / "in.xyz", structures(range(3)), format="extxyz")
+    first_info = para(cache=False) if reuse == "cache=False" else para()
+
+    def script():
+        """Two calls sharing one generator: the second one's draws."""
+        rng = np.random.default_rng(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # "could not be checked": foreign outputs on purpose
+            autoparallelize(drawing_op, ConfigSet(tmp_path / "in.xyz"), OutputSpec(tmp_path / "first.xyz"),
+                            str(markers), "", rng=rng, autopara_info=first_info)
+        second = autoparallelize(drawing_op, structures(range(3)), OutputSpec(), str(markers), "", rng=rng,
+                                 autopara_info=para())
+        return [atoms.info["draw"] for atoms in second]
+
+    computing = script()
+    journal_path(tmp_path / "first.xyz").unlink(missing_ok=True)     # its outputs are now foreign
+    reusing = script()
+    assert sum(computed(markers).values()) == 3 + 2 * 3      # the first call computed once only
+    assert reusing == computing
