@@ -180,29 +180,49 @@ def run_calculate(args):
 
 def run_status(args):
     """``wfl-like status``: print the journal's summary; returns the exit code."""
-    from wfl_like.autoparallelize.journal import Journal, journal_path
+    import sqlite3
+
+    from wfl_like.autoparallelize.journal import journal_path
+    from wfl_like.errors import JournalError
 
     path = journal_path(args.output)
     if not path.exists():
         raise UsageError(f"no journal for {args.output!r} (expected {str(path)!r}): it was not written by "
                          f"wfl_like, or with the cache off")
+    try:
+        lines = _status_lines(args, path)
+    except (JournalError, PermissionError) as exc:
+        raise UsageError(str(exc)) from None
+    except (sqlite3.Error, OSError) as exc:
+        raise UsageError(f"cannot read the journal {str(path)!r}: {exc}") from None
+    except (TypeError, ValueError, AttributeError):
+        raise UsageError(f"journal {str(path)!r} holds a malformed record of its call; rerun the call with "
+                         f"--overwrite (overwrite=True) to start it afresh") from None
+    print("\n".join(lines))
+    return 0
+
+
+def _status_lines(args, path):
+    """The lines ``wfl-like status`` prints, all read before any is printed."""
+    from wfl_like.autoparallelize.journal import Journal
+
     with Journal(path, read_only=True) as journal:
         call = journal.meta("call") or {}
         counts = journal.counts()
         n_items = journal.meta("n_items")
         complete = journal.meta("complete") is True
-        pending = (f"{n_items - counts['done'] - counts['failed']}" if complete and n_items is not None
-                   else "unknown until the input has been read to its end")
-        arguments = ", ".join(list(call.get("args", [])) + [f"{k}={v}" for k, v in call.get("kwargs", {}).items()])
-        print(f"output:    {args.output} ({'complete' if complete else 'not complete'})")
-        print(f"operation: {call.get('op', '?')}({arguments})")
-        print(f"items:     {counts['done']} done, {counts['failed']} failed, {pending} pending")
         failures = journal.failures(limit=args.failures)
-        for index, reason in failures:
-            print(f"  item {index}: {reason}")
-        if counts["failed"] > len(failures):
-            print(f"  ... and {counts['failed'] - len(failures)} more")
-    return 0
+    pending = (f"{n_items - counts['done'] - counts['failed']}" if complete and n_items is not None
+               else "unknown until the input has been read to its end")
+    arguments = ", ".join([str(a) for a in call.get("args", [])]
+                          + [f"{k}={v}" for k, v in dict(call.get("kwargs", {})).items()])
+    lines = [f"output:    {args.output} ({'complete' if complete else 'not complete'})",
+             f"operation: {call.get('op', '?')}({arguments})",
+             f"items:     {counts['done']} done, {counts['failed']} failed, {pending} pending"]
+    lines += [f"  item {index}: {reason}" for index, reason in failures]
+    if counts["failed"] > len(failures):
+        lines.append(f"  ... and {counts['failed'] - len(failures)} more")
+    return lines
 
 
 def main(argv=None):

@@ -177,6 +177,11 @@ class OutputLockedError(RuntimeError):
 
 # --- the journal and the cache --------------------------------------------------------
 
+class JournalError(ValueError):
+    """A run's journal cannot be used: not an SQLite database, a foreign schema, or a
+    malformed value.  The message names the journal file; ``overwrite=True``
+    (``--overwrite``) discards it without reading it."""
+
 
 # --- outputs --------------------------------------------------------------------------
 

@@ -86,6 +86,10 @@ def _take_inputs_outputs(args, kwargs):
 def _run(op, inputs, outputs, info, rng, args, kwargs):
     name = op_name(op)
     _check_arguments(name, inputs, outputs, info, rng, args)
+    # Spawn once per call, whatever the call then does (compute, resume, reuse), as wfl
+    # does: a script sharing one generator between calls gets the same streams in each
+    # call on a rerun, however many of its calls are reused.
+    op_rng = rng.spawn(1)[0] if rng is not None else None
     if outputs is not None:
         # before the reuse of existing outputs: an input file "reused" as its own output
         # would be handed back unprocessed
@@ -97,14 +101,15 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
             log.info("%s: reusing existing output %s (all files exist and overwrite is False)",
                      name, [str(p) for p in outputs.paths])
             return outputs.to_ConfigSet()
-        return _execute(call, inputs, outputs, info, rng, cache=None)
-    cache = RunCache(journal, call, info.skip_failed, cache_extra=info.cache_extra)
+        return _execute(call, inputs, outputs, info, op_rng, cache=None)
+    cache = RunCache(journal, call, info.skip_failed, cache_extra=info.cache_extra, rng=op_rng,
+                     overwrite=outputs is not None and outputs.overwrite)
     try:
         fingerprint_of_inputs = inputs_fingerprint(inputs)
         finished = _reuse_finished(cache, fingerprint_of_inputs, outputs, name)
         if finished is not None:
             return finished
-        return _execute(call, inputs, outputs, info, rng, cache=cache, fingerprint_of_inputs=fingerprint_of_inputs)
+        return _execute(call, inputs, outputs, info, op_rng, cache=cache, fingerprint_of_inputs=fingerprint_of_inputs)
     finally:
         cache.close()
 
@@ -145,9 +150,7 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
         _check_output_paths(outputs)
     if cache is not None:
         cache.start(overwrite=outputs is not None and outputs.overwrite)
-    # Spawn once before the items (as wfl does) so that repeated calls with the same
-    # generator give different, reproducible streams.
-    op_rng = rng.spawn(1)[0] if rng is not None else None
+    op_rng = rng      # the call's own generator, spawned once by _run
     executor = info.executor if info.executor is not None else mpipool_support.active_executor()
     if executor is not None and info.executor is None and info.num_python_subprocesses:
         warnings.warn(f"num_python_subprocesses={info.num_python_subprocesses} is ignored: {name} runs on "

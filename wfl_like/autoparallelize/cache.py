@@ -8,8 +8,10 @@ its random stream.  Failed items are never reused.
 
 import hashlib
 import logging
+import warnings
 from pathlib import Path
 
+from wfl_like.autoparallelize import codec
 from wfl_like.autoparallelize.fingerprint import describe, fingerprint, fingerprint_call, fingerprint_extra
 from wfl_like.autoparallelize.journal import Journal, journal_path
 from wfl_like.configset import ConfigSet
@@ -52,30 +54,40 @@ class RunCache:
         Part of the call: it decides what a ``None`` output means.
     cache_extra : object, optional
         ``AutoparaInfo(cache_extra=...)``, folded into the key of every item.
+    rng : numpy.random.Generator, optional
+        The call's own generator (spawned once from the caller's): a run with another
+        one never counts as "nothing changed".
+    overwrite : bool, default False
+        Discard the journal unread and start a new one (whatever it holds).
     """
 
-    def __init__(self, path, call, skip_failed, cache_extra=None):
+    def __init__(self, path, call, skip_failed, cache_extra=None, rng=None, overwrite=False):
         # first, so that an argument with no content to hash, or a missing cache_extra
         # file, fails before the journal is opened or anything is computed
         self.call_key = fingerprint(CACHE_FORMAT, fingerprint_call(call.op, call.args, call.kwargs, call.iterable_arg),
                                     call.iterable_arg, call.per_item_info, call.inherited_item_info, skip_failed,
                                     fingerprint_extra(cache_extra))
-        self.journal = Journal(path)
+        self.journal = Journal(path, fresh=overwrite)
         # a journal that records no run (e.g. created by a call that found foreign outputs
         # and reused them) vouches for nothing: it counts as none
         self.existed = self.journal.meta("call_key") is not None
         self.description = {"op": call.name, "args": [describe(a) for a in call.args],
                             "kwargs": {k: describe(v) for k, v in call.kwargs.items()}}
         self._keys_by_index = call.per_item_info   # an op told its item index depends on it
+        self._rng_key = fingerprint(rng)
         self.reused = self.computed = self.changed = 0
+        self._warned_unstorable = False
 
     def finished(self, inputs_fingerprint, outputs):
-        """Whether a previous run of this very call, on these very inputs, completed with no
-        failure, and left the output files as they are now."""
+        """Whether a previous run of this very call, on these very inputs and with this very
+        generator, completed with no failure, and left the output files as they are now and
+        as ``outputs`` would write them."""
         journal = self.journal
         return (inputs_fingerprint is not None and journal.meta("complete") is True
                 and journal.meta("failed") == 0 and journal.meta("call_key") == self.call_key
                 and journal.meta("inputs") == inputs_fingerprint
+                and journal.meta("rng") == self._rng_key
+                and journal.meta("writer") == writer_fingerprint(outputs)
                 and journal.meta("outputs") == _stat_outputs(outputs))
 
     def start(self, overwrite):
@@ -87,30 +99,49 @@ class RunCache:
             log.info("%s: recomputing every item: %s since the last run", self.description["op"], reason)
 
     def lookup(self, index, item, rng):
-        """``(key, found, output)`` for one input item."""
+        """``(key, found, output)`` for one input item, found by its key wherever it was."""
         key = fingerprint(self.call_key, item, rng, index if self._keys_by_index else None)
-        found, output, stored_key = self.journal.lookup(index, key)
+        found, output, changed = self.journal.lookup(index, key)
         if found:
             self.reused += 1
         else:
             self.computed += 1
-            if stored_key is not None:
-                self.changed += 1
+            self.changed += changed
         return key, found, output
 
     def record(self, chunk, done, failed):
-        """Persist a chunk's finished items (``done``: ``[(index, output)]``, ``failed``: FailedItems)."""
-        if chunk.cached is not None or chunk.keys is None:
+        """Persist a chunk's finished items (``done``: ``[(index, output)]``, ``failed``:
+        FailedItems), or note that its items found in the journal were met again."""
+        if chunk.keys is None:
             return
         key_of = dict(zip(chunk.indices, chunk.keys))
-        self.journal.record([(index, key_of[index], output) for index, output in done],
-                            [(item.index, key_of[item.index], item) for item in failed])
+        if chunk.cached is not None:
+            self.journal.record(met=list(key_of.items()))
+            return
+        self.journal.record(done=self._encoded(done, key_of),
+                            failed=[(item.index, key_of[item.index], item) for item in failed])
+
+    def _encoded(self, done, key_of):
+        """``[(index, key, text)]`` of the outputs the journal can hold; the others are
+        left out (computed again by a rerun), with one warning per call."""
+        stored = []
+        for index, output in done:
+            try:
+                stored.append((index, key_of[index], codec.encode(output)))
+            except codec.UnencodableError as exc:
+                if not self._warned_unstorable:
+                    self._warned_unstorable = True
+                    warnings.warn(f"{self.description['op']}: the output of item {index} cannot be kept in the "
+                                  f"journal ({exc}); it is stored, but a rerun computes it again (and so any "
+                                  f"other such item)", stacklevel=2)
+        return stored
 
     def finish(self, n_items, inputs_fingerprint, n_failed, outputs):
-        """Mark the run complete, so an identical rerun can return at once."""
-        self.journal.forget_beyond(n_items)
-        self.journal.set_meta(complete=True, n_items=n_items, failed=n_failed, inputs=inputs_fingerprint,
-                              outputs=_stat_outputs(outputs))
+        """Mark the run complete, so an identical rerun can return at once; drop the items
+        this run did not meet."""
+        self.journal.complete(n_items=n_items, failed=n_failed, inputs=inputs_fingerprint,
+                              outputs=_stat_outputs(outputs), writer=writer_fingerprint(outputs),
+                              rng=self._rng_key)
         op = self.description["op"]
         if self.reused:
             why = f"; {self.changed} items changed since the last run" if self.changed else ""
@@ -118,6 +149,17 @@ class RunCache:
 
     def close(self):
         self.journal.close()
+
+
+def writer_fingerprint(outputs):
+    """What decides the bytes written besides the outputs themselves: the files and their
+    layout, the tags, the write arguments and the ASE version that writes them."""
+    if outputs is None:
+        return fingerprint(None)
+    import ase
+
+    return fingerprint([str(path) for path in outputs.paths], outputs.single_file, outputs.tags,
+                       outputs.write_kwargs, ase.__version__)
 
 
 def inputs_fingerprint(inputs):

@@ -2,35 +2,60 @@
 
 An SQLite database in WAL mode beside the first output file, written by the driver
 alone (workers never see it).  A rerun of the same call reads it back: items whose
-cache key matches are not computed again, so a run killed at any moment resumes where
-it stopped, and a run whose operation, arguments or inputs changed recomputes exactly
-what changed.
+cache key is on record are not computed again, so a run killed at any moment resumes
+where it stopped, and a run whose operation, arguments or inputs changed recomputes
+exactly what changed.  Items are found by their key, not their position: inserting a
+structure at the start of an input computes that one only.
+
+A journal may have been written or edited by anyone, so everything read from it is
+checked: outputs are stored in :mod:`~wfl_like.autoparallelize.codec`'s format (data
+only, never code), and a database that is not a journal of this format raises
+:class:`~wfl_like.errors.JournalError` naming the file.
 """
 
+import contextlib
 import json
+import logging
 import os
-import pickle
 import socket
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
-from wfl_like.errors import OutputLockedError
+from wfl_like.autoparallelize import codec
+from wfl_like.errors import JournalError, OutputLockedError
+
+log = logging.getLogger("wfl_like.cache")
+
+# Bump when the tables or the way outputs are stored change.
+FORMAT = 2
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    idx INTEGER PRIMARY KEY,      -- position of the item in the input
-    key TEXT NOT NULL,            -- cache key: operation, arguments, item content, random stream
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE items (
+    key TEXT PRIMARY KEY,         -- cache key: operation, arguments, item content, random stream
+    idx INTEGER NOT NULL,         -- position of the item in the input of the run that last met it
+    run INTEGER NOT NULL,         -- that run's number
     status TEXT NOT NULL,         -- 'done' or 'failed'
-    output BLOB,                  -- pickled output of a done item
+    output TEXT,                  -- a done item's output, in the codec's format
     reason TEXT,                  -- one line, for a failed item
     traceback TEXT
 );
+CREATE INDEX items_by_idx ON items (idx);
 """
+_TABLES = {"meta": ("key", "value"), "items": ("key", "idx", "run", "status", "output", "reason", "traceback")}
+# format 1 stored pickled outputs: such a journal is never read, only started afresh
+_FORMAT_1_TABLES = {"meta": ("key", "value"), "items": ("idx", "key", "status", "output", "reason", "traceback")}
 
 DONE, FAILED = "done", "failed"
+
+# what each meta value must be; a journal holding anything else is malformed
+_META_TYPES = {"format": int, "call_key": str, "call": dict, "complete": bool, "started": (int, float),
+               "pid": int, "host": str, "run": int, "n_items": int, "failed": int,
+               "inputs": (str, type(None)), "outputs": (list, type(None)), "writer": str, "rng": str}
+
+_RECOVER = "pass overwrite=True (wfl-like --overwrite) to discard it and start afresh"
 
 
 def journal_path(output_path):
@@ -52,36 +77,125 @@ class Journal:
         ``-wal``/``-shm`` companions).  Otherwise the output's lock is
         taken, so a second run on the same output fails at once with
         :class:`~wfl_like.errors.OutputLockedError` instead of interleaving with this one.
+    fresh : bool, default False
+        Delete the journal, unread, and start a new one (``overwrite=True``): whatever
+        the file holds, this recovers.
+
+    Raises
+    ------
+    JournalError
+        The file is not a journal of this format (not SQLite, another schema, a
+        malformed value).
+    PermissionError
+        The journal, or its directory, cannot be written.
     """
 
-    def __init__(self, path, read_only=False):
+    def __init__(self, path, read_only=False, fresh=False):
         self.path = Path(path)
-        self._lock = None
-        if read_only:
-            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-            return
-        self._lock = _OutputLock(self.path)
+        self._lock = self._db = None
+        self.empty = self.read_only = False
         try:
+            if read_only:
+                self._open_read_only()
+            else:
+                self._lock = _OutputLock(self.path)
+                if fresh:
+                    _remove_database(self.path)
+                self._open_for_writing()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_read_only(self):
+        if not self.path.exists():
+            raise FileNotFoundError(f"no journal {str(self.path)!r}")
+        if not os.access(self.path, os.R_OK):
+            raise PermissionError(f"cannot read the journal {str(self.path)!r}: permission denied")
+        self.read_only = True
+        with self._guard():
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{_read_only_mode(self.path)}", uri=True,
+                                       isolation_level=None)
+            tables = self._tables()
+        if not tables:
+            self.empty = True      # being created by its writer, or never used
+        elif tables == _FORMAT_1_TABLES:
+            raise JournalError(f"journal {str(self.path)!r} is of an older format (it holds pickles, which this "
+                               f"version never reads); the next run on its output starts it afresh")
+        else:
+            self._check_schema(tables)
+
+    def _open_for_writing(self):
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise PermissionError(_not_writable(self.path, "the file is read-only"))
+        with self._guard():
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL with synchronous=NORMAL: a committed item survives the process being
             # killed at any moment (only a power loss may lose the last transactions)
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except BaseException:
-            self.close()
-            raise
+            tables = self._tables()
+            if tables == _FORMAT_1_TABLES:
+                log.info("journal %s is of an older format (pickled outputs, never read by this version); "
+                         "starting it afresh", self.path)
+                with self._transaction():
+                    self._db.execute("DROP TABLE items")
+                    self._db.execute("DROP TABLE meta")
+                tables = {}
+            if not tables:
+                with self._transaction():
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        self._db.execute(statement)
+                    self._db.execute("INSERT INTO meta VALUES ('format', ?)", (json.dumps(FORMAT),))
+            else:
+                self._check_schema(tables)
+
+    def _tables(self):
+        # SQLite's own tables (statistics of ANALYZE, ...) are no part of the schema
+        names = [row[0] for row in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")]
+        return {name: tuple(row[1] for row in self._db.execute(f"PRAGMA table_info({_quoted(name)})"))
+                for name in names}
+
+    def _check_schema(self, tables):
+        if tables != _TABLES:
+            raise JournalError(f"{str(self.path)!r} is not a wfl_like journal (it holds the tables "
+                               f"{sorted(tables)}); move it away, or {_RECOVER}")
+        found = self.meta("format")
+        if found != FORMAT:
+            raise JournalError(f"journal {str(self.path)!r} is of format {found}, not {FORMAT}; {_RECOVER}")
+        # every value of the record checked once, here: a bad one is reported at once, by
+        # a run and by ``wfl-like status`` alike
+        with self._guard():
+            keys = [row[0] for row in self._db.execute("SELECT key FROM meta")]
+        for key in keys:
+            self.meta(key)
 
     # --- the call -----------------------------------------------------------------------
 
     def meta(self, key, default=None):
-        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+        """A value of the run's record, checked for its type; ``default`` when not set."""
+        if self.empty:
+            return default
+        with self._guard():
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return default
+        try:
+            value = json.loads(row[0])
+        except (TypeError, ValueError):
+            value = _Malformed
+        wanted = _META_TYPES.get(key, object)
+        if value is _Malformed or not isinstance(value, wanted) or (isinstance(value, bool) and wanted is int):
+            raise JournalError(f"journal {str(self.path)!r} has a malformed {key!r} value; {_RECOVER}")
+        return value
 
     def set_meta(self, **values):
         with self._transaction():
-            for key, value in values.items():
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+            self._set_meta(values)
+
+    def _set_meta(self, values):
+        self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                             [(key, json.dumps(value)) for key, value in values.items()])
 
     def start(self, call_key, description):
         """Begin a run of the call ``call_key``.
@@ -96,72 +210,125 @@ class Journal:
         if previous is not None and previous != call_key:
             reason = "the operation's code or its arguments changed"
             self.clear()
+        self.run = self.meta("run", 0) + 1
         self.set_meta(call_key=call_key, call=description, complete=False, started=time.time(),
-                      pid=os.getpid(), host=socket.gethostname())
+                      pid=os.getpid(), host=socket.gethostname(), run=self.run)
         return reason
 
     def clear(self):
         """Forget every item (``overwrite=True``, or the call changed)."""
         with self._transaction():
             self._db.execute("DELETE FROM items")
-            self._db.execute("DELETE FROM meta")
+            self._db.execute("DELETE FROM meta WHERE key != 'format'")
+
+    def complete(self, **values):
+        """End the run: drop the items it did not meet (the input no longer holds them), and
+        record ``values`` with ``complete=True``, in one transaction."""
+        with self._transaction():
+            self._db.execute("DELETE FROM items WHERE run != ?", (self.run,))
+            self._set_meta({**values, "complete": True})
 
     # --- items --------------------------------------------------------------------------
 
     def lookup(self, index, key):
-        """``(found, output, stored_key)`` for item ``index``.
+        """``(found, output, changed)`` for the item at ``index`` with cache key ``key``.
 
-        ``found`` is true when the item was done with this very key.  A failed item is
-        never reused: it is computed again.  ``stored_key`` is the key on record for
-        that position (None if there is none), to tell a changed item from a new one.
+        ``found`` is true when an item with this very key was done.  A failed item is
+        never reused: it is computed again.  ``changed`` tells that the journal holds
+        another item at this position (the item changed, rather than being new).
         """
-        row = self._db.execute("SELECT key, status, output FROM items WHERE idx=?", (index,)).fetchone()
-        if row is None:
-            return False, None, None
-        stored_key, status, output = row
-        if stored_key == key and status == DONE:
-            return True, pickle.loads(output), stored_key
-        return False, None, stored_key
+        with self._guard():
+            row = self._db.execute("SELECT status, output FROM items WHERE key=?", (key,)).fetchone()
+            if row is not None and row[0] == DONE:
+                return True, self._decoded(index, row[1]), False
+            changed = self._db.execute("SELECT 1 FROM items WHERE idx=? LIMIT 1", (index,)).fetchone()
+        return False, None, changed is not None
 
-    def record(self, done, failed):
-        """Persist finished items in one transaction.
+    def _decoded(self, index, text):
+        try:
+            return codec.decode(text)
+        except ValueError as exc:
+            raise JournalError(f"journal {str(self.path)!r}: the stored output for item {index} is malformed "
+                               f"({exc}); {_RECOVER}") from None
+
+    def record(self, done=(), failed=(), met=()):
+        """Persist a chunk's items in one transaction.
 
         Parameters
         ----------
-        done : list of (index, key, output)
+        done : list of (index, key, str)
+            Items computed, with their output in the codec's format.
         failed : list of (index, key, FailedItem)
+        met : list of (index, key)
+            Items reused from the journal: they stay on record as met by this run.
         """
-        if not done and not failed:
+        if not done and not failed and not met:
             return
         with self._transaction():
-            self._db.executemany(
-                "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, NULL, NULL)",
-                [(index, key, DONE, pickle.dumps(output, pickle.HIGHEST_PROTOCOL)) for index, key, output in done])
-            self._db.executemany(
-                "INSERT OR REPLACE INTO items VALUES (?, ?, ?, NULL, ?, ?)",
-                [(index, key, FAILED, item.reason, item.traceback) for index, key, item in failed])
-
-    def forget_beyond(self, n_items):
-        """Drop items at positions ``>= n_items`` (the input became shorter)."""
-        with self._transaction():
-            self._db.execute("DELETE FROM items WHERE idx >= ?", (n_items,))
+            self._db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, NULL, NULL)",
+                                 [(key, index, self.run, DONE, text) for index, key, text in done])
+            self._db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, NULL, ?, ?)",
+                                 [(key, index, self.run, FAILED, item.reason, item.traceback)
+                                  for index, key, item in failed])
+            self._db.executemany("UPDATE items SET run=?, idx=? WHERE key=?",
+                                 [(self.run, index, key) for index, key in met])
 
     def counts(self):
-        """``{"done": n, "failed": m}``."""
-        counts = dict(self._db.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
+        """``{"done": n, "failed": m}`` of the run on record: the finished items of a
+        complete run, or those the latest run has met so far."""
+        if self.empty:
+            return {DONE: 0, FAILED: 0}
+        if self.meta("complete") is True and self.meta("n_items") is not None:
+            failed = self.meta("failed", 0)
+            return {DONE: self.meta("n_items") - failed, FAILED: failed}
+        with self._guard():
+            rows = self._db.execute("SELECT status, COUNT(*) FROM items WHERE run=? GROUP BY status",
+                                    (self.meta("run", 0),)).fetchall()
+        counts = dict(rows)
         return {DONE: counts.get(DONE, 0), FAILED: counts.get(FAILED, 0)}
 
     def failures(self, limit=None):
-        """``[(index, reason), ...]`` of the failed items, in input order."""
-        sql = "SELECT idx, reason FROM items WHERE status=? ORDER BY idx"
+        """``[(index, reason), ...]`` of the failed items of the latest run, in input order."""
+        if self.empty:
+            return []
+        sql = "SELECT idx, reason FROM items WHERE status=? AND run=? ORDER BY idx"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return self._db.execute(sql, (FAILED,)).fetchall()
+        with self._guard():
+            rows = self._db.execute(sql, (FAILED, self.meta("run", 0))).fetchall()
+        if not all(type(index) is int and type(reason) is str for index, reason in rows):
+            raise JournalError(f"journal {str(self.path)!r} holds a malformed failed item; {_RECOVER}")
+        return rows
 
     # --- plumbing -----------------------------------------------------------------------
 
+    @contextlib.contextmanager
     def _transaction(self):
-        return _Transaction(self._db)
+        with self._guard():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """SQLite's errors, said in terms of the journal file and what to do."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            message = str(exc)
+            if "locked" in message or "busy" in message:
+                raise      # a writer holds it for a moment: the caller may try again
+            if self.read_only and "unable to open" in message:
+                raise PermissionError(f"cannot read the journal {str(self.path)!r} ({message})") from None
+            if "readonly" in message or "unable to open" in message:
+                raise PermissionError(_not_writable(self.path, message)) from None
+            raise JournalError(f"journal {str(self.path)!r} cannot be used ({message}); {_RECOVER}") from None
+        except sqlite3.Error as exc:
+            raise JournalError(f"{str(self.path)!r} is not a usable wfl_like journal ({exc}); {_RECOVER}") from None
 
     def close(self):
         db = getattr(self, "_db", None)
@@ -179,54 +346,132 @@ class Journal:
         self.close()
 
 
-class _Transaction:
-    def __init__(self, db):
-        self.db = db
+_Malformed = object()
 
-    def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type, exc, tb):
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+def _quoted(name):
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _not_writable(path, why):
+    return (f"cannot write the journal {str(path)!r} ({why}): make it and its directory writable, or give "
+            f"the journal another place (AutoparaInfo(cache='path/to/journal.sqlite')), or run without "
+            f"one (AutoparaInfo(cache=False): no resume)")
+
+
+def _read_only_mode(path):
+    """SQLite's URI mode to read a journal without writing anything.
+
+    A journal in WAL mode needs its ``-shm`` companion even to be read; where the
+    directory cannot be written (read-only media), no writer can be at work either, so
+    the file is read as immutable.
+    """
+    directory = path.resolve().parent
+    try:
+        read_only_media = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_media = False
+    return "mode=ro&immutable=1" if read_only_media or not os.access(directory, os.W_OK) else "mode=ro"
+
+
+def _remove_database(path):
+    """Delete a journal and SQLite's companions without reading them."""
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        try:
+            path.with_name(name).unlink()
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            raise JournalError(f"journal path {str(path.with_name(name))!r} is a directory; move it away") from None
 
 
 # Outputs held by this process: POSIX record locks do not exclude the process itself.
 _held = set()
 _held_guard = threading.Lock()
 
+# A lock file replaced this many times in a row while we take it: give up, as if held.
+_LOCK_ATTEMPTS = 50
+
 
 class _OutputLock:
-    """An exclusive lock on one output, against other processes and this one."""
+    """An exclusive lock on one output, against other processes and this one.
+
+    A POSIX record lock (lockf) belongs to this process alone: worker processes forked
+    during the run (ours, or those of an executor the caller keeps) do not inherit it,
+    and it goes with the process however that ends.  A file of its own (``.lock``
+    beside the journal) keeps it apart from SQLite's record locks on the database.
+    The holder removes that file when it is done, so a lock taken is kept only if the
+    path still names the very file locked (checked by device and inode); otherwise
+    another process may hold the file now at the path, and the lock is taken again.
+    """
 
     def __init__(self, journal):
-        import fcntl
-
         self.key = str(journal.resolve())
+        self.path = journal.with_name(journal.name + ".lock")
         with _held_guard:
             if self.key in _held:
                 raise _locked(journal)
             _held.add(self.key)
         try:
-            journal.parent.mkdir(parents=True, exist_ok=True)
-            # A POSIX record lock (lockf) belongs to this process alone: worker processes
-            # forked during the run (ours, or those of an executor the caller keeps) do not
-            # inherit it, and it goes with the process however that ends.  A file of its
-            # own keeps it apart from SQLite's record locks on the database.
-            self.file = open(journal.with_name(journal.name + ".lock"), "ab")
-            try:
-                fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self.file.close()
-                raise _locked(journal) from None
+            self.file = self._take(journal)
         except BaseException:
             with _held_guard:
                 _held.discard(self.key)
             raise
 
+    def _take(self, journal):
+        try:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PermissionError(_not_writable(journal, f"cannot create its directory: {exc.strerror}")) from None
+        for _ in range(_LOCK_ATTEMPTS):
+            try:
+                handle = open(self.path, "ab")
+            except OSError as exc:
+                raise PermissionError(_not_writable(journal, f"cannot create {self.path.name}: "
+                                                             f"{exc.strerror}")) from None
+            if not lock_names_path(handle, self.path):
+                handle.close()
+                continue
+            return handle
+        raise _locked(journal)
+
     def close(self):
+        # remove the file only while it is ours, and before the lock goes: a process that
+        # opened it meanwhile finds, once it has the lock, that the path names no file
+        if _same_file(self.file, self.path):
+            self.path.unlink(missing_ok=True)
         self.file.close()      # closing the descriptor releases the lock
         with _held_guard:
             _held.discard(self.key)
+
+
+def lock_names_path(handle, path):
+    """Lock the open lock file ``handle``; whether ``path`` still names that very file.
+
+    Raises
+    ------
+    OutputLockedError
+        Another process holds the lock.
+    """
+    import fcntl
+
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        journal = path.with_name(path.name.removesuffix(".lock"))
+        raise _locked(journal) from None
+    return _same_file(handle, path)
+
+
+def _same_file(handle, path):
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _locked(journal):
@@ -236,10 +481,14 @@ def _locked(journal):
 
 
 def _holder(journal):
-    """Who holds the lock, as the journal records it."""
+    """Who holds the lock, as the journal records it (read as untrusted text)."""
     try:
-        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1) as db:
+        with contextlib.closing(sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True,
+                                                timeout=1)) as db:
             rows = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('pid', 'host')").fetchall())
-        return f"process {json.loads(rows['pid'])} on {json.loads(rows['host'])}"
-    except (sqlite3.Error, KeyError, ValueError):
+        pid, host = json.loads(rows["pid"]), json.loads(rows["host"])
+    except (sqlite3.Error, KeyError, ValueError, TypeError, OSError):
         return "another process"
+    if type(pid) is not int or type(host) is not str:
+        return "another process"
+    return f"process {pid} on {host[:100]}"
