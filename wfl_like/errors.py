@@ -146,7 +146,8 @@ class AutoparallelizeError(RuntimeError):
         if stopped_early:
             message = (f"operation {op} failed on each of the first {len(self.failures)} input items with "
                        f"the same error, so the run was stopped (likely a problem with the setup, not "
-                       f"the items): {self.failures[0].reason}")
+                       f"the items): {self.failures[0].reason}; if these items really fail, pass "
+                       f"autopara_info={{'fail_fast': False}} to go through every item")
         else:
             message = (f"operation {op} failed on {len(self.failures)} input items (every other item "
                        f"was completed): {describe_failures(self.failures)}")
