@@ -317,7 +317,6 @@ class OutputSpec:
                 raise ValueError(f"file_root {str(file_root)!r} was given but output files {absolute} are absolute paths")
             self.configs = None
         self._partials = None      # the locked partial files, once claimed
-        self.published = []        # final paths moved into place by close()
         self.n_stored = 0          # structures stored so far
         # Bad names fail here, before any work; the format is looked up once per file
         # (ASE matches a name against every format it knows).
@@ -328,6 +327,11 @@ class OutputSpec:
     def paths(self):
         """Final paths of the output files (empty list for outputs in memory)."""
         return [self.file_root / f for f in self.files] if self.files is not None else []
+
+    @property
+    def published(self):
+        """Final paths that :meth:`close` moved into place (complete files) so far."""
+        return [partial.final for partial in self._partials or () if partial.published]
 
     def all_written(self):
         """Whether every output file exists, i.e. a previous run completed.
@@ -465,7 +469,7 @@ class OutputSpec:
         try:
             return render(atoms, self._file_write_kwargs[file_i])
         except UnwritableOutput as exc:
-            raise OutputFormatError(f"output at {format_location(loc) or 'the top'} of {str(self.paths[file_i])!r} "
+            raise OutputFormatError(f"output at {format_location(loc)!r} of {str(self.paths[file_i])!r} "
                                     f"cannot be written: {exc}") from None
         finally:
             atoms.info = saved
@@ -531,7 +535,6 @@ class OutputSpec:
         try:
             for partial in self._partials:
                 partial.publish()
-                self.published.append(partial.final)
         except BaseException:
             self.discard()
             raise

@@ -197,8 +197,13 @@ class OutputWriteError(OSError):
 
     def __init__(self, message, filename=None, errno=None):
         super().__init__(message)
+        self.message = message
         self.filename = None if filename is None else str(filename)
         self.errno = errno
+
+    def __str__(self):
+        # OSError's own would show "[Errno N] strerror: filename" once those are set
+        return self.message
 
     def __reduce__(self):
         return (type(self), (str(self), self.filename, self.errno))

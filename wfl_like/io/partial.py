@@ -15,11 +15,14 @@ This module also keeps the set of partial files being written, so that a forced 
 import contextlib
 import fcntl
 import io as _io
+import logging
 import os
 import threading
 from pathlib import Path
 
 from wfl_like.errors import OutputLockedError, OutputWriteError
+
+log = logging.getLogger(__name__)
 
 # Partial output files being written by this process: a forced stop removes them.
 _partial_files = set()
@@ -75,6 +78,7 @@ class PartialFile:
         self.final = Path(final)
         self.path = partial_path(self.final)
         self._fd = None
+        self.published = False
         for _ in range(_ATTEMPTS):
             if self._try_lock():
                 break
@@ -155,18 +159,21 @@ class PartialFile:
                                    f"another run, or a clean-up, at work in {str(self.final.parent)!r}?); "
                                    f"the journal keeps the computed items, run again to write the output",
                                    filename=self.final)
+        log.debug("publishing %s", self.final)
         try:
             os.replace(self.path, self.final)
+            self.published = True
             _fsync_directory(self.final.parent)
         except OSError as exc:
             raise OutputWriteError.of(exc, self.final, "could not move the complete output into place") from None
         self._release()
+        log.debug("published %s", self.final)
 
     def discard(self):
         """Remove the partial file (if it is still this writer's) and release it."""
         if self._fd is None:
             return
-        if self._names(self._identity):
+        if not self.published and self._names(self._identity):
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
         self._release()
