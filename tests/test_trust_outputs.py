@@ -387,6 +387,31 @@ def test_a_read_only_output_directory_is_refused_before_any_work(tmp_path):
         with pytest.raises(PermissionError, match="ro'? is not writable"):
             autoparallelize(identity_op, ConfigSet(inputs), OutputSpec(ro / "out.xyz"),
                             autopara_info={"cache": tmp_path / "journal.sqlite"})
+        assert list(ro.iterdir()) == []
+
+
+def test_a_file_system_turned_read_only_during_the_run_is_an_output_write_error_naming_the_file(tmp_path):
+    inputs = write_input(tmp_path / "in.xyz", 5)
+    with small_tmpfs(tmp_path / "fs", "1m") as fs:
+        out = fs / "out.xyz"
+        holder, release = start_holder(tmp_path, inputs, out, str(tmp_path / "journal.sqlite"))
+        with ended(holder):
+            # the directory seen read-only from now on (a remount of the whole file system is
+            # refused while a file is open for writing on it)
+            subprocess.run(["mount", "--bind", str(fs), str(fs)], check=True)
+            try:
+                subprocess.run(["mount", "-o", "remount,bind,ro", str(fs)], check=True)
+                release.touch()
+                assert finish(holder) == 1
+            finally:
+                subprocess.run(["umount", str(fs)], check=False)
+        stderr = holder.stderr_path.read_text()
+        assert "OutputWriteError" in stderr and "out.xyz" in stderr and "Read-only file system" in stderr, stderr
+        # nothing can be removed from a read-only file system: the message says what is left
+        assert "could not remove the partial file" in stderr, stderr
+        assert not out.exists()
+    with Journal(tmp_path / "journal.sqlite", read_only=True) as kept:
+        assert kept.counts()["done"] == 5
 
 
 # the command line, with SIGTERM sent to itself by a log handler just before, or just

@@ -30,7 +30,7 @@ _partial_files = set()
 # (device, inode) of the partial files this process holds, and the guard that makes
 # "look, open, lock, register" one step between threads.
 _held = set()
-_held_guard = threading.Lock()
+_held_guard = threading.RLock()      # re-entrant: __del__ may run while it is held
 
 # Times the open-and-lock is tried again when the name was moved to another file in
 # between (another writer publishing at that very moment).
@@ -174,9 +174,21 @@ class PartialFile:
         if self._fd is None:
             return
         if not self.published and self._names(self._identity):
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                # a file system turned read-only: say where the debris is
+                log.warning("could not remove the partial file %s of output %s (%s); remove it by hand",
+                            self.path, self.final, exc.strerror)
         self._release()
+
+    def __del__(self):
+        # an OutputSpec dropped without close() or discard(): nobody can write this file
+        # any more, so its lock goes (the partial file stays, as after a kill)
+        if getattr(self, "_fd", None) is not None:
+            self._release()
 
     def _release(self):
         with contextlib.suppress(OSError):
