@@ -304,7 +304,8 @@ def test_signal_stops_cleanly(tmp_path, big_input, gated_calculator_path, signum
                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     pgid = proc.pid
     try:
-        assert wait_for(partial.exists, DEADLINE), \
+        # the partial file is created (and locked) before any work: wait for a structure in it
+        assert wait_for(lambda: partial.exists() and partial.stat().st_size > 0, DEADLINE), \
             f"the run did not start writing its output\n{stderr_path.read_text()}"
         assert proc.poll() is None, f"the run ended before it was signalled\n{stderr_path.read_text()}"
         if target == "group":

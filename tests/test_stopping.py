@@ -37,13 +37,13 @@ STUCK_DRIVER = textwrap.dedent("""
     class StuckOutput(OutputSpec):
         # after the first structure, storing blocks and ignores every exception: what a
         # hung network file system, or C code that swallows signals, looks like
-        def store(self, configs, input_CS_loc=""):
-            super().store(configs, input_CS_loc)
-            self._file.flush()
+        # (the engine writes each output, once rendered and journaled, with store_rendered)
+        def store_rendered(self, rendered):
+            super().store_rendered(rendered)      # flushed: flush=True is the default
             while True:
                 try:
                     # inside the try: a signal sent once this file exists is swallowed
-                    # here whenever it lands, never raised out of store()
+                    # here whenever it lands, never raised out of store_rendered()
                     open(os.path.join(MARKERS, "stuck"), "w").close()
                     time.sleep(3600)
                 except BaseException:

@@ -45,6 +45,16 @@ def _chunk_size(text):
     return value
 
 
+def _process_count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0 (0: no worker processes)")
+    return value
+
+
 def build_parser():
     """The argument parser of ``wfl-like`` and its subcommands."""
     parser = _Parser(
@@ -77,7 +87,7 @@ def build_parser():
                       help="comma-separated properties to compute (default energy,forces,stress)")
     calc.add_argument("--prefix", default="_auto_",
                       help="prefix of the stored keys (default: calculator class name + '_')")
-    calc.add_argument("-n", "--num-processes", type=int, default=None, metavar="N",
+    calc.add_argument("-n", "--num-processes", type=_process_count, default=None, metavar="N",
                       help="worker processes (default: $WFL_NUM_PYTHON_SUBPROCESSES, else serial)")
     calc.add_argument("--chunk-size", type=_chunk_size, default=None, metavar="M",
                       help="structures per call of the calculator loop, or 'auto' to size chunks so each "
@@ -154,13 +164,17 @@ def parse_calculator(spec, kwarg_texts):
 
 def run_calculate(args):
     """``wfl-like calculate``: returns the exit code."""
-    from wfl_like.calculators.generic import calculate
+    from wfl_like.calculators.generic import calculate, check_properties
     from wfl_like.configset import ConfigSet
 
     calculator = parse_calculator(args.calculator, args.calc_kwarg)
     properties = [p.strip() for p in args.properties.split(",") if p.strip()]
     if not properties:
         raise UsageError("--properties is empty")
+    try:
+        check_properties(calculator, properties)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--properties: {exc}") from None
     try:
         inputs = ConfigSet(args.inputs[0] if len(args.inputs) == 1 else args.inputs)
         outputs = OutputSpec(args.output, overwrite=args.overwrite)
@@ -171,8 +185,13 @@ def run_calculate(args):
         autopara_info["num_python_subprocesses"] = args.num_processes
     if args.chunk_size is not None:
         autopara_info["num_inputs_per_python_subprocess"] = args.chunk_size
-    calculate(inputs, outputs, calculator, properties=properties, output_prefix=args.prefix,
-              autopara_info=autopara_info)
+    try:
+        calculate(inputs, outputs, calculator, properties=properties, output_prefix=args.prefix,
+                  autopara_info=autopara_info)
+    except (KeyboardInterrupt, Terminated) as stop:
+        # the stop may come after the output was published: the message must say so
+        stop.published = [str(path) for path in outputs.published]
+        raise
     if outputs.n_stored:
         logging.getLogger(PROG).info("wrote %d structures to %s", outputs.n_stored, args.output)
     return 0
@@ -245,14 +264,22 @@ def main(argv=None):
     except (UsageError, InputFileError, OutputLockedError, FileNotFoundError, FileExistsError, PermissionError,
             IsADirectoryError) as exc:
         return _fail(exc, EXIT_USAGE)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(_stopped_message("interrupted", stop), file=sys.stderr)
         return 128 + signal.SIGINT
-    except Terminated:
-        print(f"{PROG}: terminated; no output was written", file=sys.stderr)
+    except Terminated as stop:
+        print(_stopped_message("terminated", stop), file=sys.stderr)
         return 128 + signal.SIGTERM
     except Exception as exc:
         return _fail(exc, 1)
+
+
+def _stopped_message(what, stop):
+    published = getattr(stop, "published", None)
+    if published:
+        return f"{PROG}: {what} after the output was written completely: {', '.join(published)}"
+    return (f"{PROG}: {what}; no output was written (the journal beside it keeps what was computed: the same "
+            f"command resumes)")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -8,14 +8,19 @@ its inputs, file for file and group for group.
 import glob
 import itertools
 import logging
+import os
 from pathlib import Path
+from typing import NamedTuple
 
 from ase import Atoms
 
 from wfl_like import io
-from wfl_like.stopping import check_stop, partial_begun, partial_ended, stop_requested
-from wfl_like.locations import (LOC_KEY, format_location, iter_tree, location_of, parse_location,
-                                place_in_tree, tree_from_pairs)
+from wfl_like.errors import InputFileError, OutputFormatError
+from wfl_like.io.partial import PartialFile
+from wfl_like.io.render import UnwritableOutput, render
+from wfl_like.locations import (LOC_KEY, SparseList, format_location, iter_tree, location_of, parse_location,
+                                place_in_tree, present, tree_from_pairs)
+from wfl_like.stopping import check_stop, stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +121,7 @@ class ConfigSet:
             used in any order, or kept and used later.
         """
         if self._kind == _TREE:
-            for i, item in enumerate(self._content):
-                if item is None:
-                    continue
+            for i, item in present(self._content):
                 if isinstance(item, Atoms):
                     item.info.pop(LOC_KEY, None)
                     yield item
@@ -244,13 +247,17 @@ def _merge(configsets):
     if any(cs._kind in (_FILE, _FILES) for cs in parts):
         raise ValueError("cannot combine a ConfigSet of files with one of structures in memory; "
                          "write the structures to a file first, or read the files into memory")
-    return _TREE, [list(cs._content) for cs in parts]
+    return _TREE, [cs._content for cs in parts]
 
 
 def _located_in_file(path, read_kwargs):
     """``(location, Atoms)`` for each structure of a file: the stored location, else the frame number."""
     for frame_i, atoms in enumerate(io.iread(path, **read_kwargs)):
-        loc = location_of(atoms)
+        try:
+            loc = location_of(atoms)
+        except ValueError as exc:
+            raise InputFileError(f"input file {str(path)!r}, structure {frame_i}: {exc}; fix or remove that "
+                                 f"info entry (it is written by OutputSpec to keep the nesting)") from None
         yield (loc if loc else (frame_i,)), atoms
 
 
@@ -258,7 +265,13 @@ class OutputSpec:
     """Where the outputs of an operation go: memory, one file, or several files.
 
     Files are written under a hidden temporary name beside the final one and renamed
-    into place by :meth:`close`, so a file at an output path is always complete.
+    into place by :meth:`close`, so a file at an output path is always complete.  The
+    temporary file is locked from the first store (or, under
+    :func:`~wfl_like.autoparallelize.autoparallelize`, from the start of the run) until it
+    is published, so a second writer of the same output fails at once with
+    :class:`~wfl_like.errors.OutputLockedError`.  Every structure is rendered and checked
+    to read back before it is written: one the file cannot hold raises
+    :class:`~wfl_like.errors.OutputFormatError` naming the key.
 
     Parameters
     ----------
@@ -293,7 +306,7 @@ class OutputSpec:
         if files is None:
             self.files = None
             self.single_file = False
-            self.configs = []
+            self.configs = SparseList()
         else:
             self.single_file = isinstance(files, (str, Path))
             self.files = [Path(f) for f in ([files] if self.single_file else files)]
@@ -303,11 +316,8 @@ class OutputSpec:
             if absolute and file_root is not None:
                 raise ValueError(f"file_root {str(file_root)!r} was given but output files {absolute} are absolute paths")
             self.configs = None
-        self._file = None          # open handle of the file being written
-        self._file_i = None
-        self._started = set()      # indices of files whose partial file was begun
+        self._partials = None      # the locked partial files, once claimed
         self.n_stored = 0          # structures stored so far
-        self._replaceable = False  # set by a run whose journal describes the existing files
         # Bad names fail here, before any work; the format is looked up once per file
         # (ASE matches a name against every format it knows).
         self._file_write_kwargs = [{**self.write_kwargs, "format": io.format_for(path, self.write_kwargs)}
@@ -318,6 +328,11 @@ class OutputSpec:
         """Final paths of the output files (empty list for outputs in memory)."""
         return [self.file_root / f for f in self.files] if self.files is not None else []
 
+    @property
+    def published(self):
+        """Final paths that :meth:`close` moved into place (complete files) so far."""
+        return [partial.final for partial in self._partials or () if partial.published]
+
     def all_written(self):
         """Whether every output file exists, i.e. a previous run completed.
 
@@ -326,13 +341,47 @@ class OutputSpec:
         """
         return self.files is not None and all(p.exists() for p in self.paths)
 
-    def _refuse_existing(self):
-        if self.files is None or self.overwrite or self._replaceable:
+    def claim(self, replace_existing=False):
+        """Make sure these files may be written, and hold them for this writer until :meth:`close`.
+
+        Called by :func:`~wfl_like.autoparallelize.autoparallelize` before any work, and by
+        the first :meth:`store` otherwise; once claimed, later calls do nothing.
+
+        Parameters
+        ----------
+        replace_existing : bool, default False
+            Existing output files may be replaced even though ``overwrite`` is False (a
+            run whose journal describes them).
+
+        Raises
+        ------
+        FileExistsError
+            An output file exists, and neither ``overwrite`` nor ``replace_existing`` is set.
+        PermissionError
+            An output directory cannot be created or written.
+        OutputLockedError
+            Another writer, in this process or another, holds an output.
+        """
+        if self.files is None or self._partials is not None:
             return
-        existing = [str(p) for p in self.paths if p.exists()]
-        if existing:
-            raise FileExistsError(f"output file(s) {existing} already exist and overwrite is False; "
-                                  f"pass OutputSpec(..., overwrite=True) to replace them, or remove them")
+        if self.closed:
+            raise ValueError("cannot write into an OutputSpec after close()")
+        if not (self.overwrite or replace_existing):
+            existing = [str(p) for p in self.paths if p.exists()]
+            if existing:
+                raise FileExistsError(f"output file(s) {existing} already exist and overwrite is False; pass "
+                                      f"OutputSpec(..., overwrite=True) to replace them, or remove them")
+        for path in self.paths:
+            _check_directory(path.parent)
+        partials = []
+        try:
+            for path in self.paths:
+                partials.append(PartialFile(path))
+        except BaseException:
+            for partial in partials:
+                partial.discard()
+            raise
+        self._partials = partials
 
     def store(self, configs, input_CS_loc=""):
         """Store one output (an ``Atoms`` or a nested list of them) at a location.
@@ -345,6 +394,14 @@ class OutputSpec:
             Location of the input this output came from (``info["_ConfigSet_loc"]`` of
             the input, or :attr:`ConfigSet.cur_loc`).  Required with several files;
             without it, outputs are placed one after the other.
+
+        Raises
+        ------
+        OutputFormatError
+            For file outputs: the format cannot hold a structure, or it would not read
+            back (the message names the key); nothing of ``configs`` is written.
+        OutputWriteError
+            The file cannot be written (disk full, ...).
         """
         # under stop_on_signals, nothing more is stored once a stop was asked for, even
         # if the exception the signal raised was lost on its way
@@ -353,8 +410,8 @@ class OutputSpec:
             raise ValueError("cannot store into an OutputSpec after close()")
         if configs is None:
             return
-        loc = self._resolve_location(parse_location(input_CS_loc))
         if self.files is None:
+            loc = self._take_location(parse_location(input_CS_loc))
             self._tag(configs)
             if loc:
                 place_in_tree(self.configs, loc, configs)
@@ -362,9 +419,28 @@ class OutputSpec:
                 self.configs.append(configs)
             self.n_stored += sum(1 for _ in _nested(configs, ()))
             return
-        if not self._stored_any:
-            self._refuse_existing()
-        self._stored_any = True
+        self.claim()
+        self.store_rendered(self.render(configs, input_CS_loc))
+
+    def render(self, configs, input_CS_loc=""):
+        """The text that storing ``configs`` would write, checked to read back; nothing is written.
+
+        For file outputs only.  The location is taken (outputs stored without one are
+        numbered) only when the rendering succeeds.
+
+        Returns
+        -------
+        RenderedOutput
+            For :meth:`store_rendered`.
+
+        Raises
+        ------
+        OutputFormatError
+            The format cannot hold a structure of ``configs``, or it would not read back.
+        ValueError
+            The location is not valid for these files.
+        """
+        loc, next_index = self._resolve_location(parse_location(input_CS_loc))
         if self.single_file:
             file_i, stored_loc = 0, loc
         else:
@@ -375,21 +451,58 @@ class OutputSpec:
             if file_i >= len(self.files):
                 raise ValueError(f"location {format_location(loc)!r} picks output file {file_i}, but only "
                                  f"{len(self.files)} files were given: {[str(f) for f in self.files]}")
-        self._write(file_i, configs, stored_loc)
+        texts = [self._render_one(atoms, sub_loc, file_i) for sub_loc, atoms in _nested(configs, stored_loc)]
+        self._next_index, self._stored_any = next_index, True
+        return RenderedOutput(file_i, "".join(texts), len(texts))
+
+    def _render_one(self, atoms, loc, file_i):
+        # rendered with its location and the tags, leaving the caller's structure as it was
+        saved = atoms.info
+        info = dict(saved)
+        if loc:
+            info[LOC_KEY] = format_location(loc)
+        else:
+            # at the top of its file: a location left from the input must not be written
+            info.pop(LOC_KEY, None)
+        info.update(self.tags)
+        atoms.info = info
+        try:
+            return render(atoms, self._file_write_kwargs[file_i])
+        except UnwritableOutput as exc:
+            raise OutputFormatError(f"output at {format_location(loc)!r} of {str(self.paths[file_i])!r} "
+                                    f"cannot be written: {exc}") from None
+        finally:
+            atoms.info = saved
+
+    def store_rendered(self, rendered):
+        """Write what :meth:`render` gave (the files must be claimed: :meth:`claim`)."""
+        check_stop()
+        if self.closed:
+            raise ValueError("cannot store into an OutputSpec after close()")
+        self._partials[rendered.file_i].write(rendered.text, self.flush)
+        self.n_stored += rendered.count
+
+    def _take_location(self, loc):
+        loc, self._next_index = self._resolve_location(loc)
+        self._stored_any = True
+        return loc
 
     def _resolve_location(self, loc):
-        # Like wfl: outputs stored without location are numbered one after the other,
-        # and a store without location may not follow one with a location or vice versa.
+        """``(location, next counter)``; nothing changes until the caller commits the counter.
+
+        Like wfl: outputs stored without location are numbered one after the other, and a
+        store without location may not follow one with a location or vice versa.
+        """
         if loc:
             if self._next_index is not None:
                 raise ValueError("store() got a location after calls without one")
-            return loc
+            return loc, None
         if self.files is None:
-            return ()
+            return (), self._next_index
         if self._stored_any and self._next_index is None:
             raise ValueError("store() got no location after calls that gave one")
-        self._next_index = 0 if self._next_index is None else self._next_index + 1
-        return (self._next_index,) if self.single_file else ()
+        next_index = 0 if self._next_index is None else self._next_index + 1
+        return ((next_index,) if self.single_file else ()), next_index
 
     def _tag(self, configs):
         if isinstance(configs, Atoms):
@@ -398,73 +511,40 @@ class OutputSpec:
             for item in configs:
                 self._tag(item)
 
-    def _write(self, file_i, configs, loc):
-        handle = self._open(file_i)
-        for sub_loc, atoms in _nested(configs, loc):
-            if sub_loc:
-                atoms.info[LOC_KEY] = format_location(sub_loc)
-            else:
-                # at the top of its file: a location left from the input must not be written
-                atoms.info.pop(LOC_KEY, None)
-            atoms.info.update(self.tags)
-            io.write(handle, atoms, **self._file_write_kwargs[file_i])
-            self.n_stored += 1
-        if self.flush:
-            handle.flush()
-
-    def _open(self, file_i):
-        if self._file_i == file_i:
-            return self._file
-        if self._file is not None:
-            self._file.close()
-        final = self.paths[file_i]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # First open truncates a stale partial file from a killed run; later ones append,
-        # since outputs may alternate between files.
-        mode = "a" if file_i in self._started else "w"
-        self._file = open(io.partial_path(final), mode)
-        partial_begun(io.partial_path(final))
-        self._file_i = file_i
-        self._started.add(file_i)
-        return self._file
-
-    def _close_handle(self):
-        if self._file is not None:
-            self._file.close()
-        self._file = self._file_i = None
-
     def close(self):
         """Finish writing: every output file is moved to its final path.
 
         A file that received no structure is created empty, so that
-        :meth:`all_written` knows the run completed.
+        :meth:`all_written` knows the run completed.  If publishing fails or is
+        interrupted, the partial files not yet published are removed.
+
+        Raises
+        ------
+        OutputWriteError
+            A file could not be published (disk full, its partial file removed, ...).
         """
         if self.closed:
             return
         if stop_requested():
             self.discard()
             check_stop()
-        self.closed = True
-        self._close_handle()
         if self.files is None:
+            self.closed = True
             return
-        if not self._stored_any:
-            self._refuse_existing()
-        for file_i, final in enumerate(self.paths):
-            partial = io.partial_path(final)
-            if file_i not in self._started:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                partial.write_bytes(b"")
-            io.publish(partial, final)
-            partial_ended(partial)
+        self.claim()
+        try:
+            for partial in self._partials:
+                partial.publish()
+        except BaseException:
+            self.discard()
+            raise
+        self.closed = True
 
     def discard(self):
-        """Abandon the output: close, and remove the partial files (final paths are untouched)."""
+        """Abandon the output: remove the partial files not yet published (final paths are untouched)."""
         self.closed = True
-        self._close_handle()
-        for file_i in self._started:
-            io.partial_path(self.paths[file_i]).unlink(missing_ok=True)
-            partial_ended(io.partial_path(self.paths[file_i]))
+        for partial in self._partials or ():
+            partial.discard()
 
     def __enter__(self):
         return self
@@ -506,6 +586,24 @@ class OutputSpec:
     def __repr__(self):
         where = "memory" if self.files is None else [str(p) for p in self.paths]
         return f"OutputSpec({where})"
+
+
+class RenderedOutput(NamedTuple):
+    """One output as the text it adds to its file (from :meth:`OutputSpec.render`)."""
+
+    file_i: int
+    text: str
+    count: int
+
+
+def _check_directory(directory):
+    """Create an output directory, and refuse one that cannot be written, before any work."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"cannot create output directory {str(directory)!r}: {exc.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"output directory {str(directory)!r} is not writable")
 
 
 def _nested(configs, loc):

@@ -147,7 +147,8 @@ class AutoparallelizeError(RuntimeError):
         if stopped_early:
             message = (f"operation {op} failed on each of the first {len(self.failures)} input items with "
                        f"the same error, so the run was stopped (likely a problem with the setup, not "
-                       f"the items): {self.failures[0].reason}")
+                       f"the items): {self.failures[0].reason}; if these items really fail, pass "
+                       f"autopara_info={{'fail_fast': False}} to go through every item")
         else:
             message = (f"operation {op} failed on {len(self.failures)} input items (every other item "
                        f"was completed): {describe_failures(self.failures)}")
@@ -184,6 +185,47 @@ class JournalError(ValueError):
 
 
 # --- outputs --------------------------------------------------------------------------
+
+
+class OutputWriteError(OSError):
+    """An output file could not be written or published (disk full, read-only, removed).
+
+    The partial files of the output are removed; what was computed stays in the journal,
+    so a rerun after the cause is fixed computes only the rest.
+
+    Attributes
+    ----------
+    filename : str
+        The output file.
+    errno : int or None
+        The errno of the underlying OSError, when there was one.
+    """
+
+    def __init__(self, message, filename=None, errno=None):
+        super().__init__(message)
+        self.message = message
+        self.filename = None if filename is None else str(filename)
+        self.errno = errno
+
+    def __str__(self):
+        # OSError's own would show "[Errno N] strerror: filename" once those are set
+        return self.message
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.filename, self.errno))
+
+    @classmethod
+    def of(cls, exc, final, what):
+        """From an OSError met while writing output ``final``: ``what`` went wrong, and why."""
+        why = exc.strerror or str(exc)
+        return cls(f"{what} {str(final)!r}: {why}; its partial files are removed, and the journal (if any) "
+                   f"keeps the computed items, so a rerun after fixing this computes only the rest",
+                   filename=final, errno=exc.errno)
+
+
+class OutputFormatError(OpOutputError):
+    """An output that the format of its file cannot hold, or that would not read back from it
+    (a key that is not a string, a line break inside a value, ...); the message names the key."""
 
 
 # --- worker processes -----------------------------------------------------------------

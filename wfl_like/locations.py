@@ -44,15 +44,57 @@ def location_of(atoms):
     return None if text is None else parse_location(text)
 
 
+class SparseList:
+    """A list with holes: items by index, costing memory only for the items present.
+
+    The trees built from locations (outputs kept in memory, groups read from a file)
+    use it, so that a location such as ``" / 1000000000"`` costs one entry, not a
+    billion placeholders.  Iteration yields the items present, in index order.
+    """
+
+    def __init__(self):
+        self._items = {}
+
+    def __len__(self):
+        return len(self._items)
+
+    def __iter__(self):
+        return (item for _, item in self.present())
+
+    def present(self):
+        """``(index, item)`` of the items present, in index order."""
+        return sorted(self._items.items(), key=lambda pair: pair[0])
+
+    def get(self, i):
+        """The item at ``i``, or ``None`` for a hole."""
+        return self._items.get(i)
+
+    def set(self, i, value):
+        self._items[i] = value
+
+    def append(self, value):
+        """Put ``value`` after the last item."""
+        self._items[max(self._items, default=-1) + 1] = value
+
+    def __repr__(self):
+        return f"SparseList({dict(self.present())!r})"
+
+
+def present(node):
+    """``(index, item)`` of the items of a tree node (a list or a SparseList), holes passed over."""
+    if isinstance(node, SparseList):
+        return node.present()
+    return [(i, item) for i, item in enumerate(node) if item is not None]
+
+
 def iter_tree(tree, prefix=()):
     """Yield ``(location, Atoms)`` for every ``Atoms`` in a nested list, depth first.
 
-    ``None`` entries are placeholders for missing items and are passed over, so the
-    locations of the items after them stay what they were.
+    ``None`` entries (and the holes of a :class:`SparseList`) are placeholders for
+    missing items and are passed over, so the locations of the items after them stay
+    what they were.
     """
-    for i, item in enumerate(tree):
-        if item is None:
-            continue
+    for i, item in present(tree):
         if isinstance(item, Atoms):
             yield prefix + (i,), item
         else:
@@ -60,34 +102,52 @@ def iter_tree(tree, prefix=()):
 
 
 def place_in_tree(tree, loc, value):
-    """Put ``value`` at ``loc`` in a nested list, creating the lists on the way.
+    """Put ``value`` at ``loc`` in a tree of SparseLists (or lists), creating the nodes on the way.
 
-    Gaps left by items that were never stored are ``None``, which :func:`iter_tree`
-    passes over.
+    Raises
+    ------
+    ValueError
+        ``loc`` is empty, already holds an item, or lies inside a stored structure.
     """
     if not loc:
         raise ValueError("cannot place an item at the empty location")
     node = tree
     for depth, i in enumerate(loc):
-        if len(node) <= i:
-            node.extend([None] * (i + 1 - len(node)))
+        current = _get(node, i)
         if depth == len(loc) - 1:
-            if node[i] is not None:
+            if current is not None:
                 raise ValueError(f"location {format_location(loc)!r} already holds a stored output; "
                                  f"each input's output is stored once")
-            node[i] = value
+            _set(node, i, value)
             return
-        if node[i] is None:
-            node[i] = []
-        elif isinstance(node[i], Atoms):
+        if current is None:
+            current = SparseList()
+            _set(node, i, current)
+        elif isinstance(current, Atoms):
             raise ValueError(f"location {format_location(loc)!r} is inside a structure already stored at "
                              f"{format_location(loc[:depth + 1])!r}")
-        node = node[i]
+        node = current
+
+
+def _get(node, i):
+    if isinstance(node, SparseList):
+        return node.get(i)
+    return node[i] if i < len(node) else None
+
+
+def _set(node, i, value):
+    if isinstance(node, SparseList):
+        node.set(i, value)
+        return
+    # a plain list (an output that was itself a list): filled up to i, as it is small
+    if len(node) <= i:
+        node.extend([None] * (i + 1 - len(node)))
+    node[i] = value
 
 
 def tree_from_pairs(pairs):
-    """Build a nested list from ``(location, Atoms)`` pairs."""
-    tree = []
+    """Build a tree of SparseLists from ``(location, Atoms)`` pairs."""
+    tree = SparseList()
     for loc, atoms in pairs:
         place_in_tree(tree, loc, atoms)
     return tree

@@ -21,6 +21,8 @@ import select
 import signal
 import threading
 
+from wfl_like.io.partial import remove_partial_files
+
 # Seconds a clean stop may take before it is finished by force: a scheduler's wall-time
 # SIGTERM is typically followed by SIGKILL 30 s or more later, and users expect Ctrl-C to
 # act within seconds.
@@ -35,20 +37,6 @@ STOP_SIGNALS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
 
 # The StopOnSignals in force, if any: signal handlers belong to the whole process.
 _active = None
-
-# Partial output files being written by this process: a forced stop removes them.
-_partial_files = set()
-
-
-def partial_begun(path):
-    """Note that partial output file ``path`` is being written (by :class:`~wfl_like.configset.OutputSpec`)."""
-    _partial_files.add(os.fspath(path))
-
-
-def partial_ended(path):
-    """Note that partial output file ``path`` was published or removed."""
-    _partial_files.discard(os.fspath(path))
-
 
 def check_stop():
     """Raise the stop exception if a stop signal arrived under :func:`stop_on_signals`.
@@ -176,9 +164,7 @@ class _StopOnSignals:
         self._force(forced_by_signal=bool(ready))
 
     def _force(self, forced_by_signal):
-        for path in list(_partial_files):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        remove_partial_files()
         for child in _children():
             _kill_tree(child)
         why = "a second signal" if forced_by_signal else f"the clean stop took more than {self.force_after:g} s"

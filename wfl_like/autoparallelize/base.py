@@ -4,8 +4,8 @@ import contextlib
 import functools
 import inspect
 import logging
-import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 from ase import Atoms
@@ -41,7 +41,7 @@ def autoparallelize(op, *args, default_autopara_info=None, **kwargs):
         index in the whole input) and, if ``rng`` was given, ``rng``: a
         ``numpy.random.Generator`` of its own.
     *args
-        ``inputs`` (any iterable, usually a ConfigSet), ``outputs`` (OutputSpec or
+        ``inputs`` (any iterable, usually a ConfigSet; a bare ``Atoms`` is one structure), ``outputs`` (OutputSpec or
         None), then the op's positional arguments.
     default_autopara_info : dict, optional
         The wrapper's defaults for :class:`AutoparaInfo` options.
@@ -56,6 +56,9 @@ def autoparallelize(op, *args, default_autopara_info=None, **kwargs):
     """
     args, kwargs = list(args), dict(kwargs)
     inputs, outputs = _take_inputs_outputs(args, kwargs)
+    if isinstance(inputs, Atoms):
+        # one structure, as in wfl (an Atoms is also an iterable of its atoms)
+        inputs = ConfigSet(inputs)
     info = kwargs.pop("autopara_info", None)
     if info is None:
         info = AutoparaInfo()
@@ -142,47 +145,15 @@ def _reuse_finished(cache, fingerprint_of_inputs, outputs, name):
 
 def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None):
     name = call.name
-    if outputs is not None:
-        if cache is None or not cache.existed:
-            outputs._refuse_existing()
-        else:
-            outputs._replaceable = True     # files this journal describes: ours to rewrite
-        _check_output_paths(outputs)
-    if cache is not None:
-        cache.start(overwrite=outputs is not None and outputs.overwrite)
-    op_rng = rng      # the call's own generator, spawned once by _run
-    executor = info.executor if info.executor is not None else mpipool_support.active_executor()
-    if executor is not None and info.executor is None and info.num_python_subprocesses:
-        warnings.warn(f"num_python_subprocesses={info.num_python_subprocesses} is ignored: {name} runs on "
-                      f"the MPI ranks of WFL_MPIPOOL", stacklevel=4)
-    workers = num_workers(info.num_python_subprocesses) if executor is None else 0
-    if info.timeout is not None and (workers == 0 or executor is not None):
-        warnings.warn(f"timeout={info.timeout} is not enforced for {name}: it needs wfl_like's own worker "
-                      f"processes (num_python_subprocesses >= 1, no executor)", stacklevel=4)
-    if info.initializer_timeout is not None and (workers == 0 or executor is not None):
-        warnings.warn(f"initializer_timeout={info.initializer_timeout} is not enforced for {name}: it needs "
-                      f"wfl_like's own worker processes (num_python_subprocesses >= 1, no executor)", stacklevel=4)
-    cpus = available_cpus()
-    if workers > cpus and not in_worker():
-        warnings.warn(f"{name}: {workers} worker processes were asked for, but this process may run on only "
-                      f"{cpus} CPUs; they will share them (at most one worker per chunk is started)",
-                      stacklevel=4)
-    where = (f"executor {type(executor).__name__}" if executor is not None
-             else f"{workers} worker processes" if workers else "serial")
-    log.info("%s: %s, chunk size %s", name, where, info.num_inputs_per_python_subprocess)
-    sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
-    chunks = make_chunks(inputs, sizer or info.num_inputs_per_python_subprocess, op_rng,
-                         lookup=cache.lookup if cache is not None else None)
     try:
-        # structures read from files are fresh objects: no copy needed to protect the caller's
-        isolate = not (isinstance(inputs, ConfigSet) and inputs.files())
-        initializer_timeout = info.initializer_timeout if info.initializer_timeout is not None else info.timeout
-        with chunk_runner(call, workers, info.initializer, isolate, executor, initializer_timeout=initializer_timeout,
-                          max_items_per_worker=info.max_items_per_worker) as (submit, slots):
-            results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
-                                   chunk_size=sizer)
-            with contextlib.closing(results):      # an error while storing withdraws the queued chunks
-                failures, n_items = _store_all(results, outputs, name, info.skip_failed, cache)
+        if outputs is not None:
+            # Before any work, and before the journal is touched: the output's own lock keeps
+            # out a second writer whatever its journal settings.  Files that this run's
+            # journal describes are ours to rewrite.
+            outputs.claim(replace_existing=cache is not None and cache.existed)
+        if cache is not None:
+            cache.start(overwrite=outputs is not None and outputs.overwrite)
+        failures, n_items = _compute(call, inputs, outputs, info, rng, cache)
         if failures and info.errors == "raise":
             raise AutoparallelizeError(name, failures)
     except BaseException:
@@ -202,14 +173,57 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
     return result
 
 
+def _compute(call, inputs, outputs, info, rng, cache):
+    """Run the op over every item not found in the journal; ``(failures, n_items)``.
+
+    ``rng`` is the call's own generator, spawned once from the caller's by ``_run``.
+    """
+    name = call.name
+    executor = info.executor if info.executor is not None else mpipool_support.active_executor()
+    if executor is not None and info.executor is None and info.num_python_subprocesses:
+        warnings.warn(f"num_python_subprocesses={info.num_python_subprocesses} is ignored: {name} runs on "
+                      f"the MPI ranks of WFL_MPIPOOL", stacklevel=5)
+    workers = num_workers(info.num_python_subprocesses) if executor is None else 0
+    if info.timeout is not None and (workers == 0 or executor is not None):
+        warnings.warn(f"timeout={info.timeout} is not enforced for {name}: it needs wfl_like's own worker "
+                      f"processes (num_python_subprocesses >= 1, no executor)", stacklevel=5)
+    if info.initializer_timeout is not None and (workers == 0 or executor is not None):
+        warnings.warn(f"initializer_timeout={info.initializer_timeout} is not enforced for {name}: it needs "
+                      f"wfl_like's own worker processes (num_python_subprocesses >= 1, no executor)", stacklevel=5)
+    cpus = available_cpus()
+    if workers > cpus and not in_worker():
+        warnings.warn(f"{name}: {workers} worker processes were asked for, but this process may run on only "
+                      f"{cpus} CPUs; they will share them (at most one worker per chunk is started)",
+                      stacklevel=5)
+    where = (f"executor {type(executor).__name__}" if executor is not None
+             else f"{workers} worker processes" if workers else "serial")
+    log.info("%s: %s, chunk size %s", name, where, info.num_inputs_per_python_subprocess)
+    sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
+    chunks = make_chunks(inputs, sizer or info.num_inputs_per_python_subprocess, rng,
+                         lookup=cache.lookup if cache is not None else None)
+    # structures read from files are fresh objects: no copy needed to protect the caller's
+    isolate = not (isinstance(inputs, ConfigSet) and inputs.files())
+    initializer_timeout = info.initializer_timeout if info.initializer_timeout is not None else info.timeout
+    with chunk_runner(call, workers, info.initializer, isolate, executor, initializer_timeout=initializer_timeout,
+                      max_items_per_worker=info.max_items_per_worker) as (submit, slots):
+        results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
+                               chunk_size=sizer)
+        with contextlib.closing(results):      # an error while storing withdraws the queued chunks
+            return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast)
+
+
 # A run whose first this-many items all failed for one same reason, with no success at
 # all, is stopped: that is a setup problem (a bad argument, a missing file), and going
 # through every remaining item would only repeat it.
 FAIL_FAST_AFTER = 10
 
 
-def _store_all(results, outputs, name, skip_failed, cache=None):
-    """Journal, then store, each chunk's outputs as it comes.
+def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True):
+    """Check, journal, then store, each chunk's outputs as it comes.
+
+    File outputs are rendered to their final text before they are journaled: an output
+    the file cannot hold is a failed item (never journaled as done), so that
+    ``errors="skip"`` completes and a rerun does not fail the same way.
 
     Returns
     -------
@@ -218,62 +232,70 @@ def _store_all(results, outputs, name, skip_failed, cache=None):
     """
     failures, succeeded, n_items = [], 0, 0
     for result in results:
-        done, failed = [], list(result.failures)
+        done, failed, rendered = [], list(result.failures), []
         failed_indices = {failure.index for failure in failed}
+        locations = dict(zip(result.chunk.indices, result.chunk.locations))
         for index, output in zip(result.chunk.indices, result.outputs):
             if index in failed_indices:
                 continue
-            problem = _output_problem(output, outputs, name, skip_failed)
-            if problem is None:
-                done.append((index, output))
-            else:
+            try:
+                _check_output(output, outputs, name, skip_failed)
+                if output is not None and outputs is not None and outputs.files is not None:
+                    rendered.append(outputs.render(output, locations[index] or ""))
+            except OpOutputError as exc:
+                problem = f"item {index}: {exc}"
                 failed.append(FailedItem(index, f"OpOutputError: {problem}", "", OpOutputError(problem)))
+                continue
+            done.append((index, output))
         if cache is not None:
             cache.record(result.chunk, done, failed)
-        locations = dict(zip(result.chunk.indices, result.chunk.locations))
-        for index, output in done:
-            if output is not None and outputs is not None:
-                outputs.store(output, locations[index] or "")
+        if outputs is not None and outputs.files is not None:
+            for text in rendered:
+                outputs.store_rendered(text)
+        elif outputs is not None:
+            for index, output in done:
+                if output is not None:
+                    outputs.store(output, locations[index] or "")
         failures.extend(sorted(failed, key=lambda failure: failure.index))
         succeeded += len(done)
         n_items += len(result.chunk.items)
-        if not succeeded and len(failures) >= FAIL_FAST_AFTER and len({f.reason for f in failures}) == 1:
+        if (fail_fast and not succeeded and len(failures) >= FAIL_FAST_AFTER
+                and len({f.reason for f in failures}) == 1):
             raise AutoparallelizeError(name, failures, stopped_early=True)
     return failures, n_items
 
 
-def _output_problem(output, outputs, name, skip_failed):
-    """Why an item's output cannot be stored, or None."""
+def _check_output(output, outputs, name, skip_failed):
+    """Refuse (OpOutputError) an item's output that cannot be stored."""
     if output is None:
-        return None if skip_failed else f"operation {name} returned None and skip_failed is False"
+        if not skip_failed:
+            raise OpOutputError(f"operation {name} returned None and skip_failed is False")
+        return
     if outputs is not None and outputs.files is not None and not _is_atoms_tree(output):
-        return (f"operation {name} returned a {type(output).__name__}; only Atoms (or nested lists of "
-                f"Atoms) can be written to {[str(p) for p in outputs.paths]}")
-    return None
+        raise OpOutputError(f"operation {name} returned a {type(output).__name__}; only Atoms (or nested lists "
+                            f"of Atoms) can be written to {[str(p) for p in outputs.paths]}")
 
 
 def _refuse_output_over_input(inputs, outputs):
-    """Refuse an output file that is also an input file (under any spelling of its path)."""
-    if outputs.files is None:
+    """Refuse an output file that is also an input file: under any spelling of its path, or as a
+    hard or symbolic link to it (the same device and inode)."""
+    if outputs.files is None or not isinstance(inputs, ConfigSet):
         return
-    read = {path.resolve() for path in inputs.files()} if isinstance(inputs, ConfigSet) else set()
+    read = {}
+    for path in inputs.files():
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            read[(stat.st_dev, stat.st_ino)] = path
     for path in outputs.paths:
-        if path.resolve() in read:
-            raise ValueError(f"output file {str(path)!r} is also an input; write the outputs to another file")
-
-
-def _check_output_paths(outputs):
-    """Refuse an output that cannot be written, before any work."""
-    if outputs.files is None:
-        return
-    for path in outputs.paths:
-        directory = path.parent
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PermissionError(f"cannot create output directory {str(directory)!r}: {exc.strerror}") from None
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise PermissionError(f"output directory {str(directory)!r} is not writable")
+            stat = path.stat()
+        except OSError:
+            continue
+        same = read.get((stat.st_dev, stat.st_ino))
+        if same is not None:
+            how = "" if path.resolve() == Path(same).resolve() else f" (a link to input {str(same)!r})"
+            raise ValueError(f"output file {str(path)!r} is also an input{how}; writing it would destroy "
+                             f"the input: write the outputs to another file")
 
 
 def _check_arguments(name, inputs, outputs, info, rng, args):

@@ -192,7 +192,7 @@ def _failure(index, error, attempts):
     remote = error.__cause__
     tb_text = getattr(remote, "text", None) or "".join(
         traceback.format_exception(type(error), error, error.__traceback__))
-    return FailedItem(index, reason, tb_text, error)
+    return FailedItem(index, reason, _bounded(tb_text, TRACEBACK_LIMIT), error)
 
 
 def _single(chunk, k):
@@ -200,9 +200,28 @@ def _single(chunk, k):
                  rngs=[chunk.rngs[k]])
 
 
+# Characters kept of a failure's reason (one line) and of its traceback: an op may raise
+# with a message of megabytes, and every failure is kept in memory and in the journal.
+REASON_LIMIT = 500
+TRACEBACK_LIMIT = 20_000
+
+
 def _one_line(exc):
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """``"TypeName: first line of the message"``, the line cut to REASON_LIMIT characters."""
+    # only the head of the message is looked at: it may be huge
+    head = str(exc)[:REASON_LIMIT + 1].strip()
+    line = head.splitlines()[0] if head else ""
+    if len(line) > REASON_LIMIT:
+        line = line[:REASON_LIMIT] + "... (cut)"
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def _bounded(text, limit):
+    """``text``, or its start and its end (where the error is) when longer than ``limit``."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... ({len(text) - limit} characters cut) ...\n{text[-half:]}"
 
 
 def _span(indices):

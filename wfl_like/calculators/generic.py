@@ -149,10 +149,67 @@ def _forget_results(atoms, prefix, properties):
 def calculate(inputs, outputs, calculator, properties=None, output_prefix=AUTO_PREFIX, raise_calc_exceptions=False,
               autopara_info=None):
     _check_calculator_argument(calculator)
+    check_properties(calculator, properties)
     return autoparallelize(_calculate_op, inputs, outputs, calculator, properties=properties,
                            output_prefix=output_prefix, raise_calc_exceptions=raise_calc_exceptions,
                            autopara_info=autopara_info,
                            default_autopara_info={"num_inputs_per_python_subprocess": 10})
+
+
+def check_properties(calculator, properties):
+    """Refuse, before any work, properties that are not a list of names ASE knows, or that
+    the calculator implements none of.
+
+    Parameters
+    ----------
+    calculator : ase Calculator or (constructor, args, kwargs)
+        Its ``implemented_properties`` (of the instance, or of the constructor when it is a
+        class) are checked when it has them.
+    properties : list of str or None
+        ``None`` stands for the defaults.
+
+    Raises
+    ------
+    TypeError
+        ``properties`` is a string or not a list of strings.
+    ValueError
+        It is empty, names properties ASE does not know, or none the calculator implements.
+    """
+    from ase.calculators.calculator import all_properties
+
+    if properties is None:
+        return
+    if isinstance(properties, str):
+        raise TypeError(f"properties must be a list of property names, not the string {properties!r}; "
+                        f"write properties={[p.strip() for p in properties.split(',') if p.strip()]!r}")
+    try:
+        names = list(properties)
+    except TypeError:
+        raise TypeError(f"properties must be a list of property names, not {type(properties).__name__}") from None
+    if not names:
+        raise ValueError("properties is empty: name at least one (e.g. ['energy'])")
+    if not all(isinstance(name, str) for name in names):
+        raise TypeError(f"properties must be names (strings), not {names!r}")
+    unknown = [name for name in names if name not in all_properties]
+    if unknown:
+        raise ValueError(f"unknown properties {unknown}; ASE's properties are {list(all_properties)}")
+    implemented = _implemented_by(calculator)
+    if implemented is not None and not any(name in implemented for name in names):
+        raise ValueError(f"calculator {_calculator_name(calculator)} implements none of the properties asked, "
+                         f"{names}; it implements {list(implemented)}")
+
+
+def _implemented_by(calculator):
+    """The calculator's ``implemented_properties``, or None when it cannot be known before it is built."""
+    if isinstance(calculator, (tuple, list)):
+        constructor = calculator[0]
+        return getattr(constructor, "implemented_properties", None) if isinstance(constructor, type) else None
+    return getattr(calculator, "implemented_properties", None)
+
+
+def _calculator_name(calculator):
+    target = calculator[0] if isinstance(calculator, (tuple, list)) else type(calculator)
+    return getattr(target, "__name__", repr(target))
 
 
 def _check_calculator_argument(calculator):

@@ -5,10 +5,11 @@ reads on rank 0 and broadcasts; every call here passes ``parallel=False`` so tha
 each process does its own I/O.
 """
 
-import os
+from io import StringIO
 from pathlib import Path
 
 from wfl_like.errors import InputFileError
+from wfl_like.io.partial import partial_path  # noqa: F401  (re-exported: where outputs are written first)
 
 
 def iread(path, **read_kwargs):
@@ -47,9 +48,79 @@ def iread(path, **read_kwargs):
             yield atoms
             frame_i += 1
     except Exception as exc:
-        raise InputFileError(f"could not read {str(path)!r} at frame {frame_i} "
-                             f"({type(exc).__name__}: {exc}); check that the file is complete "
-                             f"and in a format ASE reads") from exc
+        # ASE may read ahead (extended XYZ finds every frame before it parses the first),
+        # so where it stopped is found again frame by frame
+        where, error = _where_broken(path, read_kwargs, frame_i) or (f"frame {frame_i}", exc)
+        raise InputFileError(f"could not read {str(path)!r} at {where} ({type(error).__name__}: "
+                             f"{_shorten(str(error))}); check that the file is complete and in a format "
+                             f"ASE reads") from exc
+
+
+def _shorten(text, limit=300):
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _where_broken(path, read_kwargs, first):
+    """``("frame K (line L)", error)`` for the first frame from ``first`` on that does not
+    parse alone, for (extended) XYZ files; None for other formats or when none is found."""
+    if _format_of(path, read_kwargs) not in APPENDABLE_FORMATS:
+        return None
+    import ase.io
+
+    file_format = _format_of(path, read_kwargs)
+    with open(path, errors="replace") as handle:
+        for frame_i, line_no, text in _xyz_frames(handle):
+            if isinstance(text, Exception):
+                return f"frame {frame_i} (line {line_no})", text
+            if frame_i < first:
+                continue
+            try:
+                ase.io.read(StringIO(text), index=0, format=file_format, parallel=False)
+            except Exception as exc:
+                return f"frame {frame_i} (line {line_no})", exc
+    return None
+
+
+def _xyz_frames(handle):
+    """``(frame, first line number, text)`` of each frame of an (extended) XYZ file, split by its
+    atom counts; a frame whose count is unreadable or that the file cuts short gives an
+    exception instead of the text, and ends the sequence."""
+    line_no, frame_i = 1, 0
+    while True:
+        header = handle.readline()
+        if not header.strip():
+            if header and handle.read().strip():
+                yield frame_i, line_no, ValueError("a blank line where the number of atoms was expected")
+            return
+        try:
+            n_atoms = int(header.split()[0])
+            if n_atoms < 0 or len(header.split()) != 1:
+                raise ValueError
+        except ValueError:
+            yield frame_i, line_no, ValueError(f"expected the number of atoms, found {_shorten(header.strip(), 60)!r}")
+            return
+        lines = [header]
+        for _ in range(n_atoms + 1):
+            line = handle.readline()
+            if not line:
+                yield frame_i, line_no, ValueError(f"the file ends inside this frame of {n_atoms} atoms")
+                return
+            lines.append(line)
+        yield frame_i, line_no, "".join(lines)
+        line_no += n_atoms + 2
+        frame_i += 1
+
+
+def _format_of(path, read_kwargs):
+    from ase.io.formats import UnknownFileTypeError, filetype
+
+    name = read_kwargs.get("format")
+    if name:
+        return name
+    try:
+        return filetype(str(path), read=True)
+    except (UnknownFileTypeError, OSError, ValueError):
+        return None
 
 
 # Formats whose files can grow one structure at a time, as outputs are written.
@@ -88,32 +159,3 @@ def format_for(path, write_kwargs=None):
                          f"time; name the file *.xyz (extended XYZ), or pass write_kwargs={{'format': "
                          f"'extxyz'}}, and convert the returned ConfigSet with ase.io.write afterwards")
     return name
-
-
-def write(fileobj, atoms, **write_kwargs):
-    """Write one structure (or a list) to an open file object."""
-    import ase.io
-
-    ase.io.write(fileobj, atoms, **write_kwargs, parallel=False)
-
-
-def partial_path(path):
-    """Where a file is written before it is complete.
-
-    Hidden, in the same directory (so the final rename is atomic), and named after the
-    final file so that a user who looks sees what it is.
-    """
-    path = Path(path)
-    return path.with_name(f".{path.name}.partial")
-
-
-def publish(partial, final):
-    """Move a completed file to its final path in one atomic step, durably."""
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, final)
-    directory = os.open(Path(final).parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -1,0 +1,131 @@
+"""Structures rendered to the text of their output file, and checked to read back.
+
+An output is rendered before it is journaled or written, so that one the file format
+cannot hold (a key that is not a string, a newline inside a value) is a failed item,
+named with the key and the problem, instead of a file that cannot be read back.
+"""
+
+import io as _io
+import re
+
+import numpy as np
+
+# Keys and string values made only of these are written and read back as they are by
+# extended XYZ: no quoting, no escaping.  Anything else is checked by parsing the
+# comment line that was written.
+_SAFE = re.compile(r"[A-Za-z0-9_.+\-/@]+")
+
+EXTXYZ = "extxyz"
+
+
+class UnwritableOutput(ValueError):
+    """A structure that its output file's format cannot hold (the message says which key and why)."""
+
+
+def render(atoms, write_kwargs):
+    """The text that writing ``atoms`` adds to its output file, checked to read back.
+
+    Parameters
+    ----------
+    atoms : Atoms
+        With its location and tags already in ``info``.
+    write_kwargs : dict
+        For :func:`ase.io.write`, ``format`` among them.
+
+    Raises
+    ------
+    UnwritableOutput
+        The writer refused the structure, or what it wrote would not read back.
+    """
+    import ase.io
+
+    _check_keys(atoms)
+    buffer = _io.StringIO()
+    try:
+        ase.io.write(buffer, atoms, **write_kwargs, parallel=False)
+    except Exception as exc:
+        raise UnwritableOutput(f"the {write_kwargs.get('format')} writer refused it: "
+                               f"{type(exc).__name__}: {exc}") from None
+    text = buffer.getvalue()
+    _check_text(atoms, text, write_kwargs.get("format"))
+    return text
+
+
+def _check_keys(atoms):
+    for key in atoms.info:
+        if not isinstance(key, str):
+            raise UnwritableOutput(f"info key {key!r} is a {type(key).__name__}, not a string")
+    for key in atoms.arrays:
+        if not isinstance(key, str):
+            raise UnwritableOutput(f"arrays key {key!r} is a {type(key).__name__}, not a string")
+
+
+def _check_text(atoms, text, file_format):
+    # a structure of N atoms is N + 2 lines: the count, the comment line, one per atom
+    if text.count("\n") != len(atoms) + 2 or not text.endswith("\n"):
+        raise UnwritableOutput(_line_break_problem(atoms))
+    if file_format != EXTXYZ:
+        return
+    for key, values in atoms.arrays.items():
+        if values.dtype.kind in "US" and any(not _SAFE.fullmatch(str(v)) for v in values.ravel()):
+            bad = next(str(v) for v in values.ravel() if not _SAFE.fullmatch(str(v)))
+            raise UnwritableOutput(f"per-atom string array {key!r} holds {_show(bad)}, which a column of "
+                                   f"extended XYZ cannot hold (empty, or with white space)")
+    unsafe = _unsafe_entries(atoms)
+    if unsafe:
+        _check_comment_line(text.split("\n", 2)[1], unsafe, atoms)
+
+
+def _line_break_problem(atoms):
+    for key, value in atoms.info.items():
+        if "\n" in key or "\r" in key:
+            return f"info key {_show(key)} holds a line break"
+        if isinstance(value, str) and ("\n" in value or "\r" in value):
+            return f"info key {key!r} holds a string with a line break: {_show(value)}"
+    for key in atoms.arrays:
+        if "\n" in key or "\r" in key:
+            return f"arrays key {_show(key)} holds a line break"
+    return "its text does not have one line per atom plus two (a line break inside a key or value)"
+
+
+def _unsafe_entries(atoms):
+    """Info keys whose key or string value needs quoting or escaping, and unsafe array names."""
+    info = [key for key, value in atoms.info.items()
+            if not _SAFE.fullmatch(key) or (isinstance(value, str) and not _SAFE.fullmatch(value))]
+    arrays = [key for key in atoms.arrays if not _SAFE.fullmatch(key)]
+    return info, arrays
+
+
+def _check_comment_line(line, unsafe, atoms):
+    from ase.io.extxyz import key_val_str_to_dict
+
+    info_keys, array_keys = unsafe
+    if not info_keys and not array_keys:
+        return
+    try:
+        parsed = key_val_str_to_dict(line)
+    except Exception as exc:
+        raise UnwritableOutput(f"its comment line does not parse back ({type(exc).__name__}: {exc}); "
+                               f"check the info keys {info_keys}") from None
+    for key in info_keys:
+        value = atoms.info[key]
+        if key not in parsed:
+            raise UnwritableOutput(f"info key {_show(key)} does not read back from extended XYZ (a key with "
+                                   f"white space, quotes, '=' or backslashes, or a value that breaks the line)")
+        if isinstance(value, str) and not _same_string(parsed[key], value):
+            raise UnwritableOutput(f"info key {key!r} holds {_show(value)}, which reads back from extended "
+                                   f"XYZ as {_show(parsed[key])} (empty, backslashes or quotes)")
+    columns = str(parsed.get("Properties", "")).split(":")[0::3]
+    for key in array_keys:
+        if key not in columns:
+            raise UnwritableOutput(f"arrays key {_show(key)} cannot be an extended XYZ column name "
+                                   f"(':', white space, '=' or quotes)")
+
+
+def _same_string(parsed, value):
+    return isinstance(parsed, (str, np.str_)) and str(parsed) == value
+
+
+def _show(text, limit=60):
+    text = str(text)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
