@@ -157,7 +157,9 @@ DRIVER = textwrap.dedent("""
 SCALING = "FACTOR = 2.0\n\n\ndef scaled(x):\n    return FACTOR * _inner(x)\n\n\ndef _inner(x):\n    return x\n\n\n" \
           "def unused():\n    return 'UNUSED'\n"
 SHIFTS = "OFFSET = 0.5\n\n\ndef shift(x):\n    return x + OFFSET\n"
-MODEL = "class Model:\n    bias = 0.0\n\n    def apply(self, x):\n        return x + self.bias\n"
+# a class-level lock: no content to hash, so it counts by its module's text (this one's)
+MODEL = "import threading\n\n\nclass Model:\n    _lock = threading.Lock()\n    bias = 0.0\n\n" \
+        "    def apply(self, x):\n        with self._lock:\n            return x + self.bias\n"
 
 
 def write_project(directory, driver=DRIVER, scaling=SCALING, shifts=SHIFTS, model=MODEL,

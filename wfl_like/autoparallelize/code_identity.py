@@ -18,9 +18,10 @@ module follows what a function can reach, by reading its bytecode:
   reached counts, not the whole module (editing an unrelated line of a driver script
   leaves its operations' keys alone); a local module used as a whole (passed around,
   imported inside a function) counts by its source file;
-- a global with no content to hash (a module-level lock, an open file) counts by the
-  source file of its module, where it is made (arguments with no content are an error:
-  they differ from call to call, code's globals come from its text);
+- a global, default, closure variable or class attribute with no content to hash (a
+  module-level lock, an open file) counts by the source file of its module, whose text
+  makes it (arguments with no content are an error instead: they differ from call to
+  call, while what code reads comes from its text);
 - installed packages count by their distribution's version, the standard library and
   builtins by name.
 
@@ -325,10 +326,10 @@ def feed_function(feed, hasher, func, seen):
         return          # fed already in this key: no loop through recursive helpers
     seen.add(id(func))
     feed_code(feed, hasher, code)
-    feed_step(feed, hasher, func.__defaults__, seen, f" (defaults of {qualname})")
-    feed_step(feed, hasher, func.__kwdefaults__, seen, f" (keyword defaults of {qualname})")
-    _feed_closure(feed, hasher, func, qualname, seen)
-    _feed_reads(feed, hasher, code, func.__globals__, qualname, seen)
+    feed_or_source(feed, hasher, func.__defaults__, seen, module)
+    feed_or_source(feed, hasher, func.__kwdefaults__, seen, module)
+    _feed_closure(feed, hasher, func, module, seen)
+    _feed_reads(feed, hasher, code, func.__globals__, seen)
 
 
 def _feed_library_callable(feed, hasher, func, module, seen):
@@ -345,7 +346,7 @@ def _feed_library_callable(feed, hasher, func, module, seen):
         feed_step(feed, hasher, wrapped, seen, ".__wrapped__")
 
 
-def _feed_closure(feed, hasher, func, qualname, seen):
+def _feed_closure(feed, hasher, func, module, seen):
     cells = func.__closure__ or ()
     names = func.__code__.co_freevars
     for name, cell in zip(names, cells):
@@ -354,7 +355,7 @@ def _feed_closure(feed, hasher, func, qualname, seen):
         except ValueError:
             contents = _EMPTY_CELL
         _feed_text(hasher, name)
-        feed_step(feed, hasher, contents, seen, f" (variable {name} of {qualname}'s closure)")
+        feed_or_source(feed, hasher, contents, seen, module)
 
 
 _EMPTY_CELL = "<empty closure cell>"
@@ -376,36 +377,37 @@ def feed_code(feed, hasher, code):
             feed(hasher, const, set())
 
 
-def _feed_reads(feed, hasher, code, namespace, qualname, seen):
+def _feed_reads(feed, hasher, code, namespace, seen):
     chains, written, imported = code_reads(code)
+    module = namespace.get("__name__")
     for chain in sorted(chains):
         _feed_text(hasher, ".".join(chain))
-        step = f" (global {'.'.join(chain)} read by {qualname})"
         if chain[0] in written:
             # the code's own state (a memo, an object built once): its current value says
             # what ran before in this process; its first value is in the module's text
-            _feed_text(hasher, f"<state of {namespace.get('__name__')}>")
-            _feed_text(hasher, source_digest(namespace.get("__name__")))
+            _feed_text(hasher, "<its own state>")
+            _feed_text(hasher, source_digest(module))
             continue
-        feed_step(lambda h, v, s: _feed_global(feed, h, chain, v, s), hasher, namespace, seen, step)
+        feed_or_source(lambda h, v, s: _feed_chain(feed, h, chain, v, s), hasher, namespace, seen, module)
     for name, level in sorted(imported):
         _feed_imported(hasher, name, level, namespace)
 
 
-def _feed_global(feed, hasher, chain, namespace, seen):
-    """A global the code reads, by value; one with no content to hash (a module-level lock,
-    an open file) by the source file of its module, where it is made."""
-    by_value = hashlib.blake2b(digest_size=20)
+def feed_or_source(feed, hasher, value, seen, module):
+    """Part of some code (a global it reads, a default, a closure variable, a class
+    attribute) by value; one with no content to hash (a module-level lock, an open file)
+    by the source file of ``module``, whose text makes it.
+
+    What was fed before the value turned out to have no content stays fed (the class of
+    an object, its first attributes): the same values stop at the same place every time.
+    """
     try:
-        _feed_chain(feed, by_value, chain, namespace, seen)
+        feed(hasher, value, seen)
     except Unfingerprintable as error:
-        module = namespace.get("__name__")
-        log.debug("%s.%s (a %s) has no content to hash; it counts by the source of %s",
-                  module, ".".join(chain), error.type_name, module)
-        _feed_text(hasher, f"<no content, made in {module}>")
+        log.debug("a %s in what code of %s reads has no content to hash; it counts by the module's source",
+                  error.type_name, module)
+        _feed_text(hasher, "<no content: by the source of its module>")
         _feed_text(hasher, source_digest(module))
-        return
-    hasher.update(by_value.digest())
 
 
 def _feed_chain(feed, hasher, chain, namespace, seen):
@@ -425,7 +427,9 @@ def _feed_chain(feed, hasher, chain, namespace, seen):
             break
         _feed_text(hasher, f"{value.__name__}.{attribute}")
         if attribute not in vars(value):
-            _feed_text(hasher, "<missing>")      # e.g. a submodule not imported yet
+            # not there yet (a submodule imported later, a lazy module __getattr__): what
+            # it will be cannot be told, so the module's text counts
+            _feed_text(hasher, source_digest(value.__name__))
             return
         value = vars(value)[attribute]
     feed(hasher, value, seen)
@@ -460,12 +464,12 @@ def feed_class(feed, hasher, cls, seen):
         return
     seen.add(id(cls))
     for base in cls.__bases__:
-        feed_step(feed, hasher, base, seen, f" (base of {cls.__qualname__})")
+        feed(hasher, base, seen)
     for name, member in sorted(vars(cls).items()):
         if name in _CLASS_BOOKKEEPING:
             continue
         _feed_text(hasher, name)
-        feed_step(feed, hasher, _unwrap_descriptor(member), seen, f" (attribute {name} of class {cls.__qualname__})")
+        feed_or_source(feed, hasher, _unwrap_descriptor(member), seen, module)
 
 
 def _unwrap_descriptor(member):
