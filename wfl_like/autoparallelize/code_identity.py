@@ -127,12 +127,12 @@ def module_origin(module_name):
     """``LOCAL``, ``INSTALLED`` or ``STDLIB`` for a module name (cached per process)."""
     if not module_name:
         return LOCAL
-    top = module_name.partition(".")[0]
-    if module_name == "builtins" or top in sys.stdlib_module_names:
-        return STDLIB
     location = _module_file(module_name)
     if location is None:
-        return LOCAL
+        # compiled into the interpreter, or no file at all (an interactive __main__)
+        top = module_name.partition(".")[0]
+        return STDLIB if module_name == "builtins" or top in sys.stdlib_module_names else LOCAL
+    # by where its file is, not by its name: a user's own code.py or test.py is theirs
     resolved = Path(location).resolve()
     if any(resolved.is_relative_to(directory) for directory in _site_directories()):
         return INSTALLED
