@@ -30,6 +30,7 @@ passed in (``feed(hasher, value, seen)``) so that the two modules need not impor
 """
 
 import builtins
+import collections
 import dis
 import functools
 import hashlib
@@ -80,6 +81,26 @@ class Unfingerprintable(TypeError):
 
     def where(self):
         return "".join(reversed(self.path))
+
+
+class Walk(set):
+    """What one key has fed (ids: nothing is fed twice, loops end) and the code still to feed.
+
+    The bodies of functions and classes are fed breadth first from a queue, not by
+    recursion, so that however long a chain of helpers the code reaches, the stack does
+    not run out; the order is the same every time, so the key is too.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._pending = collections.deque()
+
+    def defer(self, work):
+        self._pending.append(work)
+
+    def drain(self):
+        while self._pending:
+            self._pending.popleft()()
 
 
 def feed_step(feed, hasher, value, seen, step):
@@ -325,11 +346,15 @@ def feed_function(feed, hasher, func, seen):
     if id(func) in seen:
         return          # fed already in this key: no loop through recursive helpers
     seen.add(id(func))
-    feed_code(feed, hasher, code)
+    seen.defer(lambda: _feed_function_body(feed, hasher, func, module, seen))
+
+
+def _feed_function_body(feed, hasher, func, module, seen):
+    feed_code(feed, hasher, func.__code__, seen)
     feed_or_source(feed, hasher, func.__defaults__, seen, module)
     feed_or_source(feed, hasher, func.__kwdefaults__, seen, module)
     _feed_closure(feed, hasher, func, module, seen)
-    _feed_reads(feed, hasher, code, func.__globals__, seen)
+    _feed_reads(feed, hasher, func.__code__, func.__globals__, seen)
 
 
 def _feed_library_callable(feed, hasher, func, module, seen):
@@ -361,7 +386,7 @@ def _feed_closure(feed, hasher, func, module, seen):
 _EMPTY_CELL = "<empty closure cell>"
 
 
-def feed_code(feed, hasher, code):
+def feed_code(feed, hasher, code, seen):
     """A code object without its line numbers and file name (moving a function leaves it
     alone), with its constants and nested code."""
     for part in (code.co_code, code.co_exceptiontable):
@@ -369,12 +394,12 @@ def feed_code(feed, hasher, code):
         hasher.update(part)
     feed(hasher, [code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags,
                   list(code.co_names), list(code.co_varnames), list(code.co_freevars), list(code.co_cellvars)],
-         set())
+         seen)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            feed_code(feed, hasher, const)
+            feed_code(feed, hasher, const, seen)
         else:
-            feed(hasher, const, set())
+            feed(hasher, const, seen)
 
 
 def _feed_reads(feed, hasher, code, namespace, seen):
@@ -463,6 +488,10 @@ def feed_class(feed, hasher, cls, seen):
     if origin != LOCAL or id(cls) in seen:
         return
     seen.add(id(cls))
+    seen.defer(lambda: _feed_class_body(feed, hasher, cls, module, seen))
+
+
+def _feed_class_body(feed, hasher, cls, module, seen):
     for base in cls.__bases__:
         feed(hasher, base, seen)
     for name, member in sorted(vars(cls).items()):
