@@ -362,6 +362,8 @@ def _feed_library_callable(feed, hasher, func, module, seen):
     _feed_text(hasher, origin)
     if origin == INSTALLED:
         _feed_text(hasher, installed_version(module))
+    elif origin == LOCAL:
+        _feed_text(hasher, source_digest(module))     # compiled code of the user's own: its file
     bound_to = getattr(func, "__self__", None)
     if bound_to is not None and not isinstance(bound_to, types.ModuleType):
         # a builtin method bound to a value (``some_dict.get``): the value counts
@@ -492,6 +494,8 @@ def feed_class(feed, hasher, cls, seen):
 
 
 def _feed_class_body(feed, hasher, cls, module, seen):
+    if not str(_module_file(module) or "").endswith(".py"):
+        _feed_text(hasher, source_digest(module))     # compiled code of the user's own: its file
     for base in cls.__bases__:
         feed(hasher, base, seen)
     for name, member in sorted(vars(cls).items()):
