@@ -82,7 +82,7 @@ def fingerprint_call(op, args, kwargs, iterable_arg=0):
 
 def _call_parts(op, args, kwargs, iterable_arg):
     names = _positional_names(op, len(args), iterable_arg)
-    yield "the operation (its code, or a module-level value its code reads)", op
+    yield "the operation", op
     yield "the number of arguments", [len(args), sorted(kwargs)]
     for position, value in enumerate(args):
         if names and position < len(names):
@@ -115,7 +115,7 @@ def _unfingerprintable_message(op, role, error):
         remedy = (f" Define __getstate__ on {error.holder.__module__}.{error.holder.__qualname__} returning "
                   f"what defines the object (its settings, not its locks, files or caches)")
     else:
-        remedy = " Keep such an object out of the arguments and of what the operation reads at module level"
+        remedy = " Pass what defines the object (its settings, a path) instead of the object itself"
     return what + remedy + ", or pass AutoparaInfo(cache=False) to run this call without a journal."
 
 
