@@ -109,7 +109,8 @@ def _positional_names(op, n_args, iterable_arg):
 def _unfingerprintable_message(op, role, error):
     op_name = f"{getattr(op, '__module__', None)}.{getattr(op, '__qualname__', repr(op))}"
     where = f", at {error.where().strip()}," if error.path else ""
-    what = (f"cannot compute the cache key of {op_name}: {role}{where} holds a {error.type_name}, which has no "
+    verb = "holds" if error.path else "is"
+    what = (f"cannot compute the cache key of {op_name}: {role}{where} {verb} a {error.type_name}, which has no "
             f"content to hash ({error.reason}); its identity would not survive a rerun, so it cannot be used instead.")
     if error.holder is not None:
         remedy = (f" Define __getstate__ on {error.holder.__module__}.{error.holder.__qualname__} returning "
