@@ -157,7 +157,9 @@ DRIVER = textwrap.dedent("""
 SCALING = "FACTOR = 2.0\n\n\ndef scaled(x):\n    return FACTOR * _inner(x)\n\n\ndef _inner(x):\n    return x\n\n\n" \
           "def unused():\n    return 'UNUSED'\n"
 SHIFTS = "OFFSET = 0.5\n\n\ndef shift(x):\n    return x + OFFSET\n"
-MODEL = "class Model:\n    bias = 0.0\n\n    def apply(self, x):\n        return x + self.bias\n"
+# a class-level lock: no content to hash, so it counts by its module's text (this one's)
+MODEL = "import threading\n\n\nclass Model:\n    _lock = threading.Lock()\n    bias = 0.0\n\n" \
+        "    def apply(self, x):\n        with self._lock:\n            return x + self.bias\n"
 
 
 def write_project(directory, driver=DRIVER, scaling=SCALING, shifts=SHIFTS, model=MODEL,
@@ -399,3 +401,20 @@ def test_an_operation_object_holding_a_lock_is_named_as_the_operation():
         fingerprint_call(LockedOp(), (), {})
     message = str(raised.value)
     assert "the operation" in message and "at .lock" in message and f"{__name__}.LockedOp" in message
+
+
+def test_a_long_chain_of_local_helpers_is_followed_to_its_end(tmp_path, monkeypatch):
+    """Code is walked breadth first, not by recursion: 2,000 helpers deep, the last one counts."""
+    import importlib
+    n = 2000
+    chain = "".join(f"def f{i}(x):\n    return f{i + 1}(x)\n\n\n" for i in range(n))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    keys = []
+    for last in ("x", "x + 1"):
+        (tmp_path / "deep_chain.py").write_text(chain + f"def f{n}(x):\n    return {last}\n")
+        sys.modules.pop("deep_chain", None)
+        importlib.invalidate_caches()
+        module = importlib.import_module("deep_chain")
+        keys.append(fingerprint_call(module.f0, (), {}))
+    sys.modules.pop("deep_chain", None)
+    assert keys[0] != keys[1]

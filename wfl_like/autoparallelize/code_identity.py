@@ -18,9 +18,10 @@ module follows what a function can reach, by reading its bytecode:
   reached counts, not the whole module (editing an unrelated line of a driver script
   leaves its operations' keys alone); a local module used as a whole (passed around,
   imported inside a function) counts by its source file;
-- a global with no content to hash (a module-level lock, an open file) counts by the
-  source file of its module, where it is made (arguments with no content are an error:
-  they differ from call to call, code's globals come from its text);
+- a global, default, closure variable or class attribute with no content to hash (a
+  module-level lock, an open file) counts by the source file of its module, whose text
+  makes it (arguments with no content are an error instead: they differ from call to
+  call, while what code reads comes from its text);
 - installed packages count by their distribution's version, the standard library and
   builtins by name.
 
@@ -29,6 +30,7 @@ passed in (``feed(hasher, value, seen)``) so that the two modules need not impor
 """
 
 import builtins
+import collections
 import dis
 import functools
 import hashlib
@@ -81,6 +83,26 @@ class Unfingerprintable(TypeError):
         return "".join(reversed(self.path))
 
 
+class Walk(set):
+    """What one key has fed (ids: nothing is fed twice, loops end) and the code still to feed.
+
+    The bodies of functions and classes are fed breadth first from a queue, not by
+    recursion, so that however long a chain of helpers the code reaches, the stack does
+    not run out; the order is the same every time, so the key is too.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._pending = collections.deque()
+
+    def defer(self, work):
+        self._pending.append(work)
+
+    def drain(self):
+        while self._pending:
+            self._pending.popleft()()
+
+
 def feed_step(feed, hasher, value, seen, step):
     """``feed`` a value found at ``step`` (``[0]``, ``.name``), so that an error can say where."""
     try:
@@ -126,12 +148,12 @@ def module_origin(module_name):
     """``LOCAL``, ``INSTALLED`` or ``STDLIB`` for a module name (cached per process)."""
     if not module_name:
         return LOCAL
-    top = module_name.partition(".")[0]
-    if module_name == "builtins" or top in sys.stdlib_module_names:
-        return STDLIB
     location = _module_file(module_name)
     if location is None:
-        return LOCAL
+        # compiled into the interpreter, or no file at all (an interactive __main__)
+        top = module_name.partition(".")[0]
+        return STDLIB if module_name == "builtins" or top in sys.stdlib_module_names else LOCAL
+    # by where its file is, not by its name: a user's own code.py or test.py is theirs
     resolved = Path(location).resolve()
     if any(resolved.is_relative_to(directory) for directory in _site_directories()):
         return INSTALLED
@@ -324,11 +346,15 @@ def feed_function(feed, hasher, func, seen):
     if id(func) in seen:
         return          # fed already in this key: no loop through recursive helpers
     seen.add(id(func))
-    feed_code(feed, hasher, code)
-    feed_step(feed, hasher, func.__defaults__, seen, f" (defaults of {qualname})")
-    feed_step(feed, hasher, func.__kwdefaults__, seen, f" (keyword defaults of {qualname})")
-    _feed_closure(feed, hasher, func, qualname, seen)
-    _feed_reads(feed, hasher, code, func.__globals__, qualname, seen)
+    seen.defer(lambda: _feed_function_body(feed, hasher, func, module, seen))
+
+
+def _feed_function_body(feed, hasher, func, module, seen):
+    feed_code(feed, hasher, func.__code__, seen)
+    feed_or_source(feed, hasher, func.__defaults__, seen, module)
+    feed_or_source(feed, hasher, func.__kwdefaults__, seen, module)
+    _feed_closure(feed, hasher, func, module, seen)
+    _feed_reads(feed, hasher, func.__code__, func.__globals__, seen)
 
 
 def _feed_library_callable(feed, hasher, func, module, seen):
@@ -336,6 +362,8 @@ def _feed_library_callable(feed, hasher, func, module, seen):
     _feed_text(hasher, origin)
     if origin == INSTALLED:
         _feed_text(hasher, installed_version(module))
+    elif origin == LOCAL:
+        _feed_text(hasher, source_digest(module))     # compiled code of the user's own: its file
     bound_to = getattr(func, "__self__", None)
     if bound_to is not None and not isinstance(bound_to, types.ModuleType):
         # a builtin method bound to a value (``some_dict.get``): the value counts
@@ -345,7 +373,7 @@ def _feed_library_callable(feed, hasher, func, module, seen):
         feed_step(feed, hasher, wrapped, seen, ".__wrapped__")
 
 
-def _feed_closure(feed, hasher, func, qualname, seen):
+def _feed_closure(feed, hasher, func, module, seen):
     cells = func.__closure__ or ()
     names = func.__code__.co_freevars
     for name, cell in zip(names, cells):
@@ -354,13 +382,13 @@ def _feed_closure(feed, hasher, func, qualname, seen):
         except ValueError:
             contents = _EMPTY_CELL
         _feed_text(hasher, name)
-        feed_step(feed, hasher, contents, seen, f" (variable {name} of {qualname}'s closure)")
+        feed_or_source(feed, hasher, contents, seen, module)
 
 
 _EMPTY_CELL = "<empty closure cell>"
 
 
-def feed_code(feed, hasher, code):
+def feed_code(feed, hasher, code, seen):
     """A code object without its line numbers and file name (moving a function leaves it
     alone), with its constants and nested code."""
     for part in (code.co_code, code.co_exceptiontable):
@@ -368,44 +396,45 @@ def feed_code(feed, hasher, code):
         hasher.update(part)
     feed(hasher, [code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags,
                   list(code.co_names), list(code.co_varnames), list(code.co_freevars), list(code.co_cellvars)],
-         set())
+         seen)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            feed_code(feed, hasher, const)
+            feed_code(feed, hasher, const, seen)
         else:
-            feed(hasher, const, set())
+            feed(hasher, const, seen)
 
 
-def _feed_reads(feed, hasher, code, namespace, qualname, seen):
+def _feed_reads(feed, hasher, code, namespace, seen):
     chains, written, imported = code_reads(code)
+    module = namespace.get("__name__")
     for chain in sorted(chains):
         _feed_text(hasher, ".".join(chain))
-        step = f" (global {'.'.join(chain)} read by {qualname})"
         if chain[0] in written:
             # the code's own state (a memo, an object built once): its current value says
             # what ran before in this process; its first value is in the module's text
-            _feed_text(hasher, f"<state of {namespace.get('__name__')}>")
-            _feed_text(hasher, source_digest(namespace.get("__name__")))
+            _feed_text(hasher, "<its own state>")
+            _feed_text(hasher, source_digest(module))
             continue
-        feed_step(lambda h, v, s: _feed_global(feed, h, chain, v, s), hasher, namespace, seen, step)
+        feed_or_source(lambda h, v, s: _feed_chain(feed, h, chain, v, s), hasher, namespace, seen, module)
     for name, level in sorted(imported):
         _feed_imported(hasher, name, level, namespace)
 
 
-def _feed_global(feed, hasher, chain, namespace, seen):
-    """A global the code reads, by value; one with no content to hash (a module-level lock,
-    an open file) by the source file of its module, where it is made."""
-    by_value = hashlib.blake2b(digest_size=20)
+def feed_or_source(feed, hasher, value, seen, module):
+    """Part of some code (a global it reads, a default, a closure variable, a class
+    attribute) by value; one with no content to hash (a module-level lock, an open file)
+    by the source file of ``module``, whose text makes it.
+
+    What was fed before the value turned out to have no content stays fed (the class of
+    an object, its first attributes): the same values stop at the same place every time.
+    """
     try:
-        _feed_chain(feed, by_value, chain, namespace, seen)
+        feed(hasher, value, seen)
     except Unfingerprintable as error:
-        module = namespace.get("__name__")
-        log.debug("%s.%s (a %s) has no content to hash; it counts by the source of %s",
-                  module, ".".join(chain), error.type_name, module)
-        _feed_text(hasher, f"<no content, made in {module}>")
+        log.debug("a %s in what code of %s reads has no content to hash; it counts by the module's source",
+                  error.type_name, module)
+        _feed_text(hasher, "<no content: by the source of its module>")
         _feed_text(hasher, source_digest(module))
-        return
-    hasher.update(by_value.digest())
 
 
 def _feed_chain(feed, hasher, chain, namespace, seen):
@@ -425,7 +454,9 @@ def _feed_chain(feed, hasher, chain, namespace, seen):
             break
         _feed_text(hasher, f"{value.__name__}.{attribute}")
         if attribute not in vars(value):
-            _feed_text(hasher, "<missing>")      # e.g. a submodule not imported yet
+            # not there yet (a submodule imported later, a lazy module __getattr__): what
+            # it will be cannot be told, so the module's text counts
+            _feed_text(hasher, source_digest(value.__name__))
             return
         value = vars(value)[attribute]
     feed(hasher, value, seen)
@@ -459,13 +490,19 @@ def feed_class(feed, hasher, cls, seen):
     if origin != LOCAL or id(cls) in seen:
         return
     seen.add(id(cls))
+    seen.defer(lambda: _feed_class_body(feed, hasher, cls, module, seen))
+
+
+def _feed_class_body(feed, hasher, cls, module, seen):
+    if not str(_module_file(module) or "").endswith(".py"):
+        _feed_text(hasher, source_digest(module))     # compiled code of the user's own: its file
     for base in cls.__bases__:
-        feed_step(feed, hasher, base, seen, f" (base of {cls.__qualname__})")
+        feed(hasher, base, seen)
     for name, member in sorted(vars(cls).items()):
         if name in _CLASS_BOOKKEEPING:
             continue
         _feed_text(hasher, name)
-        feed_step(feed, hasher, _unwrap_descriptor(member), seen, f" (attribute {name} of class {cls.__qualname__})")
+        feed_or_source(feed, hasher, _unwrap_descriptor(member), seen, module)
 
 
 def _unwrap_descriptor(member):

@@ -66,18 +66,23 @@ def fingerprint_call(op, args, kwargs, iterable_arg=0):
         the message names it and says what to do.
     """
     hasher = hashlib.blake2b(digest_size=20)
-    seen = set()
+    walk = code_identity.Walk()
     for role, value in _call_parts(op, args, kwargs, iterable_arg):
         try:
-            _feed(hasher, value, seen)
+            _feed(hasher, value, walk)
         except Unfingerprintable as error:
             raise TypeError(_unfingerprintable_message(op, role, error)) from error
+    try:
+        walk.drain()
+    except Unfingerprintable as error:
+        raise TypeError(_unfingerprintable_message(op, "what the operation and its arguments reach", error)) \
+            from error
     return hasher.hexdigest()
 
 
 def _call_parts(op, args, kwargs, iterable_arg):
     names = _positional_names(op, len(args), iterable_arg)
-    yield "the operation (its code, or a module-level value its code reads)", op
+    yield "the operation", op
     yield "the number of arguments", [len(args), sorted(kwargs)]
     for position, value in enumerate(args):
         if names and position < len(names):
@@ -104,13 +109,14 @@ def _positional_names(op, n_args, iterable_arg):
 def _unfingerprintable_message(op, role, error):
     op_name = f"{getattr(op, '__module__', None)}.{getattr(op, '__qualname__', repr(op))}"
     where = f", at {error.where().strip()}," if error.path else ""
-    what = (f"cannot compute the cache key of {op_name}: {role}{where} holds a {error.type_name}, which has no "
+    verb = "holds" if error.path else "is"
+    what = (f"cannot compute the cache key of {op_name}: {role}{where} {verb} a {error.type_name}, which has no "
             f"content to hash ({error.reason}); its identity would not survive a rerun, so it cannot be used instead.")
     if error.holder is not None:
         remedy = (f" Define __getstate__ on {error.holder.__module__}.{error.holder.__qualname__} returning "
                   f"what defines the object (its settings, not its locks, files or caches)")
     else:
-        remedy = " Keep such an object out of the arguments and of what the operation reads at module level"
+        remedy = " Pass what defines the object (its settings, a path) instead of the object itself"
     return what + remedy + ", or pass AutoparaInfo(cache=False) to run this call without a journal."
 
 
@@ -178,8 +184,10 @@ def _file_digest(path):
 
 def _digest(*values):
     hasher = hashlib.blake2b(digest_size=20)
+    walk = code_identity.Walk()
     for value in values:
-        _feed(hasher, value, set())
+        _feed(hasher, value, walk)
+    walk.drain()
     return hasher.hexdigest()
 
 
@@ -241,9 +249,9 @@ def _feed_set(hasher, value, seen):
     _feed(hasher, sorted(_digest(member) for member in value), seen)
 
 
-def _feed_array(hasher, array, seen=None):
+def _feed_array(hasher, array, seen):
     if array.dtype == object:
-        _feed(hasher, array.tolist(), set())
+        _feed(hasher, array.tolist(), seen)
         return
     array = np.ascontiguousarray(array)
     _feed_bytes(hasher, array.dtype.str.encode())
@@ -256,11 +264,11 @@ def _feed_atoms(hasher, atoms, seen):
     cell displacement, pbc, info, arrays, constraints and attached calculator (results
     read from a file, such as reference energies and forces, included)."""
     _feed_str(hasher, f"{type(atoms).__module__}.{type(atoms).__qualname__}")
-    _feed_array(hasher, atoms.numbers)
-    _feed_array(hasher, atoms.positions)
-    _feed_array(hasher, np.asarray(atoms.cell))
-    _feed_array(hasher, np.asarray(atoms.get_celldisp()))
-    _feed_array(hasher, atoms.pbc)
+    _feed_array(hasher, atoms.numbers, seen)
+    _feed_array(hasher, atoms.positions, seen)
+    _feed_array(hasher, np.asarray(atoms.cell), seen)
+    _feed_array(hasher, np.asarray(atoms.get_celldisp()), seen)
+    _feed_array(hasher, atoms.pbc, seen)
     info = {k: v for k, v in atoms.info.items() if k != LOC_KEY}
     feed_step(_feed_mapping, hasher, info, seen, ".info")
     arrays = {k: v for k, v in atoms.arrays.items() if k not in ("numbers", "positions")}
