@@ -306,11 +306,21 @@ def test_worker_out_of_file_descriptors_is_replaced_and_its_item_retried():
     assert indices(result) == list(range(12))
 
 
-def test_item_that_always_runs_out_of_file_descriptors_fails_with_the_original_reason():
-    result = run(leak_files, make_list(3), 100, errors="skip", initializer=(limit_to_open_files_now_plus, (45,)))
+def leak_files_and_count(items, n_per_item, directory):
+    for atoms in items:
+        open(os.path.join(directory, f"attempt-{atoms.info['index']}-{time.time_ns()}"), "w").close()
+    return leak_files(items, n_per_item)
+
+
+def test_item_that_always_runs_out_of_file_descriptors_is_retried_then_fails_with_its_own_reason(tmp_path):
+    result = run(leak_files_and_count, make_list(3), 100, str(tmp_path), errors="skip",
+                 initializer=(limit_to_open_files_now_plus, (45,)))
     assert indices(result) == []
     assert [f.index for f in result.failures] == [0, 1, 2]
     assert all(f.reason.startswith("OSError: [Errno 24]") for f in result.failures)
+    # run on a fresh worker each time: once, then the default 2 retries
+    attempts = collections.Counter(name.split("-")[1] for name in os.listdir(tmp_path))
+    assert attempts == {"0": 3, "1": 3, "2": 3}
 
 
 _hoard = []
