@@ -145,7 +145,6 @@ DRIVER = textwrap.dedent("""
     from ase import Atoms
     from wfl_like import ConfigSet, OutputSpec
     from wfl_like.autoparallelize import autoparallelize
-from wfl_like.autoparallelize.pool import WorkerPool
     from wfl_like.stopping import stop_on_signals
     sys.path.insert(0, {tests!r})
     from test_trust_processes import start_sleep_and_block
@@ -175,10 +174,14 @@ def test_program_started_by_the_op_dies_when_the_driver_is_signalled(tmp_path, s
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     pid_file = tmp_path / "sleep.pid"
-    proc = subprocess.Popen([sys.executable, str(script), str(pid_file), str(tmp_path / "never"),
-                             "guarded" if guarded else "plain"], cwd=tmp_path, env=driver_env(),
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(script), str(pid_file), str(tmp_path / "never"),
+                                 "guarded" if guarded else "plain"], cwd=tmp_path, env=driver_env(),
+                                stderr=stderr, start_new_session=True)
     try:
+        assert wait_for(lambda: pid_file.exists() or proc.poll() is not None, DEADLINE), stderr_path.read_text()
+        assert proc.poll() is None, stderr_path.read_text()
         sleep_pid = read_pid(pid_file)
         assert is_running(sleep_pid)
         proc.send_signal(signum)
