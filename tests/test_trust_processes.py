@@ -145,7 +145,6 @@ DRIVER = textwrap.dedent("""
     from ase import Atoms
     from wfl_like import ConfigSet, OutputSpec
     from wfl_like.autoparallelize import autoparallelize
-from wfl_like.autoparallelize.pool import WorkerPool
     from wfl_like.stopping import stop_on_signals
     sys.path.insert(0, {tests!r})
     from test_trust_processes import start_sleep_and_block
@@ -175,10 +174,14 @@ def test_program_started_by_the_op_dies_when_the_driver_is_signalled(tmp_path, s
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     pid_file = tmp_path / "sleep.pid"
-    proc = subprocess.Popen([sys.executable, str(script), str(pid_file), str(tmp_path / "never"),
-                             "guarded" if guarded else "plain"], cwd=tmp_path, env=driver_env(),
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(script), str(pid_file), str(tmp_path / "never"),
+                                 "guarded" if guarded else "plain"], cwd=tmp_path, env=driver_env(),
+                                stderr=stderr, start_new_session=True)
     try:
+        assert wait_for(lambda: pid_file.exists() or proc.poll() is not None, DEADLINE), stderr_path.read_text()
+        assert proc.poll() is None, stderr_path.read_text()
         sleep_pid = read_pid(pid_file)
         assert is_running(sleep_pid)
         proc.send_signal(signum)
@@ -306,11 +309,21 @@ def test_worker_out_of_file_descriptors_is_replaced_and_its_item_retried():
     assert indices(result) == list(range(12))
 
 
-def test_item_that_always_runs_out_of_file_descriptors_fails_with_the_original_reason():
-    result = run(leak_files, make_list(3), 100, errors="skip", initializer=(limit_to_open_files_now_plus, (45,)))
+def leak_files_and_count(items, n_per_item, directory):
+    for atoms in items:
+        open(os.path.join(directory, f"attempt-{atoms.info['index']}-{time.time_ns()}"), "w").close()
+    return leak_files(items, n_per_item)
+
+
+def test_item_that_always_runs_out_of_file_descriptors_is_retried_then_fails_with_its_own_reason(tmp_path):
+    result = run(leak_files_and_count, make_list(3), 100, str(tmp_path), errors="skip",
+                 initializer=(limit_to_open_files_now_plus, (45,)))
     assert indices(result) == []
     assert [f.index for f in result.failures] == [0, 1, 2]
     assert all(f.reason.startswith("OSError: [Errno 24]") for f in result.failures)
+    # run on a fresh worker each time: once, then the default 2 retries
+    attempts = collections.Counter(name.split("-")[1] for name in os.listdir(tmp_path))
+    assert attempts == {"0": 3, "1": 3, "2": 3}
 
 
 _hoard = []

@@ -8,7 +8,8 @@ formatting, while extended XYZ is written, does), and its landing inside the int
 of a lock that another thread then waits for.  So the request is also remembered, and
 checked again before every output is stored; and a watchdog thread finishes the stop by
 force if the clean stop has not ended ``force_after`` seconds later, or at once on a
-second signal: it kills the worker processes, removes the partial output files that
+second signal: it kills the worker processes with their process groups (what the
+operation started), removes the partial output files that
 :class:`~wfl_like.configset.OutputSpec` was writing, and ends the process with
 ``128 + signal number``.  The journal is an SQLite database in
 WAL mode, so nothing it already holds is lost either way.
