@@ -90,10 +90,18 @@ def _line_break_problem(atoms):
 
 def _unsafe_entries(atoms):
     """Info keys whose key or string value needs quoting or escaping, and unsafe array names."""
-    info = [key for key, value in atoms.info.items()
-            if not _SAFE.fullmatch(key) or (isinstance(value, str) and not _SAFE.fullmatch(value))]
+    info = [key for key, value in atoms.info.items() if not _SAFE.fullmatch(key) or _unsafe_value(value)]
     arrays = [key for key in atoms.arrays if not _SAFE.fullmatch(key)]
     return info, arrays
+
+
+def _unsafe_value(value):
+    if isinstance(value, str):
+        return not _SAFE.fullmatch(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        # a sequence of strings is written space-separated: it must at least parse back
+        return any(isinstance(item, (str, np.str_)) for item in np.ravel(np.asarray(value, dtype=object)))
+    return isinstance(value, dict)
 
 
 def _check_comment_line(line, unsafe, atoms):
