@@ -153,6 +153,11 @@ class PartialFile:
             os.fsync(self._fd)
         except OSError as exc:
             raise OutputWriteError.of(exc, self.final, "could not write output file") from None
+        if not self.final.parent.is_dir():
+            raise OutputWriteError(f"output {str(self.final)!r} was not published: its directory "
+                                   f"{str(self.final.parent)!r} was removed while this run wrote it (with the "
+                                   f"journal, if it was kept there); run again to write the output",
+                                   filename=self.final)
         if not self._names(self._identity):
             raise OutputWriteError(f"output {str(self.final)!r} was not published: its partial file "
                                    f"{str(self.path)!r} was removed or replaced while this run wrote it (is "
