@@ -205,7 +205,7 @@ def test_a_second_writer_is_refused_whatever_the_journal_settings(tmp_path, firs
     out = tmp_path / "out.xyz"
     with ended(start_holder(tmp_path, inputs, out, first)[0]) as holder:
         second_cache = {"off": False}.get(second, tmp_path / second)
-        with pytest.raises(OutputLockedError, match="out.xyz"):
+        with pytest.raises(OutputLockedError, match=rf"out.xyz' is being written by another run \(process {holder.pid},"):
             autoparallelize(identity_op, ConfigSet(inputs), OutputSpec(out, tags={"writer": "B"}),
                             autopara_info={"cache": second_cache})
         (tmp_path / "release-A").touch()
