@@ -49,8 +49,9 @@ def driver(tmp_path, body, *argv, name="driver.py"):
     script = tmp_path / name
     script.write_text(textwrap.dedent(body))
     stderr = open(tmp_path / f"{name}.stderr", "w")
+    python_path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     proc = subprocess.Popen([sys.executable, str(script), *map(str, argv)], cwd=tmp_path,
-                            env=driver_env(PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))),
+                            env=driver_env(PYTHONPATH=python_path),
                             stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     stderr.close()
     proc.stderr_path = tmp_path / f"{name}.stderr"
@@ -205,7 +206,8 @@ def test_a_second_writer_is_refused_whatever_the_journal_settings(tmp_path, firs
     out = tmp_path / "out.xyz"
     with ended(start_holder(tmp_path, inputs, out, first)[0]) as holder:
         second_cache = {"off": False}.get(second, tmp_path / second)
-        with pytest.raises(OutputLockedError, match=rf"out.xyz' is being written by another run \(process {holder.pid},"):
+        refused = rf"out.xyz' is being written by another run \(process {holder.pid},"
+        with pytest.raises(OutputLockedError, match=refused):
             autoparallelize(identity_op, ConfigSet(inputs), OutputSpec(out, tags={"writer": "B"}),
                             autopara_info={"cache": second_cache})
         (tmp_path / "release-A").touch()

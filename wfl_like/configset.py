@@ -445,6 +445,8 @@ class OutputSpec:
         ValueError
             The location is not valid for these files.
         """
+        if self.files is None:
+            raise ValueError("render() is for outputs to files; store() keeps outputs in memory")
         loc, next_index = self._resolve_location(parse_location(input_CS_loc))
         if self.single_file:
             file_i, stored_loc = 0, loc

@@ -41,8 +41,8 @@ def autoparallelize(op, *args, default_autopara_info=None, **kwargs):
         index in the whole input) and, if ``rng`` was given, ``rng``: a
         ``numpy.random.Generator`` of its own.
     *args
-        ``inputs`` (any iterable, usually a ConfigSet; a bare ``Atoms`` is one structure), ``outputs`` (OutputSpec or
-        None), then the op's positional arguments.
+        ``inputs`` (any iterable, usually a ConfigSet; a bare ``Atoms`` is one
+        structure), ``outputs`` (OutputSpec or None), then the op's positional arguments.
     default_autopara_info : dict, optional
         The wrapper's defaults for :class:`AutoparaInfo` options.
     **kwargs
@@ -140,6 +140,23 @@ def _reuse_finished(cache, fingerprint_of_inputs, outputs, name):
 
 def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None):
     name = call.name
+    # Spawn once before the items (as wfl does) so that repeated calls with the same
+    # generator give different, reproducible streams.
+    op_rng = rng.spawn(1)[0] if rng is not None else None
+    executor = info.executor if info.executor is not None else mpipool_support.active_executor()
+    if executor is not None and info.executor is None and info.num_python_subprocesses:
+        warnings.warn(f"num_python_subprocesses={info.num_python_subprocesses} is ignored: {name} runs on "
+                      f"the MPI ranks of WFL_MPIPOOL", stacklevel=4)
+    workers = num_workers(info.num_python_subprocesses) if executor is None else 0
+    if info.timeout is not None and (workers == 0 or executor is not None):
+        warnings.warn(f"timeout={info.timeout} is not enforced for {name}: it needs wfl_like's own worker "
+                      f"processes (num_python_subprocesses >= 1, no executor)", stacklevel=4)
+    where = (f"executor {type(executor).__name__}" if executor is not None
+             else f"{workers} worker processes" if workers else "serial")
+    log.info("%s: %s, chunk size %s", name, where, info.num_inputs_per_python_subprocess)
+    sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
+    chunks = make_chunks(inputs, sizer or info.num_inputs_per_python_subprocess, op_rng,
+                         lookup=cache.lookup if cache is not None else None)
     try:
         if outputs is not None:
             # Before any work, and before the journal is touched: the output's own lock keeps
@@ -148,7 +165,14 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
             outputs.claim(replace_existing=cache is not None and cache.existed)
         if cache is not None:
             cache.start(overwrite=outputs is not None and outputs.overwrite)
-        failures, n_items = _compute(call, inputs, outputs, info, rng, cache)
+        # structures read from files are fresh objects: no copy needed to protect the caller's
+        isolate = not (isinstance(inputs, ConfigSet) and inputs.files())
+        with chunk_runner(call, workers, info.initializer, isolate, executor) as (submit, slots):
+            results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
+                                   chunk_size=sizer)
+            with contextlib.closing(results):      # an error while storing withdraws the queued chunks
+                failures, n_items = _store_all(results, outputs, name, info.skip_failed, cache,
+                                               fail_fast=info.fail_fast)
         if failures and info.errors == "raise":
             raise AutoparallelizeError(name, failures)
     except BaseException:
@@ -166,35 +190,6 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
     result = outputs.to_ConfigSet()
     result.failures = failures
     return result
-
-
-def _compute(call, inputs, outputs, info, rng, cache):
-    """Run the op over every item not found in the journal; ``(failures, n_items)``."""
-    name = call.name
-    # Spawn once before the items (as wfl does) so that repeated calls with the same
-    # generator give different, reproducible streams.
-    op_rng = rng.spawn(1)[0] if rng is not None else None
-    executor = info.executor if info.executor is not None else mpipool_support.active_executor()
-    if executor is not None and info.executor is None and info.num_python_subprocesses:
-        warnings.warn(f"num_python_subprocesses={info.num_python_subprocesses} is ignored: {name} runs on "
-                      f"the MPI ranks of WFL_MPIPOOL", stacklevel=5)
-    workers = num_workers(info.num_python_subprocesses) if executor is None else 0
-    if info.timeout is not None and (workers == 0 or executor is not None):
-        warnings.warn(f"timeout={info.timeout} is not enforced for {name}: it needs wfl_like's own worker "
-                      f"processes (num_python_subprocesses >= 1, no executor)", stacklevel=5)
-    where = (f"executor {type(executor).__name__}" if executor is not None
-             else f"{workers} worker processes" if workers else "serial")
-    log.info("%s: %s, chunk size %s", name, where, info.num_inputs_per_python_subprocess)
-    sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
-    chunks = make_chunks(inputs, sizer or info.num_inputs_per_python_subprocess, op_rng,
-                         lookup=cache.lookup if cache is not None else None)
-    # structures read from files are fresh objects: no copy needed to protect the caller's
-    isolate = not (isinstance(inputs, ConfigSet) and inputs.files())
-    with chunk_runner(call, workers, info.initializer, isolate, executor) as (submit, slots):
-        results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
-                               chunk_size=sizer)
-        with contextlib.closing(results):      # an error while storing withdraws the queued chunks
-            return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast)
 
 
 # A run whose first this-many items all failed for one same reason, with no success at

@@ -51,7 +51,15 @@ def partial_path(path):
 
 def remove_partial_files():
     """Remove every partial file this process is writing (for a forced stop: takes no lock)."""
-    for path in list(_partial_files):
+    for _ in range(3):
+        try:
+            paths = list(_partial_files)
+            break
+        except RuntimeError:
+            continue        # the main thread changed the set meanwhile: look again
+    else:
+        return
+    for path in paths:
         with contextlib.suppress(OSError):
             os.unlink(path)
 
