@@ -5,6 +5,7 @@ Both keep the nesting of their contents: a structure's place is its *location*
 its inputs, file for file and group for group.
 """
 
+import collections
 import glob
 import itertools
 import logging
@@ -316,6 +317,10 @@ class OutputSpec:
             if absolute and file_root is not None:
                 raise ValueError(f"file_root {str(file_root)!r} was given but output files {absolute} are absolute paths")
             self.configs = None
+            resolved = collections.Counter(p.resolve() for p in self.paths)
+            repeated = sorted(str(p) for p in self.paths if resolved[p.resolve()] > 1)
+            if repeated:
+                raise ValueError(f"OutputSpec files name the same file more than once: {repeated}")
         self._partials = None      # the locked partial files, once claimed
         self.n_stored = 0          # structures stored so far
         # Bad names fail here, before any work; the format is looked up once per file
@@ -440,6 +445,8 @@ class OutputSpec:
         ValueError
             The location is not valid for these files.
         """
+        if self.files is None:
+            raise ValueError("render() is for outputs to files; store() keeps outputs in memory")
         loc, next_index = self._resolve_location(parse_location(input_CS_loc))
         if self.single_file:
             file_i, stored_loc = 0, loc

@@ -41,8 +41,8 @@ def autoparallelize(op, *args, default_autopara_info=None, **kwargs):
         index in the whole input) and, if ``rng`` was given, ``rng``: a
         ``numpy.random.Generator`` of its own.
     *args
-        ``inputs`` (any iterable, usually a ConfigSet; a bare ``Atoms`` is one structure), ``outputs`` (OutputSpec or
-        None), then the op's positional arguments.
+        ``inputs`` (any iterable, usually a ConfigSet; a bare ``Atoms`` is one
+        structure), ``outputs`` (OutputSpec or None), then the op's positional arguments.
     default_autopara_info : dict, optional
         The wrapper's defaults for :class:`AutoparaInfo` options.
     **kwargs

@@ -9,7 +9,9 @@ from io import StringIO
 from pathlib import Path
 
 from wfl_like.errors import InputFileError
-from wfl_like.io.partial import partial_path  # noqa: F401  (re-exported: where outputs are written first)
+from wfl_like.io.partial import partial_path
+
+__all__ = ["iread", "format_for", "partial_path", "APPENDABLE_FORMATS"]
 
 
 def iread(path, **read_kwargs):

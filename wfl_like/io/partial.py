@@ -17,6 +17,8 @@ import fcntl
 import io as _io
 import logging
 import os
+import struct
+import sys
 import threading
 from pathlib import Path
 
@@ -49,7 +51,15 @@ def partial_path(path):
 
 def remove_partial_files():
     """Remove every partial file this process is writing (for a forced stop: takes no lock)."""
-    for path in list(_partial_files):
+    for _ in range(3):
+        try:
+            paths = list(_partial_files)
+            break
+        except RuntimeError:
+            continue        # the main thread changed the set meanwhile: look again
+    else:
+        return
+    for path in paths:
         with contextlib.suppress(OSError):
             os.unlink(path)
 
@@ -107,8 +117,9 @@ class PartialFile:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                holder = _lock_holder(fd)
                 os.close(fd)
-                raise self._locked() from None
+                raise self._locked(holder) from None
             if not self._names(identity):
                 os.close(fd)
                 return False
@@ -118,10 +129,10 @@ class PartialFile:
             _partial_files.add(os.fspath(self.path))
             return True
 
-    def _locked(self):
-        return OutputLockedError(f"output {str(self.final)!r} is being written by another run (its partial "
-                                 f"file {str(self.path)!r} is locked); wait for that run to finish, or stop "
-                                 f"it, before running again")
+    def _locked(self, holder="this process"):
+        return OutputLockedError(f"output {str(self.final)!r} is being written by another run ({holder}, "
+                                 f"which holds the lock of its partial file {str(self.path)!r}); wait for "
+                                 f"that run to finish, or stop it, before running again")
 
     def _names(self, identity):
         """Whether the partial path still names the file this writer holds."""
@@ -153,6 +164,11 @@ class PartialFile:
             os.fsync(self._fd)
         except OSError as exc:
             raise OutputWriteError.of(exc, self.final, "could not write output file") from None
+        if not self.final.parent.is_dir():
+            raise OutputWriteError(f"output {str(self.final)!r} was not published: its directory "
+                                   f"{str(self.final.parent)!r} was removed while this run wrote it (with the "
+                                   f"journal, if it was kept there); run again to write the output",
+                                   filename=self.final)
         if not self._names(self._identity):
             raise OutputWriteError(f"output {str(self.final)!r} was not published: its partial file "
                                    f"{str(self.path)!r} was removed or replaced while this run wrote it (is "
@@ -198,6 +214,20 @@ class PartialFile:
             self._fd = None
             _held.discard(self._identity)
             _partial_files.discard(os.fspath(self.path))
+
+
+def _lock_holder(fd):
+    """``"process 1234"`` holding the lock of ``fd``, where the system says (Linux), else ``"another process"``."""
+    if not sys.platform.startswith("linux"):
+        return "another process"
+    # struct flock of Linux: l_type, l_whence, l_start, l_len, l_pid
+    layout = "@hhqqi"
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack(layout, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        lock_type, _, _, _, pid = struct.unpack(layout, answer)
+    except (OSError, struct.error):
+        return "another process"
+    return f"process {pid}" if lock_type != fcntl.F_UNLCK and pid > 0 else "another process"
 
 
 def _fsync_directory(directory):

@@ -15,6 +15,9 @@ import numpy as np
 # comment line that was written.
 _SAFE = re.compile(r"[A-Za-z0-9_.+\-/@]+")
 
+# A per-atom string is one column of its line: empty or with white space, it shifts the rest.
+_WHITE_SPACE = re.compile(r"\s")
+
 EXTXYZ = "extxyz"
 
 
@@ -67,8 +70,10 @@ def _check_text(atoms, text, file_format):
     if file_format != EXTXYZ:
         return
     for key, values in atoms.arrays.items():
-        if values.dtype.kind in "US" and any(not _SAFE.fullmatch(str(v)) for v in values.ravel()):
-            bad = next(str(v) for v in values.ravel() if not _SAFE.fullmatch(str(v)))
+        if values.dtype.kind not in "US":
+            continue
+        bad = next((v for v in map(str, values.ravel()) if not v or _WHITE_SPACE.search(v)), None)
+        if bad is not None:
             raise UnwritableOutput(f"per-atom string array {key!r} holds {_show(bad)}, which a column of "
                                    f"extended XYZ cannot hold (empty, or with white space)")
     unsafe = _unsafe_entries(atoms)
@@ -90,10 +95,18 @@ def _line_break_problem(atoms):
 
 def _unsafe_entries(atoms):
     """Info keys whose key or string value needs quoting or escaping, and unsafe array names."""
-    info = [key for key, value in atoms.info.items()
-            if not _SAFE.fullmatch(key) or (isinstance(value, str) and not _SAFE.fullmatch(value))]
+    info = [key for key, value in atoms.info.items() if not _SAFE.fullmatch(key) or _unsafe_value(value)]
     arrays = [key for key in atoms.arrays if not _SAFE.fullmatch(key)]
     return info, arrays
+
+
+def _unsafe_value(value):
+    if isinstance(value, str):
+        return not _SAFE.fullmatch(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        # a sequence of strings is written space-separated: it must at least parse back
+        return any(isinstance(item, (str, np.str_)) for item in np.ravel(np.asarray(value, dtype=object)))
+    return isinstance(value, dict)
 
 
 def _check_comment_line(line, unsafe, atoms):
