@@ -54,6 +54,7 @@ class SparseList:
 
     def __init__(self):
         self._items = {}
+        self._end = 0         # one past the largest index: append() stays O(1)
 
     def __len__(self):
         return len(self._items)
@@ -69,12 +70,23 @@ class SparseList:
         """The item at ``i``, or ``None`` for a hole."""
         return self._items.get(i)
 
+    def __getitem__(self, i):
+        # indexed like the list it stands for: a hole reads as None
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise TypeError(f"SparseList indices must be integers, not {type(i).__name__}")
+        if i < 0:
+            i += self._end
+        if not 0 <= i < self._end:
+            raise IndexError("SparseList index out of range")
+        return self._items.get(i)
+
     def set(self, i, value):
         self._items[i] = value
+        self._end = max(self._end, i + 1)
 
     def append(self, value):
         """Put ``value`` after the last item."""
-        self._items[max(self._items, default=-1) + 1] = value
+        self.set(self._end, value)
 
     def __repr__(self):
         return f"SparseList({dict(self.present())!r})"

@@ -63,7 +63,7 @@ class AutoparaInfo:
     initializer_timeout : float, optional
         Seconds the initializer may take in a worker; past that the call fails with
         :class:`~wfl_like.errors.WorkerInitializerError`.  Default: ``timeout`` when it is
-        set, else no limit.  Needs worker processes.
+        set and an initializer is given, else no limit.  Needs worker processes.
     max_items_per_worker : int, optional
         Replace each worker after it has run this many items, so that an operation that
         leaks memory or file descriptors cannot poison the rest of the run.  Default: no

@@ -17,7 +17,7 @@ from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
 from wfl_like.autoparallelize.docstrings import autoparallelize_docstring
 from wfl_like.autoparallelize.executors import available_cpus, chunk_runner, num_workers
 from wfl_like.autoparallelize.opcall import PER_ITEM_INFO, OpCall, in_worker, op_name, takes_argument
-from wfl_like.autoparallelize.supervisor import run_in_order
+from wfl_like.autoparallelize.supervisor import one_line_reason, run_in_order
 from wfl_like.configset import ConfigSet, OutputSpec
 from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError
 
@@ -100,13 +100,16 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
     call = _make_call(op, info, args, kwargs, rng, name)
     journal = journal_location(info.cache, outputs)
     if journal is None:
+        if info.cache_extra is not None:
+            warnings.warn(f"cache_extra is not used by {name}: this call keeps no journal (cache=False, or outputs "
+                          f"in memory without cache=PATH)", stacklevel=4)
         if outputs is not None and not outputs.overwrite and outputs.all_written():
             log.info("%s: reusing existing output %s (all files exist and overwrite is False)",
                      name, [str(p) for p in outputs.paths])
             return outputs.to_ConfigSet()
         return _execute(call, inputs, outputs, info, op_rng, cache=None)
     cache = RunCache(journal, call, info.skip_failed, cache_extra=info.cache_extra, rng=op_rng,
-                     overwrite=outputs is not None and outputs.overwrite)
+                     overwrite=outputs is not None and outputs.overwrite, initializer=info.initializer)
     try:
         fingerprint_of_inputs = inputs_fingerprint(inputs)
         finished = _reuse_finished(cache, fingerprint_of_inputs, outputs, name)
@@ -203,7 +206,10 @@ def _compute(call, inputs, outputs, info, rng, cache):
                          lookup=cache.lookup if cache is not None else None)
     # structures read from files are fresh objects: no copy needed to protect the caller's
     isolate = not (isinstance(inputs, ConfigSet) and inputs.files())
-    initializer_timeout = info.initializer_timeout if info.initializer_timeout is not None else info.timeout
+    initializer_timeout = info.initializer_timeout
+    if initializer_timeout is None and info.initializer[0] is not None:
+        # a per-item limit also bounds the user's set-up, unless it is given a limit of its own
+        initializer_timeout = info.timeout
     with chunk_runner(call, workers, info.initializer, isolate, executor, initializer_timeout=initializer_timeout,
                       max_items_per_worker=info.max_items_per_worker) as (submit, slots):
         results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
@@ -243,8 +249,8 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True):
                 if output is not None and outputs is not None and outputs.files is not None:
                     rendered.append(outputs.render(output, locations[index] or ""))
             except OpOutputError as exc:
-                problem = f"item {index}: {exc}"
-                failed.append(FailedItem(index, f"OpOutputError: {problem}", "", OpOutputError(problem)))
+                # the record names the item; the reason keeps the exception's own type
+                failed.append(FailedItem(index, one_line_reason(exc), "", exc))
                 continue
             done.append((index, output))
         if cache is not None:

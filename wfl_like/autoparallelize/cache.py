@@ -54,6 +54,8 @@ class RunCache:
         Part of the call: it decides what a ``None`` output means.
     cache_extra : object, optional
         ``AutoparaInfo(cache_extra=...)``, folded into the key of every item.
+    initializer : (callable or None, sequence)
+        ``AutoparaInfo(initializer=...)``: its function and arguments count as the op's do.
     rng : numpy.random.Generator, optional
         The call's own generator (spawned once from the caller's): a run with another
         one never counts as "nothing changed".
@@ -61,12 +63,16 @@ class RunCache:
         Discard the journal unread and start a new one (whatever it holds).
     """
 
-    def __init__(self, path, call, skip_failed, cache_extra=None, rng=None, overwrite=False):
+    def __init__(self, path, call, skip_failed, cache_extra=None, rng=None, overwrite=False, initializer=(None, ())):
         # first, so that an argument with no content to hash, or a missing cache_extra
         # file, fails before the journal is opened or anything is computed
+        init_func, init_args = initializer
+        # the initializer sets up what the op computes with (a model it loads), so it counts
+        # as the op does
+        init_key = fingerprint_call(init_func, tuple(init_args), {}, None) if init_func is not None else None
         self.call_key = fingerprint(CACHE_FORMAT, fingerprint_call(call.op, call.args, call.kwargs, call.iterable_arg),
                                     call.iterable_arg, call.per_item_info, call.inherited_item_info, skip_failed,
-                                    fingerprint_extra(cache_extra))
+                                    fingerprint_extra(cache_extra), init_key)
         self.journal = Journal(path, fresh=overwrite)
         # a journal that records no run (e.g. created by a call that found foreign outputs
         # and reused them) vouches for nothing: it counts as none

@@ -94,6 +94,18 @@ class Walk(set):
     def __init__(self):
         super().__init__()
         self._pending = collections.deque()
+        # the objects whose ids are held, kept alive for the length of the walk: a
+        # temporary (made by __reduce_ex__) freed midway could hand its id to another
+        # object, which would then be taken as already fed
+        self._alive = []
+
+    def visit(self, obj):
+        """Whether ``obj`` is met for the first time (then it is marked as met)."""
+        if id(obj) in self:
+            return False
+        self.add(id(obj))
+        self._alive.append(obj)
+        return True
 
     def defer(self, work):
         self._pending.append(work)
@@ -343,9 +355,8 @@ def feed_function(feed, hasher, func, seen):
     if code is None or module_origin(module) != LOCAL:
         _feed_library_callable(feed, hasher, func, module, seen)
         return
-    if id(func) in seen:
+    if not seen.visit(func):
         return          # fed already in this key: no loop through recursive helpers
-    seen.add(id(func))
     seen.defer(lambda: _feed_function_body(feed, hasher, func, module, seen))
 
 
@@ -487,9 +498,8 @@ def feed_class(feed, hasher, cls, seen):
     _feed_text(hasher, origin)
     if origin == INSTALLED:
         _feed_text(hasher, installed_version(module))
-    if origin != LOCAL or id(cls) in seen:
+    if origin != LOCAL or not seen.visit(cls):
         return
-    seen.add(id(cls))
     seen.defer(lambda: _feed_class_body(feed, hasher, cls, module, seen))
 
 

@@ -58,8 +58,12 @@ def encode(value):
         return json.dumps(_encode(value), separators=(",", ":"), allow_nan=True)
     except RecursionError:
         raise UnencodableError("the value is nested too deeply") from None
-    except ValueError as exc:      # e.g. an int too long for its text form
-        raise UnencodableError(str(exc)) from None
+    except UnencodableError:
+        raise
+    except Exception as exc:
+        # an int too long for its text form, an object that looks like a calculator or a
+        # constraint and is not one: not storable, never a reason to lose the run
+        raise UnencodableError(f"{type(exc).__name__}: {exc}") from None
 
 
 def decode(text):

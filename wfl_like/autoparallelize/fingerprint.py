@@ -13,8 +13,10 @@ import functools
 import hashlib
 import inspect
 import math
+import os
 import struct
 import types
+import warnings
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -159,6 +161,11 @@ def _with_file_contents(value):
         return tuple(converted) if isinstance(value, tuple) else converted
     if isinstance(value, dict):
         return {key: _with_file_contents(item) for key, item in value.items()}
+    if isinstance(value, str) and value and os.path.exists(value):
+        # a file named as text counts by its name alone, which is rarely what was meant
+        warnings.warn(f"cache_extra holds the string {value!r}, which names an existing path; it counts by its "
+                      f"text, not by the file's bytes: pass pathlib.Path({value!r}) to fold in its content",
+                      stacklevel=6)
     return value
 
 
@@ -332,9 +339,8 @@ def _feed_object(hasher, obj, seen):
     is what its class and parameters say, not its cached results), or else what pickle
     would rebuild it from (its constructor, arguments and state)."""
     _feed_class(hasher, type(obj), seen)
-    if id(obj) in seen:
+    if not seen.visit(obj):
         return
-    seen.add(id(obj))
     try:
         _feed_object_content(hasher, obj, seen)
     except Unfingerprintable as error:

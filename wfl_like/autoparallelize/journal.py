@@ -160,6 +160,14 @@ class Journal:
         if tables != _TABLES:
             raise JournalError(f"{str(self.path)!r} is not a wfl_like journal (it holds the tables "
                                f"{sorted(tables)}); move it away, or {_RECOVER}")
+        with self._guard():
+            # triggers or views planted in a journal could rewrite what a run records
+            extra = sorted(f"{kind} {name}" for kind, name in self._db.execute(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') OR "
+                "(type='index' AND name NOT LIKE 'sqlite\\_autoindex\\_%' ESCAPE '\\' AND name != 'items_by_idx')"))
+        if extra:
+            raise JournalError(f"journal {str(self.path)!r} holds what no wfl_like journal has ({', '.join(extra)}); "
+                               f"{_RECOVER}")
         found = self.meta("format")
         if found != FORMAT:
             raise JournalError(f"journal {str(self.path)!r} is of format {found}, not {FORMAT}; {_RECOVER}")
@@ -475,8 +483,12 @@ def _same_file(handle, path):
 
 
 def _locked(journal):
-    output = journal.with_name(journal.name[1:].removesuffix(".journal.sqlite"))
-    return OutputLockedError(f"output {str(output)!r} is being written by {_holder(journal)}; wait for it "
+    name = journal.name
+    if name.startswith(".") and name.endswith(".journal.sqlite"):
+        what = f"output {str(journal.with_name(name[1:].removesuffix('.journal.sqlite')))!r}"
+    else:
+        what = f"the run whose journal is {str(journal)!r}"      # a journal named by cache=PATH
+    return OutputLockedError(f"{what} is being written by {_holder(journal)}; wait for it "
                              f"to finish (or stop it) before running again")
 
 

@@ -140,7 +140,7 @@ def _settle(job, submit, op_name, retries, timeout, progress):
             return ChunkResult(job.chunk, [None] * len(job.chunk.items), failures)
         if len(job.chunk.items) > 1:
             log.info("%s: chunk of items %s failed (%s); running its items one by one",
-                     op_name, _span(job.chunk.indices), _one_line(exc))
+                     op_name, _span(job.chunk.indices), one_line_reason(exc))
             parts = [_single(job.chunk, k) for k in range(len(job.chunk.items))]
             futures = [submit(part, timeout) for part in parts]
             results = [_settle_item(part, future, submit, op_name, retries, timeout)
@@ -174,7 +174,7 @@ def _settle_item(chunk, future, submit, op_name, retries, timeout, first_error=N
         if isinstance(error, (WorkerDiedError, WorkerPoisonedError)) and attempts < retries:
             attempts += 1
             log.info("%s: item %d: %s; trying again (%d of %d)", op_name, chunk.first,
-                     _one_line(error), attempts, retries)
+                     one_line_reason(error), attempts, retries)
             future = submit(chunk, timeout)
             continue
         if isinstance(error, WorkerPoisonedError):
@@ -188,7 +188,7 @@ def _failure(index, error, attempts):
     elif isinstance(error, TaskTimeoutError):
         reason = f"timed out after {error.timeout:g} s"
     else:
-        reason = _one_line(error)
+        reason = one_line_reason(error)
     remote = error.__cause__
     tb_text = getattr(remote, "text", None) or "".join(
         traceback.format_exception(type(error), error, error.__traceback__))
@@ -206,7 +206,7 @@ REASON_LIMIT = 500
 TRACEBACK_LIMIT = 20_000
 
 
-def _one_line(exc):
+def one_line_reason(exc):
     """``"TypeName: first line of the message"``, the line cut to REASON_LIMIT characters."""
     # only the head of the message is looked at: it may be huge
     head = str(exc)[:REASON_LIMIT + 1].strip()
