@@ -181,10 +181,9 @@ class WorkerPool(Executor):
         self._workers = []
         self._retiring = []         # asked to leave after their last task; reaped when they have
         try:
-            if not on_demand:
-                # before the dispatcher thread, so that the first forks happen while the
-                # driver has a single thread
-                self._grow()
+            # before the dispatcher thread, so that the first forks happen while the driver
+            # has a single thread (on demand: one worker, as a pool is made to run something)
+            self._grow(at_least=1)
         except BaseException:
             self._stop_workers(self._workers, timeout=0)
             self._guardian.close()
@@ -204,15 +203,16 @@ class WorkerPool(Executor):
         self._guardian.watch(worker.pid)
         return worker
 
-    def _grow(self):
-        """Start the workers now wanted: up to ``max_workers``, on demand only for queued tasks."""
+    def _grow(self, at_least=0):
+        """Start the workers now wanted: up to ``max_workers``, on demand only for queued tasks
+        (and until there are ``at_least``)."""
         with self._lock:
             if self._cancelled or (self._shutting_down and not self._queue):
                 return
             wanted = self._max_workers - len(self._workers)
             if self._on_demand:
                 idle = sum(1 for w in self._workers if w.task is None)
-                wanted = min(wanted, len(self._queue) - idle)
+                wanted = min(wanted, max(len(self._queue) - idle, at_least - len(self._workers)))
         for _ in range(wanted):
             try:
                 worker = self._start_worker()
@@ -283,7 +283,11 @@ class WorkerPool(Executor):
             self._shutting_down = self._cancelled = True
             self._abandon_queue(None)
             for worker in self._workers + self._retiring:
-                kill_process_group(worker.pid)
+                # the group only: the dispatcher may have reaped this worker just now, and
+                # its pid may be another process's by then (a group id stays reserved while
+                # the group has members); one not yet leading a group is killed by the
+                # dispatcher's own stop
+                kill_process_group(worker.pid, alone_too=False)
         self._wake()
         self._join()
 
@@ -325,12 +329,18 @@ class WorkerPool(Executor):
                 retiring = list(self._retiring)
                 waitables = ([self._wake_r] + [w.conn for w in workers] + [w.sentinel for w in workers]
                              + [w.sentinel for w in retiring])
-                for ready in wait(waitables, timeout=_time_to_next_deadline(workers)):
+                timeout = _time_to_next_deadline(workers)
+                if retiring:
+                    # a child the op left behind holds a retired worker's sentinel open: look
+                    # for its end, too, so that it and its group are not left until the pool ends
+                    timeout = _EXIT_POLL if timeout is None else min(timeout, _EXIT_POLL)
+                for ready in wait(waitables, timeout=timeout):
                     if ready is self._wake_r:
                         while self._wake_r.poll():
                             self._wake_r.recv_bytes()
                     else:
                         self._handle_ready(ready)
+                self._reap_retired()
                 self._kill_overdue(workers)
         except BaseException as exc:    # a bug here must not leave the caller waiting forever
             log.exception("wfl_like pool dispatcher failed")
@@ -382,6 +392,11 @@ class WorkerPool(Executor):
             except Exception as exc:
                 worker.task = None
                 _abandon(task.future, _unpicklable(exc, "the task's arguments"))
+
+    def _reap_retired(self):
+        for worker in [w for w in self._retiring if _has_exited(w.pid)]:
+            self._retiring.remove(worker)
+            self._reap(worker)
 
     def _handle_ready(self, ready):
         retired = next((w for w in self._retiring if ready is w.sentinel), None)
