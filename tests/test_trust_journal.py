@@ -527,3 +527,82 @@ def test_a_call_reusing_outputs_without_a_journal_still_advances_the_rng(tmp_pat
     reusing = script()
     assert sum(computed(markers).values()) == 3 + 2 * 3      # the first call computed once only
     assert reusing == computing
+
+
+# --- found in review ------------------------------------------------------------------------------
+
+_LOADED = {}
+
+
+def load_scale(scale):
+    """An initializer: what the op computes with is set up here, as a model loader would."""
+    _LOADED["scale"] = scale
+
+
+def scaled_op(atoms_list, markers):
+    for atoms in counting_op(atoms_list, markers):
+        atoms.info["value"] *= _LOADED["scale"]
+    return atoms_list
+
+
+def test_a_changed_initializer_argument_recomputes(run, tmp_path):
+    def call(scale):
+        info = para(initializer=(load_scale, (scale,)))
+        return autoparallelize(scaled_op, ConfigSet(run.inputs), OutputSpec(run.out), run.markers, autopara_info=info)
+
+    first = [atoms.info["value"] for atoms in call(1.0)]
+    assert sum(computed(run.markers).values()) == N_ITEMS
+    again = [atoms.info["value"] for atoms in call(1.0)]
+    assert again == first and sum(computed(run.markers).values()) == N_ITEMS      # reused
+    doubled = [atoms.info["value"] for atoms in call(2.0)]
+    assert doubled == [2 * value for value in first]
+    assert sum(computed(run.markers).values()) == 2 * N_ITEMS
+
+
+def test_a_trigger_planted_in_a_journal_is_refused_and_overwrite_recovers(run, capsys):
+    run()
+    db = sqlite3.connect(journal_path(run.out))
+    db.execute("CREATE TRIGGER poison AFTER INSERT ON items BEGIN UPDATE items SET output = NULL; END")
+    db.commit()
+    db.close()
+    run.out.unlink()          # a rerun must write, so it records items
+    with pytest.raises(JournalError, match="trigger poison"):
+        run()
+    code, out, err = status(run.out, capsys)
+    assert code == 2 and "trigger poison" in err and len(err.strip().splitlines()) == 1
+    run(overwrite=True)
+    assert run.out.read_bytes() == fresh_output(run.out.parent, run.inputs)
+
+
+def test_an_output_sharing_a_journal_does_not_replace_a_file_it_did_not_write(run, tmp_path):
+    shared = tmp_path / "shared.sqlite"
+    first = tmp_path / "first.xyz"
+    autoparallelize(counting_op, ConfigSet(run.inputs), OutputSpec(first), run.markers,
+                    autopara_info=para(cache=shared))
+    foreign = tmp_path / "foreign.xyz"
+    foreign.write_text("written by someone else\n")
+    with pytest.raises(FileExistsError, match="foreign.xyz"):
+        autoparallelize(counting_op, ConfigSet(run.inputs), OutputSpec(foreign), run.markers,
+                        autopara_info=para(cache=shared))
+    assert foreign.read_text() == "written by someone else\n"
+
+
+class _ResultsRaise:
+    """Looks like a calculator to the journal's codec, but its results cannot be read."""
+
+    @property
+    def results(self):
+        raise AttributeError("no results here")
+
+
+def odd_calculator_op(atoms_list, markers):
+    for atoms in counting_op(atoms_list, markers):
+        atoms.calc = _ResultsRaise()
+    return atoms_list
+
+
+def test_an_output_the_codec_trips_on_is_kept_and_only_left_out_of_the_journal(run, tmp_path):
+    with pytest.warns(UserWarning, match="journal"):
+        result = autoparallelize(odd_calculator_op, ConfigSet(run.inputs), OutputSpec(), run.markers,
+                                 autopara_info=para(cache=tmp_path / "memory.sqlite"))
+    assert len(list(result)) == N_ITEMS

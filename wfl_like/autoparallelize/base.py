@@ -153,7 +153,7 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
             # Before any work, and before the journal is touched: the output's own lock keeps
             # out a second writer whatever its journal settings.  Files that this run's
             # journal describes are ours to rewrite.
-            outputs.claim(replace_existing=cache is not None and cache.existed)
+            outputs.claim(replace_existing=cache is not None and cache.wrote(outputs))
         if cache is not None:
             cache.start(overwrite=outputs is not None and outputs.overwrite)
         failures, n_items = _compute(call, inputs, outputs, info, rng, cache)

@@ -66,13 +66,10 @@ class RunCache:
     def __init__(self, path, call, skip_failed, cache_extra=None, rng=None, overwrite=False, initializer=(None, ())):
         # first, so that an argument with no content to hash, or a missing cache_extra
         # file, fails before the journal is opened or anything is computed
-        init_func, init_args = initializer
-        # the initializer sets up what the op computes with (a model it loads), so it counts
-        # as the op does
-        init_key = fingerprint_call(init_func, tuple(init_args), {}, None) if init_func is not None else None
-        self.call_key = fingerprint(CACHE_FORMAT, fingerprint_call(call.op, call.args, call.kwargs, call.iterable_arg),
-                                    call.iterable_arg, call.per_item_info, call.inherited_item_info, skip_failed,
-                                    fingerprint_extra(cache_extra), init_key)
+        # the initializer sets up what the op computes with (a model it loads): it counts too
+        call_part = fingerprint_call(call.op, call.args, call.kwargs, call.iterable_arg, initializer)
+        self.call_key = fingerprint(CACHE_FORMAT, call_part, call.iterable_arg, call.per_item_info,
+                                    call.inherited_item_info, skip_failed, fingerprint_extra(cache_extra))
         self.journal = Journal(path, fresh=overwrite)
         # a journal that records no run (e.g. created by a call that found foreign outputs
         # and reused them) vouches for nothing: it counts as none
@@ -83,6 +80,17 @@ class RunCache:
         self._rng_key = fingerprint(rng)
         self.reused = self.computed = self.changed = 0
         self._warned_unstorable = False
+
+    def wrote(self, outputs):
+        """Whether the existing files of ``outputs`` are the ones a run of this journal wrote
+        (so they are ours to rewrite), as opposed to files of another output that happens
+        to share this journal (``cache=PATH``)."""
+        if not self.existed or outputs is None or outputs.files is None:
+            return False
+        recorded = self.journal.meta("outputs")
+        if not isinstance(recorded, list):
+            return False
+        return [entry[0] for entry in recorded if isinstance(entry, list) and entry] == [str(p) for p in outputs.paths]
 
     def finished(self, inputs_fingerprint, outputs):
         """Whether a previous run of this very call, on these very inputs and with this very

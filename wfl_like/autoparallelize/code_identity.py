@@ -98,6 +98,18 @@ class Walk(set):
         # temporary (made by __reduce_ex__) freed midway could hand its id to another
         # object, which would then be taken as already fed
         self._alive = []
+        # (module, name) of module-level values that set-up code (the initializer) assigns
+        # or changes: the op reads them as its own state, not as constants
+        self.set_up = set()
+
+    def note_set_up(self, func):
+        """Count the module-level values ``func`` (an initializer) writes as state."""
+        code = getattr(func, "__code__", None)
+        if code is None:
+            return
+        _, written, _ = code_reads(code)
+        module = func.__globals__.get("__name__")
+        self.set_up.update((module, name) for name in written)
 
     def visit(self, obj):
         """Whether ``obj`` is met for the first time (then it is marked as met)."""
@@ -420,7 +432,7 @@ def _feed_reads(feed, hasher, code, namespace, seen):
     module = namespace.get("__name__")
     for chain in sorted(chains):
         _feed_text(hasher, ".".join(chain))
-        if chain[0] in written:
+        if chain[0] in written or (module, chain[0]) in seen.set_up:
             # the code's own state (a memo, an object built once): its current value says
             # what ran before in this process; its first value is in the module's text
             _feed_text(hasher, "<its own state>")

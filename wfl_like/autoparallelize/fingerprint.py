@@ -48,7 +48,7 @@ def fingerprint(*values):
         raise TypeError(f"cannot fingerprint a {error.type_name}{where}: {error.reason}") from error
 
 
-def fingerprint_call(op, args, kwargs, iterable_arg=0):
+def fingerprint_call(op, args, kwargs, iterable_arg=0, initializer=(None, ())):
     """Hex digest of an operation and its fixed arguments: the part of a call's cache key
     that is the same for every item, computed once per call.
 
@@ -60,6 +60,10 @@ def fingerprint_call(op, args, kwargs, iterable_arg=0):
     kwargs : dict
     iterable_arg : int or str, default 0
         Where the items go, to name the other arguments in errors.
+    initializer : (callable or None, sequence)
+        The per-worker set-up: it counts as the op does, and the module-level values it
+        assigns count as the op's state (by their module's source), not by the value they
+        happen to hold when the call starts.
 
     Raises
     ------
@@ -69,7 +73,12 @@ def fingerprint_call(op, args, kwargs, iterable_arg=0):
     """
     hasher = hashlib.blake2b(digest_size=20)
     walk = code_identity.Walk()
-    for role, value in _call_parts(op, args, kwargs, iterable_arg):
+    init_func, init_args = initializer
+    parts = list(_call_parts(op, args, kwargs, iterable_arg))
+    if init_func is not None:
+        walk.note_set_up(init_func)
+        parts += [("the initializer", init_func), ("the initializer's arguments", tuple(init_args))]
+    for role, value in parts:
         try:
             _feed(hasher, value, walk)
         except Unfingerprintable as error:
