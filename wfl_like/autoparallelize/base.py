@@ -277,9 +277,10 @@ def _check_output(output, outputs, name, skip_failed):
         if not skip_failed:
             raise OpOutputError(f"operation {name} returned None and skip_failed is False")
         return
-    if outputs is not None and outputs.files is not None and not _is_atoms_tree(output):
+    if outputs is not None and not _is_atoms_tree(output):
+        where = [str(p) for p in outputs.paths] if outputs.files is not None else "an OutputSpec in memory"
         raise OpOutputError(f"operation {name} returned a {type(output).__name__}; only Atoms (or nested lists "
-                            f"of Atoms) can be written to {[str(p) for p in outputs.paths]}")
+                            f"of Atoms) can be stored in {where} (outputs=None takes any value)")
 
 
 def _refuse_output_over_input(inputs, outputs):

@@ -129,11 +129,15 @@ class RunCache:
         if chunk.keys is None:
             return
         key_of = dict(zip(chunk.indices, chunk.keys))
+        failed = [(item.index, key_of[item.index], item) for item in failed]
         if chunk.cached is not None:
-            self.journal.record(met=list(key_of.items()))
+            # a reused output that cannot be stored now (a tag that the file cannot hold, a
+            # tampered journal) is on record as failed: a rerun computes it again
+            failed_indices = {index for index, _, _ in failed}
+            self.journal.record(met=[(index, key) for index, key in key_of.items() if index not in failed_indices],
+                                failed=failed)
             return
-        self.journal.record(done=self._encoded(done, key_of),
-                            failed=[(item.index, key_of[item.index], item) for item in failed])
+        self.journal.record(done=self._encoded(done, key_of), failed=failed)
 
     def _encoded(self, done, key_of):
         """``[(index, key, text)]`` of the outputs the journal can hold; the others are

@@ -434,13 +434,32 @@ def _feed_reads(feed, hasher, code, namespace, seen):
         _feed_text(hasher, ".".join(chain))
         if chain[0] in written or (module, chain[0]) in seen.set_up:
             # the code's own state (a memo, an object built once): its current value says
-            # what ran before in this process; its first value is in the module's text
+            # what ran before in this process; its first value is in the text of the module
+            # it lives in (``helpers.CACHE`` lives in helpers, not in the op's module)
             _feed_text(hasher, "<its own state>")
-            _feed_text(hasher, source_digest(module))
+            _feed_text(hasher, source_digest(_home_module(chain, namespace, module)))
             continue
         feed_or_source(lambda h, v, s: _feed_chain(feed, h, chain, v, s), hasher, namespace, seen, module)
     for name, level in sorted(imported):
         _feed_imported(hasher, name, level, namespace)
+
+
+def _home_module(chain, namespace, default):
+    """The module whose text makes what a ``name.attr...`` chain reaches: through modules
+    attribute by attribute, then a class's or a function's own module."""
+    home = default
+    value = namespace.get(chain[0])
+    for attribute in chain[1:] + (None,):
+        if isinstance(value, types.ModuleType):
+            home = value.__name__
+        else:
+            if isinstance(value, (type, types.FunctionType)):
+                home = getattr(value, "__module__", None) or home
+            break
+        if attribute is None:
+            break
+        value = getattr(value, attribute, None)
+    return home
 
 
 def feed_or_source(feed, hasher, value, seen, module):

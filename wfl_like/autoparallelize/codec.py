@@ -34,6 +34,7 @@ import math
 
 import numpy as np
 from ase import Atoms
+from ase.data import chemical_symbols
 
 TAG = "~"
 _ATOMS_FIELDS = ("numbers", "positions", "cell", "pbc", "celldisp", "info", "arrays", "constraints", "calc")
@@ -216,6 +217,9 @@ def _decode_scalar(node):
 
 def _decode_atoms(node):
     numbers = _typed_array(node["numbers"], "numbers", "iu", (None,))
+    if numbers.size and (numbers.min() < 0 or numbers.max() >= len(chemical_symbols)):
+        # a negative number would silently index chemical symbols from their end
+        raise ValueError(f"atomic numbers must lie in 0..{len(chemical_symbols) - 1}")
     n_atoms = len(numbers)
     atoms = Atoms(numbers=numbers,
                   positions=_typed_array(node["positions"], "positions", "f", (n_atoms, 3)),

@@ -223,16 +223,26 @@ def _feed_nothing(hasher, value, seen):
     pass
 
 
+def _feed_scalar_type(hasher, value):
+    # a numpy scalar computes in its own width (numpy.int8(100) * 3 wraps around): its
+    # dtype counts as well as its value
+    if isinstance(value, np.generic):
+        hasher.update(value.dtype.str.encode())
+
+
 def _feed_int(hasher, value, seen):
+    _feed_scalar_type(hasher, value)
     hasher.update(str(int(value)).encode())
 
 
 def _feed_float(hasher, value, seen):
+    _feed_scalar_type(hasher, value)
     # repr round-trips exactly; nan and -0.0 keep their identity
     hasher.update(repr(float(value)).encode() if not math.isnan(value) else b"nan")
 
 
 def _feed_complex(hasher, value, seen):
+    _feed_scalar_type(hasher, value)
     hasher.update(repr(complex(value)).encode())
 
 

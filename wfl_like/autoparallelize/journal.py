@@ -14,6 +14,7 @@ only, never code), and a database that is not a journal of this format raises
 """
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from wfl_like.autoparallelize import codec
-from wfl_like.errors import JournalError, OutputLockedError
+from wfl_like.errors import JournalError, OutputLockedError, OutputWriteError
 
 log = logging.getLogger("wfl_like.cache")
 
@@ -112,9 +113,15 @@ class Journal:
         if not os.access(self.path, os.R_OK):
             raise PermissionError(f"cannot read the journal {str(self.path)!r}: permission denied")
         self.read_only = True
+        mode = _read_only_mode(self.path)
+        source = self.path
+        if "immutable" in mode and self.path.with_name(self.path.name + "-wal").exists():
+            # read as immutable, SQLite ignores the write-ahead log, which holds what a run
+            # killed before its end committed last: read a copy of both instead
+            source = self._copy_aside()
+            mode = "mode=ro"
         with self._guard():
-            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{_read_only_mode(self.path)}", uri=True,
-                                       isolation_level=None)
+            self._db = sqlite3.connect(f"{source.resolve().as_uri()}?{mode}", uri=True, isolation_level=None)
             tables = self._tables()
         if not tables:
             self.empty = True      # being created by its writer, or never used
@@ -123,6 +130,17 @@ class Journal:
                                f"version never reads); the next run on its output starts it afresh")
         else:
             self._check_schema(tables)
+
+    def _copy_aside(self):
+        """A private copy of the journal and its write-ahead log, removed when it is closed."""
+        import shutil
+        import tempfile
+
+        self._copy_dir = tempfile.mkdtemp(prefix="wfl_like-journal-")
+        copy = Path(self._copy_dir) / self.path.name
+        for suffix in ("", "-wal"):
+            shutil.copyfile(self.path.with_name(self.path.name + suffix), copy.with_name(copy.name + suffix))
+        return copy
 
     def _open_for_writing(self):
         if self.path.exists() and not os.access(self.path, os.W_OK):
@@ -334,6 +352,13 @@ class Journal:
                 raise PermissionError(f"cannot read the journal {str(self.path)!r} ({message})") from None
             if "readonly" in message or "unable to open" in message:
                 raise PermissionError(_not_writable(self.path, message)) from None
+            if "disk is full" in message or "disk I/O error" in message:
+                # a healthy journal on a full (or failing) disk: discarding it would only
+                # lose what it keeps
+                raise OutputWriteError(f"cannot write the journal {str(self.path)!r} ({message}); free space on "
+                                       f"its disk and rerun: the items already journaled are kept and not "
+                                       f"computed again", self.path,
+                                       errno.ENOSPC if "full" in message else errno.EIO) from None
             raise JournalError(f"journal {str(self.path)!r} cannot be used ({message}); {_RECOVER}") from None
         except sqlite3.Error as exc:
             raise JournalError(f"{str(self.path)!r} is not a usable wfl_like journal ({exc}); {_RECOVER}") from None
@@ -343,6 +368,12 @@ class Journal:
         if db is not None:
             db.close()
             self._db = None
+        copy_dir = getattr(self, "_copy_dir", None)
+        if copy_dir is not None:
+            import shutil
+
+            shutil.rmtree(copy_dir, ignore_errors=True)
+            self._copy_dir = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None
