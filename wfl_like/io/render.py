@@ -10,10 +10,15 @@ import re
 
 import numpy as np
 
+from wfl_like.locations import LOC_KEY
+
 # Keys and string values made only of these are written and read back as they are by
 # extended XYZ: no quoting, no escaping.  Anything else is checked by parsing the
 # comment line that was written.
 _SAFE = re.compile(r"[A-Za-z0-9_.+\-/@]+")
+
+# The location this package writes (" / 2 / 0"): quoted by the writer, read back as it is.
+_LOCATION = re.compile(r"( / \d+)+")
 
 # A per-atom string is one column of its line: empty or with white space, it shifts the rest.
 _WHITE_SPACE = re.compile(r"\s")
@@ -95,9 +100,15 @@ def _line_break_problem(atoms):
 
 def _unsafe_entries(atoms):
     """Info keys whose key or string value needs quoting or escaping, and unsafe array names."""
-    info = [key for key, value in atoms.info.items() if not _SAFE.fullmatch(key) or _unsafe_value(value)]
+    info = [key for key, value in atoms.info.items()
+            if not _SAFE.fullmatch(key) or (_unsafe_value(value) and not _is_location(key, value))]
     arrays = [key for key in atoms.arrays if not _SAFE.fullmatch(key)]
     return info, arrays
+
+
+def _is_location(key, value):
+    # every output written to a file has one: checking it by a parse would double the cost
+    return key == LOC_KEY and isinstance(value, str) and _LOCATION.fullmatch(value) is not None
 
 
 def _unsafe_value(value):
