@@ -232,6 +232,12 @@ def feed_module(hasher, module):
     a local module by its source file (its names used cannot be told apart)."""
     name = module.__name__
     _feed_text(hasher, name)
+    _feed_origin(hasher, name)
+
+
+def _feed_origin(hasher, name):
+    """Where module ``name`` comes from, and what it counts by there: an installed
+    package's version, a local module's source, the standard library's name alone."""
     origin = module_origin(name)
     _feed_text(hasher, origin)
     if origin == INSTALLED:
@@ -512,12 +518,7 @@ def _feed_imported(hasher, name, level, namespace):
     except (ImportError, ValueError):
         absolute = name
     _feed_text(hasher, f"<import {absolute}>")
-    origin = module_origin(absolute)
-    _feed_text(hasher, origin)
-    if origin == INSTALLED:
-        _feed_text(hasher, installed_version(absolute))
-    elif origin == LOCAL:
-        _feed_text(hasher, source_digest(absolute))
+    _feed_origin(hasher, absolute)
 
 
 def feed_class(feed, hasher, cls, seen):
