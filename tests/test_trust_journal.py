@@ -29,7 +29,8 @@ from ase import Atoms
 from helpers import driver_env, end_process_group, wait_for, waiting_at
 from wfl_like import AutoparaInfo, ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
-from wfl_like.autoparallelize.journal import Journal, journal_path, lock_names_path
+from wfl_like.autoparallelize.journal import Journal, journal_path
+from wfl_like.io.locking import lock_opened
 from wfl_like.cli import main as cli_main
 from wfl_like.errors import JournalError, OutputLockedError
 
@@ -444,17 +445,17 @@ def test_a_lock_taken_on_a_lock_file_no_longer_at_its_path_is_not_held(tmp_path)
     lock_file = path.with_name(path.name + ".lock")
     first = Journal(path)
     # a second process opens the lock file, and is slow to lock it ...
-    opened_early = open(lock_file, "ab")
+    opened_early = os.open(lock_file, os.O_RDWR)
     # ... while the first holder finishes (and removes the file) and a third one starts
     first.close()
     third = Journal(path)
     try:
         # the file opened early is free to lock, but no longer the lock file: not held
-        assert lock_names_path(opened_early, lock_file) is False
+        assert lock_opened(opened_early, lock_file) is None
         with pytest.raises(OutputLockedError):
             Journal(path)
     finally:
-        opened_early.close()
+        os.close(opened_early)
         third.close()
     assert not lock_file.exists()
 

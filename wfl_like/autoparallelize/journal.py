@@ -20,12 +20,12 @@ import logging
 import os
 import socket
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 from wfl_like.autoparallelize import codec
 from wfl_like.errors import JournalError, OutputLockedError, OutputWriteError
+from wfl_like.io.locking import FileLock, Held, Moving
 
 log = logging.getLogger("wfl_like.cache")
 
@@ -424,93 +424,26 @@ def _remove_database(path):
             raise JournalError(f"journal path {str(path.with_name(name))!r} is a directory; move it away") from None
 
 
-# Outputs held by this process: POSIX record locks do not exclude the process itself.
-_held = set()
-_held_guard = threading.Lock()
-
-# A lock file replaced this many times in a row while we take it: give up, as if held.
-_LOCK_ATTEMPTS = 50
-
-
 class _OutputLock:
-    """An exclusive lock on one output, against other processes and this one.
-
-    A POSIX record lock (lockf) belongs to this process alone: worker processes forked
-    during the run (ours, or those of an executor the caller keeps) do not inherit it,
-    and it goes with the process however that ends.  A file of its own (``.lock``
-    beside the journal) keeps it apart from SQLite's record locks on the database.
-    The holder removes that file when it is done, so a lock taken is kept only if the
-    path still names the very file locked (checked by device and inode); otherwise
-    another process may hold the file now at the path, and the lock is taken again.
-    """
+    """The journal's own lock: a :class:`~wfl_like.io.locking.FileLock` on a file of its own
+    (``.lock`` beside the journal), apart from SQLite's record locks on the database.  The
+    holder removes that file when it is done."""
 
     def __init__(self, journal):
-        self.key = str(journal.resolve())
         self.path = journal.with_name(journal.name + ".lock")
-        with _held_guard:
-            if self.key in _held:
-                raise _locked(journal)
-            _held.add(self.key)
-        try:
-            self.file = self._take(journal)
-        except BaseException:
-            with _held_guard:
-                _held.discard(self.key)
-            raise
-
-    def _take(self, journal):
         try:
             journal.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise PermissionError(_not_writable(journal, f"cannot create its directory: {exc.strerror}")) from None
-        for _ in range(_LOCK_ATTEMPTS):
-            try:
-                handle = open(self.path, "ab")
-            except OSError as exc:
-                raise PermissionError(_not_writable(journal, f"cannot create {self.path.name}: "
-                                                             f"{exc.strerror}")) from None
-            if not lock_names_path(handle, self.path):
-                handle.close()
-                continue
-            return handle
-        raise _locked(journal)
+        try:
+            self._lock = FileLock(self.path)
+        except (Held, Moving):
+            raise _locked(journal) from None
+        except OSError as exc:
+            raise PermissionError(_not_writable(journal, f"cannot create {self.path.name}: {exc.strerror}")) from None
 
     def close(self):
-        # remove the file only while it is ours, and before the lock goes: a process that
-        # opened it meanwhile finds, once it has the lock, that the path names no file
-        if _same_file(self.file, self.path):
-            self.path.unlink(missing_ok=True)
-        self.file.close()      # closing the descriptor releases the lock
-        with _held_guard:
-            _held.discard(self.key)
-
-
-def lock_names_path(handle, path):
-    """Lock the open lock file ``handle``; whether ``path`` still names that very file.
-
-    Raises
-    ------
-    OutputLockedError
-        Another process holds the lock.
-    """
-    import fcntl
-
-    try:
-        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        journal = path.with_name(path.name.removesuffix(".lock"))
-        raise _locked(journal) from None
-    return _same_file(handle, path)
-
-
-def _same_file(handle, path):
-    try:
-        named = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(handle.fileno())
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+        self._lock.release(remove=True)
 
 
 def _locked(journal):

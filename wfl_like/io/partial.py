@@ -3,40 +3,26 @@
 An output's lock belongs to the output itself, not to the journal: the partial file is
 opened (not truncated), locked, checked to still be the file its name points to, and
 only then emptied.  Every writer of an output goes through it, with or without a
-journal, so two runs never interleave in one file.  The lock is a POSIX record lock
-(``lockf``), which goes with the process however that ends and is not inherited by
-forked workers; since such locks do not exclude their own process, an in-process
-registry of the files held (by device and inode) does that.
+journal, so two runs never interleave in one file.  The lock is
+:class:`wfl_like.io.locking.FileLock`, as for the journal.
 
 This module also keeps the set of partial files being written, so that a forced stop
 (:mod:`wfl_like.stopping`) can remove them.
 """
 
 import contextlib
-import fcntl
 import io as _io
 import logging
 import os
-import struct
-import sys
-import threading
 from pathlib import Path
 
 from wfl_like.errors import OutputLockedError, OutputWriteError
+from wfl_like.io.locking import FileLock, Held, Moving
 
 log = logging.getLogger(__name__)
 
 # Partial output files being written by this process: a forced stop removes them.
 _partial_files = set()
-
-# (device, inode) of the partial files this process holds, and the guard that makes
-# "look, open, lock, register" one step between threads.
-_held = set()
-_held_guard = threading.RLock()      # re-entrant: __del__ may run while it is held
-
-# Times the open-and-lock is tried again when the name was moved to another file in
-# between (another writer publishing at that very moment).
-_ATTEMPTS = 5
 
 
 def partial_path(path):
@@ -64,10 +50,6 @@ def remove_partial_files():
             os.unlink(path)
 
 
-def _identity(stat):
-    return stat.st_dev, stat.st_ino
-
-
 class PartialFile:
     """The locked partial file of one output, from the start of a run to its publication.
 
@@ -87,59 +69,26 @@ class PartialFile:
     def __init__(self, final):
         self.final = Path(final)
         self.path = partial_path(self.final)
-        self._fd = None
+        self._lock = None
         self.published = False
-        for _ in range(_ATTEMPTS):
-            if self._try_lock():
-                break
-        else:
+        try:
+            self._lock = FileLock(self.path)
+        except Held as held:
+            raise self._locked(held.holder) from None
+        except Moving:
             raise OutputLockedError(f"output {str(self.final)!r}: its partial file {str(self.path)!r} kept "
                                     f"being replaced while this run tried to lock it; another run is "
-                                    f"writing it")
-        self.text = _io.open(self._fd, "w", encoding="utf-8", closefd=False)
+                                    f"writing it") from None
+        except OSError as exc:
+            raise OutputWriteError.of(exc, self.final, "cannot create the partial file of output") from None
+        os.ftruncate(self._lock.fd, 0)      # a stale partial of a killed run, or of the run before
+        _partial_files.add(os.fspath(self.path))
+        self.text = _io.open(self._lock.fd, "w", encoding="utf-8", closefd=False)
 
-    def _try_lock(self):
-        """Open, lock and empty the partial file; False when its name moved on meanwhile."""
-        with _held_guard:
-            # Look before opening: closing a descriptor of a file that this process has
-            # locked would release that lock.
-            with contextlib.suppress(FileNotFoundError):
-                if _identity(os.stat(self.path)) in _held:
-                    raise self._locked()
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            except OSError as exc:
-                raise OutputWriteError.of(exc, self.final, "cannot create the partial file of output") from None
-            identity = _identity(os.fstat(fd))
-            if identity in _held:
-                os.close(fd)
-                raise self._locked()
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = _lock_holder(fd)
-                os.close(fd)
-                raise self._locked(holder) from None
-            if not self._names(identity):
-                os.close(fd)
-                return False
-            os.ftruncate(fd, 0)      # a stale partial of a killed run, or of the run before
-            self._fd, self._identity = fd, identity
-            _held.add(identity)
-            _partial_files.add(os.fspath(self.path))
-            return True
-
-    def _locked(self, holder="this process"):
+    def _locked(self, holder):
         return OutputLockedError(f"output {str(self.final)!r} is being written by another run ({holder}, "
                                  f"which holds the lock of its partial file {str(self.path)!r}); wait for "
                                  f"that run to finish, or stop it, before running again")
-
-    def _names(self, identity):
-        """Whether the partial path still names the file this writer holds."""
-        try:
-            return _identity(os.stat(self.path)) == identity
-        except FileNotFoundError:
-            return False
 
     def write(self, text, flush):
         """Append ``text``; an OSError (disk full, ...) becomes an OutputWriteError naming the file."""
@@ -161,7 +110,7 @@ class PartialFile:
         """
         try:
             self.text.flush()
-            os.fsync(self._fd)
+            os.fsync(self._lock.fd)
         except OSError as exc:
             raise OutputWriteError.of(exc, self.final, "could not write output file") from None
         if not self.final.parent.is_dir():
@@ -169,7 +118,7 @@ class PartialFile:
                                    f"{str(self.final.parent)!r} was removed while this run wrote it (with the "
                                    f"journal, if it was kept there); run again to write the output",
                                    filename=self.final)
-        if not self._names(self._identity):
+        if not self._lock.names_path():
             raise OutputWriteError(f"output {str(self.final)!r} was not published: its partial file "
                                    f"{str(self.path)!r} was removed or replaced while this run wrote it (is "
                                    f"another run, or a clean-up, at work in {str(self.final.parent)!r}?); "
@@ -187,9 +136,9 @@ class PartialFile:
 
     def discard(self):
         """Remove the partial file (if it is still this writer's) and release it."""
-        if self._fd is None:
+        if self._lock is None or self._lock.fd is None:
             return
-        if not self.published and self._names(self._identity):
+        if not self.published and self._lock.names_path():
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
@@ -203,31 +152,15 @@ class PartialFile:
     def __del__(self):
         # an OutputSpec dropped without close() or discard(): nobody can write this file
         # any more, so its lock goes (the partial file stays, as after a kill)
-        if getattr(self, "_fd", None) is not None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None and lock.fd is not None:
             self._release()
 
     def _release(self):
         with contextlib.suppress(OSError):
             self.text.close()
-        with _held_guard:
-            os.close(self._fd)       # closing the descriptor releases the lock
-            self._fd = None
-            _held.discard(self._identity)
-            _partial_files.discard(os.fspath(self.path))
-
-
-def _lock_holder(fd):
-    """``"process 1234"`` holding the lock of ``fd``, where the system says (Linux), else ``"another process"``."""
-    if not sys.platform.startswith("linux"):
-        return "another process"
-    # struct flock of Linux: l_type, l_whence, l_start, l_len, l_pid
-    layout = "@hhqqi"
-    try:
-        answer = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack(layout, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
-        lock_type, _, _, _, pid = struct.unpack(layout, answer)
-    except (OSError, struct.error):
-        return "another process"
-    return f"process {pid}" if lock_type != fcntl.F_UNLCK and pid > 0 else "another process"
+        self._lock.release()
+        _partial_files.discard(os.fspath(self.path))
 
 
 def _fsync_directory(directory):
