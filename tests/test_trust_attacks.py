@@ -249,3 +249,12 @@ def test_status_on_read_only_media_after_a_kill_reads_what_the_run_journaled(tmp
         if proc is not None:
             end_process_group(proc)
         unmount(media)
+
+
+def test_command_line_output_naming_its_input_is_bad_input(tmp_path, capsys):
+    inputs = write_inputs(tmp_path / "in.xyz")
+    before = inputs.read_bytes()
+    assert cli_main(["calculate", str(inputs), "-o", str(inputs), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "is also an input" in err and len(err.strip().splitlines()) == 1, err
+    assert inputs.read_bytes() == before

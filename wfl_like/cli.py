@@ -13,7 +13,7 @@ import warnings
 from wfl_like.autoparallelize import mpipool_support
 from wfl_like.autoparallelize.mpipool_support import MPIPOOL_ENV
 from wfl_like.configset import OutputSpec
-from wfl_like.errors import InputFileError, JournalError, OutputLockedError
+from wfl_like.errors import InputFileError, JournalError, OutputIsInputError, OutputLockedError
 from wfl_like.stopping import Terminated, stop_on_signals
 
 PROG = "wfl-like"
@@ -261,8 +261,8 @@ def main(argv=None):
         warnings.showwarning = _show_warning
         with stop_on_signals(prog=PROG):
             return args.run(args)
-    except (UsageError, InputFileError, JournalError, OutputLockedError, FileNotFoundError, FileExistsError,
-            PermissionError, IsADirectoryError) as exc:
+    except (UsageError, InputFileError, JournalError, OutputIsInputError, OutputLockedError, FileNotFoundError,
+            FileExistsError, PermissionError, IsADirectoryError) as exc:
         return _fail(exc, EXIT_USAGE)
     except KeyboardInterrupt as stop:
         print(_stopped_message("interrupted", stop), file=sys.stderr)

@@ -187,6 +187,11 @@ class JournalError(ValueError):
 # --- outputs --------------------------------------------------------------------------
 
 
+class OutputIsInputError(ValueError):
+    """An output file is also an input (the same path, or a link to it): writing it would
+    destroy the input.  Found before any work."""
+
+
 class OutputWriteError(OSError):
     """An output file could not be written or published (disk full, read-only, removed).
 

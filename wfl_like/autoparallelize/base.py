@@ -19,7 +19,7 @@ from wfl_like.autoparallelize.executors import available_cpus, chunk_runner, num
 from wfl_like.autoparallelize.opcall import PER_ITEM_INFO, OpCall, in_worker, op_name, takes_argument
 from wfl_like.autoparallelize.supervisor import one_line_reason, run_in_order
 from wfl_like.configset import ConfigSet, OutputSpec
-from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError
+from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError, OutputIsInputError
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def _refuse_output_over_input(inputs, outputs):
         same = read.get((stat.st_dev, stat.st_ino))
         if same is not None:
             how = "" if path.resolve() == Path(same).resolve() else f" (a link to input {str(same)!r})"
-            raise ValueError(f"output file {str(path)!r} is also an input{how}; writing it would destroy "
+            raise OutputIsInputError(f"output file {str(path)!r} is also an input{how}; writing it would destroy "
                              f"the input: write the outputs to another file")
 
 
