@@ -155,7 +155,7 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None
             # journal describes are ours to rewrite.
             outputs.claim(replace_existing=cache is not None and cache.wrote(outputs))
         if cache is not None:
-            cache.start(overwrite=outputs is not None and outputs.overwrite)
+            cache.start()
         failures, n_items = _compute(call, inputs, outputs, info, rng, cache)
         if failures and info.errors == "raise":
             raise AutoparallelizeError(name, failures)

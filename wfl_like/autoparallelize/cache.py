@@ -104,10 +104,9 @@ class RunCache:
                 and journal.meta("writer") == writer_fingerprint(outputs)
                 and journal.meta("outputs") == _stat_outputs(outputs))
 
-    def start(self, overwrite):
-        """Begin the run: forget everything (``overwrite``) or what another call computed."""
-        if overwrite:
-            self.journal.clear()
+    def start(self):
+        """Begin the run, forgetting what another call computed (an ``overwrite`` journal was
+        already discarded, unread, when it was opened)."""
         reason = self.journal.start(self.call_key, self.description)
         if reason:
             log.info("%s: recomputing every item: %s since the last run", self.description["op"], reason)
