@@ -258,3 +258,62 @@ def test_command_line_output_naming_its_input_is_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is also an input" in err and len(err.strip().splitlines()) == 1, err
     assert inputs.read_bytes() == before
+
+
+@pytest.mark.parametrize("key, value", [("run", str(10 ** 20)), ("run", str(2 ** 63 - 1)),
+                                        ("call", "[" * 100000 + "]" * 100000), ("n_items", "-7"),
+                                        ("failed", "50")])
+def test_impossible_record_values_in_a_journal_are_clear_errors_and_overwrite_recovers(tmp_path, markers, capsys,
+                                                                                         key, value):
+    inputs, out = write_inputs(tmp_path / "in.xyz"), tmp_path / "out.xyz"
+    autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=serial())
+    first = out.read_bytes()
+    db = sqlite3.connect(journal_path(out))
+    db.execute("UPDATE meta SET value=? WHERE key=?", (value, key))
+    db.commit()
+    db.close()
+    assert cli_main(["status", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(journal_path(out)) in err and len(err.strip().splitlines()) == 1, err
+    autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out, overwrite=True), markers, autopara_info=serial())
+    assert out.read_bytes() == first
+
+
+def text_op(atoms_list):
+    for atoms in atoms_list:
+        atoms.info["labels"] = np.array(["ab", "c"])
+    return atoms_list
+
+
+def test_text_that_holds_no_characters_in_a_journal_is_refused(tmp_path):
+    import base64
+
+    inputs, out = write_inputs(tmp_path / "in.xyz"), tmp_path / "out.xyz"
+    autoparallelize(text_op, ConfigSet(inputs), OutputSpec(out), autopara_info=serial())
+
+    def garble(node):
+        for pair in node["info"]["items"]:
+            if pair[0] == "labels":
+                pair[1]["b64"] = base64.b64encode(b"\xff" * 16).decode()
+
+    tamper(journal_path(out), garble)
+    out.unlink()
+    with pytest.raises(JournalError, match="no characters"):
+        autoparallelize(text_op, ConfigSet(inputs), OutputSpec(out), autopara_info=serial())
+
+
+def failing_op(atoms_list):
+    raise ValueError("this item fails")
+
+
+def test_status_cuts_a_huge_reason_read_from_the_journal(tmp_path, capsys):
+    inputs, out = write_inputs(tmp_path / "in.xyz"), tmp_path / "out.xyz"
+    with pytest.raises(AutoparallelizeError):
+        autoparallelize(failing_op, ConfigSet(inputs), OutputSpec(out), autopara_info=serial())
+    db = sqlite3.connect(journal_path(out))
+    db.execute("UPDATE items SET reason=?", ("x" * 5_000_000,))
+    db.commit()
+    db.close()
+    assert cli_main(["status", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) < 1000

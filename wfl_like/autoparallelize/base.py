@@ -250,7 +250,11 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True):
                     rendered.append(outputs.render(output, locations[index] or ""))
             except OpOutputError as exc:
                 # the record names the item; the reason keeps the exception's own type
-                failed.append(FailedItem(index, one_line_reason(exc), "", exc))
+                reason = one_line_reason(exc)
+                if result.chunk.cached is not None:
+                    # not the op's doing: the journal held it (tampered, or written otherwise)
+                    reason += f" (this output came from the journal {cache.journal.path}; the next run computes it again)"
+                failed.append(FailedItem(index, reason, "", exc))
                 continue
             done.append((index, output))
         if cache is not None:

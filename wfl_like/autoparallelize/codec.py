@@ -196,6 +196,19 @@ def _decode_bytes(node):
     return _unb64(node["b64"])
 
 
+# bool, integers, floats, complex, bytes and text: no void, datetime or object arrays
+_PLAIN_KINDS = "biufcSU"
+
+
+def _valid_text(array):
+    """``array``, checked to hold only code points text can have, when it is of text dtype."""
+    if array.dtype.kind == "U" and array.size:
+        points = np.ascontiguousarray(array).view(np.dtype(array.dtype.byteorder.replace("|", "=") + "u4"))
+        if points.max() > 0x10FFFF or ((points >= 0xD800) & (points <= 0xDFFF)).any():
+            raise ValueError("a text array holds values that are no characters")
+    return array
+
+
 def _decode_ndarray(node):
     shape = _list(node["shape"], "array shape")
     if not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 32:
@@ -204,7 +217,7 @@ def _decode_ndarray(node):
     data = _unb64(node["b64"])
     if math.prod(shape) * dtype.itemsize != len(data):
         raise ValueError(f"array of shape {shape} and dtype {dtype.str} does not match its {len(data)} bytes")
-    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+    return _valid_text(np.frombuffer(data, dtype=dtype).reshape(shape).copy())
 
 
 def _decode_scalar(node):
@@ -212,7 +225,7 @@ def _decode_scalar(node):
     data = _unb64(node["b64"])
     if len(data) != dtype.itemsize:
         raise ValueError(f"a scalar of dtype {dtype.str} does not match its {len(data)} bytes")
-    return np.frombuffer(data, dtype=dtype)[0]
+    return _valid_text(np.frombuffer(data, dtype=dtype))[0]
 
 
 def _decode_atoms(node):
@@ -312,8 +325,8 @@ def _dtype(text):
         dtype = np.dtype(text)
     except (TypeError, ValueError):
         raise ValueError(f"dtype {text!r} is not a numpy dtype") from None
-    if dtype.str != text or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None \
-            or dtype.itemsize == 0:
+    if dtype.str != text or dtype.kind not in _PLAIN_KINDS or dtype.fields is not None \
+            or dtype.subdtype is not None or dtype.itemsize == 0:
         raise ValueError(f"dtype {text!r} is not a plain numeric, bool or string dtype")
     return dtype
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from wfl_like.autoparallelize import codec
+from wfl_like.autoparallelize.supervisor import REASON_LIMIT
 from wfl_like.errors import JournalError, OutputLockedError, OutputWriteError
 from wfl_like.io.locking import FileLock, Held, Moving
 
@@ -55,6 +56,10 @@ DONE, FAILED = "done", "failed"
 _META_TYPES = {"format": int, "call_key": str, "call": dict, "complete": bool, "started": (int, float),
                "pid": int, "host": str, "run": int, "n_items": int, "failed": int,
                "inputs": (str, type(None)), "outputs": (list, type(None)), "writer": str, "rng": str}
+
+# Counts and numbers of the record (runs, items, pids) lie in 0.._LARGEST_COUNT: SQLite
+# integers are 64-bit, and a run number is incremented.
+_LARGEST_COUNT = 2 ** 62
 
 _RECOVER = "pass overwrite=True (wfl-like --overwrite) to discard it and start afresh"
 
@@ -208,10 +213,11 @@ class Journal:
             return default
         try:
             value = json.loads(row[0])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             value = _Malformed
         wanted = _META_TYPES.get(key, object)
-        if value is _Malformed or not isinstance(value, wanted) or (isinstance(value, bool) and wanted is int):
+        if (value is _Malformed or not isinstance(value, wanted) or (isinstance(value, bool) and wanted is int)
+                or (wanted is int and not 0 <= value < _LARGEST_COUNT)):
             raise JournalError(f"journal {str(self.path)!r} has a malformed {key!r} value; {_RECOVER}")
         return value
 
@@ -305,8 +311,11 @@ class Journal:
         if self.empty:
             return {DONE: 0, FAILED: 0}
         if self.meta("complete") is True and self.meta("n_items") is not None:
-            failed = self.meta("failed", 0)
-            return {DONE: self.meta("n_items") - failed, FAILED: failed}
+            failed, n_items = self.meta("failed", 0), self.meta("n_items")
+            if failed > n_items:
+                raise JournalError(f"journal {str(self.path)!r} records {failed} failed items of {n_items}; "
+                                   f"{_RECOVER}")
+            return {DONE: n_items - failed, FAILED: failed}
         with self._guard():
             rows = self._db.execute("SELECT status, COUNT(*) FROM items WHERE run=? GROUP BY status",
                                     (self.meta("run", 0),)).fetchall()
@@ -317,7 +326,8 @@ class Journal:
         """``[(index, reason), ...]`` of the failed items of the latest run, in input order."""
         if self.empty:
             return []
-        sql = "SELECT idx, reason FROM items WHERE status=? AND run=? ORDER BY idx"
+        # the reason as stored was cut to one line of bounded length; a tampered one is cut here
+        sql = f"SELECT idx, substr(reason, 1, {REASON_LIMIT}) FROM items WHERE status=? AND run=? ORDER BY idx"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._guard():
