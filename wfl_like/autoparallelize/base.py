@@ -305,8 +305,8 @@ def _refuse_output_over_input(inputs, outputs):
         same = read.get((stat.st_dev, stat.st_ino))
         if same is not None:
             how = "" if path.resolve() == Path(same).resolve() else f" (a link to input {str(same)!r})"
-            raise OutputIsInputError(f"output file {str(path)!r} is also an input{how}; writing it would destroy "
-                             f"the input: write the outputs to another file")
+            raise OutputIsInputError(f"output file {str(path)!r} is also an input{how}; writing it would "
+                                     f"destroy the input: write the outputs to another file")
 
 
 def _check_arguments(name, inputs, outputs, info, rng, args):

@@ -100,6 +100,7 @@ class Journal:
         self.path = Path(path)
         self._lock = self._db = None
         self.empty = self.read_only = False
+        self._holds_items = True      # whether a miss may be a changed item (set by start())
         try:
             if read_only:
                 self._open_read_only()
@@ -243,6 +244,8 @@ class Journal:
             reason = "the operation's code or its arguments changed"
             self.clear()
         self.run = self.meta("run", 0) + 1
+        with self._guard():
+            self._holds_items = self._db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is not None
         self.set_meta(call_key=call_key, call=description, complete=False, started=time.time(),
                       pid=os.getpid(), host=socket.gethostname(), run=self.run)
         return reason
@@ -273,6 +276,8 @@ class Journal:
             row = self._db.execute("SELECT status, output FROM items WHERE key=?", (key,)).fetchone()
             if row is not None and row[0] == DONE:
                 return True, self._decoded(index, row[1]), False
+            if not self._holds_items:
+                return False, None, False      # a first run: no second look per item
             changed = self._db.execute("SELECT 1 FROM items WHERE idx=? LIMIT 1", (index,)).fetchone()
         return False, None, changed is not None
 
