@@ -1,0 +1,1 @@
+"""Small helpers shared by the operations (wfl's ``wfl.utils`` import paths)."""

@@ -1,0 +1,75 @@
+"""The pressure of one structure's run, fixed or drawn at random: :func:`sample_pressure`."""
+
+import numbers
+
+# Largest number of draws for "normal_positive" before giving up: with a mean many
+# sigmas below zero no positive value will come.
+_MAX_DRAWS = 1000
+
+
+def sample_pressure(pressure, at=None, rng=None):
+    """The pressure (in GPa, as wfl's operations take it) for one structure.
+
+    Parameters
+    ----------
+    pressure : float or tuple
+        - a number: that pressure;
+        - ``("info", key)``: the value of ``at.info[key]``, itself any of these forms;
+        - ``("exponential", scale)``: ``scale`` times an exponential draw of rate 1;
+        - ``("normal_positive", mean, sigma)``: a normal draw, redrawn while negative;
+        - ``("uniform", lower, upper)``: a uniform draw between the bounds.
+    at : ase.Atoms, optional
+        The structure, needed by the ``"info"`` form.
+    rng : numpy.random.Generator, optional
+        The structure's own generator, needed by the random forms, so that its pressure
+        is the same whatever the process count or chunk size.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        ``pressure`` is none of these forms, or a random form is given without ``rng``.
+    """
+    return _sample(pressure, at, rng, seen=())
+
+
+def _sample(pressure, at, rng, seen):
+    if isinstance(pressure, numbers.Real) and not isinstance(pressure, bool):
+        return float(pressure)
+    if not isinstance(pressure, (tuple, list)) or not pressure or not isinstance(pressure[0], str):
+        raise ValueError(f"cannot read pressure {pressure!r}: give a number or a tuple such as "
+                         f"('uniform', 0.0, 1.0); see sample_pressure's documentation")
+    mode, *values = pressure
+    expected = {"info": 1, "exponential": 1, "normal_positive": 2, "uniform": 2}
+    if mode not in expected:
+        raise ValueError(f"unknown pressure mode {mode!r} in {pressure!r}; use one of {sorted(expected)}")
+    if len(values) != expected[mode]:
+        raise ValueError(f"pressure {pressure!r}: mode {mode!r} takes {expected[mode]} value(s)")
+    if mode == "info":
+        return _from_info(values[0], pressure, at, rng, seen)
+    if rng is None:
+        raise ValueError(f"pressure {pressure!r} is random: pass rng= (a numpy Generator) to the operation")
+    if mode == "exponential":
+        return float(values[0] * rng.exponential(1.0))
+    if mode == "uniform":
+        return float(rng.uniform(values[0], values[1]))
+    return _normal_positive(*values, rng=rng, pressure=pressure)
+
+
+def _from_info(key, pressure, at, rng, seen):
+    if at is None or key not in at.info:
+        raise ValueError(f"pressure {pressure!r} names info key {key!r}, which the structure does not have")
+    if key in seen:
+        raise ValueError(f"pressure {pressure!r}: info key {key!r} refers back to itself")
+    return _sample(at.info[key], at, rng, seen + (key,))
+
+
+def _normal_positive(mean, sigma, rng, pressure):
+    for _ in range(_MAX_DRAWS):
+        value = rng.normal(mean, sigma)
+        if value >= 0:
+            return float(value)
+    raise ValueError(f"pressure {pressure!r}: no positive value in {_MAX_DRAWS} draws; raise the mean")

@@ -1,0 +1,50 @@
+"""Keep a calculator's results with a structure, under prefixed keys: :func:`save_calc_results`."""
+
+import numpy as np
+from ase.calculators.calculator import all_properties
+from ase.calculators.singlepoint import SinglePointCalculator
+
+# ASE properties with one value per atom: stored in Atoms.arrays; the others in Atoms.info.
+PER_ATOM_PROPERTIES = frozenset({"forces", "energies", "stresses", "magmoms", "charges"})
+
+
+def save_calc_results(atoms, *, prefix, properties=None):
+    """Move the results of ``atoms.calc`` into ``atoms.info`` / ``atoms.arrays``.
+
+    Results stored this way survive writing to extended XYZ and reading back, and do not
+    clash with the plain ``energy``/``forces`` keys that ASE turns into a calculator.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        A structure whose calculator has results; afterwards ``atoms.calc`` is ``None``
+        (or, with ``prefix=None``, a SinglePointCalculator holding copies of the results).
+    prefix : str or None
+        Keys become ``prefix + name``, e.g. ``"last_op__optimize_energy"``; earlier values
+        under the prefix are removed first.  ``None`` keeps the results as a
+        SinglePointCalculator instead.
+    properties : list of str, optional
+        The results to keep; default all the calculator has.
+
+    Raises
+    ------
+    ValueError
+        ``prefix`` is the empty string (the keys would be read back as a calculator's).
+    """
+    if prefix == "":
+        raise ValueError("results_prefix must not be empty: extended XYZ would read plain 'energy'/'forces' "
+                         "keys back as a calculator's results; give a prefix, or None to keep a calculator")
+    results = {} if atoms.calc is None else dict(atoms.calc.results)
+    if properties is not None:
+        results = {name: results[name] for name in properties if name in results}
+    results = {name: np.array(value) if np.ndim(value) else value for name, value in results.items()}
+    if prefix is None:
+        atoms.calc = SinglePointCalculator(atoms, **results) if results else None
+        return
+    atoms.calc = None
+    # a stale value of an earlier calculation under this prefix must not pass for a new one
+    for name in set(all_properties) | set(results):
+        atoms.info.pop(prefix + name, None)
+        atoms.arrays.pop(prefix + name, None)
+    for name, value in results.items():
+        (atoms.arrays if name in PER_ATOM_PROPERTIES else atoms.info)[prefix + name] = value
