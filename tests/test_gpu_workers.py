@@ -139,11 +139,19 @@ def test_a_spawned_worker_starts_with_its_device(tmp_path):
 
 
 SPAWN_SCRIPT = textwrap.dedent("""
+    import os
     import gpu_import_probe      # read CUDA_VISIBLE_DEVICES at import: again in each spawned worker
+
+    _model = None
+
+    def load_model():
+        global _model
+        _model = "model on " + os.environ["CUDA_VISIBLE_DEVICES"]
 
     def saw_at_import(items):
         for atoms in items:
             atoms.info["main_saw"] = gpu_import_probe.SEEN_AT_IMPORT
+            atoms.info["model"] = str(_model)
         return items
 
     if __name__ == "__main__":
@@ -151,12 +159,13 @@ SPAWN_SCRIPT = textwrap.dedent("""
         from wfl_like import ConfigSet, OutputSpec
         from wfl_like.autoparallelize import autoparallelize
         outputs = autoparallelize(saw_at_import, ConfigSet([Atoms("Cu") for _ in range(4)]), OutputSpec(),
-                                  autopara_info={"num_python_subprocesses": 2})
+                                  autopara_info={"num_python_subprocesses": 2, "initializer": (load_model, [])})
         print(sorted({atoms.info["main_saw"] for atoms in outputs}), gpu_import_probe.SEEN_AT_IMPORT)
+        print(sorted({atoms.info["model"] for atoms in outputs}))
 """)
 
 
-def test_a_spawned_workers_copy_of_the_main_script_imports_with_its_device(tmp_path):
+def test_a_spawned_worker_imports_the_main_script_with_its_device_and_shares_its_globals(tmp_path):
     (tmp_path / "script.py").write_text(SPAWN_SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WFL_")}
     env.update({GPUS_ENV: "1", VISIBLE_ENV: "7,8", START_METHOD_ENV: "spawn",
@@ -164,8 +173,9 @@ def test_a_spawned_workers_copy_of_the_main_script_imports_with_its_device(tmp_p
     done = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    # the workers' imports of the main script saw their device; the driver's, its own list
-    assert done.stdout.split() == ["['7']", "7,8"]
+    # the workers' imports of the main script saw their device; the driver's, its own list;
+    # and the model the script's initializer kept in a global is the one its op used
+    assert done.stdout.splitlines() == ["['7'] 7,8", "['model on 7']"]
 
 
 def test_recycled_workers_keep_to_the_indices_of_the_pool(tmp_path, gpus):

@@ -121,15 +121,8 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
         devices.refuse_fork_after_cuda(context.get_start_method())
         log.info("%s: %s=%d: worker k gets %s=%s[k %% %d]", call.name, devices.GPUS_ENV, len(plan),
                  devices.VISIBLE_ENV, plan, len(plan))
-    if context.get_start_method() != "fork":
-        # workers that do not inherit the call receive it, pickled by value
-        try:
-            call, init_func = ByValue(call), (ByValue(init_func) if init_func is not None else None)
-        except Exception as exc:
-            raise TypeError(f"operation {call.name} or its arguments cannot be sent to {context.get_start_method()} "
-                            f"workers: {type(exc).__name__}: {exc}; make them picklable, or use "
-                            f"{START_METHOD_ENV}=fork") from exc
-    pool = WorkerPool(workers, initializer=install, initargs=(call, init_func, tuple(init_args)), mp_context=context,
+    pool_init, pool_initargs = _worker_initializer(call, init_func, init_args, context.get_start_method())
+    pool = WorkerPool(workers, initializer=pool_init, initargs=pool_initargs, mp_context=context,
                       on_demand=True, initializer_timeout=initializer_timeout,
                       max_items_per_worker=max_items_per_worker, devices=plan)
     try:
@@ -139,6 +132,31 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
         pool.terminate()
         raise
     pool.shutdown(wait=True)
+
+
+def _worker_initializer(call, init_func, init_args, start_method):
+    """``(initializer, initargs)`` of the pool: install the call, then run the user's initializer.
+
+    Forked workers inherit both.  Others receive them pickled by value, in one payload:
+    an initializer and an operation defined in a script share its globals there as in
+    the driver (a potential the initializer keeps in a global is the op's), which two
+    payloads, unpickled apart, would not.
+    """
+    if start_method == "fork":
+        return install, (call, init_func, tuple(init_args))
+    try:
+        together = ByValue((call, init_func))
+    except Exception as exc:
+        raise TypeError(f"operation {call.name} or its arguments cannot be sent to {start_method} workers: "
+                        f"{type(exc).__name__}: {exc}; make them picklable, or use {START_METHOD_ENV}=fork") from exc
+    return install_together, (together, tuple(init_args))
+
+
+def install_together(together, init_args):
+    """Worker initializer: unpickle the call and the user's initializer from one payload, then
+    :func:`~wfl_like.autoparallelize.opcall.install` them."""
+    call, init_func = together.load()
+    install(call, init_func, init_args)
 
 
 def _device_plan(name, workers, executor):
