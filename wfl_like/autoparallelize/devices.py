@@ -87,7 +87,8 @@ def device_plan():
     wanted = requested_gpus()
     if wanted is None:
         return None
-    visible = os.environ.get(VISIBLE_ENV)
+    with _environ_lock:     # not the value a process start in another thread lends it
+        visible = os.environ.get(VISIBLE_ENV)
     if visible is not None:
         listed = [entry.strip() for entry in visible.split(",") if entry.strip()]
         if len(listed) < wanted:

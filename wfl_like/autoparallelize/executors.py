@@ -183,5 +183,5 @@ def _device_plan(name, workers, executor):
         where = (f"executor {type(executor).__name__} is not wfl_like's (give its workers their devices "
                  f"the executor's own way)" if executor is not None else "it runs serially, in this process")
         warnings.warn(f"{devices.GPUS_ENV}={wanted} is not applied to {name}: {where}; "
-                      f"{devices.VISIBLE_ENV} is left as it is", stacklevel=7)
+                      f"{devices.VISIBLE_ENV} is left as it is", stacklevel=8)
     return None
