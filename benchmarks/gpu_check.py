@@ -15,6 +15,7 @@ here" line where torch or a GPU is missing.
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -56,7 +57,7 @@ class TinyTorchPotential:
         r = torch.tensor(positions, dtype=torch.float64, device=self.device, requires_grad=True)
         diff = r[:, None, :] - r[None, :, :]
         dist = torch.sqrt((diff ** 2).sum(-1) + torch.eye(len(r), dtype=r.dtype, device=r.device))
-        smooth = torch.where(dist < self.cutoff, 0.5 * (torch.cos(torch.pi * dist / self.cutoff) + 1), 0.0)
+        smooth = torch.where(dist < self.cutoff, 0.5 * (torch.cos(math.pi * dist / self.cutoff) + 1), 0.0)
         smooth = smooth * (1 - torch.eye(len(r), dtype=r.dtype, device=r.device))
         features = (torch.exp(-(dist[..., None] - self.centres) ** 2) * smooth[..., None]).sum(1)
         energy = self.mlp(features).sum()

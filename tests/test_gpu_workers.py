@@ -281,3 +281,12 @@ def test_mpi_worker_rank_r_is_worker_r_minus_1_with_its_device(tmp_path):
     assert len(items) == 4
     assert {(index, visible, probe) for index, visible, probe, _ in items} == {("0", "4", "4"), ("1", "6", "6")}
     assert "driver None 4,6" in done.stdout
+
+
+def test_the_device_check_runs_or_says_there_is_no_cuda(tmp_path):
+    script = TESTS_DIR.parent / "benchmarks" / "gpu_check.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFL_")}
+    done = subprocess.run([sys.executable, str(script), "--n", "4", "--atoms", "8"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no CUDA here" in done.stdout or "OK: " in done.stdout
