@@ -5,9 +5,10 @@ import types
 
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo
 from wfl_like.autoparallelize.base import autoparallelize, autoparallelized
+from wfl_like.autoparallelize.devices import worker_index
 from wfl_like.autoparallelize.docstrings import autoparallelize_docstring
 
-__all__ = ["AutoparaInfo", "autoparallelize", "autoparallelize_docstring", "autoparallelized"]
+__all__ = ["AutoparaInfo", "autoparallelize", "autoparallelize_docstring", "autoparallelized", "worker_index"]
 
 
 class _CallableModule(types.ModuleType):

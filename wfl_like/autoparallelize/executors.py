@@ -4,8 +4,10 @@ import contextlib
 import logging
 import os
 import pickle
+import warnings
 from concurrent.futures import Executor, Future
 
+from wfl_like.autoparallelize import devices, mpipool_support
 from wfl_like.autoparallelize.opcall import ByValue, in_worker, install, run_installed, run_portable
 from wfl_like.autoparallelize.pool import START_METHOD_ENV, WorkerPool, default_context
 
@@ -95,6 +97,7 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
     exception (including Ctrl-C) kills them at once.
     """
     init_func, init_args = initializer
+    plan = _device_plan(call.name, workers, executor)
     if executor is not None:
         # the caller's executor (Dask, loky, a ProcessPoolExecutor ...): the call travels by
         # value with every chunk, and is installed once per process there
@@ -114,17 +117,14 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
         yield (lambda chunk, timeout: executor.submit(call.run, chunk.first, chunk.items, chunk.rngs)), 1
         return
     context = default_context()
-    if context.get_start_method() != "fork":
-        # workers that do not inherit the call receive it, pickled by value
-        try:
-            call, init_func = ByValue(call), (ByValue(init_func) if init_func is not None else None)
-        except Exception as exc:
-            raise TypeError(f"operation {call.name} or its arguments cannot be sent to {context.get_start_method()} "
-                            f"workers: {type(exc).__name__}: {exc}; make them picklable, or use "
-                            f"{START_METHOD_ENV}=fork") from exc
-    pool = WorkerPool(workers, initializer=install, initargs=(call, init_func, tuple(init_args)), mp_context=context,
+    if plan is not None:
+        devices.refuse_fork_after_cuda(context.get_start_method())
+        log.info("%s: %s=%d: worker k gets %s=%s[k %% %d]", call.name, devices.GPUS_ENV, len(plan),
+                 devices.VISIBLE_ENV, plan, len(plan))
+    pool_init, pool_initargs = _worker_initializer(call, init_func, init_args, context.get_start_method())
+    pool = WorkerPool(workers, initializer=pool_init, initargs=pool_initargs, mp_context=context,
                       on_demand=True, initializer_timeout=initializer_timeout,
-                      max_items_per_worker=max_items_per_worker)
+                      max_items_per_worker=max_items_per_worker, devices=plan)
     try:
         yield (lambda chunk, timeout: pool.submit_task(run_installed, (chunk.first, chunk.items, chunk.rngs),
                                                        timeout=timeout, weight=len(chunk.items))), workers
@@ -132,3 +132,56 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
         pool.terminate()
         raise
     pool.shutdown(wait=True)
+
+
+def _worker_initializer(call, init_func, init_args, start_method):
+    """``(initializer, initargs)`` of the pool: install the call, then run the user's initializer.
+
+    Forked workers inherit both.  Others receive them pickled by value, in one payload:
+    an initializer and an operation defined in a script share its globals there as in
+    the driver (a potential the initializer keeps in a global is the op's), which two
+    payloads, unpickled apart, would not.
+    """
+    if start_method == "fork":
+        return install, (call, init_func, tuple(init_args))
+    try:
+        together = ByValue((call, init_func))
+    except Exception as exc:
+        raise TypeError(f"operation {call.name} or its arguments cannot be sent to {start_method} workers: "
+                        f"{type(exc).__name__}: {exc}; make them picklable, or use {START_METHOD_ENV}=fork") from exc
+    return install_together, (together, tuple(init_args))
+
+
+def install_together(together, init_args):
+    """Worker initializer: unpickle the call and the user's initializer from one payload, then
+    :func:`~wfl_like.autoparallelize.opcall.install` them."""
+    call, init_func = together.load()
+    install(call, init_func, init_args)
+
+
+def _device_plan(name, workers, executor):
+    """The devices of ``WFL_TORCH_N_GPUS`` for this call's own workers, or None.
+
+    Checked before any work.  Where the call has no workers of wfl_like's to give them
+    to, a set variable is said to be unused (a warning), except inside a worker, whose
+    nested calls run serially on the worker's own device, and on the MPI ranks, which
+    took their devices when they started.
+
+    Raises
+    ------
+    ValueError
+        ``WFL_TORCH_N_GPUS`` has a bad value, or asks for more GPUs than there are.
+    """
+    if devices.worker_index() is not None or in_worker():
+        return None
+    if executor is not None and executor is mpipool_support.active_executor():
+        return None
+    if executor is None and workers:
+        return devices.device_plan()
+    wanted = devices.requested_gpus()
+    if wanted is not None:
+        where = (f"executor {type(executor).__name__} is not wfl_like's (give its workers their devices "
+                 f"the executor's own way)" if executor is not None else "it runs serially, in this process")
+        warnings.warn(f"{devices.GPUS_ENV}={wanted} is not applied to {name}: {where}; "
+                      f"{devices.VISIBLE_ENV} is left as it is", stacklevel=8)
+    return None

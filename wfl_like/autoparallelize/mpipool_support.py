@@ -10,12 +10,19 @@ the script; rank 0 goes on, and every autoparallelized call uses the workers::
 
     WFL_MPIPOOL=1 mpiexec -n 4 python script.py
 
+Worker rank ``r`` is worker ``r - 1``
+(:func:`~wfl_like.autoparallelize.devices.worker_index`); with ``WFL_TORCH_N_GPUS=N`` it
+sets ``CUDA_VISIBLE_DEVICES`` as a pool worker of that index would have it, in
+:func:`init`, before it receives any operation.
+
 Needs the ``mpi`` extra (``pip install "wfl-like[mpi]"``: mpi4py, mpipool and the mpich
 wheel, which brings ``mpiexec``).
 """
 
 import logging
 import os
+
+from wfl_like.autoparallelize import devices
 
 MPIPOOL_ENV = "WFL_MPIPOOL"
 
@@ -29,6 +36,13 @@ def init(verbose=False):
     """Make the MPI workers, if ``$WFL_MPIPOOL`` is set; a no-op otherwise or when called again.
 
     On worker ranks this does not return: they serve rank 0 until it finishes, then exit.
+    Call it before anything reads ``CUDA_VISIBLE_DEVICES`` (before torch uses a GPU):
+    worker ranks set it here.
+
+    Raises
+    ------
+    ValueError
+        ``WFL_TORCH_N_GPUS`` has a bad value (raised on every rank, as every rank reads it).
 
     Parameters
     ----------
@@ -43,6 +57,7 @@ def init(verbose=False):
     except ImportError:
         raise ImportError(f"{MPIPOOL_ENV} is set but mpipool is not installed; install the mpi extra: "
                           f"pip install \"wfl-like[mpi]\"") from None
+    _enter_worker_rank()
     # rejoin=False: a worker leaves the process when rank 0 is done, instead of going on
     # to run the driver's code
     executor = MPIExecutor(rejoin=False)
@@ -57,3 +72,15 @@ def init(verbose=False):
 def active_executor():
     """The MPI executor made by :func:`init`, or None."""
     return _executor
+
+
+def _enter_worker_rank():
+    """On a worker rank, take the worker index ``rank - 1`` and its device, before the
+    executor starts serving (and so before any operation is unpickled here)."""
+    plan = devices.device_plan()
+    from mpi4py import MPI
+
+    rank = MPI.COMM_WORLD.Get_rank()
+    if rank != 0:
+        index = rank - 1
+        devices.enter_worker(index, devices.device_of(plan, index))

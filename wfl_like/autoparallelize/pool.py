@@ -19,6 +19,7 @@ import time
 from concurrent.futures import CancelledError, Executor, Future
 from multiprocessing.connection import wait
 
+from wfl_like.autoparallelize.devices import device_of, environment_for_start
 from wfl_like.autoparallelize.guardian import Guardian, kill_process_group
 from wfl_like.autoparallelize.worker import worker_main
 from wfl_like.errors import (TaskTimeoutError, WorkerDiedError, WorkerInitializerError, WorkerPoisonedError,
@@ -83,17 +84,24 @@ class _Task:
 
 
 class _Worker:
-    def __init__(self, ctx, initializer, initargs, inherited, initializer_timeout=None):
+    def __init__(self, ctx, initializer, initargs, inherited, initializer_timeout=None, index=0, device=None):
         self.conn, child_conn = ctx.Pipe(duplex=True)
-        if ctx.get_start_method() == "fork":
+        method = ctx.get_start_method()
+        if method == "fork":
             # the forked child also gets the driver's end of its own pipe: unless it closes
             # it, its recv() never sees end-of-file when the driver dies
             inherited = list(inherited) + [self.conn]
         else:
             inherited = []      # a spawned child inherits none of them (and fd numbers mean nothing there)
-        self.process = ctx.Process(target=worker_main, args=(child_conn, initializer, initargs, inherited),
-                                   daemon=True, name="wfl_like-worker")
-        self.process.start()
+        self.index = index
+        self.process = ctx.Process(target=worker_main,
+                                   args=(child_conn, initializer, initargs, inherited, index, device),
+                                   daemon=True, name=f"wfl_like-worker-{index}")
+        # a spawned interpreter imports the driver's main module before worker_main runs:
+        # it must start with its device; a forked one (or one forked by the forkserver,
+        # whose environment is the server's) gets it first thing in worker_main
+        with environment_for_start(device if method == "spawn" else None):
+            self.process.start()
         child_conn.close()
         self.ready = False        # the initializer has run; tasks may be sent
         self.task = None          # the _Task being run
@@ -142,9 +150,16 @@ class WorkerPool(Executor):
         pool is broken (:class:`~wfl_like.errors.WorkerInitializerError`).
     max_items_per_worker : int, optional
         Replace a worker once it has run this many items (see :meth:`submit_task`).
+    devices : list of str, optional
+        ``CUDA_VISIBLE_DEVICES`` values: worker ``k`` is started with ``devices[k % len(devices)]``
+        (see :mod:`~wfl_like.autoparallelize.devices`).  Default: the variable is left as
+        the driver has it.
 
     Notes
     -----
+    Each worker has an index ``k`` in ``0..max_workers-1``, which the code it runs reads
+    with :func:`~wfl_like.autoparallelize.devices.worker_index`; a worker that replaces
+    one that died or was retired takes the lowest free index, so devices stay balanced.
     Each worker leads a process group of its own; whenever a worker ends (done,
     killed, dead) its whole group is killed, so programs the task started go with it,
     and a guardian process (:mod:`~wfl_like.autoparallelize.guardian`) does the same
@@ -158,7 +173,7 @@ class WorkerPool(Executor):
     """
 
     def __init__(self, max_workers, *, initializer=None, initargs=(), mp_context=None, on_demand=False,
-                 initializer_timeout=None, max_items_per_worker=None):
+                 initializer_timeout=None, max_items_per_worker=None, devices=None):
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, not {max_workers}")
         self._ctx = mp_context or default_context()
@@ -167,6 +182,9 @@ class WorkerPool(Executor):
         self._initializer, self._initargs = initializer, tuple(initargs)
         self._initializer_timeout = initializer_timeout
         self._max_items_per_worker = max_items_per_worker
+        if devices is not None and not devices:
+            raise ValueError("devices must name at least one device, or be None")
+        self._devices = list(devices) if devices is not None else None
         # The lock guards what submit(), shutdown() and terminate() share with the
         # dispatcher: the queue, the flags and the list of workers.  Only the dispatcher
         # talks to workers, and never while holding it.
@@ -199,9 +217,18 @@ class WorkerPool(Executor):
         inherited = [w.conn for w in self._workers + self._retiring] + [self._wake_r, self._wake_w]
         if self._guardian.fileno is not None:
             inherited.append(self._guardian.fileno)
-        worker = _Worker(self._ctx, self._initializer, self._initargs, inherited, self._initializer_timeout)
+        index = self._free_index()
+        worker = _Worker(self._ctx, self._initializer, self._initargs, inherited, self._initializer_timeout,
+                         index=index, device=device_of(self._devices, index))
         self._guardian.watch(worker.pid)
         return worker
+
+    def _free_index(self):
+        """The lowest worker index no current worker holds (one leaving after its last task
+        has given its index up already: its replacement takes it)."""
+        with self._lock:
+            taken = {w.index for w in self._workers}
+        return next(i for i in itertools.count() if i not in taken)
 
     def _grow(self, at_least=0):
         """Start the workers now wanted: up to ``max_workers``, on demand only for queued tasks

@@ -16,6 +16,7 @@ import signal
 import sys
 import traceback
 
+from wfl_like.autoparallelize.devices import enter_worker
 from wfl_like.autoparallelize.opcall import item_aborted
 
 # Failures after which a worker is not to be trusted with more work: out of memory, or
@@ -25,7 +26,7 @@ _POISONING_ERRNOS = (errno.EMFILE, errno.ENFILE)
 _PR_SET_PDEATHSIG = 1
 
 
-def worker_main(conn, initializer, initargs, inherited):
+def worker_main(conn, initializer, initargs, inherited, index=None, device=None):
     """Run tasks from ``conn`` until told to leave or the driver is gone.
 
     Parameters
@@ -38,7 +39,13 @@ def worker_main(conn, initializer, initargs, inherited):
         Connections and file descriptors of the driver's that a forked worker inherited
         and must close (its siblings' pipes, the guardian's pipe), or none of them would
         see end-of-file when the driver dies.
+    index : int, optional
+        This worker's index (:func:`~wfl_like.autoparallelize.devices.worker_index`).
+    device : str, optional
+        Its ``CUDA_VISIBLE_DEVICES``, set before the initializer (which unpickles the
+        operation) runs.
     """
+    enter_worker(index, device)
     _lead_own_process_group()
     _die_with_parent()
     for other in inherited:

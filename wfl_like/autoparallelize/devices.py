@@ -1,0 +1,178 @@
+"""One GPU per worker: ``WFL_TORCH_N_GPUS`` and the worker's index.
+
+Each worker of a pool has a stable index ``k`` in ``0..num_workers-1`` (a worker that
+replaces a dead or recycled one takes its index).  With ``WFL_TORCH_N_GPUS=N`` set in
+the driver, worker ``k`` is started with ``CUDA_VISIBLE_DEVICES`` naming one device, the
+``k mod N``-th of the devices the driver may use: the first ``N`` entries of the
+driver's own ``CUDA_VISIBLE_DEVICES`` where it has one, else ``0..N-1``.  Each worker
+then sees its GPU as ``cuda:0``, whatever library it loads, and loads it after the
+variable is set.
+
+Nothing here imports torch: the variable is all that CUDA needs, and torch is only
+looked at where the driver has already imported it.
+"""
+
+import contextlib
+import os
+import sys
+import threading
+
+GPUS_ENV = "WFL_TORCH_N_GPUS"
+VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+
+# Where the NVIDIA driver lists the GPUs of the machine (Linux), one entry per GPU.
+_NVIDIA_GPUS_DIR = "/proc/driver/nvidia/gpus"
+
+# This process's worker index, once it is a worker (pool worker or MPI worker rank).
+_worker_index = None
+
+# Held while the driver's environment carries a worker's device for a process start.
+_environ_lock = threading.Lock()
+
+
+def worker_index():
+    """The index of the worker process this runs in, or None outside a worker.
+
+    Returns
+    -------
+    int or None
+        ``k`` in ``0..num_workers-1`` in a worker of wfl_like's own pool (stable: a
+        worker that replaces a dead or recycled one takes its index), ``rank - 1`` on an
+        MPI worker rank (``WFL_MPIPOOL``).  None in the driver, in a serial run (which
+        runs in the driver) and on an executor that is not wfl_like's (Dask, loky, ...),
+        whose processes have no index of ours: use ``worker_index() or 0`` where a
+        number is needed whatever runs the operation.
+    """
+    return _worker_index
+
+
+def requested_gpus():
+    """``$WFL_TORCH_N_GPUS`` as a number of GPUs, or None when it is unset or empty.
+
+    Raises
+    ------
+    ValueError
+        The variable is not a whole number >= 1; the message names it.
+    """
+    text = os.environ.get(GPUS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"environment variable {GPUS_ENV}={text!r} is not a whole number >= 1; set it to the "
+                         f"number of GPUs to share among the workers, or unset it")
+    return value
+
+
+def device_plan():
+    """The devices to hand out to workers, or None when ``WFL_TORCH_N_GPUS`` is not set.
+
+    Returns
+    -------
+    list of str or None
+        ``N`` entries for ``CUDA_VISIBLE_DEVICES``; worker ``k`` gets entry ``k mod N``
+        (:func:`device_of`).  From the driver's own ``CUDA_VISIBLE_DEVICES`` where it is
+        set (indices, UUIDs or MIG names, kept as they are written), else ``0..N-1``.
+
+    Raises
+    ------
+    ValueError
+        ``WFL_TORCH_N_GPUS`` is not a whole number >= 1, or asks for more GPUs than the
+        driver's ``CUDA_VISIBLE_DEVICES`` lists, or (where the NVIDIA driver says how
+        many) than the machine has.
+    """
+    wanted = requested_gpus()
+    if wanted is None:
+        return None
+    with _environ_lock:     # not the value a process start in another thread lends it
+        visible = os.environ.get(VISIBLE_ENV)
+    if visible is not None:
+        listed = [entry.strip() for entry in visible.split(",") if entry.strip()]
+        if len(listed) < wanted:
+            raise ValueError(f"environment variable {GPUS_ENV}={wanted} asks for more GPUs than "
+                             f"{VISIBLE_ENV}={visible!r} makes visible ({len(listed)}); lower {GPUS_ENV}, or "
+                             f"list more devices in {VISIBLE_ENV}")
+        return listed[:wanted]
+    present = machine_gpu_count()
+    if present is not None and present < wanted:
+        raise ValueError(f"environment variable {GPUS_ENV}={wanted} asks for more GPUs than this machine has "
+                         f"({present}, as {_NVIDIA_GPUS_DIR} lists them); lower {GPUS_ENV}")
+    return [str(i) for i in range(wanted)]
+
+
+def machine_gpu_count():
+    """How many NVIDIA GPUs the kernel driver lists, or None where it does not say."""
+    try:
+        return len(os.listdir(_NVIDIA_GPUS_DIR))
+    except OSError:
+        return None
+
+
+def device_of(plan, index):
+    """The ``CUDA_VISIBLE_DEVICES`` value of worker ``index`` under ``plan`` (None: no plan)."""
+    if plan is None or index is None:
+        return None
+    return plan[index % len(plan)]
+
+
+def enter_worker(index, device):
+    """Make this process worker ``index``; with ``device``, set ``CUDA_VISIBLE_DEVICES`` to it.
+
+    Called first thing in a worker, before the operation or its initializer is
+    unpickled, so that whatever they import sees the worker's device.
+    """
+    global _worker_index
+    _worker_index = index
+    if device is not None:
+        os.environ[VISIBLE_ENV] = device
+
+
+@contextlib.contextmanager
+def environment_for_start(device):
+    """Give the driver's environment ``CUDA_VISIBLE_DEVICES=device`` while a process starts.
+
+    For the ``spawn`` start method, whose child interpreter imports the driver's main
+    module and unpickles the worker's arguments before any code of ours runs there: it
+    must start with the variable.  The driver's value is put back at once; the lock
+    keeps two starts (two pools in two threads) from mixing their devices.
+    """
+    if device is None:
+        yield
+        return
+    with _environ_lock:
+        before = os.environ.get(VISIBLE_ENV)
+        os.environ[VISIBLE_ENV] = device
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ[VISIBLE_ENV]
+            else:
+                os.environ[VISIBLE_ENV] = before
+
+
+def refuse_fork_after_cuda(start_method):
+    """Raise if workers are to be forked from a driver that has already initialised CUDA.
+
+    A forked child cannot use CUDA once its parent has; this is told before any work
+    instead of failing in every worker.  torch is only looked at if already imported.
+
+    Raises
+    ------
+    RuntimeError
+        ``start_method`` is ``fork`` and torch reports CUDA initialised in this process.
+    """
+    torch = sys.modules.get("torch")
+    if start_method != "fork" or torch is None:
+        return
+    try:
+        initialized = bool(torch.cuda.is_initialized())
+    except Exception:
+        return      # not a torch we know how to ask: the workers will say what goes wrong
+    if initialized:
+        raise RuntimeError(f"{GPUS_ENV} is set and this process has already initialised CUDA, so forked "
+                           f"workers could not use their GPUs; set WFL_LIKE_START_METHOD=spawn (or forkserver), "
+                           f"or do not use CUDA in the driver before the parallel call")
