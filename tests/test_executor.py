@@ -104,3 +104,46 @@ def test_journal_works_with_an_executor(tmp_path):
 def test_not_an_executor_is_a_type_error():
     with pytest.raises(TypeError, match="executor"):
         autoparallelize(draw_op, make_list(2), None, 1.0, autopara_info={"executor": "dask"})
+
+
+EXECUTOR_SCRIPT = '''
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+from ase import Atoms
+from wfl_like import ConfigSet, OutputSpec
+from wfl_like.autoparallelize import autoparallelize
+
+MODEL = None
+
+
+def load_model(name):
+    global MODEL
+    MODEL = "model " + name
+
+
+def op(items):
+    for atoms in items:
+        atoms.info["model"] = MODEL
+    return items
+
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as executor:
+        out = autoparallelize(op, ConfigSet([Atoms("H") for _ in range(4)]), OutputSpec(),
+                              autopara_info={"executor": executor, "initializer": (load_model, ("A",))})
+    print(sorted({atoms.info["model"] for atoms in out}))
+'''
+
+
+def test_an_initializer_and_op_of_a_script_share_its_globals_on_a_spawning_executor(tmp_path):
+    # the warm-model pattern: the initializer keeps a model in a global the op reads
+    import subprocess
+    import sys
+
+    (tmp_path / "script.py").write_text(EXECUTOR_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFL_")}
+    done = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['model A']"

@@ -101,9 +101,8 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
     if executor is not None:
         # the caller's executor (Dask, loky, a ProcessPoolExecutor ...): the call travels by
         # value with every chunk, and is installed once per process there
-        payload = ByValue(call)
-        init_payload = ByValue(init_func) if init_func is not None else None
-        yield (lambda chunk, timeout: executor.submit(run_portable, payload, init_payload, tuple(init_args),
+        together = ByValue((call, init_func))
+        yield (lambda chunk, timeout: executor.submit(run_portable, together, tuple(init_args),
                                                       chunk.first, chunk.items, chunk.rngs)), executor_slots(executor)
         return
     if workers and in_worker():

@@ -166,19 +166,22 @@ def run_installed(first, items, rngs):
 _installed_payload = None
 
 
-def run_portable(call, initializer, initargs, first, items, rngs):
+def run_portable(together, initargs, first, items, rngs):
     """Apply a call sent by value to one chunk, on an executor that is not ours.
 
-    The call is unpickled, and the initializer run, once per process (per call), not
-    once per chunk: the executor's workers are long-lived and shared.  A BaseException
-    that is not an Exception (KeyboardInterrupt, ...) raised there is raised as
-    :class:`~wfl_like.errors.ItemAbortedError`: on a worker it fails the chunk, not the run.
+    ``together`` is a :class:`ByValue` of ``(call, initializer)``: one payload, so that an
+    initializer and an operation defined in a script share its globals in the worker as
+    they do in the driver.  It is unpickled, and the initializer run, once per process
+    (per call), not once per chunk: the executor's workers are long-lived and shared.  A
+    BaseException that is not an Exception (KeyboardInterrupt, ...) raised there is raised
+    as :class:`~wfl_like.errors.ItemAbortedError`: on a worker it fails the chunk, not the run.
     """
     global _installed_payload
     try:
-        if _installed_payload != call.payload:
+        if _installed_payload != together.payload:
+            call, initializer = together.load()
             install(call, initializer, initargs, own_process=False)
-            _installed_payload = call.payload
+            _installed_payload = together.payload
         return _installed.run(first, items, rngs)
     except Exception:
         raise
