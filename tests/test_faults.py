@@ -411,3 +411,33 @@ def test_failures_with_a_success_or_different_reasons_do_not_stop_the_run(tmp_pa
     assert {f.reason for f in error.failures} == expected_reasons
     assert f"failed on {12 - first} input items" in str(error)
     assert listing(tmp_path) == []
+
+
+def rattle_in_place_failing_on_label_4(items, _autopara_per_item_info=None):
+    """Changes its inputs (and advances their generators) before it fails on label 4."""
+    for atoms, item in zip(items, _autopara_per_item_info):
+        atoms.positions += item["rng"].normal(scale=0.01, size=atoms.positions.shape)
+    for atoms in items:
+        if atoms.info["label"] == 4:
+            raise ValueError("label 4 is refused")
+    return items
+
+
+@pytest.mark.parametrize("chunk", [3, 5])
+def test_items_of_a_failed_chunk_rerun_from_what_was_read_in_a_serial_run(tmp_path, chunk):
+    # a failed chunk's items run again one by one: serially they must start from the
+    # structures as read and their generators as spawned, as on a worker, or their outputs
+    # would depend on which chunk-mate failed
+    import numpy as np
+
+    ase.io.write(tmp_path / "in.xyz", [make_atoms(i) for i in range(N_ITEMS)], parallel=False)
+    outputs = {}
+    for workers, size in ((0, chunk), (2, 1)):
+        out = tmp_path / f"out-{workers}.xyz"
+        with pytest.warns(FailedItemsWarning):
+            autoparallelize(rattle_in_place_failing_on_label_4, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out),
+                            rng=np.random.default_rng(5),
+                            autopara_info={"num_python_subprocesses": workers, "errors": "skip",
+                                           "num_inputs_per_python_subprocess": size})
+        outputs[workers] = out.read_bytes()
+    assert outputs[0] == outputs[2]

@@ -204,13 +204,11 @@ def _compute(call, inputs, outputs, info, rng, cache):
     sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
     chunks = make_chunks(inputs, sizer or info.num_inputs_per_python_subprocess, rng,
                          lookup=cache.lookup if cache is not None else None)
-    # structures read from files are fresh objects: no copy needed to protect the caller's
-    isolate = not (isinstance(inputs, ConfigSet) and inputs.files())
     initializer_timeout = info.initializer_timeout
     if initializer_timeout is None and info.initializer[0] is not None:
         # a per-item limit also bounds the user's set-up, unless it is given a limit of its own
         initializer_timeout = info.timeout
-    with chunk_runner(call, workers, info.initializer, isolate, executor, initializer_timeout=initializer_timeout,
+    with chunk_runner(call, workers, info.initializer, executor=executor, initializer_timeout=initializer_timeout,
                       max_items_per_worker=info.max_items_per_worker) as (submit, slots):
         results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
                                chunk_size=sizer)

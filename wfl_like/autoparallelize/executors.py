@@ -24,8 +24,10 @@ class SerialExecutor(Executor):
     isolate : bool, default True
         Pass the arguments through a pickle round trip, as they would travel to a
         worker, so an operation that changes its inputs in place never changes the
-        caller's objects: outputs and side effects are those of a pool run.  Not needed
-        for structures just read from a file, which nobody else holds.
+        caller's objects: outputs and side effects are those of a pool run.  Structures
+        just read from a file need it too: the items of a chunk that failed are run again
+        one by one, and must start from what was read, not from what the failed attempt
+        left (nor from generators it advanced).
     """
 
     def __init__(self, isolate=True):
