@@ -12,6 +12,7 @@ from ase.eos import EquationOfState
 from ase.units import GPa
 
 from wfl_like import ConfigSet, OutputSpec
+from wfl_like.errors import AutoparallelizeError, FailedItemsWarning
 from wfl_like.generate.md import md
 from wfl_like.generate.md import stages
 from wfl_like.generate.md.abort import AbortOnCollision, AbortOnLowEnergy
@@ -182,29 +183,41 @@ def test_a_collision_stops_the_trajectory_and_marks_its_last_frame(autopara_info
     assert stopper.ok_history == []      # each trajectory checked its own copy
 
 
-@pytest.mark.parametrize("skip_failures", [True, False])
-def test_a_failing_dynamics_keeps_its_frames_or_fails_only_its_structure(skip_failures):
+def failing_second_of_three():
     inputs = [cu_cell(0), cu_cell(1), cu_cell(2)]
     inputs[1].info["fail_from_step"] = 4
-    result = md(ConfigSet(inputs), OutputSpec(), (FailingEMT, [], {}), steps=8, dt=1.0, temperature=300.0,
-                traj_step_interval=2, skip_failures=skip_failures, rng=np.random.default_rng(6),
-                autopara_info={**TWO_WORKERS, "num_inputs_per_python_subprocess": 3, "errors": "skip"})
+    return inputs
+
+
+MD_TO_FAIL = {"steps": 8, "dt": 1.0, "temperature": 300.0, "traj_step_interval": 2}
+CHUNKS_OF_3 = {**TWO_WORKERS, "num_inputs_per_python_subprocess": 3}
+
+
+def test_with_skip_failures_a_failing_dynamics_keeps_its_frames_before_the_failure():
+    result = md(ConfigSet(failing_second_of_three()), OutputSpec(), (FailingEMT, [], {}), **MD_TO_FAIL,
+                rng=np.random.default_rng(6), autopara_info=CHUNKS_OF_3)
     groups = [list(group) for group in result.groups()]
-    if skip_failures:
-        assert [len(group) for group in groups] == [5, 3, 5]      # steps 0, 2, 4; step 5 failed
-        assert groups[1][-1].info["MD_failed"].startswith("RuntimeError: potential gave up at step 4")
-        assert result.failures == []
-    else:
-        assert [len(group) for group in groups] == [5, 5]
-        assert [failure.index for failure in result.failures] == [1]
-        assert "potential gave up" in result.failures[0].reason
+    assert [len(group) for group in groups] == [5, 3, 5]      # steps 0, 2, 4; step 5 failed
+    assert groups[1][-1].info["MD_failed"].startswith("RuntimeError: potential gave up at step 4")
+    assert result.failures == []
 
 
-def test_a_failure_before_the_first_frame_fails_the_structure_whatever_skip_failures_says():
+def test_without_skip_failures_only_the_failing_structure_fails_and_the_call_raises_after_the_others(tmp_path):
+    with pytest.raises(AutoparallelizeError, match="potential gave up") as raised:
+        md(ConfigSet(failing_second_of_three()), OutputSpec("md.xyz", file_root=tmp_path), (FailingEMT, [], {}),
+           **MD_TO_FAIL, skip_failures=False, rng=np.random.default_rng(6), autopara_info=CHUNKS_OF_3)
+    assert [failure.index for failure in raised.value.failures] == [1]
+    result = md(ConfigSet(failing_second_of_three()), OutputSpec(), (FailingEMT, [], {}), **MD_TO_FAIL,
+                skip_failures=False, rng=np.random.default_rng(6), autopara_info={**CHUNKS_OF_3, "errors": "skip"})
+    assert [len(list(group)) for group in result.groups()] == [5, 5]
+    assert [failure.index for failure in result.failures] == [1]
+
+
+def test_a_failure_before_the_first_frame_leaves_the_structure_out_with_a_record():
     inputs = [cu_cell(0), cu_cell(1)]
     inputs[0].info["fail_from_step"] = 0
-    result = md(ConfigSet(inputs), OutputSpec(), (FailingEMT, [], {}), steps=3, dt=1.0, skip_failures=True,
-                autopara_info={"errors": "skip"})
+    with pytest.warns(FailedItemsWarning):
+        result = md(ConfigSet(inputs), OutputSpec(), (FailingEMT, [], {}), steps=3, dt=1.0)
     assert [failure.index for failure in result.failures] == [0]
     assert len(list(result)) == 4
 

@@ -89,9 +89,12 @@ def _md_op(atoms_list, calculator, steps, dt, integrator="Berendsen", temperatur
         Record a frame every this many steps.
     skip_failures : bool, default True
         When the dynamics raises (a calculator error, say): True keeps the frames recorded
-        so far, the last marked ``info["MD_failed"]`` with the reason, and warns; False,
-        or a failure before the first frame, fails the structure, which the run records
-        (see ``autopara_info``'s ``errors``) while the other structures go on.
+        so far, the last marked ``info["MD_failed"]`` with the reason, and logs a warning.
+        False, or a failure before the first frame, fails the structure: the other
+        structures go on, and the failure is recorded as ``autopara_info``'s ``errors``
+        says, whose default ``skip_failures`` sets: ``"skip"`` (left out, listed in the
+        result's ``failures``, a ``FailedItemsWarning``) for True, ``"raise"``
+        (``AutoparallelizeError`` once the others are done) for False.
     results_prefix : str or None, default "last_op__md_"
         Prefix of the stored results; a prefix ``"<a>__<b>"`` first removes every key
         starting with ``"<a>__"`` (earlier operations' results).  None keeps them as a
@@ -154,7 +157,9 @@ def md(inputs, outputs, calculator, steps, dt, integrator="Berendsen", temperatu
                            traj_select_during_func=traj_select_during_func,
                            traj_select_after_func=traj_select_after_func, abort_check=abort_check,
                            logger_interval=logger_interval, logger_kwargs=logger_kwargs, rng=rng,
-                           autopara_info=autopara_info, default_autopara_info=DEFAULT_AUTOPARA_INFO)
+                           autopara_info=autopara_info,
+                           default_autopara_info={**DEFAULT_AUTOPARA_INFO,
+                                                  "errors": "skip" if skip_failures else "raise"})
 
 
 def _check_arguments(settings, calculator, steps, dt, select_during, select_after, abort_check, rng):
