@@ -96,6 +96,15 @@ def test_a_ramp_sets_the_thermostat_target_of_each_frame():
         [(0, 600.0), (4, 600.0), (8, 400.0), (12, 200.0)]
 
 
+def test_segments_rounded_to_no_steps_record_no_frame_twice():
+    schedule = [{"T_i": 900.0, "T_f": 900.0, "traj_frac": 0.01}, {"T_i": 300.0, "T_f": 300.0, "traj_frac": 1.0}]
+    frames = list(md(ConfigSet(cu_cell()), OutputSpec(), EMT_SPEC, steps=4, dt=1.0, temperature=schedule,
+                     temperature_tau=20.0, rng=np.random.default_rng(3)))
+    assert [f.info["MD_step"] for f in frames] == [0, 1, 2, 3, 4]
+    assert frames[0].info["MD_current_temperature"] == pytest.approx(900.0)     # drawn at the first T_i
+    assert frames[-1].info["MD_temperature_K"] == 300.0
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"integrator": "Langevin", "temperature": 300.0, "temperature_tau": 50.0, "pressure": 0.0}, "constant volume"),
     ({"temperature": 300.0, "temperature_tau": 50.0, "pressure": 0.0, "hydrostatic": False}, "hydrostatic"),

@@ -61,7 +61,8 @@ class FrameRecorder:
 
     def __call__(self):
         step = self.dynamics.nsteps
-        if step % self.interval != 0:
+        # a later segment's run starting at step 0 (after segments of 0 steps) repeats step 0
+        if step % self.interval != 0 or step == self.last_labelled:
             return
         self.take(step)
         if self.abort_check is not None and self.abort_check.stop(self.atoms):

@@ -48,7 +48,8 @@ def run_trajectory(atoms, calculator, steps, dt, settings, rng, item_i, select_d
     if needs_rng(settings) and rng is None:
         raise ValueError(f"structure {item_i}: MD at a temperature draws random velocities: pass rng= "
                          f"(numpy.random.default_rng(seed)) to md")
-    calculator.reset()       # a warm calculator must not carry state from the previous structure
+    if callable(getattr(calculator, "reset", None)):
+        calculator.reset()       # a warm calculator must not carry state from the previous structure
     atoms.calc = calculator
     pressure_au, compressibility_au = _pressure(atoms, settings, rng)
     schedule = [(None, steps)]
@@ -77,7 +78,9 @@ def run_trajectory(atoms, calculator, steps, dt, settings, rng, item_i, select_d
 def _run_schedule(dynamics, atoms, schedule, recorder, settings, item_i):
     """Run every segment; None when all ran, else the info marking how the trajectory ended."""
     try:
-        for temperature, n_steps in schedule:
+        for index, (temperature, n_steps) in enumerate(schedule):
+            if index > 0 and n_steps == 0:
+                continue      # rounded to nothing: it would only log its first step again
             if temperature is not None:
                 dynamics.set_temperature(temperature_K=temperature)
                 atoms.info[TARGET_T_KEY] = temperature
