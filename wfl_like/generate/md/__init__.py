@@ -184,9 +184,9 @@ def _check_arguments(settings, calculator, steps, dt, select_during, select_afte
                          "(numpy.random.default_rng(seed)); each structure gets its own stream from it")
     unused = md_settings.unused(settings)
     if unused:
-        warnings.warn(f"md: {unused} not used by this run ({settings['integrator']}, "
-                      f"{'pressure ' + repr(settings['pressure']) if settings['pressure'] is not None else 'no pressure'})",
-                      stacklevel=3)
+        pressure = settings["pressure"]
+        ensemble = f"pressure {pressure!r}" if pressure is not None else "no pressure"
+        warnings.warn(f"md: {unused} not used by this run ({settings['integrator']}, {ensemble})", stacklevel=3)
 
 
 autoparallelize_docstring(md, _md_op, "Atoms")
