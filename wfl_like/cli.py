@@ -507,8 +507,11 @@ def main(argv=None):
         if getattr(args, "mpi", False) or os.environ.get(MPIPOOL_ENV):
             os.environ[MPIPOOL_ENV] = os.environ.get(MPIPOOL_ENV) or "1"
             mpipool_support.init()      # worker ranks serve rank 0 from here, and leave at its end
-        logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                            format=f"{PROG}: %(message)s", stream=sys.stderr)
+        # INFO from wfl_like only: other libraries' INFO lines (an optimizer's line search)
+        # would drown the run's own
+        logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s", stream=sys.stderr)
+        for name in ("wfl_like", PROG):
+            logging.getLogger(name).setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
         # warnings (e.g. an output that could not be checked) as one line each, like the logs
         warnings.showwarning = _show_warning
         with stop_on_signals(prog=PROG):

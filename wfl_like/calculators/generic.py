@@ -18,6 +18,9 @@ DEFAULT_AUTOPARA_INFO = {"num_inputs_per_python_subprocess": 10}
 
 __all__ = ["calculate", "check_properties", "construct_calculator"]
 
+# the name other operations of this package import
+_check_calculator_argument = check_calculator_argument
+
 # ASE properties with one value per atom: stored in Atoms.arrays; the others in Atoms.info.
 PER_ATOM_PROPERTIES = frozenset({"forces", "energies", "stresses", "magmoms", "charges"})
 
