@@ -1,6 +1,7 @@
 """``wfl-like relax`` and ``wfl-like md``, run for real in subprocesses, against the
 operations they call (``wfl_like.generate.optimize.optimize`` and ``wfl_like.generate.md.md``)."""
 
+import importlib.util
 import subprocess
 import sys
 
@@ -116,6 +117,14 @@ def test_relax_under_pressure_changes_the_cell(tmp_path, cells):
 def test_relax_bad_options_are_one_line_exit_2(tmp_path, cells, args, words):
     assert_usage_error(run_cli("relax", "in.xyz", "-o", "out.xyz", *args, cwd=tmp_path), *words)
     assert not (tmp_path / "out.xyz").exists()
+
+
+def test_relax_keeping_symmetry_needs_spglib(tmp_path, cells):
+    proc = run_cli("relax", "in.xyz", "-o", "out.xyz", "--steps", "2", cwd=tmp_path)
+    if importlib.util.find_spec("spglib") is None:
+        assert_usage_error(proc, "spglib", "--no-keep-symmetry")
+    else:
+        assert_ok(proc)
 
 
 def test_relax_failed_structure_is_skipped_or_fails_the_run(tmp_path, cells):

@@ -413,9 +413,15 @@ def run_calculate(args):
 
 def run_relax(args):
     """``wfl-like relax``: returns the exit code."""
+    import importlib.util
+
     from wfl_like.generate.optimize import optimize
 
     calculator = _calculator(args)
+    if args.keep_symmetry and importlib.util.find_spec("spglib") is None:
+        # ASE's FixSymmetry needs it; without this check every structure would fail the same way
+        raise UsageError("keeping the symmetry (the default) needs spglib (pip install spglib); "
+                         "or pass --no-keep-symmetry")
     return _run_operation(args, optimize, calculator, fmax=args.fmax, steps=args.steps, pressure=args.pressure,
                           keep_symmetry=args.keep_symmetry, traj_step_interval=args.traj_step_interval,
                           traj_subselect="last_converged" if args.last_converged_only else None,

@@ -31,8 +31,9 @@ def _calculate_op(atoms_list, calculator, properties=None, output_prefix=AUTO_PR
 
     Results are stored with a prefix: ``info[prefix + "energy"]``,
     ``arrays[prefix + "forces"]``, ``info[prefix + "stress"]`` (other per-atom properties
-    in ``arrays``, the rest in ``info``).  Stress is not asked of structures that are not
-    periodic in all three directions, nor any property the calculator does not implement.
+    in ``arrays``, the rest in ``info``).  Stress (and ``stresses``) is not asked of
+    structures that are not periodic in all three directions, nor any property the
+    calculator does not implement.
     A structure on which the calculator raises gets
     ``info[prefix + "calculation_failed"] = True`` and the run goes on.  Chunks of 10
     structures by default, or what the calculator's ``wfl_generic_default_autopara_info``
@@ -95,8 +96,8 @@ def _prefix(calculator, output_prefix):
 
 def _evaluate_one(atoms, calc, wanted, prefix, as_single_point, raise_calc_exceptions):
     """``atoms`` with the results of ``calc`` stored, or marked as failed."""
-    # stress is undefined without a cell periodic in every direction
-    asked = [name for name in wanted if name != "stress" or atoms.pbc.all()]
+    # stress (and per-atom stresses) is undefined without a cell periodic in every direction
+    asked = [name for name in wanted if name not in ("stress", "stresses") or atoms.pbc.all()]
     try:
         results = _evaluate(calc, atoms, asked)
     except Exception as exc:
