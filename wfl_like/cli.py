@@ -141,7 +141,7 @@ def _add_calculate(commands):
                     "--overwrite is not given, nothing is recomputed.",
         epilog="Example: wfl-like calculate in.xyz -o out.xyz -n 4 "
                "--calculator ase.calculators.lj:LennardJones -k sigma=2.3 -k epsilon=0.4")
-    _add_run_options(calc, default_chunk="10")
+    _add_run_options(calc, default_chunk="10, or the calculator's wfl_generic_default_autopara_info")
     calc.add_argument("-p", "--properties", default="energy,forces,stress", metavar="LIST",
                       help="comma-separated properties to compute (default energy,forces,stress)")
     calc.add_argument("--prefix", default="_auto_",
@@ -158,7 +158,7 @@ def _add_relax(commands):
                     "(optimize_initial, optimize_mid, optimize_last_converged or "
                     "optimize_last_unconverged). With --pressure the cell relaxes too.",
         epilog="Example: wfl-like relax in.xyz -o relaxed.xyz -n 4 --fmax 0.01 --last-converged-only")
-    _add_run_options(relax, default_chunk="the operation's")
+    _add_run_options(relax, default_chunk="the operation's own")
     relax.add_argument("--fmax", type=_positive_float, default=1e-3, metavar="EV_PER_A",
                        help="converged when every force is below this, in eV/A (default 1e-3)")
     relax.add_argument("--steps", type=_positive_int, default=1000, metavar="N",
@@ -187,7 +187,7 @@ def _add_md(commands):
                     "structure's own random stream, from --seed: the same command gives the same "
                     "trajectories whatever -n or --chunk-size.",
         epilog="Example: wfl-like md in.xyz -o md.xyz --steps 100 --dt 1 --temperature 300 -n 4")
-    _add_run_options(md, default_chunk="the operation's")
+    _add_run_options(md, default_chunk="the operation's own")
     md.add_argument("--steps", type=_positive_int, required=True, metavar="N", help="MD steps per structure")
     md.add_argument("--dt", type=_positive_float, required=True, metavar="FS", help="time step in fs")
     md.add_argument("--temperature", type=_non_negative_float, default=None, metavar="K",
@@ -233,7 +233,7 @@ def _add_run_options(parser, default_chunk):
                      help="worker processes (default: $WFL_NUM_PYTHON_SUBPROCESSES, else serial)")
     run.add_argument("--chunk-size", type=_chunk_size, default=None, metavar="M",
                      help=f"structures per call of the operation, or 'auto' to size chunks so each "
-                          f"takes about 0.2 s (default {default_chunk})")
+                          f"takes about 0.2 s (default: {default_chunk})")
     run.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                      help="seconds one structure may take; past that its worker is killed and the structure "
                           "fails as timed out (needs -n >= 1)")
