@@ -193,7 +193,7 @@ ERROR_CASES = {
     "module without the class": (["calculate", EXAMPLE, "-o", "out.xyz", "-c", "ase.calculators.emt:NoSuchCalc"],
                                  "NoSuchCalc"),
     "calculator without colon": (["calculate", EXAMPLE, "-o", "out.xyz", "-c", "ase.calculators.emt"],
-                                 "MODULE:CLASS"),
+                                 "MODULE:NAME"),
     "malformed -k": (["calculate", EXAMPLE, "-o", "out.xyz", "-k", "sigma2.3"], "sigma2.3"),
     "malformed -k key": (["calculate", EXAMPLE, "-o", "out.xyz", "-k", "=2.3"], "=2.3"),
     "missing -o": (["calculate", EXAMPLE], "-o"),

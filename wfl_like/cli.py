@@ -2,13 +2,13 @@
 
 import argparse
 import ast
-import importlib
 import inspect
 import logging
 import os
 import signal
 import sys
 import warnings
+from pathlib import Path
 
 from wfl_like.autoparallelize import mpipool_support
 from wfl_like.autoparallelize.mpipool_support import MPIPOOL_ENV
@@ -18,6 +18,9 @@ from wfl_like.stopping import Terminated, stop_on_signals
 
 PROG = "wfl-like"
 DEFAULT_CALCULATOR = "ase.calculators.emt:EMT"
+# md's random streams come from this seed unless --seed is given: the same command
+# gives the same trajectories, and resumes its own run
+DEFAULT_SEED = 0
 
 # Exit codes: 2 for bad input (as argparse does), 1 for a failure during the run,
 # 128 + signal number when stopped by a signal.
@@ -55,6 +58,53 @@ def _process_count(text):
     return value
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+def _float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _non_negative_float(text):
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
+    return value
+
+
 def build_parser():
     """The argument parser of ``wfl-like`` and its subcommands."""
     parser = _Parser(
@@ -63,41 +113,9 @@ def build_parser():
                     "writing extended XYZ.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    calc = commands.add_parser(
-        "calculate", help="evaluate an ASE calculator on every structure of the input",
-        description="Evaluate an ASE calculator on every structure of INPUT (any file ASE reads) and "
-                    "write them with the results (energy in info, forces in arrays, stress in info, "
-                    "keys prefixed by the calculator's class name, e.g. EMT_energy) to OUTPUT. "
-                    "A structure on which the calculator fails is written with "
-                    "<prefix>calculation_failed=True. If OUTPUT exists and --overwrite is not given, "
-                    "nothing is recomputed.",
-        epilog="Example: wfl-like calculate in.xyz -o out.xyz -n 4 "
-               "--calculator ase.calculators.lj:LennardJones -k sigma=2.3 -k epsilon=0.4")
-    calc.add_argument("inputs", nargs="+", metavar="INPUT",
-                      help="input file(s) or glob(s); several give one group per file in the output")
-    calc.add_argument("-o", "--output", required=True, metavar="OUTPUT",
-                      help="output file; its extension picks the format (.xyz: extended XYZ)")
-    calc.add_argument("-c", "--calculator", default=DEFAULT_CALCULATOR, metavar="MODULE:CLASS",
-                      help=f"calculator class to construct, importable as MODULE:CLASS (default {DEFAULT_CALCULATOR})")
-    calc.add_argument("-k", "--calc-kwarg", action="append", default=[], metavar="KEY=VALUE",
-                      help="keyword argument of the calculator; VALUE is read as a Python literal "
-                           "(number, True, [1, 2], 'text') or else as a string; repeat for several")
-    calc.add_argument("-p", "--properties", default="energy,forces,stress", metavar="LIST",
-                      help="comma-separated properties to compute (default energy,forces,stress)")
-    calc.add_argument("--prefix", default="_auto_",
-                      help="prefix of the stored keys (default: calculator class name + '_')")
-    calc.add_argument("-n", "--num-processes", type=_process_count, default=None, metavar="N",
-                      help="worker processes (default: $WFL_NUM_PYTHON_SUBPROCESSES, else serial)")
-    calc.add_argument("--chunk-size", type=_chunk_size, default=None, metavar="M",
-                      help="structures per call of the calculator loop, or 'auto' to size chunks so each "
-                           "takes about 0.2 s (default 10)")
-    calc.add_argument("--overwrite", action="store_true", help="recompute and replace an existing OUTPUT")
-    calc.add_argument("--mpi", action="store_true",
-                      help="run on the ranks of an MPI job (mpiexec -n N wfl-like calculate ... --mpi): rank 0 "
-                           "reads and writes, the others compute; also on when $WFL_MPIPOOL is set")
-    calc.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
-    calc.set_defaults(run=run_calculate)
+    _add_calculate(commands)
+    _add_relax(commands)
+    _add_md(commands)
 
     status = commands.add_parser(
         "status", help="show how far the run that writes OUTPUT got",
@@ -111,42 +129,160 @@ def build_parser():
     return parser
 
 
+def _add_calculate(commands):
+    calc = commands.add_parser(
+        "calculate", help="evaluate an ASE calculator on every structure of the input",
+        description="Evaluate an ASE calculator on every structure of INPUT (any file ASE reads) and "
+                    "write them with the results (energy in info, forces in arrays, stress in info, "
+                    "keys prefixed by the calculator's name, e.g. EMT_energy) to OUTPUT. "
+                    "A structure on which the calculator fails is written with "
+                    "<prefix>calculation_failed=True. Structures whose info has WFL_CALCULATOR_KWARGS "
+                    "(or _ARGS, _INITIALIZER) get a calculator with those settings. If OUTPUT exists and "
+                    "--overwrite is not given, nothing is recomputed.",
+        epilog="Example: wfl-like calculate in.xyz -o out.xyz -n 4 "
+               "--calculator ase.calculators.lj:LennardJones -k sigma=2.3 -k epsilon=0.4")
+    _add_run_options(calc, default_chunk="10, or the calculator's wfl_generic_default_autopara_info")
+    calc.add_argument("-p", "--properties", default="energy,forces,stress", metavar="LIST",
+                      help="comma-separated properties to compute (default energy,forces,stress)")
+    calc.add_argument("--prefix", default="_auto_",
+                      help="prefix of the stored keys (default: calculator name + '_')")
+    calc.set_defaults(run=run_calculate)
+
+
+def _add_relax(commands):
+    relax = commands.add_parser(
+        "relax", help="relax every structure of the input (wfl_like.generate.optimize)",
+        description="Relax every structure of INPUT with ASE's PreconLBFGS and write each trajectory "
+                    "(every --traj-step-interval steps, and always the last) to OUTPUT, with the "
+                    "calculator's results under --results-prefix and optimize_config_type "
+                    "(optimize_initial, optimize_mid, optimize_last_converged or "
+                    "optimize_last_unconverged). With --pressure the cell relaxes too.",
+        epilog="Example: wfl-like relax in.xyz -o relaxed.xyz -n 4 --fmax 0.01 --last-converged-only")
+    _add_run_options(relax, default_chunk="the operation's own")
+    relax.add_argument("--fmax", type=_positive_float, default=1e-3, metavar="EV_PER_A",
+                       help="converged when every force is below this, in eV/A (default 1e-3)")
+    relax.add_argument("--steps", type=_positive_int, default=1000, metavar="N",
+                       help="most optimizer steps per structure (default 1000)")
+    relax.add_argument("--pressure", type=_float, default=None, metavar="GPA",
+                       help="relax the cell too, at this pressure in GPa (default: fixed cell)")
+    relax.add_argument("--no-keep-symmetry", dest="keep_symmetry", action="store_false",
+                       help="let the relaxation break the structure's symmetry (default: kept, with ASE's "
+                            "FixSymmetry)")
+    relax.add_argument("--traj-step-interval", type=_positive_int, default=1, metavar="K",
+                       help="keep every K-th step of each trajectory, and the last (default 1)")
+    relax.add_argument("--last-converged-only", action="store_true",
+                       help="write only the last configuration of each relaxation, and only if it converged")
+    relax.add_argument("--results-prefix", default="last_op__optimize_", metavar="P",
+                       help="prefix of the stored results (default last_op__optimize_)")
+    relax.set_defaults(run=run_relax)
+
+
+def _add_md(commands):
+    md = commands.add_parser(
+        "md", help="run molecular dynamics from every structure of the input (wfl_like.generate.md)",
+        description="Run molecular dynamics from every structure of INPUT and write each trajectory "
+                    "(every --traj-step-interval steps) to OUTPUT, with MD_time_fs, MD_step, "
+                    "MD_temperature_K and the calculator's results under --results-prefix. Without "
+                    "--temperature: NVE. Initial velocities and thermostat noise come from each "
+                    "structure's own random stream, from --seed: the same command gives the same "
+                    "trajectories whatever -n or --chunk-size.",
+        epilog="Example: wfl-like md in.xyz -o md.xyz --steps 100 --dt 1 --temperature 300 -n 4")
+    _add_run_options(md, default_chunk="the operation's own")
+    md.add_argument("--steps", type=_positive_int, required=True, metavar="N", help="MD steps per structure")
+    md.add_argument("--dt", type=_positive_float, required=True, metavar="FS", help="time step in fs")
+    md.add_argument("--temperature", type=_non_negative_float, default=None, metavar="K",
+                    help="temperature in K of the initial velocities and of the thermostat (default: none, "
+                         "NVE from the structures' own velocities)")
+    md.add_argument("--integrator", choices=("Berendsen", "Langevin", "LangevinBAOAB"), default="Berendsen",
+                    help="thermostat when --temperature and --temperature-tau are given (default Berendsen)")
+    md.add_argument("--temperature-tau", type=_positive_float, default=None, metavar="FS",
+                    help="thermostat time constant in fs; without it, --temperature only sets the initial "
+                         "velocities and the dynamics is NVE, as in wfl")
+    md.add_argument("--pressure", type=_float, default=None, metavar="GPA",
+                    help="NPT at this pressure in GPa, by Berendsen volume rescaling (default: NVT/NVE)")
+    md.add_argument("--traj-step-interval", type=_positive_int, default=1, metavar="K",
+                    help="keep every K-th step of each trajectory (default 1)")
+    md.add_argument("--seed", type=_count, default=DEFAULT_SEED, metavar="S",
+                    help=f"seed of the random streams (default {DEFAULT_SEED}: reruns give the same "
+                         f"trajectories; change it for independent ones)")
+    md.add_argument("--results-prefix", default="last_op__md_", metavar="P",
+                    help="prefix of the stored results (default last_op__md_)")
+    md.set_defaults(run=run_md)
+
+
+def _add_run_options(parser, default_chunk):
+    """The options every subcommand that runs an operation has: inputs and output, the
+    calculator, and how the run is parallelized and handles failures."""
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="input file(s) or glob(s); several give one group per file in the output")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                        help="output file; its extension picks the format (.xyz: extended XYZ)")
+    calculator = parser.add_argument_group("calculator")
+    calculator.add_argument("-c", "--calculator", default=DEFAULT_CALCULATOR, metavar="MODULE:NAME",
+                            help=f"calculator class, or function returning a calculator (e.g. a mace_mp-style "
+                                 f"factory), importable as MODULE:NAME (default {DEFAULT_CALCULATOR})")
+    calculator.add_argument("-k", "--calc-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                            help="keyword argument of the calculator; VALUE is read as a Python literal "
+                                 "(number, True, [1, 2], 'text') or else as a string; repeat for several; "
+                                 "wins over --calc-kwargs-file")
+    calculator.add_argument("--calc-kwargs-file", default=None, metavar="FILE",
+                            help="keyword arguments of the calculator from a JSON file (.json) or a YAML file "
+                                 "(.yaml, .yml; needs PyYAML) holding one mapping")
+    run = parser.add_argument_group("running")
+    run.add_argument("-n", "--num-processes", type=_process_count, default=None, metavar="N",
+                     help="worker processes (default: $WFL_NUM_PYTHON_SUBPROCESSES, else serial)")
+    run.add_argument("--chunk-size", type=_chunk_size, default=None, metavar="M",
+                     help=f"structures per call of the operation, or 'auto' to size chunks so each "
+                          f"takes about 0.2 s (default: {default_chunk})")
+    run.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                     help="seconds one structure may take; past that its worker is killed and the structure "
+                          "fails as timed out (needs -n >= 1)")
+    run.add_argument("--errors", choices=("raise", "skip"), default="raise",
+                     help="after a structure failed: 'raise' (default) ends with an error and writes no "
+                          "output; 'skip' leaves it out of the output with a warning")
+    run.add_argument("--retries", type=_count, default=None, metavar="R",
+                     help="reruns of a structure whose worker died (signal, out of memory) before it "
+                          "counts as failed (default 2)")
+    run.add_argument("--overwrite", action="store_true", help="recompute and replace an existing OUTPUT")
+    run.add_argument("--mpi", action="store_true",
+                     help="run on the ranks of an MPI job (mpiexec -n N wfl-like ... --mpi): rank 0 "
+                          "reads and writes, the others compute; also on when $WFL_MPIPOOL is set")
+    run.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+
+
 def _version():
     from wfl_like import __version__
 
     return __version__
 
 
-def parse_calculator(spec, kwarg_texts):
-    """``"module:Class"`` and ``["key=value", ...]`` -> ``(Class, (), kwargs)``.
+def parse_calculator(spec, kwarg_texts, kwargs_file=None):
+    """``"module:Name"``, ``["key=value", ...]`` and a keyword file -> ``(constructor, (), kwargs)``.
+
+    ``Name`` is a calculator class or any function returning a calculator.  Keyword
+    arguments from ``kwargs_file`` (JSON, or YAML with PyYAML) come first; ``key=value``
+    texts win over them.
 
     Raises
     ------
     UsageError
-        The class cannot be imported or a keyword argument is malformed.
+        The constructor cannot be imported or is not one, the file cannot be read, or a
+        keyword argument is malformed or not taken by the constructor.
     """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"calculator {spec!r} must be given as MODULE:CLASS, e.g. {DEFAULT_CALCULATOR}")
+    from wfl_like.calculators.spec import import_callable
+
+    if spec.count(":") != 1 or spec.startswith(":") or spec.endswith(":"):
+        raise UsageError(f"calculator {spec!r} must be given as MODULE:NAME, e.g. {DEFAULT_CALCULATOR}")
     try:
-        module = importlib.import_module(module_name)
+        constructor = import_callable(spec)
     except ImportError as exc:
-        raise UsageError(f"cannot import calculator module {module_name!r}: {exc}") from None
-    try:
-        constructor = getattr(module, attr)
-    except AttributeError:
-        raise UsageError(f"module {module_name!r} has no calculator {attr!r}") from None
-    if not (isinstance(constructor, type) and hasattr(constructor, "get_property")):
-        raise UsageError(f"{spec!r} is not an ASE calculator class")
-    kwargs = {}
-    for text in kwarg_texts:
-        key, sep, value = text.partition("=")
-        if not sep or not key.isidentifier():
-            raise UsageError(f"calculator keyword argument {text!r} must be KEY=VALUE")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
+        raise UsageError(f"cannot import calculator: {exc}") from None
+    except (AttributeError, ValueError) as exc:
+        raise UsageError(f"calculator {spec!r}: {exc}") from None
+    if isinstance(constructor, type) and not hasattr(constructor, "get_property"):
+        raise UsageError(f"{spec!r} is a class but not an ASE calculator class")
+    kwargs = read_kwargs_file(kwargs_file) if kwargs_file is not None else {}
+    kwargs.update(_kwargs_from_texts(kwarg_texts))
     try:
         inspect.signature(constructor).bind(**kwargs)
     except TypeError as exc:
@@ -156,38 +292,101 @@ def parse_calculator(spec, kwarg_texts):
     # ASE calculators take any keyword silently; a name they do not know is likely a typo
     known = getattr(constructor, "default_parameters", None) or {}
     unknown = sorted(set(kwargs) - set(known))
-    if known and unknown:
+    if isinstance(constructor, type) and known and unknown:
         logging.getLogger(PROG).warning("%s does not list %s among its parameters %s; passing them anyway",
-                                        attr, unknown, sorted(known))
+                                        spec.partition(":")[2], unknown, sorted(known))
     return constructor, (), kwargs
 
 
-def run_calculate(args):
-    """``wfl-like calculate``: returns the exit code."""
-    from wfl_like.calculators.generic import calculate, check_properties
+def _kwargs_from_texts(texts):
+    kwargs = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"calculator keyword argument {text!r} must be KEY=VALUE")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return kwargs
+
+
+def read_kwargs_file(path):
+    """The mapping of keyword arguments held by a JSON or YAML file.
+
+    JSON needs nothing beyond the standard library; ``.yaml``/``.yml`` files need PyYAML.
+
+    Raises
+    ------
+    UsageError
+        The file is missing or malformed, holds something other than a mapping with
+        string keys, or is YAML and PyYAML is not installed.
+    """
+    import json
+
+    suffix = Path(path).suffix.lower()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"--calc-kwargs-file {path!r}: {exc.strerror or exc}") from None
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError(f"--calc-kwargs-file {path!r} is YAML, which needs PyYAML (pip install PyYAML); "
+                             f"or give the keyword arguments as a .json file") from None
+        try:
+            content = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--calc-kwargs-file {path!r} is not valid YAML: {_one_line(exc)}") from None
+    elif suffix == ".json":
+        try:
+            content = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"--calc-kwargs-file {path!r} is not valid JSON: {exc}") from None
+    else:
+        raise UsageError(f"--calc-kwargs-file {path!r}: name it .json (JSON) or .yaml/.yml (YAML) to say "
+                         f"which it is")
+    if not isinstance(content, dict) or not all(isinstance(key, str) for key in content):
+        raise UsageError(f"--calc-kwargs-file {path!r} must hold one mapping of keyword names to values, "
+                         f"not {type(content).__name__}")
+    return dict(content)
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split())
+
+
+def _calculator(args):
+    return parse_calculator(args.calculator, args.calc_kwarg, args.calc_kwargs_file)
+
+
+def _autopara_info(args):
+    """The AutoparaInfo options the run options give (the others keep the operation's defaults)."""
+    autopara_info = {"errors": args.errors}
+    if args.num_processes is not None:
+        autopara_info["num_python_subprocesses"] = args.num_processes
+    if args.chunk_size is not None:
+        autopara_info["num_inputs_per_python_subprocess"] = args.chunk_size
+    if args.timeout is not None:
+        autopara_info["timeout"] = args.timeout
+    if args.retries is not None:
+        autopara_info["retries"] = args.retries
+    return autopara_info
+
+
+def _run_operation(args, operation, *op_args, **op_kwargs):
+    """Run ``operation(inputs, outputs, *op_args, autopara_info=..., **op_kwargs)`` on the
+    command's inputs and output; returns the exit code."""
     from wfl_like.configset import ConfigSet
 
-    calculator = parse_calculator(args.calculator, args.calc_kwarg)
-    properties = [p.strip() for p in args.properties.split(",") if p.strip()]
-    if not properties:
-        raise UsageError("--properties is empty")
-    try:
-        check_properties(calculator, properties)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"--properties: {exc}") from None
     try:
         inputs = ConfigSet(args.inputs[0] if len(args.inputs) == 1 else args.inputs)
         outputs = OutputSpec(args.output, overwrite=args.overwrite)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
-    autopara_info = {}
-    if args.num_processes is not None:
-        autopara_info["num_python_subprocesses"] = args.num_processes
-    if args.chunk_size is not None:
-        autopara_info["num_inputs_per_python_subprocess"] = args.chunk_size
     try:
-        calculate(inputs, outputs, calculator, properties=properties, output_prefix=args.prefix,
-                  autopara_info=autopara_info)
+        operation(inputs, outputs, *op_args, autopara_info=_autopara_info(args), **op_kwargs)
     except (KeyboardInterrupt, Terminated) as stop:
         # the stop may come after the output was published: the message must say so
         stop.published = [str(path) for path in outputs.published]
@@ -195,6 +394,65 @@ def run_calculate(args):
     if outputs.n_stored:
         logging.getLogger(PROG).info("wrote %d structures to %s", outputs.n_stored, args.output)
     return 0
+
+
+def run_calculate(args):
+    """``wfl-like calculate``: returns the exit code."""
+    from wfl_like.calculators.generic import calculate, check_properties
+
+    calculator = _calculator(args)
+    properties = [p.strip() for p in args.properties.split(",") if p.strip()]
+    if not properties:
+        raise UsageError("--properties is empty")
+    try:
+        check_properties(calculator, properties)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--properties: {exc}") from None
+    return _run_operation(args, calculate, calculator, properties=properties, output_prefix=args.prefix)
+
+
+def run_relax(args):
+    """``wfl-like relax``: returns the exit code."""
+    import importlib.util
+
+    from wfl_like.generate.optimize import optimize
+
+    calculator = _calculator(args)
+    if args.keep_symmetry and importlib.util.find_spec("spglib") is None:
+        # ASE's FixSymmetry needs it; without this check every structure would fail the same way
+        raise UsageError("keeping the symmetry (the default) needs spglib (pip install spglib); "
+                         "or pass --no-keep-symmetry")
+    return _run_operation(args, optimize, calculator, fmax=args.fmax, steps=args.steps, pressure=args.pressure,
+                          keep_symmetry=args.keep_symmetry, traj_step_interval=args.traj_step_interval,
+                          traj_subselect="last_converged" if args.last_converged_only else None,
+                          results_prefix=args.results_prefix)
+
+
+def run_md(args):
+    """``wfl-like md``: returns the exit code."""
+    import numpy as np
+
+    from wfl_like.generate.md import md
+
+    calculator = _calculator(args)
+    if args.temperature is None and args.integrator != "Berendsen":
+        raise UsageError(f"--integrator {args.integrator} is a thermostat: give --temperature too")
+    if args.temperature is None and args.temperature_tau is not None:
+        raise UsageError("--temperature-tau needs --temperature")
+    if args.pressure is not None and args.temperature_tau is None:
+        raise UsageError("--pressure needs --temperature and --temperature-tau (the barostat's time constant "
+                         "is 3 times the thermostat's)")
+    if args.temperature is not None and args.temperature_tau is None:
+        # wfl's meaning, which a command line user may not expect
+        logging.getLogger(PROG).warning("--temperature without --temperature-tau: velocities are drawn at %g K, "
+                                        "then the dynamics is NVE (no thermostat); give --temperature-tau for "
+                                        "a thermostat", args.temperature)
+    # the seed is said so that a run can be repeated, or made independent of another
+    logging.getLogger(PROG).info("md: random streams from seed %d", args.seed)
+    return _run_operation(args, md, calculator, steps=args.steps, dt=args.dt, integrator=args.integrator,
+                          temperature=args.temperature, temperature_tau=args.temperature_tau,
+                          pressure=args.pressure, traj_step_interval=args.traj_step_interval,
+                          results_prefix=args.results_prefix, rng=np.random.default_rng(args.seed))
 
 
 def run_status(args):
@@ -255,8 +513,11 @@ def main(argv=None):
         if getattr(args, "mpi", False) or os.environ.get(MPIPOOL_ENV):
             os.environ[MPIPOOL_ENV] = os.environ.get(MPIPOOL_ENV) or "1"
             mpipool_support.init()      # worker ranks serve rank 0 from here, and leave at its end
-        logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                            format=f"{PROG}: %(message)s", stream=sys.stderr)
+        # INFO from wfl_like only: other libraries' INFO lines (an optimizer's line search)
+        # would drown the run's own
+        logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s", stream=sys.stderr)
+        for name in ("wfl_like", PROG):
+            logging.getLogger(name).setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
         # warnings (e.g. an output that could not be checked) as one line each, like the logs
         warnings.showwarning = _show_warning
         with stop_on_signals(prog=PROG):

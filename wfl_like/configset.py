@@ -19,6 +19,7 @@ from wfl_like import io
 from wfl_like.errors import InputFileError, OutputFormatError
 from wfl_like.io.partial import PartialFile
 from wfl_like.io.render import UnwritableOutput, render
+from wfl_like.locations import _SEP as LOC_SEP
 from wfl_like.locations import (LOC_KEY, SparseList, format_location, iter_tree, location_of, parse_location,
                                 place_in_tree, present, tree_from_pairs)
 from wfl_like.stopping import check_stop, stop_requested
@@ -64,6 +65,9 @@ class ConfigSet:
     ValueError
         ``file_root`` given with an absolute path, or a list mixing files and structures.
     """
+
+    # wfl's name for the separator of the levels in a location string (" / 2 / 0")
+    _loc_sep = LOC_SEP
 
     def __init__(self, items, *, file_root=None, read_kwargs=None):
         if read_kwargs is None and isinstance(items, ConfigSet):
@@ -260,6 +264,14 @@ def _located_in_file(path, read_kwargs):
             raise InputFileError(f"input file {str(path)!r}, structure {frame_i}: {exc}; fix or remove that "
                                  f"info entry (it is written by OutputSpec to keep the nesting)") from None
         yield (loc if loc else (frame_i,)), atoms
+
+
+class MixedLocationsError(ValueError, RuntimeError):
+    """Stores into one OutputSpec with a location after ones without, or the reverse.
+
+    A ValueError (a bad argument) that is also the RuntimeError wfl raises here, so that
+    code written for either catches it.
+    """
 
 
 class OutputSpec:
@@ -502,12 +514,14 @@ class OutputSpec:
         """
         if loc:
             if self._next_index is not None:
-                raise ValueError("store() got a location after calls without one")
+                raise MixedLocationsError("store() got a location after calls without one: give every "
+                                          "store() of this OutputSpec a location, or none")
             return loc, None
         if self.files is None:
             return (), self._next_index
         if self._stored_any and self._next_index is None:
-            raise ValueError("store() got no location after calls that gave one")
+            raise MixedLocationsError("store() got no location after calls that gave one: give every "
+                                      "store() of this OutputSpec a location, or none")
         next_index = 0 if self._next_index is None else self._next_index + 1
         return ((next_index,) if self.single_file else ()), next_index
 
@@ -522,7 +536,9 @@ class OutputSpec:
         """Finish writing: every output file is moved to its final path.
 
         A file that received no structure is created empty, so that
-        :meth:`all_written` knows the run completed.  If publishing fails or is
+        :meth:`all_written` knows the run completed; but with ``overwrite=False``, when
+        nothing was stored and output files exist (a first :meth:`store` refused them
+        with ``FileExistsError``), the existing files are left as they are.  If publishing fails or is
         interrupted, the partial files not yet published are removed.
 
         Raises
@@ -536,6 +552,11 @@ class OutputSpec:
             self.discard()
             check_stop()
         if self.files is None:
+            self.closed = True
+            return
+        if self._partials is None and not self.overwrite and any(p.exists() for p in self.paths):
+            # Nothing was stored (a first store refused the existing files, as wfl's does,
+            # or none was tried): those files stay as they are, and closing is no error.
             self.closed = True
             return
         self.claim()

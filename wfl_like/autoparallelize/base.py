@@ -200,7 +200,8 @@ def _compute(call, inputs, outputs, info, rng, cache):
                       stacklevel=5)
     where = (f"executor {type(executor).__name__}" if executor is not None
              else f"{workers} worker processes" if workers else "serial")
-    log.info("%s: %s, chunk size %s", name, where, info.num_inputs_per_python_subprocess)
+    # in wfl's words, so that what a wfl user greps for is there
+    log.info("%s: %s, num_inputs_per_python_subprocess=%s", name, where, info.num_inputs_per_python_subprocess)
     sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
     chunks = make_chunks(inputs, sizer or info.num_inputs_per_python_subprocess, rng,
                          lookup=cache.lookup if cache is not None else None)

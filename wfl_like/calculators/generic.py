@@ -1,74 +1,49 @@
 """Evaluate an ASE calculator on many structures: :func:`calculate`."""
 
 import logging
-import pickle
 
 import numpy as np
 from ase.calculators.calculator import all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from wfl_like.autoparallelize import autoparallelize, autoparallelize_docstring
+from wfl_like.calculators.spec import (calculator_for, check_calculator_argument, constructor_name,
+                                       construct_calculator, default_autopara_info, is_spec)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROPERTIES = ("energy", "forces", "stress")
 AUTO_PREFIX = "_auto_"
+DEFAULT_AUTOPARA_INFO = {"num_inputs_per_python_subprocess": 10}
 
-# The calculator built from a (constructor, args, kwargs) spec in this process, kept so
-# that a worker builds it once, not once per chunk.  One entry: a worker serves one call.
-_built = {"key": None, "calculator": None}
+__all__ = ["calculate", "check_properties", "construct_calculator"]
 
-
-def construct_calculator(calculator):
-    """An ASE calculator from an instance or a ``(constructor, args, kwargs)`` spec.
-
-    A spec is built once per process and reused by later chunks: an expensive
-    potential is loaded once per worker.
-
-    Parameters
-    ----------
-    calculator : ase.calculators.calculator.Calculator or tuple
-        An instance, or ``(constructor, args)`` / ``(constructor, args, kwargs)``.
-
-    Raises
-    ------
-    TypeError
-        ``calculator`` is neither, or the spec builds something that is not a calculator.
-    """
-    _check_calculator_argument(calculator)
-    if not isinstance(calculator, (tuple, list)):
-        return calculator
-    constructor, args = calculator[0], calculator[1] or ()
-    kwargs = calculator[2] if len(calculator) == 3 and calculator[2] else {}
-    try:
-        key = pickle.dumps((constructor, tuple(args), sorted(kwargs.items())))
-    except Exception:
-        key = None     # unpicklable arguments: cannot tell specs apart, so build anew
-    if key is None or key != _built["key"]:
-        built = constructor(*args, **kwargs)
-        if not hasattr(built, "get_property"):
-            raise TypeError(f"the calculator spec's constructor {getattr(constructor, '__qualname__', constructor)!r} "
-                            f"returned a {type(built).__name__}, not an ASE calculator")
-        _built["calculator"] = built
-        _built["key"] = key
-    return _built["calculator"]
-
+# the name other operations of this package import
+_check_calculator_argument = check_calculator_argument
 
 # ASE properties with one value per atom: stored in Atoms.arrays; the others in Atoms.info.
 PER_ATOM_PROPERTIES = frozenset({"forces", "energies", "stresses", "magmoms", "charges"})
 
 
-def _calculate_op(atoms_list, calculator, properties=None, output_prefix=AUTO_PREFIX,
+def _calculate_op(atoms_list, calculator, properties=None, output_prefix=AUTO_PREFIX, verbose=False,
                   raise_calc_exceptions=False):
     """Evaluate an ASE calculator on every structure.
 
     Results are stored with a prefix: ``info[prefix + "energy"]``,
     ``arrays[prefix + "forces"]``, ``info[prefix + "stress"]`` (other per-atom properties
-    in ``arrays``, the rest in ``info``).  Stress is not asked of structures that are not
-    periodic in all three directions, nor any property the calculator does not implement.
+    in ``arrays``, the rest in ``info``).  Stress (and ``stresses``) is not asked of
+    structures that are not periodic in all three directions, nor any property the
+    calculator does not implement.
     A structure on which the calculator raises gets
     ``info[prefix + "calculation_failed"] = True`` and the run goes on.  Chunks of 10
-    structures by default.
+    structures by default, or what the calculator's ``wfl_generic_default_autopara_info``
+    says (a DFT calculator may ask for chunks of 1).
+
+    A structure whose ``info`` has ``"WFL_CALCULATOR_INITIALIZER"`` (a constructor, or its
+    ``"module:name"``), ``"WFL_CALCULATOR_ARGS"`` (a list) or ``"WFL_CALCULATOR_KWARGS"``
+    (a dict) is evaluated with a calculator of its own: the first two replace those parts of
+    the spec, the last updates the spec's keyword arguments.  Those entries are kept in the
+    outputs, as wfl keeps them.
 
     Parameters
     ----------
@@ -76,40 +51,68 @@ def _calculate_op(atoms_list, calculator, properties=None, output_prefix=AUTO_PR
         Structures to evaluate.
     calculator : ase Calculator or (constructor, args, kwargs)
         A calculator instance, or a picklable recipe built once per worker process
-        (for calculators that cannot be pickled or are expensive to set up).
+        (for calculators that cannot be pickled or are expensive to set up);
+        ``constructor`` is any callable returning a calculator (a class, or a factory
+        function such as ``mace_mp``).  Must be a recipe if structures give settings of
+        their own.
     properties : list of str, default ["energy", "forces", "stress"]
         Properties to compute.
     output_prefix : str or None, default "_auto_"
-        Prefix of the stored keys; ``"_auto_"`` means the calculator's class name and ``_``
-        (e.g. ``EMT_energy``); ``None`` attaches the results as a SinglePointCalculator
-        instead (written by extended XYZ as plain ``energy``, ``forces``, ``stress``).
+        Prefix of the stored keys; ``"_auto_"`` means the name of the calculator's class
+        (of an instance) or of the spec's constructor, and ``_`` (e.g. ``EMT_energy``),
+        the same for every structure; ``None`` attaches the results as a
+        SinglePointCalculator instead (written by extended XYZ as plain ``energy``,
+        ``forces``, ``stress``).
+    verbose : bool, default False
+        Log (at INFO level) each structure evaluated and the calculator used.
     raise_calc_exceptions : bool, default False
         Raise a calculator's exception instead of marking the structure as failed.
     """
-    calc = construct_calculator(calculator)
-    prefix = f"{type(calc).__name__}_" if output_prefix == AUTO_PREFIX else (output_prefix or "")
-    wanted = _implemented(calc, DEFAULT_PROPERTIES if properties is None else properties)
+    prefix = _prefix(calculator, output_prefix)
+    asked = DEFAULT_PROPERTIES if properties is None else properties
+    # id of a calculator -> (it, the asked properties it implements): asked once per
+    # calculator, and the reference keeps the id from being reused by another
+    wanted_by = {}
     outputs = []
     for atoms in atoms_list:
+        calc = calculator_for(atoms, calculator)
+        if id(calc) not in wanted_by:
+            wanted_by[id(calc)] = (calc, _implemented(calc, asked))
+        wanted = wanted_by[id(calc)][1]
         _forget_results(atoms, prefix, wanted)
-        # stress is undefined without a cell periodic in every direction
-        asked = [name for name in wanted if name != "stress" or atoms.pbc.all()]
-        try:
-            results = _evaluate(calc, atoms, asked)
-        except Exception as exc:
-            if raise_calc_exceptions:
-                raise
-            log.warning("calculation failed on structure %s: %s: %s",
-                        atoms.info.get("_ConfigSet_loc", "?"), type(exc).__name__, exc)
-            atoms.info[prefix + "calculation_failed"] = True
-            results = {}
-        if output_prefix is None:
-            atoms.calc = SinglePointCalculator(atoms, **results) if results else None
-        else:
-            for name, value in results.items():
-                (atoms.arrays if name in PER_ATOM_PROPERTIES else atoms.info)[prefix + name] = value
-        outputs.append(atoms)
+        if verbose:
+            log.info("evaluating structure %s with %s", atoms.info.get("_ConfigSet_loc", "?"), type(calc).__name__)
+        outputs.append(_evaluate_one(atoms, calc, wanted, prefix, output_prefix is None, raise_calc_exceptions))
     return outputs
+
+
+def _prefix(calculator, output_prefix):
+    if output_prefix != AUTO_PREFIX:
+        return output_prefix or ""
+    # as wfl: named after the spec's constructor (or the instance's class), not after what
+    # each structure's own settings build, so every structure has its results under one name
+    return constructor_name(calculator[0] if is_spec(calculator) else type(calculator)) + "_"
+
+
+def _evaluate_one(atoms, calc, wanted, prefix, as_single_point, raise_calc_exceptions):
+    """``atoms`` with the results of ``calc`` stored, or marked as failed."""
+    # stress (and per-atom stresses) is undefined without a cell periodic in every direction
+    asked = [name for name in wanted if name not in ("stress", "stresses") or atoms.pbc.all()]
+    try:
+        results = _evaluate(calc, atoms, asked)
+    except Exception as exc:
+        if raise_calc_exceptions:
+            raise
+        log.warning("calculation failed on structure %s: %s: %s",
+                    atoms.info.get("_ConfigSet_loc", "?"), type(exc).__name__, exc)
+        atoms.info[prefix + "calculation_failed"] = True
+        results = {}
+    if as_single_point:
+        atoms.calc = SinglePointCalculator(atoms, **results) if results else None
+    else:
+        for name, value in results.items():
+            (atoms.arrays if name in PER_ATOM_PROPERTIES else atoms.info)[prefix + name] = value
+    return atoms
 
 
 def _implemented(calc, properties):
@@ -146,14 +149,14 @@ def _forget_results(atoms, prefix, properties):
         atoms.arrays.pop(prefix + name, None)
 
 
-def calculate(inputs, outputs, calculator, properties=None, output_prefix=AUTO_PREFIX, raise_calc_exceptions=False,
-              autopara_info=None):
-    _check_calculator_argument(calculator)
+def calculate(inputs, outputs, calculator, properties=None, output_prefix=AUTO_PREFIX, verbose=False,
+              raise_calc_exceptions=False, autopara_info=None):
+    check_calculator_argument(calculator)
     check_properties(calculator, properties)
     return autoparallelize(_calculate_op, inputs, outputs, calculator, properties=properties,
-                           output_prefix=output_prefix, raise_calc_exceptions=raise_calc_exceptions,
-                           autopara_info=autopara_info,
-                           default_autopara_info={"num_inputs_per_python_subprocess": 10})
+                           output_prefix=output_prefix, verbose=verbose,
+                           raise_calc_exceptions=raise_calc_exceptions, autopara_info=autopara_info,
+                           default_autopara_info=default_autopara_info(calculator, DEFAULT_AUTOPARA_INFO))
 
 
 def check_properties(calculator, properties):
@@ -210,17 +213,6 @@ def _implemented_by(calculator):
 def _calculator_name(calculator):
     target = calculator[0] if isinstance(calculator, (tuple, list)) else type(calculator)
     return getattr(target, "__name__", repr(target))
-
-
-def _check_calculator_argument(calculator):
-    """Refuse, before any work, what can be neither a calculator nor a recipe for one."""
-    if isinstance(calculator, (tuple, list)):
-        if len(calculator) not in (2, 3) or not callable(calculator[0]):
-            raise TypeError(f"a calculator spec must be (constructor, args) or (constructor, args, kwargs), "
-                            f"not {calculator!r}")
-    elif not hasattr(calculator, "get_property"):
-        raise TypeError(f"calculator must be an ASE calculator or a (constructor, args, kwargs) tuple, "
-                        f"not {type(calculator).__name__}")
 
 
 autoparallelize_docstring(calculate, _calculate_op, "Atoms")
