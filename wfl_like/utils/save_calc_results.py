@@ -1,8 +1,12 @@
 """Keep a calculator's results with a structure, under prefixed keys: :func:`save_calc_results`."""
 
+import logging
+
 import numpy as np
 from ase.calculators.calculator import all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
+
+log = logging.getLogger(__name__)
 
 # ASE properties with one value per atom: stored in Atoms.arrays; the others in Atoms.info.
 PER_ATOM_PROPERTIES = frozenset({"forces", "energies", "stresses", "magmoms", "charges"})
@@ -39,7 +43,13 @@ def save_calc_results(atoms, *, prefix, properties=None):
         results = {name: results[name] for name in properties if name in results}
     results = {name: np.array(value) if np.ndim(value) else value for name, value in results.items()}
     if prefix is None:
-        atoms.calc = SinglePointCalculator(atoms, **results) if results else None
+        # a SinglePointCalculator takes only ASE's own property names; a calculator's extra
+        # results (a model's per-node outputs, say) have no place there
+        kept = {name: value for name, value in results.items() if name in all_properties}
+        if len(kept) < len(results):
+            log.warning("results %s are not ASE properties and cannot be kept in a SinglePointCalculator "
+                        "(prefix=None); give a prefix to keep them", sorted(set(results) - set(kept)))
+        atoms.calc = SinglePointCalculator(atoms, **kept) if kept else None
         return
     atoms.calc = None
     # a stale value of an earlier calculation under this prefix must not pass for a new one
@@ -48,3 +58,36 @@ def save_calc_results(atoms, *, prefix, properties=None):
         atoms.arrays.pop(prefix + name, None)
     for name, value in results.items():
         (atoms.arrays if name in PER_ATOM_PROPERTIES else atoms.info)[prefix + name] = value
+
+
+def at_copy_save_calc_results(atoms, prefix, properties=None):
+    """A copy of ``atoms`` holding its calculator's current results under ``prefix``.
+
+    The structure itself keeps its calculator.  With a prefix of the form
+    ``"<group>__<name>_"`` (``"last_op__optimize_"``), every key of the copy that starts
+    with ``"<group>__"`` is dropped first, so that only the last operation's results are
+    kept under that group (wfl's convention).
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        A structure with a calculator.
+    prefix : str or None
+        As in :func:`save_calc_results`.
+    properties : list of str, optional
+        As in :func:`save_calc_results`.
+
+    Returns
+    -------
+    ase.Atoms
+        The copy, with no calculator (or a SinglePointCalculator when ``prefix`` is None).
+    """
+    copy = atoms.copy()
+    copy.calc = atoms.calc
+    if prefix and "__" in prefix:
+        group = prefix[:prefix.index("__") + 2]
+        for store in (copy.info, copy.arrays):
+            for key in [key for key in store if key.startswith(group)]:
+                del store[key]
+    save_calc_results(copy, prefix=prefix, properties=properties)
+    return copy
