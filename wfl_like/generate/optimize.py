@@ -188,9 +188,10 @@ def _relax(atoms, calc, fmax, smax, steps, pressure, stress_mask, keep_symmetry,
             target = FrechetCellFilter(atoms, scalar_pressure=pressure_GPa * ase.units.GPa, mask=stress_mask)
         atoms.info["optimize_config_type"] = "optimize_mid"
         recorder = _Recorder(atoms, prefix, own_constraints, variable_cell=pressure is not None)
-        optimizer = PreconLBFGS(target, **opt_kwargs)
-        optimizer.attach(recorder.record, interval=interval)
-        converged = optimizer.run(fmax=fmax, smax=smax, steps=steps)
+        # closed at once: a logfile it opened must not stay open until garbage collection
+        with PreconLBFGS(target, **opt_kwargs) as optimizer:
+            optimizer.attach(recorder.record, interval=interval)
+            converged = optimizer.run(fmax=fmax, smax=smax, steps=steps)
         recorder.record()        # the last frame, whatever the interval
         traj = recorder.frames
         if keep_symmetry:
