@@ -7,10 +7,12 @@ deviation, fixed seed), ASE's EMT from the spec ``(EMT, [], {})``, fixed cell,
 ``--repeats`` times in interleaved rounds; the best time is shown, with the speed-up over
 serial.  When wfl is importable (wfl 0.3.5 needs ``pip install --no-deps wfl==0.3.5
 expyre-wfl docstring_parser pyyaml`` beside wfl_like), its own ``optimize`` runs the same
-cells the same ways, and the last frames of the two are compared.  Nothing passes or fails.
-Run from the repository root::
+cells the same ways, alternating with wfl_like's, and the last frames of the two are
+compared.  Nothing passes or fails.  Times follow the machine's load (the header gives
+it) and the BLAS threads of each process: ``OPENBLAS_NUM_THREADS=1`` keeps 2 workers
+from oversubscribing 2 cores.  Run from the repository root::
 
-    python benchmarks/bench_relax.py            # about 2.5 min on 2 cores (1.5 without wfl)
+    python benchmarks/bench_relax.py            # about 2.5 min on a quiet 2-core machine (1.5 without wfl)
     python benchmarks/bench_relax.py --quick    # 20 cells, about 30 s
 """
 
@@ -101,15 +103,17 @@ def main():
     n = 20 if args.quick else args.cells
     print(f"Python {platform.python_version()}, ASE {ase.__version__}, numpy {np.__version__}, "
           f"{os.cpu_count()} CPUs; {n} rattled 108-atom Cu cells, EMT, fmax {RELAX['fmax']}, "
-          f"at most {RELAX['steps']} steps; load average {os.getloadavg()[0]:.1f} at the start")
+          f"at most {RELAX['steps']} steps; load average {os.getloadavg()[0]:.1f} at the start; "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     runners = {"wfl_like": wfl_like_run}
     if not args.skip_wfl and wfl_available():
         runners["wfl 0.3.5"] = wfl_run
     cells = rattled_cu_cells(n)
     best, outputs = {}, {}
     for _ in range(args.repeats):
-        for name, run in runners.items():
-            for workers in (0, args.workers):
+        # the two codes alternate at each worker count: a machine whose load drifts favours neither
+        for workers in (0, args.workers):
+            for name, run in runners.items():
                 seconds, frames = timed(run, cells, workers)
                 key = (name, workers)
                 best[key] = min(seconds, best.get(key, np.inf))
