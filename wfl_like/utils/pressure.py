@@ -2,6 +2,8 @@
 
 import numbers
 
+import numpy as np
+
 # Largest number of draws for "normal_positive" before giving up: with a mean many
 # sigmas below zero no positive value will come.
 _MAX_DRAWS = 1000
@@ -52,6 +54,8 @@ def _sample(pressure, at, rng, seen):
         return _from_info(values[0], pressure, at, rng, seen)
     if rng is None:
         raise ValueError(f"pressure {pressure!r} is random: pass rng= (a numpy Generator) to the operation")
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"pressure {pressure!r}: the values of mode {mode!r} must be numbers")
     if mode == "exponential":
         return float(values[0] * rng.exponential(1.0))
     if mode == "uniform":
@@ -73,3 +77,28 @@ def _normal_positive(mean, sigma, rng, pressure):
         if value >= 0:
             return float(value)
     raise ValueError(f"pressure {pressure!r}: no positive value in {_MAX_DRAWS} draws; raise the mean")
+
+
+def check_pressure(pressure):
+    """Refuse, before any work, a ``pressure`` that :func:`sample_pressure` cannot read.
+
+    ``("info", key)`` forms are checked only for their shape: the value they name is read
+    from each structure when it is sampled.
+
+    Returns
+    -------
+    bool
+        Whether a random form is given, which needs the operation's ``rng=``.
+
+    Raises
+    ------
+    ValueError
+        ``pressure`` is none of the forms :func:`sample_pressure` takes.
+    """
+    if isinstance(pressure, (tuple, list)) and pressure and pressure[0] == "info":
+        if len(pressure) != 2 or not isinstance(pressure[1], str):
+            raise ValueError(f"pressure {pressure!r}: mode 'info' takes one info key (a string)")
+        return False
+    # a throwaway generator: only the form is checked here, nothing drawn is used
+    _sample(pressure, None, np.random.default_rng(0), seen=())
+    return not (isinstance(pressure, numbers.Real) and not isinstance(pressure, bool))
