@@ -31,11 +31,10 @@ TEST_FILES = ("tests/test_optimize.py", "tests/test_md.py", "tests/test_rng_dete
 
 # test id -> why it is left out
 EXCLUDED = {
-    "test_calc_generic.py::test_calculator_generic": "uses wfl-private generic._run_autopara_wrappable",
-    "test_calc_generic.py::test_name_auto": "uses wfl-private generic._run_autopara_wrappable",
-    "test_calc_generic.py::test_atoms_list": "uses wfl-private generic._run_autopara_wrappable",
-    "test_calc_generic.py::test_default_properties": "uses wfl-private generic._run_autopara_wrappable",
     "test_calc_generic.py::test_generic_DFT_autopara_defaults": "needs Quantum Espresso",
+    "test_calc_generic.py::test_generic_autopara_defaults":
+        "reads the line wfl writes straight to sys.stderr; wfl_like logs the same words "
+        "('num_inputs_per_python_subprocess=N') through logging instead",
 }
 
 # imports of modules that need external programs, replaced by stand-ins that skip

@@ -3,12 +3,14 @@
 import logging
 
 import numpy as np
+from ase import Atoms
 from ase.calculators.calculator import all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from wfl_like.autoparallelize import autoparallelize, autoparallelize_docstring
 from wfl_like.calculators.spec import (calculator_for, check_calculator_argument, constructor_name,
                                        construct_calculator, default_autopara_info, is_spec)
+from wfl_like.utils.save_calc_results import PER_ATOM_PROPERTIES
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +23,6 @@ __all__ = ["calculate", "check_properties", "construct_calculator"]
 # the name other operations of this package import
 _check_calculator_argument = check_calculator_argument
 
-# ASE properties with one value per atom: stored in Atoms.arrays; the others in Atoms.info.
-PER_ATOM_PROPERTIES = frozenset({"forces", "energies", "stresses", "magmoms", "charges"})
 
 
 def _calculate_op(atoms_list, calculator, properties=None, output_prefix=AUTO_PREFIX, verbose=False,
@@ -84,6 +84,14 @@ def _calculate_op(atoms_list, calculator, properties=None, output_prefix=AUTO_PR
             log.info("evaluating structure %s with %s", atoms.info.get("_ConfigSet_loc", "?"), type(calc).__name__)
         outputs.append(_evaluate_one(atoms, calc, wanted, prefix, output_prefix is None, raise_calc_exceptions))
     return outputs
+
+
+def _run_autopara_wrappable(atoms, *args, **kwargs):
+    """wfl's name for the operation, which scripts call directly, on one structure or a list:
+    the same result type back."""
+    if isinstance(atoms, Atoms):
+        return _calculate_op([atoms], *args, **kwargs)[0]
+    return _calculate_op(list(atoms), *args, **kwargs)
 
 
 def _prefix(calculator, output_prefix):
