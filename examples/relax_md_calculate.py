@@ -15,6 +15,7 @@ Run from the repository root::
 import argparse
 from pathlib import Path
 
+import ase.io
 import numpy as np
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
@@ -30,7 +31,9 @@ LJ_CU = {"sigma": 2.33, "epsilon": 0.41, "rc": 6.0}
 
 
 def run_pipeline(inputs, workdir, num_processes, seed=2024, md_steps=200):
-    """Relax, then MD, then evaluate with LJ; the ConfigSet of the evaluated frames."""
+    """Relax, then MD, then evaluate with LJ; the ConfigSet of the evaluated frames.
+
+    ``inputs`` is a file name or a list of structures."""
     rng = np.random.default_rng(seed)
     autopara = {"num_python_subprocesses": num_processes}
     emt = (EMT, [], {})       # a spec: each worker builds its own calculator once
@@ -60,9 +63,12 @@ def main(argv=None):
     parser.add_argument("--workdir", default="pipeline_out", help="folder of the three outputs")
     parser.add_argument("-n", "--num-processes", type=int, default=2, help="worker processes (0: serial)")
     parser.add_argument("--md-steps", type=int, default=200, help="MD steps per structure")
+    parser.add_argument("--structures", type=int, default=None, metavar="N",
+                        help="take only the first N structures of the input (default all)")
     args = parser.parse_args(argv)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    evaluated = run_pipeline(args.input, args.workdir, args.num_processes, md_steps=args.md_steps)
+    inputs = args.input if args.structures is None else ase.io.read(args.input, f":{args.structures}", parallel=False)
+    evaluated = run_pipeline(inputs, args.workdir, args.num_processes, md_steps=args.md_steps)
     print(summary(evaluated))
 
 

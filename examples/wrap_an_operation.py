@@ -35,4 +35,4 @@ if __name__ == "__main__":
     result = rattle_and_evaluate(ConfigSet("examples/data/cu_rattled.xyz"), OutputSpec("rattled.xyz"),
                                  0.02, rng=np.random.default_rng(1),
                                  autopara_info={"num_python_subprocesses": 2})
-    print([atoms.info["emt_energy"] for atoms in result][:3])
+    print([float(atoms.info["emt_energy"]) for atoms in result][:3])

@@ -15,8 +15,17 @@ import pytest
 
 from helpers import driver_env, end_process_group, wait_for
 
+# the pipeline relaxes and runs MD, three times
+pytestmark = pytest.mark.timeout(600)
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PIPELINE_OUTPUTS = ("relaxed.xyz", "md.xyz", "md_lj.xyz")
+
+
+# A fifth of the example's structures, and half its MD: frames at steps 0, 50 and 100
+STRUCTURES = 8
+SMALLER = ("--structures", str(STRUCTURES), "--md-steps", "100")
+FRAMES_PER_STRUCTURE = 3
 
 
 def run_example(name, *args, cwd):
@@ -41,25 +50,25 @@ def outputs_of(workdir):
 @pytest.fixture(scope="module")
 def serial_pipeline(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("serial")
-    done = run_example("relax_md_calculate.py", "-n", "0", "--workdir", str(workdir), cwd=workdir)
+    done = run_example("relax_md_calculate.py", "-n", "0", "--workdir", str(workdir), *SMALLER, cwd=workdir)
     assert done.returncode == 0, done.stderr
     return workdir, done.stdout
 
 
 def test_pipeline_example_writes_its_three_steps(serial_pipeline):
     workdir, stdout = serial_pipeline
-    assert stdout.startswith("200 MD frames; LJ - EMT energy per atom"), stdout
+    assert stdout.startswith(f"{STRUCTURES * FRAMES_PER_STRUCTURE} MD frames; LJ - EMT energy per atom"), stdout
     relaxed = ase.io.read(workdir / "relaxed.xyz", ":")
     frames = ase.io.read(workdir / "md_lj.xyz", ":")
-    assert len(relaxed) == 40
+    assert len(relaxed) == STRUCTURES
     assert all(atoms.info["config_type"] == "rattled_fcc:optimize_last_converged" for atoms in relaxed)
-    assert len(frames) == 40 * 5      # frames at steps 0, 50, ..., 200
+    assert len(frames) == STRUCTURES * FRAMES_PER_STRUCTURE
     assert all("LJ_energy" in atoms.info and "last_op__md_energy" in atoms.info for atoms in frames)
 
 
 def test_pipeline_example_gives_the_same_outputs_with_two_workers(serial_pipeline, tmp_path):
     workdir, _ = serial_pipeline
-    done = run_example("relax_md_calculate.py", "-n", "2", "--workdir", str(tmp_path), cwd=tmp_path)
+    done = run_example("relax_md_calculate.py", "-n", "2", "--workdir", str(tmp_path), *SMALLER, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert outputs_of(tmp_path) == outputs_of(workdir)
 
@@ -67,7 +76,7 @@ def test_pipeline_example_gives_the_same_outputs_with_two_workers(serial_pipelin
 def test_pipeline_example_killed_during_md_resumes_to_the_same_outputs(serial_pipeline, tmp_path):
     workdir, _ = serial_pipeline
     command = [sys.executable, str(EXAMPLES / "relax_md_calculate.py"), "-n", "2", "--workdir", str(tmp_path),
-               "--md-steps", "200"]
+               *SMALLER]
     proc = subprocess.Popen(command, cwd=tmp_path, env=driver_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -78,6 +87,6 @@ def test_pipeline_example_killed_during_md_resumes_to_the_same_outputs(serial_pi
     finally:
         end_process_group(proc)
     assert not (tmp_path / "md_lj.xyz").exists()
-    done = run_example("relax_md_calculate.py", "-n", "2", "--workdir", str(tmp_path), cwd=tmp_path)
+    done = run_example("relax_md_calculate.py", "-n", "2", "--workdir", str(tmp_path), *SMALLER, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert outputs_of(tmp_path) == outputs_of(workdir)
