@@ -418,3 +418,46 @@ def test_a_long_chain_of_local_helpers_is_followed_to_its_end(tmp_path, monkeypa
         keys.append(fingerprint_call(module.f0, (), {}))
     sys.modules.pop("deep_chain", None)
     assert keys[0] != keys[1]
+
+
+class ScaledPotential:
+    """A calculator of the ML kind: its "model" (a scale) is kept outside ``parameters``."""
+
+    implemented_properties = ["energy"]
+
+    def __init__(self, scale):
+        self.parameters = {}
+        self.results = {}
+        self.atoms = None
+        self.model_scale = scale
+
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        return self.model_scale * len(atoms)
+
+    def reset(self):
+        self.results = {}
+
+    def calculate(self, atoms, properties, system_changes):
+        self.results = {"energy": self.model_scale * len(atoms)}
+
+
+def test_a_calculator_instance_whose_model_changed_recomputes(tmp_path):
+    from wfl_like.calculators.generic import calculate
+
+    structures = [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]]) for _ in range(2)]
+    first = calculate(structures, OutputSpec(tmp_path / "out.xyz"), ScaledPotential(1.0),
+                      properties=["energy"], output_prefix="ml_")
+    assert [atoms.info["ml_energy"] for atoms in first] == [2.0, 2.0]
+    again = calculate(structures, OutputSpec(tmp_path / "out.xyz"), ScaledPotential(5.0),
+                      properties=["energy"], output_prefix="ml_")
+    assert [atoms.info["ml_energy"] for atoms in again] == [10.0, 10.0]
+
+
+def test_ase_calculators_still_count_by_class_and_parameters_only():
+    from ase.calculators.emt import EMT
+
+    used = EMT()
+    atoms = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]], cell=[6, 6, 6], pbc=True)
+    atoms.calc = used
+    atoms.get_potential_energy()      # fills the calculator's caches and results
+    assert fingerprint(used) == fingerprint(EMT())

@@ -320,6 +320,24 @@ def _is_calculator(value):
     return isinstance(getattr(value, "parameters", None), dict) and hasattr(value, "get_property")
 
 
+def _feed_calculator(hasher, calc, seen):
+    """A calculator given as a value: its parameters; for one not of ASE's own, also its
+    state, since ML potentials keep their model outside ``parameters``."""
+    _feed(hasher, dict(calc.parameters), seen)
+    if type(calc).__module__.partition(".")[0] == "ase":
+        return      # ASE's calculators are what their parameters say
+    state = {name: value for name, value in getattr(calc, "__dict__", {}).items() if name not in _CALCULATION_SLOTS}
+    part = hashlib.blake2b(digest_size=20)
+    try:
+        _feed(part, state, seen)
+    except Unfingerprintable as error:
+        warnings.warn(f"calculator {type(calc).__qualname__} given as an instance holds a {error.type_name} that "
+                      f"cannot be hashed, so a change of its model is not seen by the journal; give it as a spec "
+                      f"(constructor, args, kwargs) and name its model file in cache_extra", stacklevel=2)
+        return
+    hasher.update(part.digest())
+
+
 def _feed_function(hasher, func, seen):
     code_identity.feed_function(_feed, hasher, func, seen)
 
@@ -368,9 +386,13 @@ def _feed_object(hasher, obj, seen):
         raise
 
 
+# What an ASE calculator holds about its last calculation, not about what it computes.
+_CALCULATION_SLOTS = frozenset({"results", "atoms", "parameters"})
+
+
 def _feed_object_content(hasher, obj, seen):
     if _is_calculator(obj):
-        _feed(hasher, dict(obj.parameters), seen)
+        _feed_calculator(hasher, obj, seen)
         return
     wrapped = getattr(obj, "__dict__", {}).get("__wrapped__") if hasattr(obj, "__dict__") else None
     if wrapped is not None:
