@@ -1,8 +1,8 @@
 """A three-step pipeline: relax, run MD from the relaxed cells, evaluate every MD frame again.
 
 Relax the bundled rattled Cu cells with EMT (cell too, at zero pressure), run a short 300 K
-MD from each relaxed cell, then evaluate every saved MD frame with a Lennard-Jones potential
-and compare the two.  One random generator is shared by the steps, so the whole pipeline is
+MD (Berendsen NVT) from each relaxed cell, then evaluate every saved MD frame with a
+Lennard-Jones potential and compare the two.  One random generator is shared by the steps, so the whole pipeline is
 reproducible: the same outputs for any number of worker processes.  It is also resumable:
 kill it at any point and run it again, and it goes on where it stopped, to the same outputs
 (each step keeps a journal beside its output file).
@@ -41,7 +41,8 @@ def run_pipeline(inputs, workdir, num_processes, seed=2024, md_steps=200):
                        fmax=0.05, steps=300, pressure=0.0, traj_subselect="last_converged",
                        rng=rng, autopara_info=autopara)
     trajectories = md(relaxed, OutputSpec("md.xyz", file_root=workdir), emt, steps=md_steps, dt=2.0,
-                      temperature=300.0, traj_step_interval=50, rng=rng, autopara_info=autopara)
+                      temperature=300.0, temperature_tau=100.0, traj_step_interval=50, rng=rng,
+                      autopara_info=autopara)
     return calculate(trajectories, OutputSpec("md_lj.xyz", file_root=workdir), (LennardJones, [], LJ_CU),
                      properties=["energy", "forces"], output_prefix="LJ_", autopara_info=autopara)
 

@@ -64,6 +64,7 @@ def test_pipeline_example_writes_its_three_steps(serial_pipeline):
     assert all(atoms.info["config_type"] == "rattled_fcc:optimize_last_converged" for atoms in relaxed)
     assert len(frames) == STRUCTURES * FRAMES_PER_STRUCTURE
     assert all("LJ_energy" in atoms.info and "last_op__md_energy" in atoms.info for atoms in frames)
+    assert {atoms.info["MD_temperature_K"] for atoms in frames} == {300.0}      # NVT at 300 K
 
 
 def test_pipeline_example_gives_the_same_outputs_with_two_workers(serial_pipeline, tmp_path):
