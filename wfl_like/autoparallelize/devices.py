@@ -8,6 +8,10 @@ driver's own ``CUDA_VISIBLE_DEVICES`` where it has one, else ``0..N-1``.  Each w
 then sees its GPU as ``cuda:0``, whatever library it loads, and loads it after the
 variable is set.
 
+The variables a worker starts with (its device, and its thread limits from
+:mod:`~wfl_like.autoparallelize.threads`) are set by one mechanism:
+:func:`environment_for_start` for a spawned worker, :func:`enter_worker` for all.
+
 Nothing here imports torch: the variable is all that CUDA needs, and torch is only
 looked at where the driver has already imported it.
 """

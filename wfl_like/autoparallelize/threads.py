@@ -19,6 +19,8 @@ per worker explicitly, whatever the driver's environment says.
 
 import os
 
+from threadpoolctl import threadpool_limits
+
 from wfl_like.autoparallelize.devices import driver_environment
 
 THREADS_ENV = "WFL_LIKE_WORKER_THREADS"
@@ -117,7 +119,5 @@ def limit_loaded_libraries(limit):
 
     The limit stays for the life of the process (it is not undone on return).
     """
-    from threadpoolctl import threadpool_limits
-
     # kept in a local only: without ``with`` the limits are not restored, which is the point
     threadpool_limits(limits=limit)
