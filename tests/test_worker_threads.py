@@ -32,6 +32,10 @@ MPIEXEC = shutil.which("mpiexec", path=BIN + os.pathsep + os.environ.get("PATH",
 FRESH_OPENBLAS = "import numpy, threadpoolctl, json; print(json.dumps(" \
                  "[i['num_threads'] for i in threadpoolctl.threadpool_info() if i['internal_api'] == 'openblas']))"
 
+# Read when this module is imported: a spawned worker that unpickles a function of it
+# imports it before any code of the pool runs there.
+OPENBLAS_VARIABLE_AT_IMPORT = os.environ.get("OPENBLAS_NUM_THREADS")
+
 
 def openblas_threads():
     """The thread counts of the OpenBLAS libraries this process has loaded (numpy's at least)."""
@@ -49,6 +53,14 @@ def record_threads(items):
     for atoms in items:
         atoms.info["threads"] = report
     return items
+
+
+def nothing():
+    """Initializer that does nothing: unpickling it imports this module in a spawned worker."""
+
+
+def variable_at_import():
+    return OPENBLAS_VARIABLE_AT_IMPORT
 
 
 def mark_and_return(items, directory):
@@ -168,9 +180,13 @@ def test_a_foreign_executors_workers_are_left_alone(clean_threads):
 def test_a_pool_made_directly_limits_only_when_asked(clean_threads):
     with WorkerPool(1) as pool:
         assert pool.submit(thread_report).result(timeout=60)["openblas"] == openblas_threads()
-    with WorkerPool(1, threads=3, mp_context=get_context("spawn")) as pool:
+    with WorkerPool(1, threads=3, initializer=nothing, mp_context=get_context("spawn")) as pool:
         report = pool.submit(thread_report).result(timeout=60)
+        # the spawned interpreter started with the variables: what it imported first saw them
+        at_import = pool.submit(variable_at_import).result(timeout=60)
     assert set(report["openblas"]) == {3} and report["env"] == {name: "3" for name in THREAD_VARIABLES}
+    assert at_import == "3"
+    assert "OPENBLAS_NUM_THREADS" not in os.environ
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, "2", True])
