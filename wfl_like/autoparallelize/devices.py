@@ -8,6 +8,10 @@ driver's own ``CUDA_VISIBLE_DEVICES`` where it has one, else ``0..N-1``.  Each w
 then sees its GPU as ``cuda:0``, whatever library it loads, and loads it after the
 variable is set.
 
+The variables a worker starts with (its device, and its thread limits from
+:mod:`~wfl_like.autoparallelize.threads`) are set by one mechanism:
+:func:`environment_for_start` for a spawned worker, :func:`enter_worker` for all.
+
 Nothing here imports torch: the variable is all that CUDA needs, and torch is only
 looked at where the driver has already imported it.
 """
@@ -87,8 +91,7 @@ def device_plan():
     wanted = requested_gpus()
     if wanted is None:
         return None
-    with _environ_lock:     # not the value a process start in another thread lends it
-        visible = os.environ.get(VISIBLE_ENV)
+    visible = driver_environment().get(VISIBLE_ENV)
     if visible is not None:
         listed = [entry.strip() for entry in visible.split(",") if entry.strip()]
         if len(listed) < wanted:
@@ -101,6 +104,12 @@ def device_plan():
         raise ValueError(f"environment variable {GPUS_ENV}={wanted} asks for more GPUs than this machine has "
                          f"({present}, as {_NVIDIA_GPUS_DIR} lists them); lower {GPUS_ENV}")
     return [str(i) for i in range(wanted)]
+
+
+def driver_environment():
+    """A copy of this process's environment, without what a process start in another thread lends it."""
+    with _environ_lock:
+        return dict(os.environ)
 
 
 def machine_gpu_count():
@@ -118,40 +127,65 @@ def device_of(plan, index):
     return plan[index % len(plan)]
 
 
-def enter_worker(index, device):
-    """Make this process worker ``index``; with ``device``, set ``CUDA_VISIBLE_DEVICES`` to it.
+def enter_worker(index, environment=None):
+    """Make this process worker ``index``, with the variables of ``environment`` set in its environment.
 
     Called first thing in a worker, before the operation or its initializer is
-    unpickled, so that whatever they import sees the worker's device.
+    unpickled, so that whatever they import sees the worker's device (and its thread
+    limits, :mod:`~wfl_like.autoparallelize.threads`).
+
+    Parameters
+    ----------
+    index : int or None
+    environment : dict of str to str, optional
+        What :func:`worker_environment` gives for this worker.
     """
     global _worker_index
     _worker_index = index
+    os.environ.update(environment or {})
+
+
+def worker_environment(device=None, threads=None):
+    """The variables a worker is started with: ``{name: value}``, empty when there is nothing to set.
+
+    Parameters
+    ----------
+    device : str, optional
+        Its ``CUDA_VISIBLE_DEVICES`` (:func:`device_of`).
+    threads : dict of str to str, optional
+        Its thread-pool variables (:func:`~wfl_like.autoparallelize.threads.thread_environment`).
+    """
+    environment = dict(threads or {})
     if device is not None:
-        os.environ[VISIBLE_ENV] = device
+        environment[VISIBLE_ENV] = device
+    return environment
 
 
 @contextlib.contextmanager
-def environment_for_start(device):
-    """Give the driver's environment ``CUDA_VISIBLE_DEVICES=device`` while a process starts.
+def environment_for_start(environment):
+    """Give the driver's environment the variables of ``environment`` while a process starts.
 
     For the ``spawn`` start method, whose child interpreter imports the driver's main
     module and unpickles the worker's arguments before any code of ours runs there: it
-    must start with the variable.  The driver's value is put back at once; the lock
-    keeps two starts (two pools in two threads) from mixing their devices.
+    must start with the worker's ``CUDA_VISIBLE_DEVICES`` and thread limits (a library
+    loaded by that import reads them once, as it loads).  The driver's values are put
+    back at once; the lock keeps two starts (two pools in two threads) from mixing
+    their variables.
     """
-    if device is None:
+    if not environment:
         yield
         return
     with _environ_lock:
-        before = os.environ.get(VISIBLE_ENV)
-        os.environ[VISIBLE_ENV] = device
+        before = {name: os.environ.get(name) for name in environment}
+        os.environ.update(environment)
         try:
             yield
         finally:
-            if before is None:
-                del os.environ[VISIBLE_ENV]
-            else:
-                os.environ[VISIBLE_ENV] = before
+            for name, value in before.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
 
 
 def refuse_fork_after_cuda(start_method):

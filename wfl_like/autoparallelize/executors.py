@@ -7,9 +7,10 @@ import pickle
 import warnings
 from concurrent.futures import Executor, Future
 
-from wfl_like.autoparallelize import devices, mpipool_support
+from wfl_like.autoparallelize import devices, mpipool_support, threads
 from wfl_like.autoparallelize.opcall import ByValue, in_worker, install, run_installed, run_portable
 from wfl_like.autoparallelize.pool import START_METHOD_ENV, WorkerPool, default_context
+from wfl_like.autoparallelize.threads import available_cpus
 
 NUM_PROCESSES_ENV = "WFL_NUM_PYTHON_SUBPROCESSES"
 
@@ -68,13 +69,6 @@ def num_workers(requested):
     return value
 
 
-def available_cpus():
-    """CPUs this process may run on (its affinity mask where the system has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def executor_slots(executor):
     """How many tasks an executor runs at once, as far as it tells (else the CPU count)."""
     for attribute in ("_max_workers", "max_workers", "size"):
@@ -100,6 +94,7 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
     """
     init_func, init_args = initializer
     plan = _device_plan(call.name, workers, executor)
+    thread_limit = _thread_limit(call.name, workers, executor)
     if executor is not None:
         # the caller's executor (Dask, loky, a ProcessPoolExecutor ...): the call travels by
         # value with every chunk, and is installed once per process there
@@ -122,10 +117,13 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
         devices.refuse_fork_after_cuda(context.get_start_method())
         log.info("%s: %s=%d: worker k gets %s=%s[k %% %d]", call.name, devices.GPUS_ENV, len(plan),
                  devices.VISIBLE_ENV, plan, len(plan))
+    if thread_limit is not None:
+        log.info("%s: each of the %d workers' native libraries (BLAS, OpenMP) may use %d threads", call.name,
+                 workers, thread_limit)
     pool_init, pool_initargs = _worker_initializer(call, init_func, init_args, context.get_start_method())
     pool = WorkerPool(workers, initializer=pool_init, initargs=pool_initargs, mp_context=context,
                       on_demand=True, initializer_timeout=initializer_timeout,
-                      max_items_per_worker=max_items_per_worker, devices=plan)
+                      max_items_per_worker=max_items_per_worker, devices=plan, threads=thread_limit)
     try:
         yield (lambda chunk, timeout: pool.submit_task(run_installed, (chunk.first, chunk.items, chunk.rngs),
                                                        timeout=timeout, weight=len(chunk.items))), workers
@@ -185,4 +183,34 @@ def _device_plan(name, workers, executor):
                  f"the executor's own way)" if executor is not None else "it runs serially, in this process")
         warnings.warn(f"{devices.GPUS_ENV}={wanted} is not applied to {name}: {where}; "
                       f"{devices.VISIBLE_ENV} is left as it is", stacklevel=8)
+    return None
+
+
+def _thread_limit(name, workers, executor):
+    """Threads per worker for this call's own workers, or None to leave the libraries alone.
+
+    ``max(1, cpus // workers)``, unless ``WFL_LIKE_WORKER_THREADS`` says otherwise or the
+    driver's environment sets a thread count of its own
+    (:func:`~wfl_like.autoparallelize.threads.worker_thread_limit`).  Serial runs, nested
+    calls in a worker, the MPI ranks (limited when they started) and foreign executors are
+    left alone; where ``WFL_LIKE_WORKER_THREADS`` is set and the call has no workers of
+    wfl_like's to apply it to, that is said (a warning).
+
+    Raises
+    ------
+    ValueError
+        ``WFL_LIKE_WORKER_THREADS`` has a bad value (checked before any work).
+    """
+    explicit = threads.requested_threads()
+    if devices.worker_index() is not None or in_worker():
+        return None
+    if executor is not None and executor is mpipool_support.active_executor():
+        return None
+    if executor is None and workers:
+        return threads.worker_thread_limit(workers, available_cpus())
+    if explicit is not None:
+        where = (f"executor {type(executor).__name__} is not wfl_like's (limit its workers' threads the executor's "
+                 f"own way)" if executor is not None else "it runs serially, in this process")
+        warnings.warn(f"{threads.THREADS_ENV}={explicit} is not applied to {name}: {where}; the native "
+                      f"libraries' thread counts are left as they are", stacklevel=8)
     return None

@@ -13,7 +13,10 @@ the script; rank 0 goes on, and every autoparallelized call uses the workers::
 Worker rank ``r`` is worker ``r - 1``
 (:func:`~wfl_like.autoparallelize.devices.worker_index`); with ``WFL_TORCH_N_GPUS=N`` it
 sets ``CUDA_VISIBLE_DEVICES`` as a pool worker of that index would have it, in
-:func:`init`, before it receives any operation.
+:func:`init`, before it receives any operation.  Each worker rank also limits the
+thread pools of its native libraries (BLAS, OpenMP) as a pool worker does
+(:mod:`~wfl_like.autoparallelize.threads`), sharing its node's CPUs among the worker
+ranks on that node; rank 0, the driver, is left as it is.
 
 Needs the ``mpi`` extra (``pip install "wfl-like[mpi]"``: mpi4py, mpipool and the mpich
 wheel, which brings ``mpiexec``).
@@ -22,7 +25,7 @@ wheel, which brings ``mpiexec``).
 import logging
 import os
 
-from wfl_like.autoparallelize import devices
+from wfl_like.autoparallelize import devices, threads
 
 MPIPOOL_ENV = "WFL_MPIPOOL"
 
@@ -42,7 +45,8 @@ def init(verbose=False):
     Raises
     ------
     ValueError
-        ``WFL_TORCH_N_GPUS`` has a bad value (raised on every rank, as every rank reads it).
+        ``WFL_TORCH_N_GPUS`` or ``WFL_LIKE_WORKER_THREADS`` has a bad value (raised on
+        every rank, as every rank reads them).
 
     Parameters
     ----------
@@ -75,12 +79,30 @@ def active_executor():
 
 
 def _enter_worker_rank():
-    """On a worker rank, take the worker index ``rank - 1`` and its device, before the
-    executor starts serving (and so before any operation is unpickled here)."""
+    """On a worker rank, take the worker index ``rank - 1``, its device and its thread limit,
+    before the executor starts serving (and so before any operation is unpickled here)."""
     plan = devices.device_plan()
+    threads.requested_threads()     # a bad value is refused on every rank, before the collective call
     from mpi4py import MPI
 
     rank = MPI.COMM_WORLD.Get_rank()
-    if rank != 0:
-        index = rank - 1
-        devices.enter_worker(index, devices.device_of(plan, index))
+    # every rank takes part (a collective call), rank 0 too
+    workers_here = _worker_ranks_on_this_node(MPI, rank)
+    if rank == 0:
+        return
+    index = rank - 1
+    limit = threads.worker_thread_limit(workers_here, threads.available_cpus())
+    devices.enter_worker(index, devices.worker_environment(devices.device_of(plan, index),
+                                                           threads.thread_environment(limit)))
+    if limit is not None:
+        threads.limit_loaded_libraries(limit)
+
+
+def _worker_ranks_on_this_node(MPI, rank):
+    """How many worker ranks (all but rank 0) share this rank's node; collective over COMM_WORLD."""
+    node = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.allreduce(0 if rank == 0 else 1)
+    finally:
+        node.Free()
+

@@ -19,7 +19,8 @@ import time
 from concurrent.futures import CancelledError, Executor, Future
 from multiprocessing.connection import wait
 
-from wfl_like.autoparallelize.devices import device_of, environment_for_start
+from wfl_like.autoparallelize.devices import device_of, environment_for_start, worker_environment
+from wfl_like.autoparallelize.threads import thread_environment
 from wfl_like.autoparallelize.guardian import Guardian, kill_process_group
 from wfl_like.autoparallelize.worker import worker_main
 from wfl_like.errors import (TaskTimeoutError, WorkerDiedError, WorkerInitializerError, WorkerPoisonedError,
@@ -84,7 +85,8 @@ class _Task:
 
 
 class _Worker:
-    def __init__(self, ctx, initializer, initargs, inherited, initializer_timeout=None, index=0, device=None):
+    def __init__(self, ctx, initializer, initargs, inherited, initializer_timeout=None, index=0, device=None,
+                 threads=None):
         self.conn, child_conn = ctx.Pipe(duplex=True)
         method = ctx.get_start_method()
         if method == "fork":
@@ -94,13 +96,14 @@ class _Worker:
         else:
             inherited = []      # a spawned child inherits none of them (and fd numbers mean nothing there)
         self.index = index
+        environment = worker_environment(device, thread_environment(threads))
         self.process = ctx.Process(target=worker_main,
-                                   args=(child_conn, initializer, initargs, inherited, index, device),
+                                   args=(child_conn, initializer, initargs, inherited, index, environment, threads),
                                    daemon=True, name=f"wfl_like-worker-{index}")
         # a spawned interpreter imports the driver's main module before worker_main runs:
-        # it must start with its device; a forked one (or one forked by the forkserver,
-        # whose environment is the server's) gets it first thing in worker_main
-        with environment_for_start(device if method == "spawn" else None):
+        # it must start with its device and thread limits; a forked one (or one forked by
+        # the forkserver, whose environment is the server's) gets them first thing in worker_main
+        with environment_for_start(environment if method == "spawn" else None):
             self.process.start()
         child_conn.close()
         self.ready = False        # the initializer has run; tasks may be sent
@@ -154,6 +157,11 @@ class WorkerPool(Executor):
         ``CUDA_VISIBLE_DEVICES`` values: worker ``k`` is started with ``devices[k % len(devices)]``
         (see :mod:`~wfl_like.autoparallelize.devices`).  Default: the variable is left as
         the driver has it.
+    threads : int, optional
+        The most threads the native libraries (OpenBLAS, MKL, BLIS, OpenMP) of each
+        worker may use: set for those it has loaded (threadpoolctl) and in its
+        environment for those it loads later (see :mod:`~wfl_like.autoparallelize.threads`).
+        Default: they keep their own defaults (usually one thread per core, in every worker).
 
     Notes
     -----
@@ -173,9 +181,12 @@ class WorkerPool(Executor):
     """
 
     def __init__(self, max_workers, *, initializer=None, initargs=(), mp_context=None, on_demand=False,
-                 initializer_timeout=None, max_items_per_worker=None, devices=None):
+                 initializer_timeout=None, max_items_per_worker=None, devices=None, threads=None):
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, not {max_workers}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a whole number >= 1 or None, not {threads!r}")
+        self._threads = threads
         self._ctx = mp_context or default_context()
         self._max_workers = max_workers
         self._on_demand = on_demand
@@ -219,7 +230,7 @@ class WorkerPool(Executor):
             inherited.append(self._guardian.fileno)
         index = self._free_index()
         worker = _Worker(self._ctx, self._initializer, self._initargs, inherited, self._initializer_timeout,
-                         index=index, device=device_of(self._devices, index))
+                         index=index, device=device_of(self._devices, index), threads=self._threads)
         self._guardian.watch(worker.pid)
         return worker
 

@@ -18,6 +18,7 @@ import traceback
 
 from wfl_like.autoparallelize.devices import enter_worker
 from wfl_like.autoparallelize.opcall import item_aborted
+from wfl_like.autoparallelize.threads import limit_loaded_libraries
 
 # Failures after which a worker is not to be trusted with more work: out of memory, or
 # out of file descriptors (EMFILE for this process, ENFILE for the whole system).
@@ -26,7 +27,7 @@ _POISONING_ERRNOS = (errno.EMFILE, errno.ENFILE)
 _PR_SET_PDEATHSIG = 1
 
 
-def worker_main(conn, initializer, initargs, inherited, index=None, device=None):
+def worker_main(conn, initializer, initargs, inherited, index=None, environment=None, threads=None):
     """Run tasks from ``conn`` until told to leave or the driver is gone.
 
     Parameters
@@ -41,11 +42,18 @@ def worker_main(conn, initializer, initargs, inherited, index=None, device=None)
         see end-of-file when the driver dies.
     index : int, optional
         This worker's index (:func:`~wfl_like.autoparallelize.devices.worker_index`).
-    device : str, optional
-        Its ``CUDA_VISIBLE_DEVICES``, set before the initializer (which unpickles the
-        operation) runs.
+    environment : dict of str to str, optional
+        Variables to set in its environment (its ``CUDA_VISIBLE_DEVICES``, its thread
+        limits), set before the initializer (which unpickles the operation) runs.
+    threads : int, optional
+        The most threads each native library this worker has loaded may use
+        (:mod:`~wfl_like.autoparallelize.threads`); None leaves them as they are.
     """
-    enter_worker(index, device)
+    enter_worker(index, environment)
+    if threads is not None:
+        # a forked worker has the driver's libraries loaded already, with the driver's
+        # thread counts: the variables just set come too late for them
+        limit_loaded_libraries(threads)
     _lead_own_process_group()
     _die_with_parent()
     for other in inherited:

@@ -1,0 +1,123 @@
+"""How many threads the native libraries of each worker process may start.
+
+OpenBLAS, MKL, BLIS and OpenMP each start as many threads as the machine has cores,
+in every process that loads them.  ``N`` workers doing linear algebra at once then run
+``N`` times as many threads as there are cores, and slow each other down (more than
+twice, measured with EMT relaxations in 2 workers on 2 cores).  So each worker of a pool
+of ``N`` is limited to ``max(1, cpus // N)`` threads, as loky does for its workers:
+
+- for the libraries it already has loaded (a forked worker inherits the driver's numpy),
+  through :mod:`threadpoolctl`;
+- for those loaded later (torch reads ``OMP_NUM_THREADS`` when it is imported), through
+  the variables of :data:`THREAD_VARIABLES`, set in the worker's environment (a spawned
+  worker starts with them, see :func:`~wfl_like.autoparallelize.devices.environment_for_start`).
+
+The user's own settings win: where the driver's environment sets any of those
+variables, none is touched.  ``WFL_LIKE_WORKER_THREADS=N`` sets the number of threads
+per worker explicitly, whatever the driver's environment says.
+"""
+
+import os
+
+from threadpoolctl import threadpool_limits
+
+from wfl_like.autoparallelize.devices import driver_environment
+
+THREADS_ENV = "WFL_LIKE_WORKER_THREADS"
+
+# The variables through which the native thread pools that numerical Python loads take
+# their size (the ones loky sets for its workers).
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+)
+
+
+def requested_threads(environ=None):
+    """``$WFL_LIKE_WORKER_THREADS`` as a number of threads, or None when it is unset or empty.
+
+    ``environ``: the environment to read (default: this process's, as
+    :func:`~wfl_like.autoparallelize.devices.driver_environment` gives it).
+
+    Raises
+    ------
+    ValueError
+        The variable is not a whole number >= 1; the message names it.
+    """
+    environ = driver_environment() if environ is None else environ
+    text = environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"environment variable {THREADS_ENV}={text!r} is not a whole number >= 1; set it to the "
+                         f"number of threads each worker's native libraries (BLAS, OpenMP) may use, or unset it")
+    return value
+
+
+def user_thread_settings(environ=None):
+    """The variables of :data:`THREAD_VARIABLES` that ``environ`` (default: this process's environment) sets."""
+    environ = driver_environment() if environ is None else environ
+    return {name: environ[name] for name in THREAD_VARIABLES if name in environ}
+
+
+def available_cpus():
+    """CPUs this process may run on (its affinity mask where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_thread_limit(workers, cpus):
+    """Threads per worker for a pool of ``workers`` on ``cpus`` CPUs, or None to leave them alone.
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes that may run at once (>= 1).
+    cpus : int
+        CPUs they share.
+
+    Returns
+    -------
+    int or None
+        ``$WFL_LIKE_WORKER_THREADS`` where set; else None where the environment sets any
+        of :data:`THREAD_VARIABLES` (the user chose); else ``max(1, cpus // workers)``.
+
+    Raises
+    ------
+    ValueError
+        ``WFL_LIKE_WORKER_THREADS`` has a bad value.
+    """
+    # one snapshot: not the variables a process start in another thread lends the environment
+    environ = driver_environment()
+    explicit = requested_threads(environ)
+    if explicit is not None:
+        return explicit
+    if user_thread_settings(environ):
+        return None
+    return max(1, cpus // max(1, workers))
+
+
+def thread_environment(limit):
+    """The environment variables that give later-loaded libraries ``limit`` threads (``{}`` for None)."""
+    if limit is None:
+        return {}
+    return {name: str(limit) for name in THREAD_VARIABLES}
+
+
+def limit_loaded_libraries(limit):
+    """Limit the thread pools of the native libraries this process has loaded to ``limit`` threads.
+
+    The limit stays for the life of the process (it is not undone on return).
+    """
+    # kept in a local only: without ``with`` the limits are not restored, which is the point
+    threadpool_limits(limits=limit)
