@@ -291,3 +291,39 @@ def test_spec_module_helpers():
         calc_spec.import_callable("no_such_module:X")
     with pytest.raises(ValueError, match="not a calculator"):
         calc_spec.import_callable("ase.units:fs")
+
+
+def lj_from_file(path):
+    """A factory of the ML kind: its model (here LJ's sigma) is read from a file when built."""
+    from ase.calculators.lj import LennardJones
+
+    with open(path) as f:
+        return LennardJones(sigma=float(f.read()), epsilon=1.0, rc=6.0)
+
+
+@pytest.mark.parametrize("where", ["serial", "thread executor"])
+def test_a_later_call_builds_its_calculators_anew_from_a_changed_model_file(tmp_path, where):
+    # an active-learning loop: retrain into the same file, evaluate again; the second call
+    # must not get the calculator the first call built (in the driver, or in an executor's
+    # long-lived workers)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ase.build import molecule
+
+    model = tmp_path / "sigma.txt"
+    spec = (lj_from_file, [str(model)], {})
+    energies = []
+    with ThreadPoolExecutor(1) as executor:
+        autopara = {"executor": executor} if where == "thread executor" else {"num_python_subprocesses": 0}
+        for sigma in ("1.0", "1.3"):
+            model.write_text(sigma)
+            out = calculate([molecule("CH4")], OutputSpec(), spec, properties=["energy"], output_prefix="lj_",
+                            autopara_info=autopara)
+            energies.append(list(out)[0].info["lj_energy"])
+    expected = []
+    for sigma in ("1.0", "1.3"):
+        model.write_text(sigma)
+        atoms = molecule("CH4")
+        atoms.calc = lj_from_file(str(model))
+        expected.append(atoms.get_potential_energy())
+    assert energies == pytest.approx(expected) and expected[0] != pytest.approx(expected[1])

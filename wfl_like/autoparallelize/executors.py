@@ -4,11 +4,12 @@ import contextlib
 import logging
 import os
 import pickle
+import uuid
 import warnings
 from concurrent.futures import Executor, Future
 
 from wfl_like.autoparallelize import devices, mpipool_support, threads
-from wfl_like.autoparallelize.opcall import ByValue, in_worker, install, run_installed, run_portable
+from wfl_like.autoparallelize.opcall import ByValue, begin_call, in_worker, install, run_installed, run_portable
 from wfl_like.autoparallelize.pool import START_METHOD_ENV, WorkerPool, default_context
 from wfl_like.autoparallelize.threads import available_cpus
 
@@ -99,13 +100,15 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
         # the caller's executor (Dask, loky, a ProcessPoolExecutor ...): the call travels by
         # value with every chunk, and is installed once per process there
         together = ByValue((call, init_func))
-        yield (lambda chunk, timeout: executor.submit(run_portable, together, tuple(init_args),
+        call_id = uuid.uuid4().hex
+        yield (lambda chunk, timeout: executor.submit(run_portable, together, tuple(init_args), call_id,
                                                       chunk.first, chunk.items, chunk.rngs)), executor_slots(executor)
         return
     if workers and in_worker():
         log.info("%s: called inside a worker process, so it runs serially there", call.name)
         workers = 0
     if workers == 0:
+        begin_call()
         if init_func is not None:
             init_func(*init_args)
         executor = SerialExecutor(isolate)

@@ -141,6 +141,23 @@ def _unwrap(obj):
     return obj.load() if isinstance(obj, ByValue) else obj
 
 
+# How many calls this process has begun serving: what operations keep per process for one
+# call (built calculators) is kept for that call only, so a later call never gets a
+# calculator built from a model file that has changed since.
+_call_generation = 0
+
+
+def begin_call():
+    """Mark the start of a call served by this process (a worker's, or a serial run's)."""
+    global _call_generation
+    _call_generation += 1
+
+
+def call_generation():
+    """The number of the call this process serves now (see :func:`begin_call`)."""
+    return _call_generation
+
+
 def install(call, initializer=None, initargs=(), own_process=True):
     """Worker initializer: keep ``call`` for :func:`run_installed`, then run the user's initializer.
 
@@ -150,6 +167,7 @@ def install(call, initializer=None, initargs=(), own_process=True):
     global _installed
     call, initializer = _unwrap(call), _unwrap(initializer)
     _installed = call
+    begin_call()
     if own_process:
         # an op that calls another autoparallelized op runs it serially: a worker cannot have workers
         os.environ[NESTED_ENV] = "1"
@@ -162,26 +180,27 @@ def run_installed(first, items, rngs):
     return _installed.run(first, items, rngs)
 
 
-# Payloads already installed in this process by run_portable, by their bytes.
-_installed_payload = None
+# The call installed in this process by run_portable, by the id the driver gave it.
+_installed_call_id = None
 
 
-def run_portable(together, initargs, first, items, rngs):
+def run_portable(together, initargs, call_id, first, items, rngs):
     """Apply a call sent by value to one chunk, on an executor that is not ours.
 
     ``together`` is a :class:`ByValue` of ``(call, initializer)``: one payload, so that an
     initializer and an operation defined in a script share its globals in the worker as
     they do in the driver.  It is unpickled, and the initializer run, once per process
-    (per call), not once per chunk: the executor's workers are long-lived and shared.  A
-    BaseException that is not an Exception (KeyboardInterrupt, ...) raised there is raised
-    as :class:`~wfl_like.errors.ItemAbortedError`: on a worker it fails the chunk, not the run.
+    and call (``call_id``, new for every call, even one with the same arguments), not once
+    per chunk: the executor's workers are long-lived and shared.  A BaseException that is
+    not an Exception (KeyboardInterrupt, ...) raised there is raised as
+    :class:`~wfl_like.errors.ItemAbortedError`: on a worker it fails the chunk, not the run.
     """
-    global _installed_payload
+    global _installed_call_id
     try:
-        if _installed_payload != together.payload:
+        if _installed_call_id != call_id:
             call, initializer = together.load()
             install(call, initializer, initargs, own_process=False)
-            _installed_payload = together.payload
+            _installed_call_id = call_id
         return _installed.run(first, items, rngs)
     except Exception:
         raise

@@ -17,6 +17,8 @@ import collections
 import importlib
 import pickle
 
+from wfl_like.autoparallelize.opcall import call_generation
+
 INITIALIZER_KEY = "WFL_CALCULATOR_INITIALIZER"
 ARGS_KEY = "WFL_CALCULATOR_ARGS"
 KWARGS_KEY = "WFL_CALCULATOR_KWARGS"
@@ -89,13 +91,24 @@ def build(spec):
 
 
 class _BuiltCalculators:
-    """Calculators built from specs in this process, least recently used first out."""
+    """Calculators built from specs in this process for the call it serves now, least
+    recently used first out.  A new call starts with none: its specs may name model files
+    that changed since the last one."""
 
     def __init__(self, size):
         self.size = size
         self._entries = collections.OrderedDict()
+        self._generation = None
+
+    def _current(self):
+        generation = call_generation()
+        if generation != self._generation:
+            self._entries.clear()
+            self._generation = generation
+        return self._entries
 
     def get(self, spec):
+        self._current()
         key = _key(spec)
         if key is None:
             # arguments that cannot be pickled cannot be told apart: build anew
@@ -112,7 +125,7 @@ class _BuiltCalculators:
     def find(self, spec):
         """The calculator built for ``spec``, or None."""
         key = _key(spec)
-        return self._entries.get(key) if key is not None else None
+        return self._current().get(key) if key is not None else None
 
     def clear(self):
         self._entries.clear()
@@ -246,7 +259,8 @@ def calculator_for(atoms, calculator):
     if spec is None:
         return construct_calculator(calculator)
     # settings that come back to the call's own spec reuse its warm calculator
-    return _call_specs.find(spec) or _structure_specs.get(spec)
+    warm = _call_specs.find(spec)
+    return warm if warm is not None else _structure_specs.get(spec)
 
 
 def default_autopara_info(calculator, fallback):
