@@ -5,6 +5,7 @@ import numbers
 
 from wfl_like.generate.md import stages
 from wfl_like.generate.utils import check_config_type_action
+from wfl_like.utils.pressure import check_pressure
 
 INTEGRATORS = ("Berendsen", "Langevin", "LangevinBAOAB")
 OVERRIDES_KEY = "WFL_MD_KWARGS"
@@ -30,7 +31,8 @@ DEFAULTS = {
 
 
 def _positive(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
+    # finite too: an infinite time step or time constant only gives NaN positions later
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < float("inf")
 
 
 def check(settings, steps, dt):
@@ -90,6 +92,8 @@ def _check_temperature(s):
 def _check_pressure(s):
     if s["pressure"] is None:
         return
+    # its form now, not in each structure's run, where every structure would fail the same way
+    check_pressure(s["pressure"])
     integrator, tau = s["integrator"], s["temperature_tau"]
     if integrator == "Langevin":
         raise ValueError("integrator 'Langevin' runs at constant volume only; for a pressure use 'LangevinBAOAB' "
@@ -131,8 +135,9 @@ def unused(settings):
 
 
 def needs_rng(settings):
-    """Whether a run with these settings draws random numbers (velocities or Langevin noise)."""
-    return settings["temperature"] is not None
+    """Whether a run with these settings draws random numbers (velocities, Langevin noise, a pressure)."""
+    pressure = settings["pressure"]
+    return settings["temperature"] is not None or (pressure is not None and check_pressure(pressure))
 
 
 def with_overrides(settings, atoms, item_i):
