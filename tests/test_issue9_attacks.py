@@ -2,10 +2,15 @@
 with must be refused before any work (not turn into one failed item per structure), and the
 command line must report them as bad input (exit code 2, one line)."""
 
+import subprocess
+import sys
+
+import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from helpers import driver_env
 
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.generate.md import md
@@ -119,3 +124,24 @@ def test_md_random_pressure_is_the_same_whatever_the_workers(tmp_path):
     pressures = [frame.info["MD_pressure_GPa"] for frame in two]
     assert pressures == [frame.info["MD_pressure_GPa"] for frame in serial]
     assert len(set(pressures)) == 2
+
+
+def run_cli(*args, cwd):
+    env = driver_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "wfl_like.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", [
+    ["md", "--steps", "2", "--dt", "1", "--results-prefix", ""],
+    ["md", "--steps", "2", "--dt", "1", "--temperature", "300", "--temperature-tau", "10",
+     "--integrator", "Langevin", "--pressure", "1"],
+    ["relax", "--no-keep-symmetry", "--steps", "2", "--results-prefix", ""],
+])
+def test_cli_refusals_of_the_operation_are_bad_input(tmp_path, command):
+    ase.io.write(tmp_path / "in.xyz", cells(), parallel=False)
+    proc = run_cli(command[0], "in.xyz", "-o", "out.xyz", *command[1:], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wfl-like: error:"), proc.stderr
+    assert not (tmp_path / "out.xyz").exists()
