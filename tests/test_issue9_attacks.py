@@ -145,3 +145,42 @@ def test_cli_refusals_of_the_operation_are_bad_input(tmp_path, command):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("wfl-like: error:"), proc.stderr
     assert not (tmp_path / "out.xyz").exists()
+
+
+class NaNAfterFirstCall(EMT):
+    """EMT whose results turn to NaN after its first evaluation: a potential that breaks
+    down once a relaxation or trajectory has started."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        super().calculate(atoms, properties, system_changes)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > 1:
+            self.results = {name: np.full_like(np.asarray(value, dtype=float), np.nan)
+                            for name, value in self.results.items()}
+
+    def reset(self):
+        super().reset()
+        self.calls = 0
+
+
+# the time limit only bounds the test where the hang is not fixed (ASE's line search
+# loops forever on NaN); the reason asserted is not a timeout
+NAN_AUTOPARA = {"num_python_subprocesses": 1, "timeout": 30}
+
+
+def test_relax_with_nan_results_fails_the_structure_instead_of_hanging(tmp_path):
+    with pytest.warns(UserWarning):
+        result = optimize(ConfigSet(cells(1)), OutputSpec(tmp_path / "relaxed.xyz"), (NaNAfterFirstCall, (), {}),
+                          steps=5, keep_symmetry=False, precon=None, autopara_info=NAN_AUTOPARA)
+    assert list(result) == []
+    [failure] = result.failures
+    assert "NonFiniteResultError" in failure.reason and "non-finite" in failure.reason
+
+
+def test_md_with_nan_forces_marks_the_trajectory_failed(tmp_path):
+    result = md(ConfigSet(cells(1)), OutputSpec(tmp_path / "md.xyz"), (NaNAfterFirstCall, (), {}), steps=4,
+                dt=1.0, autopara_info=NAN_AUTOPARA)
+    frames = list(result)
+    # the frame before the breakdown is kept, marked, and no NaN position is stored
+    assert frames and "non-finite" in frames[-1].info["MD_failed"]
+    assert all(np.isfinite(frame.positions).all() for frame in frames)

@@ -17,6 +17,7 @@ from ase.filters import FrechetCellFilter
 from ase.optimize.precon import PreconLBFGS
 
 from wfl_like.autoparallelize import autoparallelize
+from wfl_like.calculators.finite import FiniteResults
 from wfl_like.calculators.generic import _check_calculator_argument, construct_calculator
 from wfl_like.generate.utils import check_config_type_action, save_config_type
 from wfl_like.utils.pressure import check_pressure, sample_pressure
@@ -228,7 +229,8 @@ def _relax(atoms, calc, fmax, smax, steps, pressure, stress_mask, keep_symmetry,
     # a calculator reused across structures may keep state from the last one (EMT keeps
     # its neighbour list): a reset makes each relaxation independent of the chunking
     calc.reset()
-    atoms.calc = calc
+    # NaN results would hang ASE's line search: they fail the structure instead
+    atoms.calc = FiniteResults(calc)
     try:
         if keep_symmetry:
             _add_symmetry_constraint(atoms, verbose)
