@@ -184,3 +184,14 @@ def test_md_with_nan_forces_marks_the_trajectory_failed(tmp_path):
     # the frame before the breakdown is kept, marked, and no NaN position is stored
     assert frames and "non-finite" in frames[-1].info["MD_failed"]
     assert all(np.isfinite(frame.positions).all() for frame in frames)
+
+
+@pytest.mark.parametrize("n_gpus", ["abc", "0"])
+def test_cli_unusable_gpu_setting_is_bad_input(tmp_path, n_gpus):
+    ase.io.write(tmp_path / "in.xyz", cells(), parallel=False)
+    env = driver_env(WFL_TORCH_N_GPUS=n_gpus)
+    proc = subprocess.run([sys.executable, "-m", "wfl_like.cli", "calculate", "in.xyz", "-o", "out.xyz", "-n", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "WFL_TORCH_N_GPUS" in lines[0], proc.stderr

@@ -380,6 +380,7 @@ def _run_operation(args, operation, *op_args, **op_kwargs):
     command's inputs and output; returns the exit code."""
     from wfl_like.configset import ConfigSet
 
+    _check_gpu_setting(args)
     try:
         inputs = ConfigSet(args.inputs[0] if len(args.inputs) == 1 else args.inputs)
         outputs = OutputSpec(args.output, overwrite=args.overwrite)
@@ -394,6 +395,18 @@ def _run_operation(args, operation, *op_args, **op_kwargs):
     if outputs.n_stored:
         logging.getLogger(PROG).info("wrote %d structures to %s", outputs.n_stored, args.output)
     return 0
+
+
+def _check_gpu_setting(args):
+    """A ``WFL_TORCH_N_GPUS`` the workers cannot use is bad input (exit code 2), said before any
+    input is read, not a failure of the run."""
+    from wfl_like.autoparallelize.devices import device_plan
+
+    # the engine checks it for serial runs too
+    try:
+        device_plan()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run_calculate(args):
