@@ -195,3 +195,16 @@ def test_cli_unusable_gpu_setting_is_bad_input(tmp_path, n_gpus):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "WFL_TORCH_N_GPUS" in lines[0], proc.stderr
+
+
+def test_md_refuses_a_ramp_whose_stages_all_round_to_no_step(tmp_path):
+    # 20 stages over 10 steps: each rounds to 0 steps, and the run would stop at its first frame
+    with pytest.raises(ValueError, match="0 steps"):
+        run_md(tmp_path, steps=10, temperature=(300.0, 600.0, 20), temperature_tau=10.0, rng=np.random.default_rng(0))
+
+
+def test_md_warns_when_rounding_changes_the_number_of_steps(tmp_path):
+    with pytest.warns(UserWarning, match="runs 8 steps, not steps=10"):
+        result = run_md(tmp_path, steps=10, temperature=(300.0, 600.0, 4), temperature_tau=10.0,
+                        traj_step_interval=4, rng=np.random.default_rng(0))
+    assert {frame.info["MD_step"] for frame in result} == {0, 4, 8}

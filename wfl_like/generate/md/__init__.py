@@ -207,6 +207,10 @@ def _check_arguments(settings, calculator, steps, dt, select_during, select_afte
         raise ValueError("md at a temperature or a random pressure draws random numbers (velocities, Langevin "
                          "noise, the pressure): pass rng= "
                          "(numpy.random.default_rng(seed)); each structure gets its own stream from it")
+    scheduled = md_settings.scheduled_steps(settings, steps)
+    if scheduled != steps:
+        warnings.warn(f"md: temperature {settings['temperature']!r} runs {scheduled} steps, not steps={steps}: each "
+                      f"stage's steps are rounded (as wfl rounds them)", stacklevel=3)
     unused = md_settings.unused(settings)
     if unused:
         pressure = settings["pressure"]

@@ -61,6 +61,9 @@ def check(settings, steps, dt):
     if s["integrator"] == "LangevinBAOAB":
         _langevin_baoab_class()
     _check_temperature(s)
+    if scheduled_steps(s, steps) == 0 < steps:
+        raise ValueError(f"temperature {s['temperature']!r} over steps={steps} rounds every stage to 0 steps: no MD "
+                         f"step would run; give more steps, or fewer stages (n_stages) or larger traj_frac")
     _check_pressure(s)
     interval = s["traj_step_interval"]
     if isinstance(interval, bool) or not isinstance(interval, numbers.Integral) or interval < 1:
@@ -115,6 +118,14 @@ def _check_pressure(s):
             raise ValueError(f"{name} must be > 0, not {s[name]!r}")
     if not isinstance(s["hydrostatic"], bool):
         raise TypeError(f"hydrostatic must be True or False, not {s['hydrostatic']!r}")
+
+
+def scheduled_steps(settings, steps):
+    """How many steps the thermostat's schedule runs: ``steps``, or what the rounding of
+    its stages (as wfl rounds them) makes of it."""
+    if settings["temperature"] is None or settings["temperature_tau"] is None:
+        return steps
+    return sum(n_steps for _, n_steps in stages.segments(settings["temperature"], steps))
 
 
 def unused(settings):
