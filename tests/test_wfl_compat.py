@@ -31,4 +31,6 @@ def test_wfls_tests_of_optimize_md_rng_and_outputspec_pass():
                           capture_output=True, text=True, timeout=880)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
+    # wfl's own logger test marks itself xfail ("capsys fails to capture stdout"): not a failure
+    outcome = summary.replace("xfailed", "")
+    assert " passed" in summary and "failed" not in outcome and "error" not in outcome, summary

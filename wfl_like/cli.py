@@ -380,6 +380,7 @@ def _run_operation(args, operation, *op_args, **op_kwargs):
     command's inputs and output; returns the exit code."""
     from wfl_like.configset import ConfigSet
 
+    _check_gpu_setting(args)
     try:
         inputs = ConfigSet(args.inputs[0] if len(args.inputs) == 1 else args.inputs)
         outputs = OutputSpec(args.output, overwrite=args.overwrite)
@@ -394,6 +395,18 @@ def _run_operation(args, operation, *op_args, **op_kwargs):
     if outputs.n_stored:
         logging.getLogger(PROG).info("wrote %d structures to %s", outputs.n_stored, args.output)
     return 0
+
+
+def _check_gpu_setting(args):
+    """A ``WFL_TORCH_N_GPUS`` the workers cannot use is bad input (exit code 2), said before any
+    input is read, not a failure of the run."""
+    from wfl_like.autoparallelize.devices import device_plan
+
+    # the engine checks it for serial runs too
+    try:
+        device_plan()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run_calculate(args):
@@ -415,6 +428,7 @@ def run_relax(args):
     """``wfl-like relax``: returns the exit code."""
     import importlib.util
 
+    from wfl_like.generate.optimize import check_arguments as check_relax_arguments
     from wfl_like.generate.optimize import optimize
 
     calculator = _calculator(args)
@@ -422,16 +436,18 @@ def run_relax(args):
         # ASE's FixSymmetry needs it; without this check every structure would fail the same way
         raise UsageError("keeping the symmetry (the default) needs spglib (pip install spglib); "
                          "or pass --no-keep-symmetry")
-    return _run_operation(args, optimize, calculator, fmax=args.fmax, steps=args.steps, pressure=args.pressure,
-                          keep_symmetry=args.keep_symmetry, traj_step_interval=args.traj_step_interval,
-                          traj_subselect="last_converged" if args.last_converged_only else None,
-                          results_prefix=args.results_prefix)
+    options = dict(fmax=args.fmax, steps=args.steps, pressure=args.pressure, traj_step_interval=args.traj_step_interval,
+                   traj_subselect="last_converged" if args.last_converged_only else None,
+                   results_prefix=args.results_prefix)
+    _check_options(check_relax_arguments, calculator, **options)
+    return _run_operation(args, optimize, calculator, keep_symmetry=args.keep_symmetry, **options)
 
 
 def run_md(args):
     """``wfl-like md``: returns the exit code."""
     import numpy as np
 
+    from wfl_like.generate.md import check_arguments as check_md_arguments
     from wfl_like.generate.md import md
 
     calculator = _calculator(args)
@@ -442,6 +458,11 @@ def run_md(args):
     if args.pressure is not None and args.temperature_tau is None:
         raise UsageError("--pressure needs --temperature and --temperature-tau (the barostat's time constant "
                          "is 3 times the thermostat's)")
+    options = dict(steps=args.steps, dt=args.dt, integrator=args.integrator, temperature=args.temperature,
+                   temperature_tau=args.temperature_tau, pressure=args.pressure,
+                   traj_step_interval=args.traj_step_interval, results_prefix=args.results_prefix,
+                   rng=np.random.default_rng(args.seed))
+    _check_options(check_md_arguments, calculator, **options)
     if args.temperature is not None and args.temperature_tau is None:
         # wfl's meaning, which a command line user may not expect
         logging.getLogger(PROG).warning("--temperature without --temperature-tau: velocities are drawn at %g K, "
@@ -449,10 +470,19 @@ def run_md(args):
                                         "a thermostat", args.temperature)
     # the seed is said so that a run can be repeated, or made independent of another
     logging.getLogger(PROG).info("md: random streams from seed %d", args.seed)
-    return _run_operation(args, md, calculator, steps=args.steps, dt=args.dt, integrator=args.integrator,
-                          temperature=args.temperature, temperature_tau=args.temperature_tau,
-                          pressure=args.pressure, traj_step_interval=args.traj_step_interval,
-                          results_prefix=args.results_prefix, rng=np.random.default_rng(args.seed))
+    return _run_operation(args, md, calculator, **options)
+
+
+def _check_options(check, calculator, **options):
+    """The operation's own checks of its arguments, before any input is read: what they
+    refuse is bad input (exit code 2), not a failure of the run."""
+    try:
+        with warnings.catch_warnings():
+            # the run itself warns of what it cannot use; once is enough
+            warnings.simplefilter("ignore")
+            check(calculator, **options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run_status(args):

@@ -6,6 +6,7 @@ were taken (``info["optimize_config_type"]``).
 """
 
 import copy
+import inspect
 import logging
 import numbers
 import warnings
@@ -16,6 +17,7 @@ from ase.filters import FrechetCellFilter
 from ase.optimize.precon import PreconLBFGS
 
 from wfl_like.autoparallelize import autoparallelize
+from wfl_like.calculators.finite import FiniteResults
 from wfl_like.calculators.generic import _check_calculator_argument, construct_calculator
 from wfl_like.generate.utils import check_config_type_action, save_config_type
 from wfl_like.utils.pressure import check_pressure, sample_pressure
@@ -104,12 +106,9 @@ def optimize(inputs, outputs, calculator, fmax=1.0e-3, smax=None, steps=1000, pr
     TypeError, ValueError
         Before any work, for an argument that cannot be used.
     """
-    _check_calculator_argument(calculator)
-    needs_rng = _check_optimize_arguments(fmax, smax, steps, pressure, stress_mask, traj_step_interval,
-                                          traj_subselect, update_config_type)
-    if needs_rng and rng is None:
-        raise ValueError(f"pressure {pressure!r} is drawn at random: pass rng=numpy.random.default_rng(seed) "
-                         f"so that each structure draws from a generator of its own")
+    check_arguments(calculator, fmax=fmax, smax=smax, steps=steps, pressure=pressure, stress_mask=stress_mask,
+                    traj_step_interval=traj_step_interval, traj_subselect=traj_subselect,
+                    results_prefix=results_prefix, update_config_type=update_config_type, rng=rng, **opt_kwargs)
     defaults = {"num_inputs_per_python_subprocess": DEFAULT_CHUNK_SIZE,
                 "errors": "skip" if skip_failures else "raise"}
     return autoparallelize(_optimize_op, inputs, outputs, calculator, fmax=fmax, smax=smax, steps=steps,
@@ -117,6 +116,28 @@ def optimize(inputs, outputs, calculator, fmax=1.0e-3, smax=None, steps=1000, pr
                            traj_step_interval=traj_step_interval, traj_subselect=traj_subselect,
                            results_prefix=results_prefix, verbose=verbose, update_config_type=update_config_type,
                            rng=rng, autopara_info=autopara_info, default_autopara_info=defaults, **opt_kwargs)
+
+
+def check_arguments(calculator, fmax=1.0e-3, smax=None, steps=1000, pressure=None, stress_mask=None,
+                    traj_step_interval=1, traj_subselect=None, results_prefix=DEFAULT_RESULTS_PREFIX,
+                    update_config_type="append", rng=None, **opt_kwargs):
+    """Refuse, before any work, arguments of :func:`optimize` that no structure could relax with.
+
+    Takes :func:`optimize`'s arguments of the same names (a command line checks its own with it).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument and what to give instead.
+    """
+    _check_calculator_argument(calculator)
+    needs_rng = _check_optimize_arguments(fmax, smax, steps, pressure, stress_mask, traj_step_interval,
+                                          traj_subselect, update_config_type)
+    _check_results_prefix(results_prefix)
+    _check_optimizer_kwargs(opt_kwargs)
+    if needs_rng and rng is None:
+        raise ValueError(f"pressure {pressure!r} is drawn at random: pass rng=numpy.random.default_rng(seed) "
+                         f"so that each structure draws from a generator of its own")
 
 
 def _check_optimize_arguments(fmax, smax, steps, pressure, stress_mask, traj_step_interval, traj_subselect,
@@ -134,9 +155,40 @@ def _check_optimize_arguments(fmax, smax, steps, pressure, stress_mask, traj_ste
     check_config_type_action(update_config_type)
     if stress_mask is not None and pressure is None:
         warnings.warn("stress_mask is not used: the cell relaxes only when pressure is given", stacklevel=3)
-    if stress_mask is not None and np.shape(stress_mask) not in ((6,), (3, 3)):
+    if stress_mask is not None and (np.shape(stress_mask) not in ((6,), (3, 3))
+                                    or not all(isinstance(flag, (bool, np.bool_)) for flag in np.ravel(stress_mask))):
         raise ValueError(f"stress_mask must be 6 or 3x3 booleans, not {stress_mask!r}")
     return pressure is not None and check_pressure(pressure)
+
+
+def _check_results_prefix(results_prefix):
+    # checked here, not in each structure's relaxation, where every structure would fail the same way
+    if results_prefix == "":
+        raise ValueError("results_prefix must not be empty (plain 'energy'/'forces' keys would be read back as a "
+                         "calculator's results); give a prefix, or None to keep a SinglePointCalculator")
+    if results_prefix is not None and not isinstance(results_prefix, str):
+        raise TypeError(f"results_prefix must be a string or None, not {results_prefix!r}")
+
+
+def optimizer_keywords():
+    """The keyword arguments ``PreconLBFGS`` (and the ASE classes it passes them on to) takes."""
+    names = set()
+    for cls in PreconLBFGS.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names - {"self", "atoms"}
+
+
+def _check_optimizer_kwargs(opt_kwargs):
+    # a misspelt keyword would otherwise fail every structure, each in its worker
+    unknown = sorted(set(opt_kwargs) - optimizer_keywords())
+    if unknown:
+        raise TypeError(f"optimize got keyword arguments {unknown} that neither optimize nor PreconLBFGS takes; "
+                        f"PreconLBFGS takes {sorted(optimizer_keywords())}")
 
 
 def _optimize_op(atoms_list, calculator, fmax=1.0e-3, smax=None, steps=1000, pressure=None, stress_mask=None,
@@ -177,7 +229,8 @@ def _relax(atoms, calc, fmax, smax, steps, pressure, stress_mask, keep_symmetry,
     # a calculator reused across structures may keep state from the last one (EMT keeps
     # its neighbour list): a reset makes each relaxation independent of the chunking
     calc.reset()
-    atoms.calc = calc
+    # NaN results would hang ASE's line search: they fail the structure instead
+    atoms.calc = FiniteResults(calc)
     try:
         if keep_symmetry:
             _add_symmetry_constraint(atoms, verbose)

@@ -38,8 +38,15 @@ def sample_pressure(pressure, at=None, rng=None):
     return _sample(pressure, at, rng, seen=())
 
 
+def _is_finite_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
 def _sample(pressure, at, rng, seen):
     if isinstance(pressure, numbers.Real) and not isinstance(pressure, bool):
+        if not np.isfinite(pressure):
+            # a NaN or infinite pressure only fails later, inside the optimizer or integrator
+            raise ValueError(f"pressure must be a finite number (GPa), not {pressure!r}")
         return float(pressure)
     if not isinstance(pressure, (tuple, list)) or not pressure or not isinstance(pressure[0], str):
         raise ValueError(f"cannot read pressure {pressure!r}: give a number or a tuple such as "
@@ -54,8 +61,12 @@ def _sample(pressure, at, rng, seen):
         return _from_info(values[0], pressure, at, rng, seen)
     if rng is None:
         raise ValueError(f"pressure {pressure!r} is random: pass rng= (a numpy Generator) to the operation")
-    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"pressure {pressure!r}: the values of mode {mode!r} must be numbers")
+    if not all(_is_finite_number(v) for v in values):
+        raise ValueError(f"pressure {pressure!r}: the values of mode {mode!r} must be finite numbers")
+    if mode == "normal_positive" and values[1] < 0:
+        raise ValueError(f"pressure {pressure!r}: the standard deviation must be >= 0")
+    if mode == "uniform" and values[0] > values[1]:
+        raise ValueError(f"pressure {pressure!r}: the lower bound must not exceed the upper one")
     if mode == "exponential":
         return float(values[0] * rng.exponential(1.0))
     if mode == "uniform":

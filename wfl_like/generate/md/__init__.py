@@ -17,7 +17,7 @@ from wfl_like.generate.md import settings as md_settings
 from wfl_like.generate.md.mdlogger import LoggerSetup
 from wfl_like.generate.md.trajectory import run_trajectory
 
-__all__ = ["md"]
+__all__ = ["md", "check_arguments"]
 
 # One structure per chunk: a trajectory costs far more than sending it to a worker, and a
 # failing structure then costs no rerun of its chunk-mates (wfl's default is 10).
@@ -162,6 +162,25 @@ def md(inputs, outputs, calculator, steps, dt, integrator="Berendsen", temperatu
                                                   "errors": "skip" if skip_failures else "raise"})
 
 
+def check_arguments(calculator, steps, dt, rng=None, traj_select_during_func=keep_every_frame,
+                    traj_select_after_func=None, abort_check=None, **settings):
+    """Refuse, before any work, arguments of :func:`md` that no structure could run with.
+
+    Takes :func:`md`'s arguments of the same names (a command line checks its own with
+    it); ``settings`` are those a structure may override (``integrator``, ``temperature``...).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument and what to give instead.
+    """
+    unknown = sorted(set(settings) - set(md_settings.DEFAULTS))
+    if unknown:
+        raise TypeError(f"md takes no arguments {unknown}")
+    _check_arguments({**md_settings.DEFAULTS, **settings}, calculator, steps, dt, traj_select_during_func,
+                     traj_select_after_func, abort_check, rng)
+
+
 def _check_arguments(settings, calculator, steps, dt, select_during, select_after, abort_check, rng):
     """Refuse, before any work, what no structure could run with."""
     if isinstance(calculator, (tuple, list)):
@@ -176,12 +195,22 @@ def _check_arguments(settings, calculator, steps, dt, select_during, select_afte
         raise TypeError(f"traj_select_during_func must be a function of one Atoms, not {select_during!r}")
     if select_after is not None and not callable(select_after):
         raise TypeError(f"traj_select_after_func must be a function of a list of Atoms or None, not {select_after!r}")
+    if isinstance(abort_check, type):
+        # the class itself: its unbound stop() fails on every step, which would end each
+        # trajectory at its first frame as "MD_failed"
+        raise TypeError(f"abort_check must be an instance, e.g. {abort_check.__name__}(...), not the class "
+                        f"{abort_check.__name__}")
     if abort_check is not None and not callable(getattr(abort_check, "stop", None)):
         raise TypeError(f"abort_check must be an AbortBase (wfl_like.generate.md.abort_base) or None, "
                         f"not {type(abort_check).__name__}")
     if rng is None and md_settings.needs_rng(settings):
-        raise ValueError("md at a temperature draws random velocities (and Langevin noise): pass rng= "
+        raise ValueError("md at a temperature or a random pressure draws random numbers (velocities, Langevin "
+                         "noise, the pressure): pass rng= "
                          "(numpy.random.default_rng(seed)); each structure gets its own stream from it")
+    scheduled = md_settings.scheduled_steps(settings, steps)
+    if scheduled != steps:
+        warnings.warn(f"md: temperature {settings['temperature']!r} runs {scheduled} steps, not steps={steps}: each "
+                      f"stage's steps are rounded (as wfl rounds them)", stacklevel=3)
     unused = md_settings.unused(settings)
     if unused:
         pressure = settings["pressure"]

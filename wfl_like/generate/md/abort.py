@@ -21,7 +21,8 @@ class AbortOnCollision(AbortBase):
 
     def __init__(self, collision_radius, n_failed_steps=3):
         super().__init__(n_failed_steps)
-        if not isinstance(collision_radius, numbers.Real) or not collision_radius > 0:
+        if (not isinstance(collision_radius, numbers.Real) or isinstance(collision_radius, bool)
+                or not 0 < collision_radius < float("inf")):
             raise ValueError(f"collision_radius must be a distance > 0 (Angstrom), not {collision_radius!r}")
         self.collision_radius = float(collision_radius)
 
@@ -45,7 +46,9 @@ class AbortOnLowEnergy(AbortBase):
 
     def __init__(self, delta_E_per_atom):
         super().__init__(1)
-        if not isinstance(delta_E_per_atom, numbers.Real):
+        # NaN would never compare true: the check would silently never stop anything
+        if (not isinstance(delta_E_per_atom, numbers.Real) or isinstance(delta_E_per_atom, bool)
+                or delta_E_per_atom != delta_E_per_atom):
             raise ValueError(f"delta_E_per_atom must be an energy per atom (eV), not {delta_E_per_atom!r}")
         self.delta_E_per_atom = abs(float(delta_E_per_atom))
         self.initial_E_per_atom = None

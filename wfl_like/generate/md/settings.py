@@ -5,6 +5,7 @@ import numbers
 
 from wfl_like.generate.md import stages
 from wfl_like.generate.utils import check_config_type_action
+from wfl_like.utils.pressure import check_pressure
 
 INTEGRATORS = ("Berendsen", "Langevin", "LangevinBAOAB")
 OVERRIDES_KEY = "WFL_MD_KWARGS"
@@ -30,7 +31,8 @@ DEFAULTS = {
 
 
 def _positive(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
+    # finite too: an infinite time step or time constant only gives NaN positions later
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < float("inf")
 
 
 def check(settings, steps, dt):
@@ -59,6 +61,9 @@ def check(settings, steps, dt):
     if s["integrator"] == "LangevinBAOAB":
         _langevin_baoab_class()
     _check_temperature(s)
+    if scheduled_steps(s, steps) == 0 < steps:
+        raise ValueError(f"temperature {s['temperature']!r} over steps={steps} rounds every stage to 0 steps: no MD "
+                         f"step would run; give more steps, or fewer stages (n_stages) or larger traj_frac")
     _check_pressure(s)
     interval = s["traj_step_interval"]
     if isinstance(interval, bool) or not isinstance(interval, numbers.Integral) or interval < 1:
@@ -90,6 +95,8 @@ def _check_temperature(s):
 def _check_pressure(s):
     if s["pressure"] is None:
         return
+    # its form now, not in each structure's run, where every structure would fail the same way
+    check_pressure(s["pressure"])
     integrator, tau = s["integrator"], s["temperature_tau"]
     if integrator == "Langevin":
         raise ValueError("integrator 'Langevin' runs at constant volume only; for a pressure use 'LangevinBAOAB' "
@@ -113,6 +120,14 @@ def _check_pressure(s):
         raise TypeError(f"hydrostatic must be True or False, not {s['hydrostatic']!r}")
 
 
+def scheduled_steps(settings, steps):
+    """How many steps the thermostat's schedule runs: ``steps``, or what the rounding of
+    its stages (as wfl rounds them) makes of it."""
+    if settings["temperature"] is None or settings["temperature_tau"] is None:
+        return steps
+    return sum(n_steps for _, n_steps in stages.segments(settings["temperature"], steps))
+
+
 def unused(settings):
     """The names of settings given a value that this run cannot use (for a warning)."""
     s, names = settings, []
@@ -131,8 +146,9 @@ def unused(settings):
 
 
 def needs_rng(settings):
-    """Whether a run with these settings draws random numbers (velocities or Langevin noise)."""
-    return settings["temperature"] is not None
+    """Whether a run with these settings draws random numbers (velocities, Langevin noise, a pressure)."""
+    pressure = settings["pressure"]
+    return settings["temperature"] is not None or (pressure is not None and check_pressure(pressure))
 
 
 def with_overrides(settings, atoms, item_i):

@@ -14,8 +14,8 @@ def _is_number(value):
 
 
 def _check_temperature_value(value, what):
-    if not _is_number(value) or not value >= 0:
-        raise ValueError(f"{what} must be a temperature >= 0 (Kelvin), not {value!r}")
+    if not _is_number(value) or not 0 <= value < float("inf"):
+        raise ValueError(f"{what} must be a finite temperature >= 0 (Kelvin), not {value!r}")
     return float(value)
 
 

@@ -6,6 +6,7 @@ import logging
 from ase.md.velocitydistribution import Stationary
 from ase.units import GPa
 
+from wfl_like.calculators.finite import FiniteResults
 from wfl_like.generate.md import stages
 from wfl_like.generate.md.frames import ABORTED_KEY, FAILED_KEY, TARGET_T_KEY, AbortTrajectory, FrameRecorder
 from wfl_like.generate.md.integrators import SERIAL, describe, make_dynamics
@@ -50,7 +51,8 @@ def run_trajectory(atoms, calculator, steps, dt, settings, rng, item_i, select_d
                          f"(numpy.random.default_rng(seed)) to md")
     if callable(getattr(calculator, "reset", None)):
         calculator.reset()       # a warm calculator must not carry state from the previous structure
-    atoms.calc = calculator
+    # NaN forces would otherwise give a trajectory of NaN positions, stored as if it had run
+    atoms.calc = FiniteResults(calculator)
     pressure_au, compressibility_au = _pressure(atoms, settings, rng)
     schedule = [(None, steps)]
     if settings["temperature"] is not None:
