@@ -133,10 +133,10 @@ def test_relax_failed_structure_is_skipped_or_fails_the_run(tmp_path, cells):
     ase.io.write(tmp_path / "mixed.xyz", bad, parallel=False)
     common = ["relax", "mixed.xyz", "--fmax", "0.05", "--steps", "20", "--no-keep-symmetry",
               "--last-converged-only", "-n", "2"]
-    failed = run_cli(*common, "-o", "raise.xyz", cwd=tmp_path)
+    failed = run_cli(*common, "-o", "raise.xyz", "--errors", "raise", cwd=tmp_path)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
     assert not (tmp_path / "raise.xyz").exists()
-    skipped = run_cli(*common, "-o", "skip.xyz", "--errors", "skip", cwd=tmp_path)
+    skipped = run_cli(*common, "-o", "skip.xyz", cwd=tmp_path)       # skip: relax's default, as in wfl
     assert_ok(skipped)
     assert [at.info["idx"] for at in ase.io.read(tmp_path / "skip.xyz", ":", parallel=False)] == [0, 1]
     assert "Ar" in skipped.stderr or "failed" in skipped.stderr

@@ -208,3 +208,32 @@ def test_md_warns_when_rounding_changes_the_number_of_steps(tmp_path):
         result = run_md(tmp_path, steps=10, temperature=(300.0, 600.0, 4), temperature_tau=10.0,
                         traj_step_interval=4, rng=np.random.default_rng(0))
     assert {frame.info["MD_step"] for frame in result} == {0, 4, 8}
+
+
+@pytest.mark.parametrize("integrator", ["Langevin", "LangevinBAOAB"])
+def test_md_says_a_thermostat_named_without_its_time_constant_is_not_used(tmp_path, integrator):
+    # without temperature_tau there is no thermostat: the run is NVE, whatever integrator says
+    with pytest.warns(UserWarning, match=r"\['integrator'\] not used by this run.*the run is NVE"):
+        frames = run_md(tmp_path, integrator=integrator, temperature=300.0, rng=np.random.default_rng(1))
+    assert frames
+
+
+class CountingSelector:
+    """A stateful frame selector: keeps every second frame it is shown."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def __call__(self, atoms):
+        self.seen += 1
+        return self.seen % 2 == 1
+
+
+def test_a_stateful_frame_selector_gives_each_trajectory_the_same_frames_whatever_the_chunk(tmp_path):
+    counts = {}
+    for chunk in (1, 2):
+        out = md(ConfigSet(cells(2)), OutputSpec(), (EMT, [], {}), steps=4, dt=1.0, traj_step_interval=1,
+                 traj_select_during_func=CountingSelector(),
+                 autopara_info={"num_inputs_per_python_subprocess": chunk})
+        counts[chunk] = [[atoms.info["MD_step"] for atoms in group] for group in out.groups()]
+    assert counts[1] == counts[2] == [[0, 2, 4], [0, 2, 4]]

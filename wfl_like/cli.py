@@ -141,7 +141,8 @@ def _add_calculate(commands):
                     "--overwrite is not given, nothing is recomputed.",
         epilog="Example: wfl-like calculate in.xyz -o out.xyz -n 4 "
                "--calculator ase.calculators.lj:LennardJones -k sigma=2.3 -k epsilon=0.4")
-    _add_run_options(calc, default_chunk="10, or the calculator's wfl_generic_default_autopara_info")
+    _add_run_options(calc, default_chunk="10, or the calculator's wfl_generic_default_autopara_info",
+                     default_errors="raise")
     calc.add_argument("-p", "--properties", default="energy,forces,stress", metavar="LIST",
                       help="comma-separated properties to compute (default energy,forces,stress)")
     calc.add_argument("--prefix", default="_auto_",
@@ -158,7 +159,7 @@ def _add_relax(commands):
                     "(optimize_initial, optimize_mid, optimize_last_converged or "
                     "optimize_last_unconverged). With --pressure the cell relaxes too.",
         epilog="Example: wfl-like relax in.xyz -o relaxed.xyz -n 4 --fmax 0.01 --last-converged-only")
-    _add_run_options(relax, default_chunk="the operation's own")
+    _add_run_options(relax, default_chunk="the operation's own", default_errors="skip, as wfl's skip_failures")
     relax.add_argument("--fmax", type=_positive_float, default=1e-3, metavar="EV_PER_A",
                        help="converged when every force is below this, in eV/A (default 1e-3)")
     relax.add_argument("--steps", type=_positive_int, default=1000, metavar="N",
@@ -187,7 +188,7 @@ def _add_md(commands):
                     "structure's own random stream, from --seed: the same command gives the same "
                     "trajectories whatever -n or --chunk-size.",
         epilog="Example: wfl-like md in.xyz -o md.xyz --steps 100 --dt 1 --temperature 300 -n 4")
-    _add_run_options(md, default_chunk="the operation's own")
+    _add_run_options(md, default_chunk="the operation's own", default_errors="skip, as wfl's skip_failures")
     md.add_argument("--steps", type=_positive_int, required=True, metavar="N", help="MD steps per structure")
     md.add_argument("--dt", type=_positive_float, required=True, metavar="FS", help="time step in fs")
     md.add_argument("--temperature", type=_non_negative_float, default=None, metavar="K",
@@ -210,7 +211,7 @@ def _add_md(commands):
     md.set_defaults(run=run_md)
 
 
-def _add_run_options(parser, default_chunk):
+def _add_run_options(parser, default_chunk, default_errors):
     """The options every subcommand that runs an operation has: inputs and output, the
     calculator, and how the run is parallelized and handles failures."""
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -237,9 +238,10 @@ def _add_run_options(parser, default_chunk):
     run.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                      help="seconds one structure may take; past that its worker is killed and the structure "
                           "fails as timed out (needs -n >= 1)")
-    run.add_argument("--errors", choices=("raise", "skip"), default="raise",
-                     help="after a structure failed: 'raise' (default) ends with an error and writes no "
-                          "output; 'skip' leaves it out of the output with a warning")
+    run.add_argument("--errors", choices=("raise", "skip"), default=None,
+                     help=f"after a structure failed: 'raise' ends with an error and writes no output (the "
+                          f"journal keeps what was computed); 'skip' leaves it out of the output with a warning "
+                          f"(default: {default_errors})")
     run.add_argument("--retries", type=_count, default=None, metavar="R",
                      help="reruns of a structure whose worker died (signal, out of memory) before it "
                           "counts as failed (default 2)")
@@ -363,7 +365,7 @@ def _calculator(args):
 
 def _autopara_info(args):
     """The AutoparaInfo options the run options give (the others keep the operation's defaults)."""
-    autopara_info = {"errors": args.errors}
+    autopara_info = {} if args.errors is None else {"errors": args.errors}
     if args.num_processes is not None:
         autopara_info["num_python_subprocesses"] = args.num_processes
     if args.chunk_size is not None:

@@ -20,9 +20,6 @@ DEFAULT_AUTOPARA_INFO = {"num_inputs_per_python_subprocess": 10}
 
 __all__ = ["calculate", "check_properties", "construct_calculator"]
 
-# the name other operations of this package import
-_check_calculator_argument = check_calculator_argument
-
 
 
 def _calculate_op(atoms_list, calculator, properties=None, output_prefix=AUTO_PREFIX, verbose=False,

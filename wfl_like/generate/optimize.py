@@ -18,7 +18,7 @@ from ase.optimize.precon import PreconLBFGS
 
 from wfl_like.autoparallelize import autoparallelize
 from wfl_like.calculators.finite import FiniteResults
-from wfl_like.calculators.generic import _check_calculator_argument, construct_calculator
+from wfl_like.calculators.spec import check_calculator_argument, construct_calculator
 from wfl_like.generate.utils import check_config_type_action, save_config_type
 from wfl_like.utils.pressure import check_pressure, sample_pressure
 from wfl_like.utils.save_calc_results import at_copy_save_calc_results
@@ -130,7 +130,7 @@ def check_arguments(calculator, fmax=1.0e-3, smax=None, steps=1000, pressure=Non
     TypeError, ValueError
         Naming the argument and what to give instead.
     """
-    _check_calculator_argument(calculator)
+    check_calculator_argument(calculator)
     needs_rng = _check_optimize_arguments(fmax, smax, steps, pressure, stress_mask, traj_step_interval,
                                           traj_subselect, update_config_type)
     _check_results_prefix(results_prefix)

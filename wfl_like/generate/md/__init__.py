@@ -12,7 +12,7 @@ import copy
 import warnings
 
 from wfl_like.autoparallelize import autoparallelize, autoparallelize_docstring
-from wfl_like.calculators.generic import construct_calculator
+from wfl_like.calculators.spec import check_calculator_argument, construct_calculator
 from wfl_like.generate.md import settings as md_settings
 from wfl_like.generate.md.mdlogger import LoggerSetup
 from wfl_like.generate.md.trajectory import run_trajectory
@@ -134,8 +134,11 @@ def _md_op(atoms_list, calculator, steps, dt, integrator="Berendsen", temperatur
         # copies: a rerun of this item (its chunk split after a chunk-mate failed, in the
         # calling process) must start from the same structure and the same random state
         rng = copy.deepcopy(info.get("rng"))
+        # and each trajectory its own copies of stateful callables, so that what one
+        # trajectory saw cannot change another's frames (which would depend on chunking)
         trajectories.append(run_trajectory(atoms.copy(), calc, steps, dt, settings, rng, item_i,
-                                           traj_select_during_func, traj_select_after_func,
+                                           copy.deepcopy(traj_select_during_func),
+                                           copy.deepcopy(traj_select_after_func),
                                            copy.deepcopy(abort_check), logger))
     return trajectories
 
@@ -183,13 +186,7 @@ def check_arguments(calculator, steps, dt, rng=None, traj_select_during_func=kee
 
 def _check_arguments(settings, calculator, steps, dt, select_during, select_after, abort_check, rng):
     """Refuse, before any work, what no structure could run with."""
-    if isinstance(calculator, (tuple, list)):
-        if len(calculator) not in (2, 3) or not callable(calculator[0]):
-            raise TypeError(f"calculator spec must be (constructor, args) or (constructor, args, kwargs), "
-                            f"not {calculator!r}")
-    elif not hasattr(calculator, "get_property"):
-        raise TypeError(f"calculator must be an ASE calculator or a (constructor, args, kwargs) tuple, "
-                        f"not {type(calculator).__name__}")
+    check_calculator_argument(calculator)
     md_settings.check(settings, steps, dt)
     if not callable(select_during):
         raise TypeError(f"traj_select_during_func must be a function of one Atoms, not {select_during!r}")
@@ -215,7 +212,8 @@ def _check_arguments(settings, calculator, steps, dt, select_during, select_afte
     if unused:
         pressure = settings["pressure"]
         ensemble = f"pressure {pressure!r}" if pressure is not None else "no pressure"
-        warnings.warn(f"md: {unused} not used by this run ({settings['integrator']}, {ensemble})", stacklevel=3)
+        nve = "; without temperature_tau there is no thermostat: the run is NVE" if "integrator" in unused else ""
+        warnings.warn(f"md: {unused} not used by this run ({settings['integrator']}, {ensemble}){nve}", stacklevel=3)
 
 
 autoparallelize_docstring(md, _md_op, "Atoms")

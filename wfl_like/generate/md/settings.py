@@ -131,6 +131,9 @@ def scheduled_steps(settings, steps):
 def unused(settings):
     """The names of settings given a value that this run cannot use (for a warning)."""
     s, names = settings, []
+    if s["temperature_tau"] is None and s["integrator"] != DEFAULTS["integrator"] and not (
+            s["integrator"] == "LangevinBAOAB" and s["pressure"] is not None):
+        names.append("integrator")      # no thermostat: the run is NVE whatever it names
     npt = s["pressure"] is not None
     if not npt:
         names += [name for name in ("pressure_tau", "compressibility_au") if s[name] is not None]
