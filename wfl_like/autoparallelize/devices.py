@@ -58,7 +58,19 @@ def requested_gpus():
     ValueError
         The variable is not a whole number >= 1; the message names it.
     """
-    text = os.environ.get(GPUS_ENV, "").strip()
+    return whole_number_variable(os.environ, GPUS_ENV, "the number of GPUs to share among the workers")
+
+
+def whole_number_variable(environ, name, meaning):
+    """The value of the environment variable ``name`` as a whole number >= 1, or None when
+    it is unset or empty.
+
+    Raises
+    ------
+    ValueError
+        It is set to anything else; the message names it and says what it is for (``meaning``).
+    """
+    text = environ.get(name, "").strip()
     if not text:
         return None
     try:
@@ -66,8 +78,8 @@ def requested_gpus():
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"environment variable {GPUS_ENV}={text!r} is not a whole number >= 1; set it to the "
-                         f"number of GPUs to share among the workers, or unset it")
+        raise ValueError(f"environment variable {name}={text!r} is not a whole number >= 1; set it to "
+                         f"{meaning}, or unset it")
     return value
 
 

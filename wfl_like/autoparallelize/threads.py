@@ -21,7 +21,7 @@ import os
 
 from threadpoolctl import threadpool_limits
 
-from wfl_like.autoparallelize.devices import driver_environment
+from wfl_like.autoparallelize.devices import driver_environment, whole_number_variable
 
 THREADS_ENV = "WFL_LIKE_WORKER_THREADS"
 
@@ -50,17 +50,8 @@ def requested_threads(environ=None):
         The variable is not a whole number >= 1; the message names it.
     """
     environ = driver_environment() if environ is None else environ
-    text = environ.get(THREADS_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"environment variable {THREADS_ENV}={text!r} is not a whole number >= 1; set it to the "
-                         f"number of threads each worker's native libraries (BLAS, OpenMP) may use, or unset it")
-    return value
+    return whole_number_variable(environ, THREADS_ENV,
+                                 "the number of threads each worker's native libraries (BLAS, OpenMP) may use")
 
 
 def user_thread_settings(environ=None):
