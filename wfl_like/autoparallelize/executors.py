@@ -121,8 +121,8 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
         log.info("%s: %s=%d: worker k gets %s=%s[k %% %d]", call.name, devices.GPUS_ENV, len(plan),
                  devices.VISIBLE_ENV, plan, len(plan))
     if thread_limit is not None:
-        log.info("%s: each of the %d workers' native libraries (BLAS, OpenMP) may use %d threads", call.name,
-                 workers, thread_limit)
+        log.info("%s: native libraries (BLAS, OpenMP) limited to %d thread%s in each of the %d workers", call.name,
+                 thread_limit, "" if thread_limit == 1 else "s", workers)
     pool_init, pool_initargs = _worker_initializer(call, init_func, init_args, context.get_start_method())
     pool = WorkerPool(workers, initializer=pool_init, initargs=pool_initargs, mp_context=context,
                       on_demand=True, initializer_timeout=initializer_timeout,
