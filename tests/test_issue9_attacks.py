@@ -237,3 +237,14 @@ def test_a_stateful_frame_selector_gives_each_trajectory_the_same_frames_whateve
                  autopara_info={"num_inputs_per_python_subprocess": chunk})
         counts[chunk] = [[atoms.info["MD_step"] for atoms in group] for group in out.groups()]
     assert counts[1] == counts[2] == [[0, 2, 4], [0, 2, 4]]
+
+
+def test_md_refuses_logger_keywords_the_logger_does_not_take_before_any_work(tmp_path):
+    with pytest.raises(TypeError, match=r"logger_kwargs \['peratom_energy'\] do not fit logger MDLogger"):
+        run_md(tmp_path, logger_interval=1, logger_kwargs={"peratom_energy": True})
+    assert not (tmp_path / "md.xyz").exists()
+
+
+def test_md_passes_logger_keywords_the_logger_takes(tmp_path):
+    frames = run_md(tmp_path, logger_interval=1, logger_kwargs={"peratom": True, "logfile": str(tmp_path / "log")})
+    assert frames and (tmp_path / "log.config_0").read_text()

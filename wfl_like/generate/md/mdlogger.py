@@ -1,5 +1,6 @@
 """ASE's MD logger attached to each trajectory, one log per structure: :class:`LoggerSetup`."""
 
+import inspect
 import sys
 
 from ase.md.logger import MDLogger
@@ -43,6 +44,7 @@ class LoggerSetup:
                             f"not {self.constructor!r}")
         if not isinstance(self.logfile, str):
             raise TypeError(f"logger_kwargs['logfile'] must be a file name or '-', not {self.logfile!r}")
+        _check_logger_keywords(self.constructor, kwargs)
         self.kwargs = kwargs
 
     def attach(self, dynamics, atoms, item_i, closing):
@@ -57,6 +59,20 @@ class LoggerSetup:
             stream = closing.enter_context(open(f"{self.logfile}.config_{item_i}", "w", encoding="utf-8"))
         logger = self.constructor(dyn=dynamics, atoms=atoms, logfile=stream, **self.kwargs)
         dynamics.attach(logger, interval=self.interval)
+
+
+def _check_logger_keywords(constructor, kwargs):
+    """Refuse, before any work, keyword arguments the logger does not take (each trajectory
+    would fail on them)."""
+    try:
+        signature = inspect.signature(constructor)
+    except (TypeError, ValueError):
+        return      # a signature Python cannot read: the logger itself will say
+    try:
+        signature.bind_partial(dyn=None, atoms=None, logfile=None, **kwargs)
+    except TypeError as error:
+        name = getattr(constructor, "__qualname__", repr(constructor))
+        raise TypeError(f"logger_kwargs {sorted(kwargs)} do not fit logger {name}: {error}") from None
 
 
 class PrefixedStream:
