@@ -327,3 +327,17 @@ def test_a_later_call_builds_its_calculators_anew_from_a_changed_model_file(tmp_
         atoms.calc = lj_from_file(str(model))
         expected.append(atoms.get_potential_energy())
     assert energies == pytest.approx(expected) and expected[0] != pytest.approx(expected[1])
+
+
+class SCFLikeEMT(EMT):
+    """EMT that says, as DFT calculators do, whether its SCF converged."""
+
+    converged = True
+
+
+def test_calculate_keeps_the_scf_converged_flag_under_the_prefix(tmp_path):
+    atoms = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]], cell=[6, 6, 6], pbc=True)
+    out = calculate([atoms, atoms.copy()], OutputSpec(tmp_path / "out.xyz"), (SCFLikeEMT, [], {}),
+                    properties=["energy"], output_prefix="dft_")
+    assert [a.info["dft_converged"] for a in out] == [True, True]
+    assert "converged" not in ase.io.read(tmp_path / "out.xyz", 0, parallel=False).info

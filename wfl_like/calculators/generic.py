@@ -117,6 +117,10 @@ def _evaluate_one(atoms, calc, wanted, prefix, as_single_point, raise_calc_excep
     else:
         for name, value in results.items():
             (atoms.arrays if name in PER_ATOM_PROPERTIES else atoms.info)[prefix + name] = value
+        converged = getattr(calc, "converged", None)
+        if results and isinstance(converged, (bool, np.bool_)):
+            # a DFT calculator says whether its SCF converged: kept, as save_calc_results keeps it
+            atoms.info[prefix + "converged"] = bool(converged)
     return atoms
 
 
@@ -149,6 +153,7 @@ def _forget_results(atoms, prefix, properties):
     """Remove earlier results under this prefix, so a failed calculation leaves no stale value."""
     atoms.calc = None
     atoms.info.pop(prefix + "calculation_failed", None)
+    atoms.info.pop(prefix + "converged", None)
     for name in properties:
         atoms.info.pop(prefix + name, None)
         atoms.arrays.pop(prefix + name, None)
