@@ -1,7 +1,9 @@
 """Small helpers shared by the tests: directory listings, processes, driver scripts."""
 
 import os
+import shutil
 import signal
+import sys
 import time
 
 
@@ -88,3 +90,24 @@ def waiting_at(release):
     directory, base = os.path.split(os.fspath(release))
     prefix = f"{base}.waiting-"
     return sorted(name[len(prefix):] for name in os.listdir(directory or ".") if name.startswith(prefix))
+
+
+# The folder of this Python's scripts, and the mpiexec of the mpich wheel installed there
+# (the mpi extra), else the system's.
+BIN = os.path.dirname(sys.executable)
+MPIEXEC = shutil.which("mpiexec", path=BIN + os.pathsep + os.environ.get("PATH", ""))
+
+
+def assert_ok(proc):
+    """A command-line run that succeeded and printed no traceback."""
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def assert_usage_error(proc, *words):
+    """A command-line run refused as bad input: exit 2, one ``wfl-like: error:`` line naming ``words``."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wfl-like: error:"), proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from helpers import driver_env
+from helpers import assert_ok, assert_usage_error, driver_env
 
 from wfl_like import ConfigSet, OutputSpec
 
@@ -24,19 +24,6 @@ def run_cli(*args, cwd):
     env = driver_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "wfl_like.cli"] + [str(a) for a in args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-
-
-def assert_ok(proc):
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def assert_usage_error(proc, *words):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("wfl-like: error:"), proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 @pytest.fixture

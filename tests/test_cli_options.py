@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.calculators.lj import LennardJones
-from helpers import driver_env
+from helpers import assert_ok, assert_usage_error, driver_env
 
 RUN_TIMEOUT = 120
 pytestmark = pytest.mark.timeout(2 * RUN_TIMEOUT + 60)
@@ -30,19 +30,6 @@ def run_cli(*args, cwd, preamble=None):
                                          f"sys.exit(main(sys.argv[1:]))", *args]
     return subprocess.run(command, cwd=cwd, env=driver_env(), capture_output=True, text=True,
                           timeout=RUN_TIMEOUT)
-
-
-def assert_ok(proc):
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def assert_usage_error(proc, *words):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("wfl-like: error:"), proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def cu_dimer(distance, label):

@@ -6,18 +6,17 @@ communicator of its own process instead.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from helpers import BIN, MPIEXEC
+
 pytest.importorskip("mpi4py")
 pytest.importorskip("mpipool")
 
-BIN = os.path.dirname(sys.executable)
-MPIEXEC = shutil.which("mpiexec", path=BIN + os.pathsep + os.environ.get("PATH", ""))
 RUN_TIMEOUT = 240
 pytestmark = [pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (install the mpi extra)"),
               pytest.mark.timeout(3 * RUN_TIMEOUT)]

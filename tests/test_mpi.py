@@ -2,7 +2,6 @@
 
 import ast
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import group_exists, wait_for, waiting_at
+from helpers import BIN, MPIEXEC, group_exists, wait_for, waiting_at
 from wfl_like.autoparallelize.journal import Journal, journal_path
 
 pytest.importorskip("mpi4py")
@@ -20,8 +19,6 @@ pytest.importorskip("mpipool")
 
 TESTS_DIR = Path(__file__).resolve().parent
 EXAMPLE = TESTS_DIR.parent / "examples" / "data" / "cu_rattled.xyz"
-BIN = os.path.dirname(sys.executable)
-MPIEXEC = shutil.which("mpiexec", path=BIN + os.pathsep + os.environ.get("PATH", ""))
 # Each subprocess gets RUN_TIMEOUT; a test runs at most three of them in a row (plus a wait
 # of as long for a condition), so the test's own limit is above their sum.
 RUN_TIMEOUT = 240

@@ -7,7 +7,6 @@ the thread counts, which decide the timings.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import pytest
+
+from helpers import BIN, MPIEXEC
 import threadpoolctl
 from ase import Atoms
 
@@ -25,8 +26,6 @@ from wfl_like.autoparallelize.pool import START_METHOD_ENV, WorkerPool
 from wfl_like.autoparallelize.threads import THREAD_VARIABLES, THREADS_ENV, available_cpus
 
 TESTS_DIR = Path(__file__).resolve().parent
-BIN = os.path.dirname(sys.executable)
-MPIEXEC = shutil.which("mpiexec", path=BIN + os.pathsep + os.environ.get("PATH", ""))
 
 # What a fresh interpreter reports of its OpenBLAS, given the environment it starts with.
 FRESH_OPENBLAS = "import numpy, threadpoolctl, json; print(json.dumps(" \

@@ -174,18 +174,15 @@ def _device_plan(name, workers, executor):
     ValueError
         ``WFL_TORCH_N_GPUS`` has a bad value, or asks for more GPUs than there are.
     """
-    if devices.worker_index() is not None or in_worker():
+    own = _own_workers(workers, executor)
+    if own is None:
         return None
-    if executor is not None and executor is mpipool_support.active_executor():
-        return None
-    if executor is None and workers:
+    if own:
         return devices.device_plan()
     wanted = devices.requested_gpus()
     if wanted is not None:
-        where = (f"executor {type(executor).__name__} is not wfl_like's (give its workers their devices "
-                 f"the executor's own way)" if executor is not None else "it runs serially, in this process")
-        warnings.warn(f"{devices.GPUS_ENV}={wanted} is not applied to {name}: {where}; "
-                      f"{devices.VISIBLE_ENV} is left as it is", stacklevel=8)
+        _say_not_applied(devices.GPUS_ENV, wanted, name, executor, "give its workers their devices",
+                         f"{devices.VISIBLE_ENV} is left as it is")
     return None
 
 
@@ -205,15 +202,31 @@ def _thread_limit(name, workers, executor):
         ``WFL_LIKE_WORKER_THREADS`` has a bad value (checked before any work).
     """
     explicit = threads.requested_threads()
+    own = _own_workers(workers, executor)
+    if own is None:
+        return None
+    if own:
+        return threads.worker_thread_limit(workers, available_cpus())
+    if explicit is not None:
+        _say_not_applied(threads.THREADS_ENV, explicit, name, executor, "limit its workers' threads",
+                         "the native libraries' thread counts are left as they are")
+    return None
+
+
+def _own_workers(workers, executor):
+    """Whether this call starts workers of wfl_like's own, to give devices and thread limits;
+    None where that is not this call's to do (a call nested in a worker, the MPI ranks, which
+    got theirs when they started)."""
     if devices.worker_index() is not None or in_worker():
         return None
     if executor is not None and executor is mpipool_support.active_executor():
         return None
-    if executor is None and workers:
-        return threads.worker_thread_limit(workers, available_cpus())
-    if explicit is not None:
-        where = (f"executor {type(executor).__name__} is not wfl_like's (limit its workers' threads the executor's "
-                 f"own way)" if executor is not None else "it runs serially, in this process")
-        warnings.warn(f"{threads.THREADS_ENV}={explicit} is not applied to {name}: {where}; the native "
-                      f"libraries' thread counts are left as they are", stacklevel=8)
-    return None
+    return executor is None and bool(workers)
+
+
+def _say_not_applied(variable, value, name, executor, executors_way, what_stays):
+    """Warn that an environment setting for workers does not reach this call's work."""
+    where = (f"executor {type(executor).__name__} is not wfl_like's ({executors_way} the executor's own way)"
+             if executor is not None else "it runs serially, in this process")
+    # past this function, _thread_limit or _device_plan, chunk_runner, contextlib and the engine
+    warnings.warn(f"{variable}={value} is not applied to {name}: {where}; {what_stays}", stacklevel=9)
