@@ -50,7 +50,7 @@ from ase import Atoms
 
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
-from wfl_like.autoparallelize.pool import default_context
+from wfl_like.autoparallelize.workers.pool import default_context
 from wfl_like.locations import LOC_KEY
 
 SEED = 20240501

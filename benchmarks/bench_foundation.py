@@ -197,7 +197,9 @@ def main(argv=None):
     parser.add_argument("--n-noop", type=int, default=None, help="no-op structures (default 20000, --quick 2000)")
     parser.add_argument("--chunk", type=int, default=100,
                         help="the larger num_inputs_per_python_subprocess of the no-op runs (default 100)")
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs for the EMT rows, the in-memory no-op rows and the ASE floor (default 2)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="best of this many runs for the EMT rows, the in-memory no-op rows and the ASE "
+                             "floor (default 2)")
     parser.add_argument("--skip-emt", action="store_true", help="only the no-op part")
     parser.add_argument("--skip-noop", action="store_true", help="only the EMT part")
     args = parser.parse_args(argv)

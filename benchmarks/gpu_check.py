@@ -149,7 +149,7 @@ def main(argv=None):
 
     from wfl_like import ConfigSet, OutputSpec
     from wfl_like.autoparallelize import autoparallelize
-    from wfl_like.autoparallelize.devices import device_plan
+    from wfl_like.autoparallelize.workers.devices import device_plan
 
     inputs = clusters(args.n, args.atoms)
     with tempfile.TemporaryDirectory() as barrier:

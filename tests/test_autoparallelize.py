@@ -17,7 +17,7 @@ from ase import Atoms
 import wfl_like
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import AutoparaInfo, autoparallelize, autoparallelize_docstring, autoparallelized
-from wfl_like.autoparallelize.pool import RemoteTraceback
+from wfl_like.autoparallelize.workers.pool import RemoteTraceback
 from wfl_like.errors import (AutoparallelizeError, FailedItemsWarning, OpOutputError, WorkerDiedError,
                              WorkerInitializerError)
 from helpers import is_running as process_running, listing

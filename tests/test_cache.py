@@ -33,8 +33,8 @@ from ase import Atoms
 from helpers import driver_env, end_process_group, group_exists, listing, wait_for, wait_for_release, waiting_at
 from wfl_like import AutoparaInfo, ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
-from wfl_like.autoparallelize.fingerprint import fingerprint
-from wfl_like.autoparallelize.journal import Journal, journal_path
+from wfl_like.autoparallelize.resume.fingerprint import fingerprint
+from wfl_like.autoparallelize.resume.journal import Journal, journal_path
 from wfl_like.autoparallelize.supervisor import IN_FLIGHT_PER_SLOT
 from wfl_like.cli import main as cli_main
 from wfl_like.errors import AutoparallelizeError, FailedItemsWarning, OutputLockedError
@@ -610,7 +610,7 @@ FINGERPRINT_SCRIPT = textwrap.dedent("""
     import numpy as np
     from ase import Atoms
     from ase.calculators.emt import EMT
-    from wfl_like.autoparallelize.fingerprint import fingerprint
+    from wfl_like.autoparallelize.resume.fingerprint import fingerprint
 
     atoms = Atoms("CuAu", positions=[[0, 0, 0], [1.1, 0.2, 2.0]], cell=[3, 3, 3], pbc=[True, True, False])
     atoms.info.update(config_type="bulk", params={"b": 1, "a": [1, 2.5], "c": {"z": None, "y": (1, "x")}},
@@ -802,7 +802,7 @@ def test_cli_overwrite_recomputes_and_status_without_journal_is_a_usage_error(tm
 
 
 def test_editing_a_method_of_a_callable_class_changes_its_key(tmp_path):
-    from wfl_like.autoparallelize.fingerprint import fingerprint
+    from wfl_like.autoparallelize.resume.fingerprint import fingerprint
 
     source = "class Op:\n    def __call__(self, items):\n        return items\n"
     module_path = tmp_path / "class_op_module.py"

@@ -22,8 +22,8 @@ from gpu_ops import PROBE_MODULE, note_initializer, probe_task, record_device, r
 from helpers import wait_for
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize, worker_index
-from wfl_like.autoparallelize.devices import GPUS_ENV, VISIBLE_ENV, machine_gpu_count
-from wfl_like.autoparallelize.pool import START_METHOD_ENV, WorkerPool
+from wfl_like.autoparallelize.workers.devices import GPUS_ENV, VISIBLE_ENV, machine_gpu_count
+from wfl_like.autoparallelize.workers.pool import START_METHOD_ENV, WorkerPool
 
 TESTS_DIR = Path(__file__).resolve().parent
 

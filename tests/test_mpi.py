@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import BIN, MPIEXEC, group_exists, wait_for, waiting_at
-from wfl_like.autoparallelize.journal import Journal, journal_path
+from wfl_like.autoparallelize.resume.journal import Journal, journal_path
 
 pytest.importorskip("mpi4py")
 pytest.importorskip("mpipool")

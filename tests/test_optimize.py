@@ -138,7 +138,8 @@ def test_pressure_relaxes_the_cell_to_that_pressure():
 
 def test_stress_mask_keeps_masked_cell_components():
     atoms = cu_cells(1)[0]
-    traj = list(optimize([atoms], OutputSpec(), EMT(), pressure=5.0, stress_mask=[True, False, False, False, False, False],
+    traj = list(optimize([atoms], OutputSpec(), EMT(), pressure=5.0,
+                         stress_mask=[True, False, False, False, False, False],
                          keep_symmetry=False, **{**QUICK, "steps": 10}))
     start, end = traj[0].cell.lengths(), traj[-1].cell.lengths()
     assert end[0] != pytest.approx(start[0], abs=1e-4)
@@ -230,7 +231,8 @@ def test_same_outputs_whatever_the_processes_and_chunks_with_random_pressure():
     for info in ({"num_python_subprocesses": 0},
                  {"num_python_subprocesses": 2, "num_inputs_per_python_subprocess": 1},
                  {"num_python_subprocesses": 2, "num_inputs_per_python_subprocess": 3}):
-        result = optimize([atoms.copy() for atoms in cells], OutputSpec(), (EMT, [], {}), pressure=("uniform", 0.0, 3.0),
+        result = optimize([atoms.copy() for atoms in cells], OutputSpec(), (EMT, [], {}),
+                          pressure=("uniform", 0.0, 3.0),
                           rng=np.random.default_rng(7), autopara_info=info, keep_symmetry=False,
                           **{**QUICK, "steps": 4})
         runs.append(list(result))

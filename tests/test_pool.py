@@ -1,4 +1,4 @@
-"""Tests of wfl_like.autoparallelize.pool.WorkerPool with real worker processes."""
+"""Tests of wfl_like.autoparallelize.workers.pool.WorkerPool with real worker processes."""
 
 import multiprocessing
 import os
@@ -12,7 +12,7 @@ from concurrent.futures import Executor
 
 import pytest
 
-from wfl_like.autoparallelize.pool import RemoteTraceback, WorkerPool
+from wfl_like.autoparallelize.workers.pool import RemoteTraceback, WorkerPool
 from wfl_like.errors import TaskTimeoutError, WorkerDiedError, WorkerInitializerError
 from helpers import is_running, wait_for
 
@@ -396,7 +396,7 @@ def test_terminate_while_workers_die_and_tasks_are_queued_returns(round_i):
 
 DRIVER_SCRIPT = textwrap.dedent("""
     import sys, time
-    from wfl_like.autoparallelize.pool import WorkerPool
+    from wfl_like.autoparallelize.workers.pool import WorkerPool
 
     pool = WorkerPool(2)
     busy = pool.submit(time.sleep, 1)      # one worker busy for a short while, one idle

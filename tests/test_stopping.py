@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from wfl_like.autoparallelize.journal import Journal, journal_path
+from wfl_like.autoparallelize.resume.journal import Journal, journal_path
 from wfl_like.stopping import stop_on_signals
 from helpers import driver_env, end_process_group, group_exists, is_running, wait_for
 

@@ -23,10 +23,10 @@ from ase import Atoms
 from helpers import driver_env, end_process_group, wait_for
 from wfl_like import AutoparaInfo, ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
-from wfl_like.autoparallelize.fingerprint import fingerprint_call
-from wfl_like.autoparallelize.journal import Journal, journal_path
+from wfl_like.autoparallelize.resume.fingerprint import fingerprint_call
+from wfl_like.autoparallelize.resume.journal import Journal, journal_path
 from wfl_like.cli import main as cli_main
-from wfl_like.errors import AutoparallelizeError, FailedItemsWarning, JournalError, OutputWriteError
+from wfl_like.errors import AutoparallelizeError, FailedItemsWarning, JournalError
 
 N_ITEMS = 3
 

@@ -24,9 +24,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from helpers import driver_env
 from wfl_like import AutoparaInfo, ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
-from wfl_like.autoparallelize.code_identity import INSTALLED, LOCAL, STDLIB, module_origin
-from wfl_like.autoparallelize.fingerprint import fingerprint, fingerprint_call, fingerprint_extra
-from wfl_like.autoparallelize.journal import journal_path
+from wfl_like.autoparallelize.resume.code_identity import INSTALLED, LOCAL, STDLIB, module_origin
+from wfl_like.autoparallelize.resume.fingerprint import fingerprint, fingerprint_call, fingerprint_extra
+from wfl_like.autoparallelize.resume.journal import journal_path
 
 N_ITEMS = 8
 

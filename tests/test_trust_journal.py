@@ -29,7 +29,7 @@ from ase import Atoms
 from helpers import driver_env, end_process_group, wait_for, waiting_at
 from wfl_like import AutoparaInfo, ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
-from wfl_like.autoparallelize.journal import Journal, journal_path
+from wfl_like.autoparallelize.resume.journal import Journal, journal_path
 from wfl_like.io.locking import lock_opened
 from wfl_like.cli import main as cli_main
 from wfl_like.errors import JournalError, OutputLockedError
@@ -418,7 +418,8 @@ def test_three_steps_sharing_one_rng_killed_in_any_step_or_missing_a_step_rerun_
         proc = start(directory)
         try:
             blocked = gates[killed_step - 1]
-            assert wait_for(lambda: waiting_at(blocked) or proc.poll() is not None, 60), "the step never started"
+            started = wait_for(lambda blocked=blocked, proc=proc: waiting_at(blocked) or proc.poll() is not None, 60)
+            assert started, "the step never started"
             assert proc.poll() is None, proc.stderr.read()
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)

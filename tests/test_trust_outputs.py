@@ -23,7 +23,7 @@ from ase import Atoms
 from helpers import driver_env, wait_for
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
-from wfl_like.autoparallelize.journal import Journal, journal_path
+from wfl_like.autoparallelize.resume.journal import Journal, journal_path
 from wfl_like.calculators.generic import calculate
 from wfl_like.errors import (AutoparallelizeError, FailedItemsWarning, InputFileError, OpOutputError,
                              OutputFormatError, OutputLockedError, OutputWriteError)

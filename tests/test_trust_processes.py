@@ -27,7 +27,7 @@ from ase import Atoms
 
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
-from wfl_like.autoparallelize.pool import WorkerPool
+from wfl_like.autoparallelize.workers.pool import WorkerPool
 from wfl_like.errors import FailedItemsWarning, WorkerInitializerError
 from helpers import driver_env, end_process_group, is_running, wait_for
 

@@ -22,8 +22,8 @@ from ase import Atoms
 
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
-from wfl_like.autoparallelize.pool import START_METHOD_ENV, WorkerPool
-from wfl_like.autoparallelize.threads import THREAD_VARIABLES, THREADS_ENV, available_cpus
+from wfl_like.autoparallelize.workers.pool import START_METHOD_ENV, WorkerPool
+from wfl_like.autoparallelize.workers.threads import THREAD_VARIABLES, THREADS_ENV, available_cpus
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -202,7 +202,7 @@ MPI_DRIVER = textwrap.dedent("""
     from ase import Atoms
     from wfl_like import ConfigSet, OutputSpec
     from wfl_like.autoparallelize import autoparallelize
-    from wfl_like.autoparallelize.threads import available_cpus
+    from wfl_like.autoparallelize.workers.threads import available_cpus
     from test_worker_threads import thread_report
 
     def report(items, barrier):

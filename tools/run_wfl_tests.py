@@ -99,7 +99,8 @@ def main(argv=None):
     parser.add_argument("--source", action="append", default=[],
                         help="an unpacked wfl source tree; repeat for several, the first holding a file wins "
                              "(default: the PyPI sdist)")
-    parser.add_argument("--version", default=DEFAULT_VERSION, help=f"wfl version to download (default {DEFAULT_VERSION})")
+    parser.add_argument("--version", default=DEFAULT_VERSION,
+                        help=f"wfl version to download (default {DEFAULT_VERSION})")
     args, pytest_args = parser.parse_known_args(argv)
     sources = args.source or [fetch_sources(args.version)]
     if None in sources:

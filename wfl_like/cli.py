@@ -379,7 +379,7 @@ def _run_operation(args, operation, *op_args, **op_kwargs):
 def _check_gpu_setting(args):
     """A ``WFL_TORCH_N_GPUS`` the workers cannot use is bad input (exit code 2), said before any
     input is read, not a failure of the run."""
-    from wfl_like.autoparallelize.devices import device_plan
+    from wfl_like.autoparallelize.workers.devices import device_plan
 
     # the engine checks it for serial runs too
     try:
@@ -468,7 +468,7 @@ def run_status(args):
     """``wfl-like status``: print the journal's summary; returns the exit code."""
     import sqlite3
 
-    from wfl_like.autoparallelize.journal import journal_path
+    from wfl_like.autoparallelize.resume.journal import journal_path
     from wfl_like.errors import JournalError
 
     path = journal_path(args.output)
@@ -490,7 +490,7 @@ def run_status(args):
 
 def _status_lines(args, path):
     """The lines ``wfl-like status`` prints, all read before any is printed."""
-    from wfl_like.autoparallelize.journal import Journal
+    from wfl_like.autoparallelize.resume.journal import Journal
 
     with Journal(path, read_only=True) as journal:
         call = journal.meta("call") or {}

@@ -98,6 +98,19 @@ class ConfigSet:
         # wfl's name: this set's location inside the set that produced it by groups()
         return format_location(self._enclosing)
 
+    @property
+    def enclosing_location(self):
+        """This set's location (a tuple) inside the set whose :meth:`groups` gave it; ``()`` for a
+        set made directly."""
+        return self._enclosing
+
+    def located(self):
+        """Iterate over ``(location, Atoms)`` pairs, locations as tuples relative to this set.
+
+        Unlike iteration, nothing is written into the structures' ``info``.
+        """
+        return self._located()
+
     def __iter__(self):
         for loc, atoms in self._located():
             self._cur_loc = atoms.info[LOC_KEY] = format_location(loc)
@@ -327,7 +340,8 @@ class OutputSpec:
                 raise ValueError("OutputSpec files is an empty list; pass None to keep outputs in memory")
             absolute = [str(f) for f in self.files if f.is_absolute()]
             if absolute and file_root is not None:
-                raise ValueError(f"file_root {str(file_root)!r} was given but output files {absolute} are absolute paths")
+                raise ValueError(f"file_root {str(file_root)!r} was given but output files {absolute} are "
+                                 f"absolute paths")
             self.configs = None
             resolved = collections.Counter(p.resolve() for p in self.paths)
             repeated = sorted(str(p) for p in self.paths if resolved[p.resolve()] > 1)

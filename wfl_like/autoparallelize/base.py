@@ -1,8 +1,6 @@
-"""The front door: :func:`autoparallelize` and its decorator form :func:`autoparallelized`."""
+"""The front door: :func:`autoparallelize` (its decorator form is in :mod:`.wrap`)."""
 
 import contextlib
-import functools
-import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -10,13 +8,12 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from wfl_like.autoparallelize import mpipool_support
+from wfl_like.autoparallelize.workers import mpi as mpipool_support
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo
-from wfl_like.autoparallelize.cache import RunCache, inputs_fingerprint, journal_location
+from wfl_like.autoparallelize.resume.cache import RunCache, inputs_fingerprint, journal_location
 from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
-from wfl_like.autoparallelize.docstrings import autoparallelize_docstring
-from wfl_like.autoparallelize.executors import available_cpus, chunk_runner, num_workers
-from wfl_like.autoparallelize.opcall import PER_ITEM_INFO, OpCall, in_worker, op_name, takes_argument
+from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_runner, num_workers
+from wfl_like.autoparallelize.workers.opcall import PER_ITEM_INFO, OpCall, in_worker, op_name, takes_argument
 from wfl_like.autoparallelize.supervisor import one_line_reason, run_in_order
 from wfl_like.configset import ConfigSet, OutputSpec
 from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError, OutputIsInputError
@@ -252,7 +249,8 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True):
                 reason = one_line_reason(exc)
                 if result.chunk.cached is not None:
                     # not the op's doing: the journal held it (tampered, or written otherwise)
-                    reason += f" (this output came from the journal {cache.journal.path}; the next run computes it again)"
+                    reason += (f" (this output came from the journal {cache.journal.path}; the next run "
+                               f"computes it again)")
                 failed.append(FailedItem(index, reason, "", exc))
                 continue
             done.append((index, output))
@@ -330,57 +328,3 @@ def _is_atoms_tree(value):
     if isinstance(value, Atoms):
         return True
     return isinstance(value, (list, tuple)) and all(item is None or _is_atoms_tree(item) for item in value)
-
-
-def autoparallelized(op=None, *, input_type="Atoms", **default_autopara_info):
-    """Decorator: turn an operation on a list of items into its parallel wrapper.
-
-    ``@autoparallelized`` or ``@autoparallelized(num_inputs_per_python_subprocess=10)``
-    above ``def op(items, ...)`` gives a function called as
-    ``op(inputs, outputs, ..., autopara_info=None)``, whose signature and docstring
-    (shown by ``help()``) say so.  The undecorated function stays reachable as
-    ``.op``.
-
-    Parameters
-    ----------
-    op : callable, optional
-        The operation (when used without parentheses).
-    input_type : str, default "Atoms"
-        What the inputs are, for the docstring.
-    **default_autopara_info
-        Defaults for :class:`AutoparaInfo` options, e.g. ``num_inputs_per_python_subprocess``.
-    """
-    AutoparaInfo(**default_autopara_info)     # reject unknown names now, not at the first call
-
-    def decorate(func):
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            return autoparallelize(func, *args, default_autopara_info=default_autopara_info, **kwargs)
-
-        wrapper.op = func
-        wrapper.__signature__ = _wrapper_signature(func, default_autopara_info.get("iterable_arg", 0))
-        del wrapper.__wrapped__      # help() and inspect must show the wrapper's own signature
-        autoparallelize_docstring(wrapper, func, input_type,
-                                  input_arg=default_autopara_info.get("iterable_arg", 0))
-        return wrapper
-
-    return decorate if op is None else decorate(op)
-
-
-def _wrapper_signature(func, iterable_arg):
-    params = list(inspect.signature(func).parameters.values())
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if isinstance(iterable_arg, int) and iterable_arg < len(positional):
-        params.remove(positional[iterable_arg])
-    elif isinstance(iterable_arg, str):
-        params = [p for p in params if p.name != iterable_arg]
-    params = [p for p in params if p.name != PER_ITEM_INFO]
-    io_params = [inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-                 inspect.Parameter("outputs", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    rest = [p.replace(kind=p.POSITIONAL_OR_KEYWORD) if p.kind == p.POSITIONAL_ONLY else p for p in params]
-    extra = [inspect.Parameter("autopara_info", inspect.Parameter.KEYWORD_ONLY, default=None)]
-    if PER_ITEM_INFO in inspect.signature(func).parameters:
-        extra.append(inspect.Parameter("rng", inspect.Parameter.KEYWORD_ONLY, default=None))
-    var_kw = [p for p in rest if p.kind == p.VAR_KEYWORD]
-    rest = [p for p in rest if p.kind != p.VAR_KEYWORD]
-    return inspect.Signature(io_params + rest + extra + var_kw)

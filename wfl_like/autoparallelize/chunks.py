@@ -49,7 +49,7 @@ def location_of_item(item):
     if isinstance(item, Atoms):
         return location_of(item)
     if isinstance(item, ConfigSet):
-        return item._enclosing or None
+        return item.enclosing_location or None
     return None
 
 

@@ -17,7 +17,7 @@ import collections
 import importlib
 import pickle
 
-from wfl_like.autoparallelize.opcall import call_generation
+from wfl_like.autoparallelize.workers.opcall import call_generation
 
 INITIALIZER_KEY = "WFL_CALCULATOR_INITIALIZER"
 ARGS_KEY = "WFL_CALCULATOR_ARGS"

@@ -25,7 +25,7 @@ module follows what a function can reach, by reading its bytecode:
 - installed packages count by their distribution's version, the standard library and
   builtins by name.
 
-The encoding of values is :mod:`wfl_like.autoparallelize.fingerprint`'s; its feeder is
+The encoding of values is :mod:`wfl_like.autoparallelize.resume.fingerprint`'s; its feeder is
 passed in (``feed(hasher, value, seen)``) so that the two modules need not import each other.
 """
 
@@ -445,7 +445,7 @@ def _feed_reads(feed, hasher, code, namespace, seen):
             _feed_text(hasher, "<its own state>")
             _feed_text(hasher, source_digest(_home_module(chain, namespace, module)))
             continue
-        feed_or_source(lambda h, v, s: _feed_chain(feed, h, chain, v, s), hasher, namespace, seen, module)
+        feed_or_source(lambda h, v, s, chain=chain: _feed_chain(feed, h, chain, v, s), hasher, namespace, seen, module)
     for name, level in sorted(imported):
         _feed_imported(hasher, name, level, namespace)
 

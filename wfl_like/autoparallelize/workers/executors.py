@@ -8,10 +8,10 @@ import uuid
 import warnings
 from concurrent.futures import Executor, Future
 
-from wfl_like.autoparallelize import devices, mpipool_support, threads
-from wfl_like.autoparallelize.opcall import ByValue, begin_call, in_worker, install, run_installed, run_portable
-from wfl_like.autoparallelize.pool import START_METHOD_ENV, WorkerPool, default_context
-from wfl_like.autoparallelize.threads import available_cpus
+from wfl_like.autoparallelize.workers import devices, mpi as mpipool_support, threads
+from wfl_like.autoparallelize.workers.opcall import ByValue, begin_call, in_worker, install, run_installed, run_portable
+from wfl_like.autoparallelize.workers.pool import START_METHOD_ENV, WorkerPool, default_context
+from wfl_like.autoparallelize.workers.threads import available_cpus
 
 NUM_PROCESSES_ENV = "WFL_NUM_PYTHON_SUBPROCESSES"
 
@@ -89,7 +89,7 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
     ``isolate`` is passed to :class:`SerialExecutor` for serial runs.  With ``executor``
     (any :class:`concurrent.futures.Executor`), chunks run there instead; it is the
     caller's, so it is left running.  ``initializer_timeout`` and ``max_items_per_worker``
-    are those of :class:`~wfl_like.autoparallelize.pool.WorkerPool` (ignored unless it runs).
+    are those of :class:`~wfl_like.autoparallelize.workers.pool.WorkerPool` (ignored unless it runs).
     Leaving the block normally waits for the workers to finish; leaving it by an
     exception (including Ctrl-C) kills them at once.
     """
@@ -156,7 +156,7 @@ def _worker_initializer(call, init_func, init_args, start_method):
 
 def install_together(together, init_args):
     """Worker initializer: unpickle the call and the user's initializer from one payload, then
-    :func:`~wfl_like.autoparallelize.opcall.install` them."""
+    :func:`~wfl_like.autoparallelize.workers.opcall.install` them."""
     call, init_func = together.load()
     install(call, init_func, init_args)
 
@@ -191,7 +191,7 @@ def _thread_limit(name, workers, executor):
 
     ``max(1, cpus // workers)``, unless ``WFL_LIKE_WORKER_THREADS`` says otherwise or the
     driver's environment sets a thread count of its own
-    (:func:`~wfl_like.autoparallelize.threads.worker_thread_limit`).  Serial runs, nested
+    (:func:`~wfl_like.autoparallelize.workers.threads.worker_thread_limit`).  Serial runs, nested
     calls in a worker, the MPI ranks (limited when they started) and foreign executors are
     left alone; where ``WFL_LIKE_WORKER_THREADS`` is set and the call has no workers of
     wfl_like's to apply it to, that is said (a warning).

@@ -19,10 +19,10 @@ import time
 from concurrent.futures import CancelledError, Executor, Future
 from multiprocessing.connection import wait
 
-from wfl_like.autoparallelize.devices import device_of, environment_for_start, worker_environment
-from wfl_like.autoparallelize.threads import thread_environment
-from wfl_like.autoparallelize.guardian import Guardian, kill_process_group
-from wfl_like.autoparallelize.worker import worker_main
+from wfl_like.autoparallelize.workers.devices import device_of, environment_for_start, worker_environment
+from wfl_like.autoparallelize.workers.threads import thread_environment
+from wfl_like.autoparallelize.workers.guardian import Guardian, kill_process_group
+from wfl_like.autoparallelize.workers.worker import worker_main
 from wfl_like.errors import (TaskTimeoutError, WorkerDiedError, WorkerInitializerError, WorkerPoisonedError,
                              describe_exitcode)
 
@@ -155,22 +155,22 @@ class WorkerPool(Executor):
         Replace a worker once it has run this many items (see :meth:`submit_task`).
     devices : list of str, optional
         ``CUDA_VISIBLE_DEVICES`` values: worker ``k`` is started with ``devices[k % len(devices)]``
-        (see :mod:`~wfl_like.autoparallelize.devices`).  Default: the variable is left as
+        (see :mod:`~wfl_like.autoparallelize.workers.devices`).  Default: the variable is left as
         the driver has it.
     threads : int, optional
         The most threads the native libraries (OpenBLAS, MKL, BLIS, OpenMP) of each
         worker may use: set for those it has loaded (threadpoolctl) and in its
-        environment for those it loads later (see :mod:`~wfl_like.autoparallelize.threads`).
+        environment for those it loads later (see :mod:`~wfl_like.autoparallelize.workers.threads`).
         Default: they keep their own defaults (usually one thread per core, in every worker).
 
     Notes
     -----
     Each worker has an index ``k`` in ``0..max_workers-1``, which the code it runs reads
-    with :func:`~wfl_like.autoparallelize.devices.worker_index`; a worker that replaces
+    with :func:`~wfl_like.autoparallelize.workers.devices.worker_index`; a worker that replaces
     one that died or was retired takes the lowest free index, so devices stay balanced.
     Each worker leads a process group of its own; whenever a worker ends (done,
     killed, dead) its whole group is killed, so programs the task started go with it,
-    and a guardian process (:mod:`~wfl_like.autoparallelize.guardian`) does the same
+    and a guardian process (:mod:`~wfl_like.autoparallelize.workers.guardian`) does the same
     if the driver dies.  A worker whose task failed with ``MemoryError`` or "too many
     open files" is replaced, and its future fails with
     :class:`~wfl_like.errors.WorkerPoisonedError`.

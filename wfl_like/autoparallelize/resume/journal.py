@@ -8,7 +8,7 @@ exactly what changed.  Items are found by their key, not their position: inserti
 structure at the start of an input computes that one only.
 
 A journal may have been written or edited by anyone, so everything read from it is
-checked: outputs are stored in :mod:`~wfl_like.autoparallelize.codec`'s format (data
+checked: outputs are stored in :mod:`~wfl_like.autoparallelize.resume.codec`'s format (data
 only, never code), and a database that is not a journal of this format raises
 :class:`~wfl_like.errors.JournalError` naming the file.
 """
@@ -23,7 +23,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from wfl_like.autoparallelize import codec
+from wfl_like.autoparallelize.resume import codec
 from wfl_like.autoparallelize.supervisor import REASON_LIMIT
 from wfl_like.errors import JournalError, OutputLockedError, OutputWriteError
 from wfl_like.io.locking import FileLock, Held, Moving

@@ -16,9 +16,9 @@ import signal
 import sys
 import traceback
 
-from wfl_like.autoparallelize.devices import enter_worker
-from wfl_like.autoparallelize.opcall import item_aborted
-from wfl_like.autoparallelize.threads import limit_loaded_libraries
+from wfl_like.autoparallelize.workers.devices import enter_worker
+from wfl_like.autoparallelize.workers.opcall import item_aborted
+from wfl_like.autoparallelize.workers.threads import limit_loaded_libraries
 
 # Failures after which a worker is not to be trusted with more work: out of memory, or
 # out of file descriptors (EMFILE for this process, ENFILE for the whole system).
@@ -41,13 +41,13 @@ def worker_main(conn, initializer, initargs, inherited, index=None, environment=
         and must close (its siblings' pipes, the guardian's pipe), or none of them would
         see end-of-file when the driver dies.
     index : int, optional
-        This worker's index (:func:`~wfl_like.autoparallelize.devices.worker_index`).
+        This worker's index (:func:`~wfl_like.autoparallelize.workers.devices.worker_index`).
     environment : dict of str to str, optional
         Variables to set in its environment (its ``CUDA_VISIBLE_DEVICES``, its thread
         limits), set before the initializer (which unpickles the operation) runs.
     threads : int, optional
         The most threads each native library this worker has loaded may use
-        (:mod:`~wfl_like.autoparallelize.threads`); None leaves them as they are.
+        (:mod:`~wfl_like.autoparallelize.workers.threads`); None leaves them as they are.
     """
     enter_worker(index, environment)
     if threads is not None:

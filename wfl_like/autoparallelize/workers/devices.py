@@ -9,7 +9,7 @@ then sees its GPU as ``cuda:0``, whatever library it loads, and loads it after t
 variable is set.
 
 The variables a worker starts with (its device, and its thread limits from
-:mod:`~wfl_like.autoparallelize.threads`) are set by one mechanism:
+:mod:`~wfl_like.autoparallelize.workers.threads`) are set by one mechanism:
 :func:`environment_for_start` for a spawned worker, :func:`enter_worker` for all.
 
 Nothing here imports torch: the variable is all that CUDA needs, and torch is only
@@ -144,7 +144,7 @@ def enter_worker(index, environment=None):
 
     Called first thing in a worker, before the operation or its initializer is
     unpickled, so that whatever they import sees the worker's device (and its thread
-    limits, :mod:`~wfl_like.autoparallelize.threads`).
+    limits, :mod:`~wfl_like.autoparallelize.workers.threads`).
 
     Parameters
     ----------
@@ -165,7 +165,7 @@ def worker_environment(device=None, threads=None):
     device : str, optional
         Its ``CUDA_VISIBLE_DEVICES`` (:func:`device_of`).
     threads : dict of str to str, optional
-        Its thread-pool variables (:func:`~wfl_like.autoparallelize.threads.thread_environment`).
+        Its thread-pool variables (:func:`~wfl_like.autoparallelize.workers.threads.thread_environment`).
     """
     environment = dict(threads or {})
     if device is not None:

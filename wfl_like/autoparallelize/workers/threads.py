@@ -10,7 +10,7 @@ of ``N`` is limited to ``max(1, cpus // N)`` threads, as loky does for its worke
   through :mod:`threadpoolctl`;
 - for those loaded later (torch reads ``OMP_NUM_THREADS`` when it is imported), through
   the variables of :data:`THREAD_VARIABLES`, set in the worker's environment (a spawned
-  worker starts with them, see :func:`~wfl_like.autoparallelize.devices.environment_for_start`).
+  worker starts with them, see :func:`~wfl_like.autoparallelize.workers.devices.environment_for_start`).
 
 The user's own settings win: where the driver's environment sets any of those
 variables, none is touched.  ``WFL_LIKE_WORKER_THREADS=N`` sets the number of threads
@@ -21,7 +21,7 @@ import os
 
 from threadpoolctl import threadpool_limits
 
-from wfl_like.autoparallelize.devices import driver_environment, whole_number_variable
+from wfl_like.autoparallelize.workers.devices import driver_environment, whole_number_variable
 
 THREADS_ENV = "WFL_LIKE_WORKER_THREADS"
 
@@ -42,7 +42,7 @@ def requested_threads(environ=None):
     """``$WFL_LIKE_WORKER_THREADS`` as a number of threads, or None when it is unset or empty.
 
     ``environ``: the environment to read (default: this process's, as
-    :func:`~wfl_like.autoparallelize.devices.driver_environment` gives it).
+    :func:`~wfl_like.autoparallelize.workers.devices.driver_environment` gives it).
 
     Raises
     ------

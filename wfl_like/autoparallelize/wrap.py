@@ -1,7 +1,14 @@
-"""Docstrings of autoparallelized wrappers, made from the operation's numpy-style docstring."""
+"""Wrapping an operation for the engine: the :func:`autoparallelized` decorator, and the
+signature and docstring its wrapper shows."""
 
+import functools
 import inspect
 import re
+
+from wfl_like.autoparallelize.autoparainfo import AutoparaInfo
+from wfl_like.autoparallelize.base import autoparallelize
+from wfl_like.autoparallelize.workers.opcall import PER_ITEM_INFO
+
 
 _SECTION = re.compile(r"^(\w[\w ]*)\n-{3,}\s*$", re.MULTILINE)
 _ENTRY = re.compile(r"^(\*{0,2}\w+)\s*(:.*)?$")
@@ -77,3 +84,57 @@ def _split_sections(doc):
             entries[-1].pop()
         sections[match.group(1)] = entries
     return summary, sections
+
+
+def autoparallelized(op=None, *, input_type="Atoms", **default_autopara_info):
+    """Decorator: turn an operation on a list of items into its parallel wrapper.
+
+    ``@autoparallelized`` or ``@autoparallelized(num_inputs_per_python_subprocess=10)``
+    above ``def op(items, ...)`` gives a function called as
+    ``op(inputs, outputs, ..., autopara_info=None)``, whose signature and docstring
+    (shown by ``help()``) say so.  The undecorated function stays reachable as
+    ``.op``.
+
+    Parameters
+    ----------
+    op : callable, optional
+        The operation (when used without parentheses).
+    input_type : str, default "Atoms"
+        What the inputs are, for the docstring.
+    **default_autopara_info
+        Defaults for :class:`AutoparaInfo` options, e.g. ``num_inputs_per_python_subprocess``.
+    """
+    AutoparaInfo(**default_autopara_info)     # reject unknown names now, not at the first call
+
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return autoparallelize(func, *args, default_autopara_info=default_autopara_info, **kwargs)
+
+        wrapper.op = func
+        wrapper.__signature__ = _wrapper_signature(func, default_autopara_info.get("iterable_arg", 0))
+        del wrapper.__wrapped__      # help() and inspect must show the wrapper's own signature
+        autoparallelize_docstring(wrapper, func, input_type,
+                                  input_arg=default_autopara_info.get("iterable_arg", 0))
+        return wrapper
+
+    return decorate if op is None else decorate(op)
+
+
+def _wrapper_signature(func, iterable_arg):
+    params = list(inspect.signature(func).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if isinstance(iterable_arg, int) and iterable_arg < len(positional):
+        params.remove(positional[iterable_arg])
+    elif isinstance(iterable_arg, str):
+        params = [p for p in params if p.name != iterable_arg]
+    params = [p for p in params if p.name != PER_ITEM_INFO]
+    io_params = [inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                 inspect.Parameter("outputs", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    rest = [p.replace(kind=p.POSITIONAL_OR_KEYWORD) if p.kind == p.POSITIONAL_ONLY else p for p in params]
+    extra = [inspect.Parameter("autopara_info", inspect.Parameter.KEYWORD_ONLY, default=None)]
+    if PER_ITEM_INFO in inspect.signature(func).parameters:
+        extra.append(inspect.Parameter("rng", inspect.Parameter.KEYWORD_ONLY, default=None))
+    var_kw = [p for p in rest if p.kind == p.VAR_KEYWORD]
+    rest = [p for p in rest if p.kind != p.VAR_KEYWORD]
+    return inspect.Signature(io_params + rest + extra + var_kw)

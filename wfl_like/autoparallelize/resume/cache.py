@@ -11,9 +11,9 @@ import logging
 import warnings
 from pathlib import Path
 
-from wfl_like.autoparallelize import codec
-from wfl_like.autoparallelize.fingerprint import describe, fingerprint, fingerprint_call, fingerprint_extra
-from wfl_like.autoparallelize.journal import Journal, journal_path
+from wfl_like.autoparallelize.resume import codec
+from wfl_like.autoparallelize.resume.fingerprint import describe, fingerprint, fingerprint_call, fingerprint_extra
+from wfl_like.autoparallelize.resume.journal import Journal, journal_path
 from wfl_like.configset import ConfigSet
 
 log = logging.getLogger("wfl_like.cache")
@@ -194,7 +194,7 @@ def inputs_fingerprint(inputs):
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         parts.append((str(Path(path).resolve()), digest.hexdigest()))
-    return fingerprint(parts, inputs.read_kwargs, inputs._enclosing)
+    return fingerprint(parts, inputs.read_kwargs, inputs.enclosing_location)
 
 
 def _stat_outputs(outputs):

@@ -4,7 +4,7 @@ Used as cache keys: an item's output is reused only if the operation (its code a
 that code reads), its arguments, the item's content and its random stream are what they
 were.  ``pickle`` is not canonical (dict and set order, memo ids), so values are encoded
 here with type tags, dict keys and set members sorted, arrays by dtype, shape and bytes.
-What code counts by is :mod:`wfl_like.autoparallelize.code_identity`'s.
+What code counts by is :mod:`wfl_like.autoparallelize.resume.code_identity`'s.
 """
 
 import copyreg
@@ -22,8 +22,8 @@ from pathlib import Path, PurePath
 import numpy as np
 from ase import Atoms
 
-from wfl_like.autoparallelize import code_identity
-from wfl_like.autoparallelize.code_identity import Unfingerprintable, feed_step
+from wfl_like.autoparallelize.resume import code_identity
+from wfl_like.autoparallelize.resume.code_identity import Unfingerprintable, feed_step
 from wfl_like.configset import ConfigSet
 from wfl_like.locations import LOC_KEY
 
@@ -32,7 +32,7 @@ def fingerprint(*values):
     """Hex digest of the canonical encoding of ``values``.
 
     Structures are hashed by everything they carry (their location aside), functions and
-    classes by what :mod:`~wfl_like.autoparallelize.code_identity` says they reach, ASE
+    classes by what :mod:`~wfl_like.autoparallelize.resume.code_identity` says they reach, ASE
     calculators given as values by class and parameters, other objects by what pickle
     would rebuild them from.
 
@@ -368,7 +368,7 @@ def _feed_partial(hasher, partial, seen):
 
 def _feed_group(hasher, group, seen):
     # a group from ConfigSet.groups(): its structures and where they sit in it
-    _feed(hasher, [[list(loc), atoms] for loc, atoms in group._located()], seen)
+    _feed(hasher, [[list(loc), atoms] for loc, atoms in group.located()], seen)
 
 
 def _feed_object(hasher, obj, seen):
