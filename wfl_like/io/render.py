@@ -6,10 +6,12 @@ named with the key and the problem, instead of a file that cannot be read back.
 """
 
 import io as _io
+import os
 import re
 
 import numpy as np
 
+from wfl_like.io.fastwrite import extxyz_text, uncovered_reason
 from wfl_like.locations import LOC_KEY
 
 # Keys and string values made only of these are written and read back as they are by
@@ -24,6 +26,12 @@ _LOCATION = re.compile(r"( / \d+)+")
 _WHITE_SPACE = re.compile(r"\s")
 
 EXTXYZ = "extxyz"
+
+# Which writer makes extended XYZ text: "auto" (the fast one where it covers the structure,
+# ASE's otherwise), "ase" (always ASE's, to rule the fast one out), "fast" (only the fast
+# one: a structure it does not cover fails, naming what it lacks).
+WRITER_ENV = "WFL_LIKE_EXTXYZ_WRITER"
+_WRITERS = ("auto", "ase", "fast")
 
 
 class UnwritableOutput(ValueError):
@@ -45,18 +53,58 @@ def render(atoms, write_kwargs):
     UnwritableOutput
         The writer refused the structure, or what it wrote would not read back.
     """
+    _check_keys(atoms)
+    text = _fast_text(atoms, write_kwargs)
+    if text is None:
+        text = _ase_text(atoms, write_kwargs)
+    _check_text(atoms, text, write_kwargs.get("format"))
+    return text
+
+
+def extxyz_writer() -> str:
+    """The extended XYZ writer chosen by the environment variable ``WFL_LIKE_EXTXYZ_WRITER``.
+
+    Returns
+    -------
+    str
+        ``"auto"`` (the default), ``"ase"`` or ``"fast"``.
+
+    Raises
+    ------
+    ValueError
+        The variable holds something else.
+    """
+    choice = os.environ.get(WRITER_ENV, "auto").strip().lower() or "auto"
+    if choice not in _WRITERS:
+        raise ValueError(f"{WRITER_ENV}={os.environ[WRITER_ENV]!r} is not one of {', '.join(_WRITERS)}; "
+                         f"unset it to let the fast writer take the structures it covers")
+    return choice
+
+
+def _fast_text(atoms, write_kwargs):
+    # only plain extended XYZ: any other writer option is ASE's to apply
+    if write_kwargs.get("format") != EXTXYZ or len(write_kwargs) != 1:
+        return None
+    choice = extxyz_writer()
+    if choice == "ase":
+        return None
+    text = extxyz_text(atoms)
+    if text is None and choice == "fast":
+        raise UnwritableOutput(f"the fast extended XYZ writer does not cover it ({uncovered_reason(atoms)}) "
+                               f"and {WRITER_ENV}=fast; set it to auto to write such structures with ASE")
+    return text
+
+
+def _ase_text(atoms, write_kwargs):
     import ase.io
 
-    _check_keys(atoms)
     buffer = _io.StringIO()
     try:
         ase.io.write(buffer, atoms, **write_kwargs, parallel=False)
     except Exception as exc:
         raise UnwritableOutput(f"the {write_kwargs.get('format')} writer refused it: "
                                f"{type(exc).__name__}: {exc}") from None
-    text = buffer.getvalue()
-    _check_text(atoms, text, write_kwargs.get("format"))
-    return text
+    return buffer.getvalue()
 
 
 def _check_keys(atoms):
