@@ -34,6 +34,9 @@ _KIND_LAYOUT = {"f": ("R", "%16.8f"), "i": ("I", "%8d"), "U": ("S", "%-2s"), "b"
 # Info values of these keys are matrices written flattened in Fortran order.
 _FLATTENED_KEYS = frozenset(("Lattice", "virial", "stress"))
 
+# Items of a Voigt 6-vector (xx yy zz yz xz xy) making its 3x3 matrix, row by row.
+_VOIGT_TO_FULL = np.array([0, 5, 4, 5, 1, 3, 4, 3, 2])
+
 # A key or value with any of these is quoted (its double quotes escaped).
 _NEEDS_QUOTES = re.compile(r"[ \"'{}\[\]]")
 
@@ -87,19 +90,25 @@ def uncovered_reason(atoms) -> str | None:
 
 
 def _text(atoms):
-    from ase import Atoms
-
-    if not isinstance(atoms, Atoms):
+    if not isinstance(atoms, _ase_classes()["Atoms"]):
         raise _NotCovered(f"not an ase.Atoms but a {type(atoms).__name__}")
     per_config, per_atom = _calculator_results(atoms)
     info = _info_to_write(atoms, per_config)
     n_atoms = len(atoms)
     columns = _columns(atoms, per_atom, n_atoms)
-    signature = tuple((name, kind, width) for name, kind, width, _ in columns)
-    properties, line_format = _layout(signature)
-    head = [] if not atoms.cell.array.any() else [_lattice(atoms.cell.array)]
-    comment = " ".join(head + [properties, _info_text(info)])
-    return f"{n_atoms}\n{comment}\n" + _atom_lines(columns, line_format, n_atoms)
+    properties, widths, line_format, floats_only = _layout(_signature(columns, n_atoms))
+    cell = atoms.cell.array
+    head = f"{n_atoms}\n{_lattice(cell)} " if cell.any() else f"{n_atoms}\n"
+    return f"{head}{properties} {_info_text(info)}\n" + _atom_lines(columns, widths, line_format, floats_only, n_atoms)
+
+
+@lru_cache(maxsize=1)
+def _ase_classes():
+    # imported on first use: importing this module stays cheap
+    from ase import Atoms
+    from ase.constraints import FixAtoms, FixCartesian
+
+    return {"Atoms": Atoms, "FixAtoms": FixAtoms, "FixCartesian": FixCartesian}
 
 
 def _calculator_results(atoms):
@@ -137,11 +146,10 @@ def _info_to_write(atoms, per_config):
         if not isinstance(stress, np.ndarray):
             raise _NotCovered(f"info 'stress' is a {type(stress).__name__}, not an array")
         if stress.shape == (6,):
-            from ase.stress import voigt_6_to_full_3x3_stress
-
-            info["stress"] = voigt_6_to_full_3x3_stress(stress)
+            # Voigt order xx yy zz yz xz xy to the full matrix, as ASE does before writing
+            info["stress"] = stress[_VOIGT_TO_FULL].reshape(3, 3)
     # always written, in place of any 'pbc' of info
-    info["pbc"] = atoms.get_pbc()
+    info["pbc"] = atoms.pbc
     return info
 
 
@@ -161,9 +169,16 @@ def _lattice_of_bytes(cell_bytes):
 def _info_text(info):
     pieces = []
     for key, value in info.items():
-        text = _value_text(key, value)
-        pieces.append(_quoted(key) if text is None else f"{_quoted(key)}={_quoted(text)}")
+        # the commonest values first: format(value, "") of a str, int or float is its str()
+        text = value if type(value) is str else str(value) if type(value) in (float, int) else _value_text(key, value)
+        key_text = _quoted_key(key)
+        pieces.append(key_text if text is None else f"{key_text}={_quoted(text)}")
     return " ".join(pieces).strip()
+
+
+@lru_cache(maxsize=4096)
+def _quoted_key(key):
+    return _quoted(key)
 
 
 def _quoted(text):
@@ -224,75 +239,58 @@ def _json_text(key, value):
 
 
 def _columns(atoms, per_atom, n_atoms):
-    """(name in file, dtype kind, number of columns, values as (n_atoms, width) array) of each column."""
+    """(ASE's name, values) of each column, in the order ASE writes them."""
     arrays = atoms.arrays
     for taken in ("symbols", "move_mask"):
         if taken in arrays:
             raise _NotCovered(f"arrays has a key {taken!r}, which ASE handles specially")
-    positions = arrays["positions"]
-    if positions.shape != (n_atoms, 3) or positions.dtype.kind != "f":
-        raise _NotCovered("positions are not an (N, 3) float array")
-    symbols = _symbols(atoms, n_atoms)
-    columns = [("species", symbols.dtype.kind, 1, symbols.reshape(n_atoms, 1)),
-               _column("positions", positions, n_atoms)]
+    columns = [("symbols", _symbols(arrays["numbers"], n_atoms)), ("positions", arrays["positions"])]
     move_mask = _move_mask(atoms, n_atoms)
     if move_mask is not None:
-        columns.append(_column("move_mask", move_mask, n_atoms))
-    for key, values in arrays.items():
-        if key not in _NOT_COLUMNS:
-            columns.append(_column(key, values, n_atoms))
-    for key, values in per_atom.items():
-        columns.append(_column(key, values, n_atoms))
-    _refuse_clashing_fields(["symbols", "positions"] + (["move_mask"] if move_mask is not None else [])
-                            + [key for key in arrays if key not in _NOT_COLUMNS] + list(per_atom), columns)
+        columns.append(("move_mask", move_mask))
+    columns.extend(item for item in arrays.items() if item[0] not in _NOT_COLUMNS)
+    columns.extend(per_atom.items())
     return columns
 
 
-def _refuse_clashing_fields(keys, columns):
-    # ASE packs the columns into a record array with a field per column ('forces0',
-    # 'forces1', ... for a wide one): a name taken twice makes it fail
-    fields = []
-    for key, (_, _, width, _) in zip(keys, columns):
-        fields.extend([key] if width == 1 else [f"{key}{c}" for c in range(width)])
-    if len(set(fields)) != len(fields):
-        raise _NotCovered("two columns map to the same record field name")
+def _signature(columns, n_atoms):
+    # what the layout of the lines depends on; the checks of it are made once, by _layout
+    signature = []
+    for key, values in columns:
+        if not isinstance(values, np.ndarray):
+            raise _NotCovered(f"per-atom {key!r} is a {type(values).__name__}, not an array")
+        if values.shape[:1] != (n_atoms,):
+            raise _NotCovered(f"per-atom {key!r} has shape {values.shape}, not ({n_atoms}, ...)")
+        signature.append((key, values.dtype, values.shape[1:]))
+    return tuple(signature)
 
 
-def _symbols(atoms, n_atoms):
+def _symbols(numbers_, n_atoms):
     if n_atoms == 0:
         # ASE's empty symbol list becomes a float array: the species column is typed R
         return np.zeros(0)
-    numbers_ = atoms.arrays["numbers"]
-    symbols = _chemical_symbols()
-    if numbers_.min() < 0 or numbers_.max() >= len(symbols):
-        raise _NotCovered("atomic numbers out of range")
-    return symbols[numbers_]
+    # most structures share their atomic numbers with others: their symbols are kept
+    return _symbols_of(numbers_.dtype.str, numbers_.tobytes())
 
 
-@lru_cache(maxsize=1)
-def _chemical_symbols():
+@lru_cache(maxsize=1024)
+def _symbols_of(dtype, numbers_bytes):
     from ase.data import chemical_symbols
 
-    return np.array(chemical_symbols)
-
-
-def _column(key, values, n_atoms):
-    if not isinstance(values, np.ndarray):
-        raise _NotCovered(f"per-atom {key!r} is a {type(values).__name__}, not an array")
-    kind = values.dtype.kind
-    if kind not in _KIND_LAYOUT or (kind == "f" and values.dtype.itemsize not in (4, 8)):
-        raise _NotCovered(f"per-atom {key!r} has dtype {values.dtype}")
-    if values.ndim not in (1, 2) or values.shape[0] != n_atoms or (values.ndim == 2 and values.shape[1] == 0):
-        raise _NotCovered(f"per-atom {key!r} has shape {values.shape}")
-    width = 1 if values.ndim == 1 else values.shape[1]
-    return _COLUMN_NAMES.get(key, key), kind, width, values.reshape(n_atoms, width)
+    numbers_ = np.frombuffer(numbers_bytes, dtype=dtype)
+    if numbers_.dtype.kind not in "iu" or numbers_.min() < 0 or numbers_.max() >= len(chemical_symbols):
+        raise _NotCovered("atomic numbers are not whole numbers of known elements")
+    return np.array(chemical_symbols)[numbers_]
 
 
 def _move_mask(atoms, n_atoms):
     """The move_mask column ASE writes for FixAtoms/FixCartesian (True: free), None when all is free."""
-    from ase.constraints import FixAtoms, FixCartesian
-
-    fixes = [c for c in atoms.constraints if isinstance(c, (FixAtoms, FixCartesian))]
+    constraints = atoms.constraints
+    if not constraints:
+        return None
+    classes = _ase_classes()
+    FixAtoms, FixCartesian = classes["FixAtoms"], classes["FixCartesian"]
+    fixes = [c for c in constraints if isinstance(c, (FixAtoms, FixCartesian))]
     if not fixes:
         return None
     per_direction = any(isinstance(c, FixCartesian) for c in fixes)
@@ -307,21 +305,78 @@ def _move_mask(atoms, n_atoms):
 
 @lru_cache(maxsize=512)
 def _layout(signature):
-    """Properties string and the format of one atom's line, for a column signature."""
-    properties = ":".join(f"{name}:{_KIND_LAYOUT[kind][0]}:{width}" for name, kind, width in signature)
-    line = " ".join(" ".join([_KIND_LAYOUT[kind][1]] * width) for _, kind, width in signature) + "\n"
-    return "Properties=" + properties, line
+    """Properties string, the number of values of each column, and the format of one atom's line.
+
+    Raises _NotCovered for a column whose dtype or shape ASE's writer does not take, or
+    takes in a way not followed here.
+    """
+    names, widths, formats = [], [], []
+    for key, dtype, trailing_shape in signature:
+        kind = dtype.kind
+        if kind not in _KIND_LAYOUT or (kind == "f" and dtype.itemsize not in (4, 8)):
+            raise _NotCovered(f"per-atom {key!r} has dtype {dtype}")
+        if len(trailing_shape) > 1 or trailing_shape == (0,):
+            raise _NotCovered(f"per-atom {key!r} has {len(trailing_shape) + 1} dimensions or no columns")
+        width = trailing_shape[0] if trailing_shape else 1
+        property_type, value_format = _KIND_LAYOUT[kind]
+        names.append(f"{_COLUMN_NAMES.get(key, key)}:{property_type}:{width}")
+        widths.append(width)
+        formats.extend([value_format] * width)
+    _key, dtype, trailing_shape = signature[1]
+    if dtype.kind != "f" or trailing_shape != (3,):
+        raise _NotCovered("positions are not an (N, 3) float array")
+    _refuse_clashing_fields(signature)
+    floats_only = signature[0][1].kind == "U" and all(dtype.kind == "f" for _, dtype, _ in signature[1:])
+    return "Properties=" + ":".join(names), tuple(widths), " ".join(formats) + "\n", floats_only
 
 
-def _atom_lines(columns, line_format, n_atoms):
+def _refuse_clashing_fields(signature):
+    # ASE packs the columns into a record array with a field per column ('forces0',
+    # 'forces1', ... for a wide one): a name taken twice makes it fail
+    fields = []
+    for key, _, trailing_shape in signature:
+        width = trailing_shape[0] if trailing_shape else 1
+        fields.extend([key] if width == 1 else [f"{key}{c}" for c in range(width)])
+    if len(set(fields)) != len(fields):
+        raise _NotCovered("two columns map to the same record field name")
+
+
+def _atom_lines(columns, widths, line_format, floats_only, n_atoms):
     if n_atoms == 0:
         return ""
-    total = sum(width for _, _, width, _ in columns)
+    if floats_only:
+        # the commonest case (symbols, then float columns): the symbols go into the
+        # format, the numbers are formatted from one list of Python floats
+        values = np.concatenate([array.reshape(n_atoms, width)
+                                 for (_, array), width in zip(columns[1:], widths[1:], strict=True)], axis=1)
+        return _frame_format(columns[0][1], line_format) % tuple(values.ravel().tolist())
     # an object array turns each value into the Python int/float/bool/str that % formats
     # exactly as it formats the numpy scalar ASE passes
-    values = np.empty((n_atoms, total), dtype=object)
+    values = np.empty((n_atoms, sum(widths)), dtype=object)
     start = 0
-    for _, _, width, array in columns:
-        values[:, start:start + width] = array
+    for (_, array), width in zip(columns, widths, strict=True):
+        values[:, start:start + width] = array.reshape(n_atoms, width)
         start += width
     return (line_format * n_atoms) % tuple(values.ravel().tolist())
+
+
+# Formats of whole frames with their symbols in, kept for frames of at most this many atoms.
+_FRAME_FORMAT_ATOMS = 4096
+
+
+def _frame_format(symbols, line_format):
+    if len(symbols) > _FRAME_FORMAT_ATOMS:
+        return _symbols_in_format(symbols.tolist(), line_format)
+    return _cached_frame_format(symbols.dtype.str, symbols.tobytes(), line_format)
+
+
+@lru_cache(maxsize=256)
+def _cached_frame_format(dtype, symbols_bytes, line_format):
+    return _symbols_in_format(np.frombuffer(symbols_bytes, dtype=dtype).tolist(), line_format)
+
+
+def _symbols_in_format(symbols, line_format):
+    # the line format starts with the symbol's "%-2s": a symbol padded to 2 in its place
+    # (chemical symbols hold no '%')
+    rest = line_format[len("%-2s"):]
+    return "".join([f"{symbol:<2}{rest}" for symbol in symbols])
