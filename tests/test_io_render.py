@@ -128,7 +128,8 @@ COVERED = {
         d=np.array([1.5], dtype=np.float32), e=np.array([], dtype=float)),
     "info matrices": lambda: with_info(
         a=np.arange(9.0).reshape(3, 3), b=np.eye(3, dtype=int), c=np.ones((2, 2), bool),
-        virial=np.arange(9.0).reshape(3, 3), stress=np.arange(6.0), d=np.arange(4, dtype=np.uint8), e=np.array(["a", "b c"])),
+        virial=np.arange(9.0).reshape(3, 3), stress=np.arange(6.0), d=np.arange(4, dtype=np.uint8),
+        e=np.array(["a", "b c"])),
     "info 0-d arrays": lambda: with_info(a=np.array(1.5), b=np.array(3), c=np.array(True)),
     "info lists tuples dicts": lambda: with_info(
         a=["x", "y z"], b=[1, 2.5, None], c=(1, 2), d={"k": [1, "v"]}, e=[], f=["é"], g=[np.float64(0.5)]),
