@@ -34,7 +34,7 @@ _KIND_LAYOUT = {"f": ("R", "%16.8f"), "i": ("I", "%8d"), "U": ("S", "%-2s"), "b"
 # Info values of these keys are matrices written flattened in Fortran order.
 _FLATTENED_KEYS = frozenset(("Lattice", "virial", "stress"))
 
-# Items of a Voigt 6-vector (xx yy zz yz xz xy) making its 3x3 matrix, row by row.
+# Items of a Voigt 6-vector (xx yy zz yz xz xy) making its 3x3 matrix, flattened.
 _VOIGT_TO_FULL = np.array([0, 5, 4, 5, 1, 3, 4, 3, 2])
 
 # A key or value with any of these is quoted (its double quotes escaped).
@@ -116,26 +116,23 @@ def _calculator_results(atoms):
     calc = atoms.calc
     if calc is None:
         return {}, {}
-    per_config_properties, per_atom_properties = _result_kinds()
     results = getattr(calc, "results", None)
     if not isinstance(results, dict):
         raise _NotCovered(f"calculator {type(calc).__name__} has no results dict")
-    per_config = {key: value for key, value in results.items() if key in per_config_properties}
-    per_atom = {key: value for key, value in results.items()
-                if key in per_atom_properties and key not in per_config}
+    config_keys, atom_keys = _result_kinds(tuple(results))
     # ASE refuses a result whose name is already taken: let it say so
-    clash = [key for key in per_config if key in atoms.info] + [key for key in per_atom if key in atoms.arrays]
-    if clash:
-        raise _NotCovered(f"calculator results {clash} are also in info or arrays")
-    return per_config, per_atom
+    if not (atoms.info.keys().isdisjoint(config_keys) and atoms.arrays.keys().isdisjoint(atom_keys)):
+        raise _NotCovered("calculator results are also in info or arrays")
+    return {key: results[key] for key in config_keys}, {key: results[key] for key in atom_keys}
 
 
-@lru_cache(maxsize=1)
-def _result_kinds():
-    """ASE's names of the results it writes per structure and per atom (sets)."""
+@lru_cache(maxsize=256)
+def _result_kinds(keys):
+    """The results among ``keys`` that ASE writes per structure, and per atom, in their order."""
     from ase.io.extxyz import per_atom_properties, per_config_properties
 
-    return frozenset(per_config_properties), frozenset(per_atom_properties)
+    config_keys = tuple(key for key in keys if key in per_config_properties)
+    return config_keys, tuple(key for key in keys if key in per_atom_properties and key not in config_keys)
 
 
 def _info_to_write(atoms, per_config):
@@ -146,8 +143,9 @@ def _info_to_write(atoms, per_config):
         if not isinstance(stress, np.ndarray):
             raise _NotCovered(f"info 'stress' is a {type(stress).__name__}, not an array")
         if stress.shape == (6,):
-            # Voigt order xx yy zz yz xz xy to the full matrix, as ASE does before writing
-            info["stress"] = stress[_VOIGT_TO_FULL].reshape(3, 3)
+            # ASE makes the full matrix of Voigt order xx yy zz yz xz xy before writing it
+            # flattened: of a symmetric matrix, Fortran order is the rows one after the other
+            info["stress"] = stress[_VOIGT_TO_FULL]
     # always written, in place of any 'pbc' of info
     info["pbc"] = atoms.pbc
     return info

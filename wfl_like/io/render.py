@@ -8,6 +8,7 @@ named with the key and the problem, instead of a file that cannot be read back.
 import io as _io
 import os
 import re
+from functools import lru_cache
 
 import numpy as np
 
@@ -74,7 +75,10 @@ def extxyz_writer() -> str:
     ValueError
         The variable holds something else.
     """
-    choice = os.environ.get(WRITER_ENV, "auto").strip().lower() or "auto"
+    setting = os.environ.get(WRITER_ENV)
+    if setting is None:
+        return "auto"
+    choice = setting.strip().lower() or "auto"
     if choice not in _WRITERS:
         raise ValueError(f"{WRITER_ENV}={os.environ[WRITER_ENV]!r} is not one of {', '.join(_WRITERS)}; "
                          f"unset it to let the fast writer take the structures it covers")
@@ -130,7 +134,7 @@ def _check_text(atoms, text, file_format):
             raise UnwritableOutput(f"per-atom string array {key!r} holds {_show(bad)}, which a column of "
                                    f"extended XYZ cannot hold (empty, or with white space)")
     unsafe = _unsafe_entries(atoms)
-    if unsafe:
+    if unsafe[0] or unsafe[1]:
         _check_comment_line(text.split("\n", 2)[1], unsafe, atoms)
 
 
@@ -149,9 +153,15 @@ def _line_break_problem(atoms):
 def _unsafe_entries(atoms):
     """Info keys whose key or string value needs quoting or escaping, and unsafe array names."""
     info = [key for key, value in atoms.info.items()
-            if not _SAFE.fullmatch(key) or (_unsafe_value(value) and not _is_location(key, value))]
-    arrays = [key for key in atoms.arrays if not _SAFE.fullmatch(key)]
+            if not _safe_name(key) or (_unsafe_value(value) and not _is_location(key, value))]
+    arrays = [key for key in atoms.arrays if not _safe_name(key)]
     return info, arrays
+
+
+@lru_cache(maxsize=4096)
+def _safe_name(key):
+    # the same few keys come with every structure: each is matched once
+    return _SAFE.fullmatch(key) is not None
 
 
 def _is_location(key, value):
