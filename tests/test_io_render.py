@@ -167,6 +167,8 @@ COVERED = {
     "negative zeros": negative_zeros,
     "huge and tiny coordinates": huge_coordinates,
     "ties at the eighth decimal": ties_at_the_eighth_decimal,
+    "more atoms than whole-frame formats are kept for": lambda: with_results(
+        cu(11), energy=1.0, forces=np.random.default_rng(2).normal(size=(5324, 3))),
     "dummy and heavy elements": lambda: Atoms([0, 1, 118, 92], positions=np.arange(12.0).reshape(4, 3)),
     "info and results together": lambda: with_results(
         with_info(_ConfigSet_loc=" / 3", config_type="bulk", temperature=300.0), energy=-2.0, forces=FORCES),
@@ -460,6 +462,20 @@ def test_unwritable_outputs_are_refused_naming_the_key(monkeypatch, writer, case
     with pytest.raises(UnwritableOutput) as raised:
         render(make(), EXTXYZ)
     assert message in str(raised.value)
+
+
+def test_output_files_are_the_same_with_either_writer(tmp_path, monkeypatch):
+    from wfl_like import OutputSpec
+
+    structures = [COVERED[case]() for case in ("info and results together", "FixAtoms", "molecule without cell",
+                                               "per-atom int bool str arrays", "no atoms")]
+    for writer in ("ase", "auto"):
+        monkeypatch.setenv(WRITER_ENV, writer)
+        with OutputSpec(tmp_path / f"{writer}.xyz") as out:
+            for index, atoms in enumerate(structures):
+                out.store(atoms, f" / {index}")
+    assert (tmp_path / "auto.xyz").read_bytes() == (tmp_path / "ase.xyz").read_bytes()
+    assert len(ase.io.read(tmp_path / "auto.xyz", ":")) == len(structures)
 
 
 def test_render_is_the_same_in_a_worker_process():

@@ -3,6 +3,12 @@
 An output is rendered before it is journaled or written, so that one the file format
 cannot hold (a key that is not a string, a newline inside a value) is a failed item,
 named with the key and the problem, instead of a file that cannot be read back.
+
+Extended XYZ text is made by :mod:`wfl_like.io.fastwrite` where it covers the structure
+(the same bytes as ASE's writer, several times faster) and by ASE otherwise; the
+environment variable ``WFL_LIKE_EXTXYZ_WRITER`` (``auto``, ``ase``, ``fast``) picks one for
+debugging.  Rendering depends on nothing but the structure, the write options and that
+variable, so it may run in any worker process.
 """
 
 import io as _io
