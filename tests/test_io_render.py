@@ -125,11 +125,13 @@ COVERED = {
     "info keys needing quotes": lambda: with_info(**{"my key": 1, "é": "x", "a=b": 2.5}),
     "info int float bool vectors": lambda: with_info(
         a=np.arange(3), b=np.array([0.1, -2.5e-10, np.nan, np.inf]), c=np.array([True, False, True]),
-        d=np.array([1.5], dtype=np.float32), e=np.array([], dtype=float)),
+        d=np.array([1.5, 0.1, -3e-9], dtype=np.float32), f=np.array([0.1, 1e-300], dtype=np.longdouble),
+        g=np.array([1, -2], dtype=np.int8)),
     "info matrices": lambda: with_info(
         a=np.arange(9.0).reshape(3, 3), b=np.eye(3, dtype=int), c=np.ones((2, 2), bool),
         virial=np.arange(9.0).reshape(3, 3), stress=np.arange(6.0), d=np.arange(4, dtype=np.uint8),
         e=np.array(["a", "b c"])),
+    "info empty vector": lambda: with_info(e=np.array([], dtype=float), after=1),
     "info 0-d arrays": lambda: with_info(a=np.array(1.5), b=np.array(3), c=np.array(True)),
     "info lists tuples dicts": lambda: with_info(
         a=["x", "y z"], b=[1, 2.5, None], c=(1, 2), d={"k": [1, "v"]}, e=[], f=["é"], g=[np.float64(0.5)]),
@@ -234,6 +236,7 @@ LOST_ON_READING = {
     "info matrices": {"stress"},  # read back as a calculator result
     "info lists tuples dicts": {"f"},  # non-ASCII JSON is read back with its escapes broken
     "info string with a tab": {"g"},  # cut at the tab
+    "info empty vector": {"e", "after"},  # "e=" takes the next entry as its value
     "per-atom charges renamed": {"charges"},  # read back as a calculator result
 }
 

@@ -3,11 +3,15 @@
 ASE formats each atom's line on its own, after packing the columns into a record array;
 for a few dozen atoms that is most of the cost of writing a structure.  Here the lines of
 all atoms are made by one ``%`` over all values, with the line layout of each column
-signature (names, kinds, widths) built once.  The comment line is made by the same
-conversions ASE makes (the same ``str``/``format``/``json`` calls on the same objects), so
-the text is the same; a structure holding anything whose text is not known to be the
-same (an unusual dtype, an object ASE would warn about or refuse) is declined, and the
-caller writes it with ASE.
+signature (names, kinds, widths) built once; Python's ``%`` is used on Python numbers,
+which it formats exactly as the numpy scalars ASE gives it.  The comment line is made by
+conversions that give the text ASE's give (the same ``str``/``json`` calls, or calls known
+to give the same text, as ``str`` of a Python float for ``format`` of a numpy float).  A
+structure holding anything whose text is not known to be the same (an unusual dtype, an
+object ASE would warn about or refuse) is declined, and the caller writes it with ASE.
+
+libextxyz's C writer is not used: its float format, key order and array syntax in the
+comment line differ from ASE's, so its text is not the text ASE writes.
 
 The exact behaviours followed are those of ``ase.io.extxyz.write_xyz`` (ASE 3.29):
 calculator results are written under their own names (a 6-component stress as its 3x3
