@@ -38,6 +38,10 @@ _KIND_LAYOUT = {"f": ("R", "%16.8f"), "i": ("I", "%8d"), "U": ("S", "%-2s"), "b"
 # Info values of these keys are matrices written flattened in Fortran order.
 _FLATTENED_KEYS = frozenset(("Lattice", "virial", "stress"))
 
+# Symbols and whole-frame formats are kept (256 of each) for frames of at most this many
+# atoms: a few MB at most; a larger frame costs far more to format than to build them.
+_KEPT_ATOMS = 512
+
 # Items of a Voigt 6-vector (xx yy zz yz xz xy) making its 3x3 matrix, flattened.
 _VOIGT_TO_FULL = np.array([0, 5, 4, 5, 1, 3, 4, 3, 2])
 
@@ -271,15 +275,20 @@ def _symbols(numbers_, n_atoms):
     if n_atoms == 0:
         # ASE's empty symbol list becomes a float array: the species column is typed R
         return np.zeros(0)
+    if n_atoms > _KEPT_ATOMS:
+        return _symbols_of_numbers(numbers_)
     # most structures share their atomic numbers with others: their symbols are kept
-    return _symbols_of(numbers_.dtype.str, numbers_.tobytes())
+    return _kept_symbols(numbers_.dtype.str, numbers_.tobytes())
 
 
-@lru_cache(maxsize=1024)
-def _symbols_of(dtype, numbers_bytes):
+@lru_cache(maxsize=256)
+def _kept_symbols(dtype, numbers_bytes):
+    return _symbols_of_numbers(np.frombuffer(numbers_bytes, dtype=dtype))
+
+
+def _symbols_of_numbers(numbers_):
     from ase.data import chemical_symbols
 
-    numbers_ = np.frombuffer(numbers_bytes, dtype=dtype)
     if numbers_.dtype.kind not in "iu" or numbers_.min() < 0 or numbers_.max() >= len(chemical_symbols):
         raise _NotCovered("atomic numbers are not whole numbers of known elements")
     return np.array(chemical_symbols)[numbers_]
@@ -362,12 +371,10 @@ def _atom_lines(columns, widths, line_format, floats_only, n_atoms):
     return (line_format * n_atoms) % tuple(values.ravel().tolist())
 
 
-# Formats of whole frames with their symbols in, kept for frames of at most this many atoms.
-_FRAME_FORMAT_ATOMS = 4096
 
 
 def _frame_format(symbols, line_format):
-    if len(symbols) > _FRAME_FORMAT_ATOMS:
+    if len(symbols) > _KEPT_ATOMS:
         return _symbols_in_format(symbols.tolist(), line_format)
     return _cached_frame_format(symbols.dtype.str, symbols.tobytes(), line_format)
 
