@@ -92,11 +92,9 @@ def extxyz_writer() -> str:
 
 
 def _fast_text(atoms, write_kwargs):
-    # only plain extended XYZ: any other writer option is ASE's to apply
-    if write_kwargs.get("format") != EXTXYZ or len(write_kwargs) != 1:
-        return None
     choice = extxyz_writer()
-    if choice == "ase":
+    # only plain extended XYZ: any other writer option is ASE's to apply
+    if choice == "ase" or write_kwargs.get("format") != EXTXYZ or len(write_kwargs) != 1:
         return None
     text = extxyz_text(atoms)
     if text is None and choice == "fast":
