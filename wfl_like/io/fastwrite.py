@@ -42,6 +42,10 @@ _FLATTENED_KEYS = frozenset(("Lattice", "virial", "stress"))
 # atoms: a few MB at most; a larger frame costs far more to format than to build them.
 _KEPT_ATOMS = 512
 
+# Text of the three periodic flags, by their bytes.
+_PBC_TEXT = {np.array(flags, dtype=bool).tobytes(): " ".join("T" if flag else "F" for flag in flags)
+             for flags in np.ndindex(2, 2, 2)}
+
 # Items of a Voigt 6-vector (xx yy zz yz xz xy) making its 3x3 matrix, flattened.
 _VOIGT_TO_FULL = np.array([0, 5, 4, 5, 1, 3, 4, 3, 2])
 
@@ -154,8 +158,8 @@ def _info_to_write(atoms, per_config):
             # ASE makes the full matrix of Voigt order xx yy zz yz xz xy before writing it
             # flattened: of a symmetric matrix, Fortran order is the rows one after the other
             info["stress"] = stress[_VOIGT_TO_FULL]
-    # always written, in place of any 'pbc' of info
-    info["pbc"] = atoms.pbc
+    # always written, in place of any 'pbc' of info: its text before quoting, as for a string
+    info["pbc"] = _PBC_TEXT[atoms.pbc.tobytes()]
     return info
 
 
