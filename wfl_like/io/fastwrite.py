@@ -375,8 +375,6 @@ def _atom_lines(columns, widths, line_format, floats_only, n_atoms):
     return (line_format * n_atoms) % tuple(values.ravel().tolist())
 
 
-
-
 def _frame_format(symbols, line_format):
     if len(symbols) > _KEPT_ATOMS:
         return _symbols_in_format(symbols.tolist(), line_format)
