@@ -373,6 +373,21 @@ class OutputSpec:
         """
         return self.files is not None and all(p.exists() for p in self.paths)
 
+    def text_settings(self):
+        """What decides the text an output adds to its file, besides the output and its location.
+
+        Not the file names themselves: the same settings write the same text into any file.
+
+        Returns
+        -------
+        tuple
+            ``(single_file, tags, write arguments of each file, format included)``; ``None``
+            for outputs in memory.
+        """
+        if self.files is None:
+            return None
+        return self.single_file, dict(self.tags), [dict(kwargs) for kwargs in self._file_write_kwargs]
+
     def plan_run(self, record=None):
         """Whether a run reuses these outputs as they are, or writes them: the one place that decides.
 

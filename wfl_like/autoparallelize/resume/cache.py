@@ -6,7 +6,7 @@ work is spread: process count, chunk size, retries, timeout), the item's content
 its random stream.  The content of a frame of an input file (a
 :class:`~wfl_like.autoparallelize.frame_items.FrameItem`) is its raw bytes and its
 location; as its output is kept as the text of the output file, what decides that text
-(the output files, tags, write arguments) is part of its key too.  Failed items are
+(the layout of the output files, tags, write arguments) is part of its key too.  Failed items are
 never reused.
 """
 
@@ -89,7 +89,7 @@ class RunCache:
                             "kwargs": {k: describe(v) for k, v in call.kwargs.items()}}
         self._keys_by_index = call.per_item_info   # an op told its item index depends on it
         self._rng_key = fingerprint(rng)
-        self._writer_key = writer_fingerprint(outputs)
+        self._text_key = _text_fingerprint(outputs)
         self._n_files = len(outputs.paths) if outputs is not None and outputs.files is not None else None
         self.reused = self.computed = self.changed = 0
         self._warned_unstorable = False
@@ -135,7 +135,7 @@ class RunCache:
         location (and what decides its output text), any other item by its content."""
         position = index if self._keys_by_index else None
         if isinstance(item, FrameItem):
-            return frame_key(self.call_key, item.identity(), rng, position, self._writer_key)
+            return frame_key(self.call_key, item.identity(), rng, position, self._text_key)
         return fingerprint(self.call_key, item, rng, position)
 
     def lookup(self, index, item, rng):
@@ -212,6 +212,14 @@ def writer_fingerprint(outputs):
 
     return fingerprint([str(path) for path in outputs.paths], outputs.single_file, outputs.tags,
                        outputs.write_kwargs, ase.__version__)
+
+
+def _text_fingerprint(outputs):
+    """What decides the text an output is kept as in the journal (part of a frame's key): the
+    outputs' settings and the ASE version that writes them, not the files' names."""
+    import ase
+
+    return fingerprint(outputs.text_settings() if outputs is not None else None, ase.__version__)
 
 
 def inputs_fingerprint(inputs):

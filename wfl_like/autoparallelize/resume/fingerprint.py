@@ -132,7 +132,7 @@ def _unfingerprintable_message(op, role, error):
     return what + remedy + ", or pass AutoparaInfo(cache=False) to run this call without a journal."
 
 
-def frame_key(call_key, identity, rng, position, writer_key):
+def frame_key(call_key, identity, rng, position, text_key):
     """The cache key of a frame of an input file, as cheaply as one hash of its parts.
 
     Parameters
@@ -145,8 +145,8 @@ def frame_key(call_key, identity, rng, position, writer_key):
         The item's own random stream.
     position : int or None
         The item's index, for an operation told its index.
-    writer_key : str
-        What decides the text its output is kept as (see ``cache.writer_fingerprint``).
+    text_key : str
+        A fingerprint of what decides the text its output is kept as (the outputs' settings).
     """
     kind, digest, location = identity
     if kind != "frame" or not isinstance(digest, bytes) or not isinstance(location, tuple):
@@ -155,7 +155,7 @@ def frame_key(call_key, identity, rng, position, writer_key):
     hasher.update(b"frame\0")
     for part in (call_key.encode(), digest, repr(tuple(map(int, location))).encode(),
                  b"" if rng is None else _digest(rng).encode(),
-                 b"" if position is None else str(int(position)).encode(), writer_key.encode()):
+                 b"" if position is None else str(int(position)).encode(), text_key.encode()):
         _feed_bytes(hasher, part)
     return hasher.hexdigest()
 
