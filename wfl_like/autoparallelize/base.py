@@ -17,6 +17,7 @@ from wfl_like.autoparallelize.workers.opcall import PER_ITEM_INFO, OpCall, in_wo
 from wfl_like.autoparallelize.supervisor import one_line_reason, run_in_order
 from wfl_like.configset import ConfigSet, OutputSpec
 from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError, OutputIsInputError
+from wfl_like.io.ownership import FOREIGN, WRITE
 
 log = logging.getLogger(__name__)
 
@@ -96,25 +97,24 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
         _refuse_output_over_input(inputs, outputs)
     call = _make_call(op, info, args, kwargs, rng, name)
     journal = journal_location(info.cache, outputs)
-    if journal is None:
-        if info.cache_extra is not None:
-            warnings.warn(f"cache_extra is not used by {name}: this call keeps no journal (cache=False, or outputs "
-                          f"in memory without cache=PATH)", stacklevel=4)
-        if outputs is not None and not outputs.overwrite and outputs.all_written():
-            log.info("%s: reusing existing output %s (all files exist and overwrite is False)",
-                     name, [str(p) for p in outputs.paths])
-            return outputs.to_ConfigSet()
-        return _execute(call, inputs, outputs, info, op_rng, cache=None)
-    cache = RunCache(journal, call, info.skip_failed, cache_extra=info.cache_extra, rng=op_rng,
-                     overwrite=outputs is not None and outputs.overwrite, initializer=info.initializer)
+    if journal is None and info.cache_extra is not None:
+        warnings.warn(f"cache_extra is not used by {name}: this call keeps no journal (cache=False, or outputs "
+                      f"in memory without cache=PATH)", stacklevel=4)
+    # opened (and locked) before the outputs are judged: a call whose key cannot be
+    # computed fails before anything else, and a second run waits for none
+    cache = None if journal is None else RunCache(
+        journal, call, info.skip_failed, cache_extra=info.cache_extra, rng=op_rng, initializer=info.initializer,
+        overwrite=outputs is not None and outputs.overwrite, outputs=outputs)
     try:
-        fingerprint_of_inputs = inputs_fingerprint(inputs)
-        finished = _reuse_finished(cache, fingerprint_of_inputs, outputs, name)
-        if finished is not None:
-            return finished
-        return _execute(call, inputs, outputs, info, op_rng, cache=cache, fingerprint_of_inputs=fingerprint_of_inputs)
+        fingerprint_of_inputs = inputs_fingerprint(inputs) if cache is not None else None
+        plan = _plan_outputs(outputs, cache, fingerprint_of_inputs)
+        if plan.reuse is not None:
+            _say_reused(plan, name, outputs)
+            return outputs.to_ConfigSet()
+        return _execute(call, inputs, outputs, info, op_rng, cache, fingerprint_of_inputs, plan)
     finally:
-        cache.close()
+        if cache is not None:
+            cache.close()
 
 
 def _make_call(op, info, args, kwargs, rng, name):
@@ -127,30 +127,29 @@ def _make_call(op, info, args, kwargs, rng, name):
                   per_item_info=per_item_info, inherited_item_info=inherited_item_info)
 
 
-def _reuse_finished(cache, fingerprint_of_inputs, outputs, name):
-    """The existing outputs when they can be returned as they are, else None."""
-    if outputs is None or outputs.overwrite or not outputs.all_written():
-        return None
-    paths = [str(p) for p in outputs.paths]
-    if not cache.existed:
-        warnings.warn(f"{name}: output {paths} exists without a journal (written by another tool or an older "
-                      f"version), so it could not be checked against the inputs and arguments; reusing it as "
-                      f"it is (pass overwrite=True to recompute)", stacklevel=4)
-        return outputs.to_ConfigSet()
-    if cache.finished(fingerprint_of_inputs, outputs):
-        log.info("%s: nothing changed since %s was written; reusing it", name, paths)
-        return outputs.to_ConfigSet()
-    return None      # stale or incomplete: its journal says what to recompute
+def _plan_outputs(outputs, cache, fingerprint_of_inputs):
+    """What the outputs say this run does: reuse them as they are, or write them."""
+    if outputs is None:
+        return WRITE
+    record = cache.record_of(outputs, fingerprint_of_inputs) if cache is not None else None
+    return outputs.plan_run(record)
 
 
-def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None):
+def _say_reused(plan, name, outputs):
+    message = plan.message(name, outputs.paths)
+    if plan.reuse == FOREIGN:
+        warnings.warn(message, stacklevel=4)
+    else:
+        log.info("%s", message)
+
+
+def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs, plan):
     name = call.name
     try:
         if outputs is not None:
             # Before any work, and before the journal is touched: the output's own lock keeps
-            # out a second writer whatever its journal settings.  Files that this run's
-            # journal describes are ours to rewrite.
-            outputs.claim(replace_existing=cache is not None and cache.wrote(outputs))
+            # out a second writer whatever its journal settings.
+            outputs.claim(replace_existing=plan.replace_existing)
         if cache is not None:
             cache.start()
         failures, n_items = _compute(call, inputs, outputs, info, rng, cache)
