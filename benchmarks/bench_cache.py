@@ -44,7 +44,7 @@ DRIVER = textwrap.dedent("""
         # how far the run got, for the benchmark to kill it half way: one short line per
         # chunk, appended (atomic at this size) to a file in the run's directory
         with open("progress.txt", "a") as progress:
-            progress.write(f"{len(items)}\n")
+            progress.write(f"{len(items)}\\n")
         return items
 
     if __name__ == "__main__":
@@ -142,12 +142,15 @@ def main():
 
         killed_after = run_driver(resumed, args.cost, kill_when=n // 2)
         done_at_kill = journaled(resumed)
+        computed_before = items_done(resumed)
         resume = run_driver(resumed, args.cost)
+        recomputed = items_done(resumed) - computed_before
         same = (resumed / "out.xyz").read_bytes() == (full / "out.xyz").read_bytes()
         print("\n[2] SIGKILL at 50 %, then resume")
         print(f"    killed after           {killed_after:8.2f} s   "
               f"({'?' if done_at_kill is None else done_at_kill} of {n} items journaled)")
-        print(f"    resume                 {resume:8.2f} s   ({resume / first:.2f} of a full run)")
+        print(f"    resume                 {resume:8.2f} s   ({resume / first:.2f} of a full run; "
+              f"the operation ran on {recomputed} items)")
         print(f"    killed + resume        {killed_after + resume:8.2f} s   ({(killed_after + resume) / first:.2f} "
               f"of a full run)")
         print(f"    output identical to the uninterrupted run: {'yes' if same else 'NO'}")
