@@ -138,6 +138,7 @@ class Column:
     def __init__(self, label: str, python: Path, driver: Path, workers: int, chunk: str):
         self.label, self.python, self.driver, self.workers, self.chunk = label, python, driver, workers, chunk
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
         self.sizes: tuple[int, int] | None = None    # (output bytes, journal bytes) of the first run
 
     def run(self, source: Path, workdir: Path) -> Path:
@@ -146,12 +147,19 @@ class Column:
         target = workdir / "out.xyz"
         env = dict(os.environ, WFL_NUM_PYTHON_SUBPROCESSES=str(self.workers))
         command = [str(self.python), str(self.driver), str(source), str(target), str(self.workers), self.chunk]
-        start = time.perf_counter()
-        result = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        if result.returncode != 0 or not target.exists():
-            raise RuntimeError(f"{self.label} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+        log = workdir / "run.log"
+        with open(log, "w") as handle:
+            start = time.perf_counter()
+            process = subprocess.Popen(command, env=env, cwd=workdir, stdout=handle, stderr=subprocess.STDOUT)
+            # wait4 gives the CPU time of the driver and of the workers it reaped: a figure a
+            # busy machine disturbs much less than the wall time
+            _, status, usage = os.wait4(process.pid, 0)
+            elapsed = time.perf_counter() - start
+        process.returncode = code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not target.exists():
+            raise RuntimeError(f"{self.label} failed (exit {code}):\n{log.read_text()[-3000:]}")
         self.times.append(elapsed)
+        self.cpu_times.append(usage.ru_utime + usage.ru_stime)
         if self.sizes is None:
             self.sizes = (target.stat().st_size, side_files_size(workdir))
         return target
@@ -176,8 +184,10 @@ def time_imports(python: Path, code: str) -> float:
 
 
 def side_files_size(workdir: Path) -> int:
-    """Bytes of everything a run left beside its output that names itself a journal."""
-    return sum(path.stat().st_size for path in workdir.iterdir() if "journal" in path.name and path.is_file())
+    """Bytes of everything a run left beside its output that names itself a journal (a
+    file, or the files of a folder)."""
+    return sum(path.stat().st_size for path in workdir.rglob("*")
+               if path.is_file() and "journal" in str(path.relative_to(workdir)))
 
 
 def same_structures(first: Path, second: Path) -> str:
@@ -221,12 +231,18 @@ def main():
           f"ase {ase.__version__}, numpy {np.__version__}")
     print(f"identity op, file to file, {n} 32-atom Cu cells with stored energy and forces, "
           f"{workers} workers, medians of {args.repeats} interleaved rounds, whole-process times, first runs")
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+        print("WARNING: the machine is busy (load above half its cores): other processes compete with these "
+              "runs, so the wall times and ratios below vary a lot; quote figures from a quiet machine")
     wfl = wfl_python(args.wfl_env, not args.skip_wfl)
 
     root = Path(tempfile.mkdtemp(prefix="bench-throughput-")) if args.keep is None else args.keep
     root.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     try:
         run_all(args, n, workers, wfl, root)
+        print(f"\nthe benchmark took {(time.perf_counter() - start) / 60:.1f} min; load average at the end "
+              f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -276,22 +292,28 @@ def run_all(args, n, workers, wfl, root):
     print_checks(kept, source, chunks[0], workers)
 
 
-def _cell(columns, key):
+def _cell(columns, key, cpu=False):
     column = columns.get(key)
-    return f"{column.median:8.2f} s" if column is not None else f"{'n/a':>10}"
+    if column is None:
+        return f"{'n/a':>10}"
+    return f"{statistics.median(column.cpu_times if cpu else column.times):8.2f} s"
 
 
 def print_table(columns, chunks, workers, with_wfl):
     header = ["chunk", "wfl serial", f"wfl {workers} w", "wfl_like serial", f"wfl_like {workers} w"]
-    print("\n" + " | ".join(f"{h:>15}" for h in header))
-    for chunk in chunks:
-        cells = [_cell(columns, ("wfl", 0, chunk)), _cell(columns, ("wfl", workers, chunk)),
-                 _cell(columns, ("wfl_like", 0, chunk)), _cell(columns, ("wfl_like", workers, chunk))]
-        print(" | ".join(f"{c:>15}" for c in [chunk] + cells))
+    for cpu in (False, True):
+        print("\n" + ("CPU time of the driver and its workers, medians" if cpu else "wall time of the whole process, "
+                     "medians"))
+        print(" | ".join(f"{h:>15}" for h in header))
+        for chunk in chunks:
+            cells = [_cell(columns, (code, w, chunk), cpu) for code in ("wfl", "wfl_like") for w in (0, workers)]
+            print(" | ".join(f"{c:>15}" for c in [chunk] + cells))
     if not with_wfl:
         print("(wfl columns skipped, see above)")
-    print("all runs (s): " + "; ".join(f"{c.label}: {', '.join(f'{t:.2f}' for t in c.times)}"
-                                       for c in columns.values()))
+    print("all runs, wall (CPU of the driver and its workers) in s:")
+    for column in columns.values():
+        runs = ", ".join(f"{t:.2f} ({cpu:.2f})" for t, cpu in zip(column.times, column.cpu_times))
+        print(f"  {column.label:32s} {runs}")
 
 
 def print_ratios(columns, chunk, workers, with_wfl):
@@ -319,8 +341,8 @@ def print_sizes(columns, chunks, workers):
         for w in (0, workers):
             column = columns[("wfl_like", w, chunk)]
             output, journal = column.sizes
-            print(f"  {column.label:32s} output {output / 1e6:7.1f} MB, journal {journal / 1e6:7.1f} MB "
-                  f"({journal / output:.2f}x the output)")
+            kept = f"journal {journal / 1e6:7.1f} MB ({journal / output:.2f}x the output)" if journal else "no journal"
+            print(f"  {column.label:32s} output {output / 1e6:7.1f} MB, {kept}")
 
 
 def print_checks(kept, source, chunk, workers):
