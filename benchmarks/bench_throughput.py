@@ -103,8 +103,10 @@ def wfl_python(env_dir: Path, wanted: bool) -> Path | None:
         print("wfl columns skipped: --skip-wfl")
         return None
     python = env_dir / "bin" / "python"
-    check = [str(python), "-c", "import wfl; print(wfl.__version__)"]
-    if python.exists() and _output(check) == WFL_VERSION:
+    # the environment is reused while it holds wfl 0.3.5 and the same ASE as this interpreter
+    wanted_versions = f"{WFL_VERSION} {ase.__version__}"
+    check = [str(python), "-c", "import ase, wfl; print(wfl.__version__, ase.__version__)"]
+    if python.exists() and _output(check) == wanted_versions:
         return python
     print(f"installing wfl {WFL_VERSION} into {env_dir} (once) ...", flush=True)
     shutil.rmtree(env_dir, ignore_errors=True)
@@ -121,7 +123,7 @@ def wfl_python(env_dir: Path, wanted: bool) -> Path | None:
                 print(f"wfl columns skipped: `{' '.join(step[2:])}` failed (the registry may not have "
                       f"wfl {WFL_VERSION}); see {log}")
                 return None
-    if _output(check) != WFL_VERSION:
+    if _output(check) != wanted_versions:
         print(f"wfl columns skipped: wfl {WFL_VERSION} installed into {env_dir} but does not import; see {log}")
         return None
     return python
@@ -200,13 +202,18 @@ def same_structures(first: Path, second: Path) -> str:
                   "positions": np.array_equal(x.positions, y.positions),
                   "cell": np.array_equal(x.cell.array, y.cell.array),
                   "pbc": np.array_equal(x.pbc, y.pbc),
-                  "energy": x.get_potential_energy() == y.get_potential_energy(),
-                  "forces": np.array_equal(x.get_forces(), y.get_forces()),
+                  "energy": _stored(x, "energy") == _stored(y, "energy"),
+                  "forces": np.array_equal(_stored(x, "forces"), _stored(y, "forces")),
                   "config_type": x.info.get("config_type") == y.info.get("config_type")}
         wrong = [name for name, ok in checks.items() if not ok]
         if wrong:
             return f"structure {i}: {', '.join(wrong)} differ"
     return ""
+
+
+def _stored(atoms, name):
+    """A result stored with the structure (None where it has none)."""
+    return atoms.calc.results.get(name) if atoms.calc is not None else None
 
 
 def main():
