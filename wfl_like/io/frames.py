@@ -22,8 +22,11 @@ Interface
     The location stored in frame ``i``'s comment line as ``_ConfigSet_loc=" / 2 / 0"``,
     as a tuple (``()`` for an empty value), or None when the frame has none.
 ``FrameIndex.select(index) -> numpy.ndarray``
-    The frame numbers that ``ase.io.read(path, index=index)`` reads (``index`` an int,
-    a slice, or a string such as ``"::2"`` or ``"1:10"``).
+    The frame numbers that ``ase.io.iread(path, index=index)`` yields, as ConfigSet's
+    ``read_kwargs={"index": ...}`` selects them (``index`` an int, a slice, or a string
+    such as ``"::2"`` or ``"1:10"``).
+``scan_frames(buffer, source)``
+    The same split of frames held in memory, as :class:`FrameSpan` s (used by the reader).
 
 The frames are split as ASE's extended-XYZ reader splits them: a header line holding
 the number of atoms N, a comment line, N atom lines, and up to three ``VEC`` lines.
@@ -272,7 +275,11 @@ class FrameIndex:
         return len(self._loc_frames) > 0
 
     def select(self, index=":") -> np.ndarray:
-        """The frame numbers that ``ase.io.read(path, index=index)`` reads, in its order.
+        """The frame numbers that ``ase.io.iread(path, index=index)`` yields, in its order.
+
+        This is the reader :class:`~wfl_like.ConfigSet` uses, so ``read_kwargs={"index": ...}``
+        selects these frames.  As there, an int selects at most one frame (none when it is
+        out of range); ``ase.io.read`` differs only in returning that frame alone.
 
         Parameters
         ----------
@@ -287,19 +294,13 @@ class FrameIndex:
 
         Raises
         ------
-        IndexError
-            An int index outside the file's frames (ASE raises the same).
         TypeError
             An index that is neither an int, a slice nor such a string.
         """
         index = _parse_index(index, self.path)
-        n = self.n_frames
-        if isinstance(index, slice):
-            return np.arange(n, dtype=np.int64)[index]
-        position = index + n if index < 0 else index
-        if not 0 <= position < n:
-            raise IndexError(f"index {index} out of range for {self.path!r} with {n} frames")
-        return np.array([position], dtype=np.int64)
+        if not isinstance(index, slice):
+            index = slice(index, (index + 1) or None)
+        return np.arange(self.n_frames, dtype=np.int64)[index]
 
     def _arrays(self):
         return {"offsets": self.offsets, "loc_frames": self._loc_frames, "loc_starts": self._loc_starts,
@@ -332,21 +333,33 @@ def _scan_file(path, size):
     """FrameIndex of the file at ``path`` of ``size`` bytes."""
     if size == 0:
         return FrameIndex(path, np.zeros(1, np.int64))
+    error = None
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
-        _refuse_lone_cr(buffer, path)
-        offsets = [0]
-        loc_frames, loc_starts, loc_values = [], [0], []
-        for frame, span in enumerate(scan_frames(buffer, str(path))):
-            offsets.append(span.end)
-            loc = _stored_location(buffer, span, str(path), frame)
-            if loc is not None:
-                loc_frames.append(frame)
-                loc_values.extend(loc)
-                loc_starts.append(len(loc_values))
+        try:
+            offsets, loc_frames, loc_starts, loc_values = _scan_buffer(buffer, str(path))
+        except InputFileError as exc:
+            # the traceback's frames hold views of the map, which could then not be closed
+            error = exc.with_traceback(None)
+    if error is not None:
+        raise error
     if len(offsets) > 1:
         offsets[-1] = size
     return FrameIndex(path, np.array(offsets, np.int64), np.array(loc_frames, np.int64),
                       np.array(loc_starts, np.int64), np.array(loc_values, np.int64))
+
+
+def _scan_buffer(buffer, source):
+    _refuse_lone_cr(buffer, source)
+    offsets = [0]
+    loc_frames, loc_starts, loc_values = [], [0], []
+    for frame, span in enumerate(scan_frames(buffer, source)):
+        offsets.append(span.end)
+        loc = _stored_location(buffer, span, source, frame)
+        if loc is not None:
+            loc_frames.append(frame)
+            loc_values.extend(loc)
+            loc_starts.append(len(loc_values))
+    return offsets, loc_frames, loc_starts, loc_values
 
 
 def _refuse_lone_cr(buffer, path):
@@ -365,17 +378,37 @@ def _refuse_lone_cr(buffer, path):
 
 
 def _stored_location(buffer, span, source, frame):
-    if buffer.find(LOC_KEY.encode(), span.comment_start, span.comment_end) == -1:
+    key = LOC_KEY.encode()
+    first = buffer.find(key, span.comment_start, span.comment_end)
+    if first == -1:
         return None
     match = _LOC_VALUE.search(buffer, span.comment_start, span.comment_end)
-    if match is None:
+    before = bytes(buffer[span.comment_start:match.start()]) if match is not None else b""
+    if (match is None or buffer.find(key, first + 1, span.comment_end) != -1 or before.count(b'"') % 2
+            or any(c in before for c in (b"\\", b"'", b"{", b"[")) or match.start() != first):
+        # quotes, escapes or repeats around the key: what ASE's own parser makes of the line
+        text = _location_text_by_ase(bytes(buffer[span.comment_start:span.comment_end]))
+    else:
+        text = (match.group(1) if match.group(1) is not None else match.group(2)).decode("utf-8", "replace")
+    if text is None:
         return None
-    raw = match.group(1) if match.group(1) is not None else match.group(2)
     try:
-        return parse_location(raw.decode("utf-8", "replace"))
+        if not isinstance(text, str):
+            raise ValueError(f"{LOC_KEY} value {text!r} is not a location of the form ' / 2 / 0'")
+        return parse_location(text)
     except ValueError as exc:
         raise InputFileError(f"input file {source!r}, frame {frame} (line {span.line + 1}): {exc}; fix or remove "
                              f"that info entry (it is written by OutputSpec to keep the nesting)") from None
+
+
+def _location_text_by_ase(comment):
+    from ase.io.extxyz import key_val_str_to_dict
+
+    try:
+        info = key_val_str_to_dict(comment.decode("utf-8", "replace").strip())
+    except ValueError:
+        return None  # the frame's parse reports what is wrong with this line
+    return info.get(LOC_KEY)
 
 
 # --- the cache ------------------------------------------------------------------------
