@@ -58,6 +58,12 @@ TEXT_FILES = {
     "vec_lines": "1\ncomment\nH 0 0 0\nVEC1 2 0 0\nVEC2 0 2 0\n1\ncomment\nH 0 0 0\n",
     "padded_counts": "  2  \nx=1\nH 0 0 0\nH 0 0 1\n+1\nx=2\nH 0 0 0\n",
     "long_comment": "1\n" + "k=" + "v" * 100_000 + "\nH 0 0 0\n",
+    # runs of equal headers, broken by VEC lines, by the same count written otherwise, by zero atoms
+    "runs": ("2\nx=1\nH 0 0 0\nH 0 0 1\n" * 40 + "2\nx=1\nH 0 0 0\nH 0 0 1\nVEC1 1 0 0\n"
+             + "2\nx=1\nH 0 0 0\nH 0 0 1\n" * 20 + " 2\nx=1\nH 0 0 0\nH 0 0 1\n" * 3 + "0\n\n" * 30
+             + "2\nx=1\nH 0 0 0\nH 0 0 1\n" * 5 + "2\r\nx=1\r\nH 0 0 0\r\nH 0 0 1\r\n" * 5
+             + "2\nx=1\nH 0 0 0\nH 0 0 1"),
+    "runs_with_locations": "".join(f'1\n_ConfigSet_loc=" / {i}"\nH 0 0 0\n' for i in range(50)),
 }
 
 
@@ -84,6 +90,8 @@ def test_offsets_equal_the_line_by_line_reference(tmp_path, monkeypatch, block_b
         assert index.offsets.tolist() == reference_offsets(path), path.name
         assert index.n_frames == len(ase.io.read(path, index=":", format="extxyz", parallel=False)), path.name
         assert index.offsets[-1] == path.stat().st_size
+        if path.name == "runs_with_locations.xyz":
+            assert [index.location(i) for i in range(50)] == [(i,) for i in range(50)]
 
 
 def test_each_range_holds_its_frame(tmp_path):

@@ -51,7 +51,8 @@ import numpy as np
 from wfl_like.errors import InputFileError
 from wfl_like.locations import LOC_KEY, parse_location
 
-__all__ = ["BLOCK_BYTES", "FrameIndex", "FrameSpan", "cache_dir", "index_frames", "scan_frames"]
+__all__ = ["BLOCK_BYTES", "FrameIndex", "FrameRun", "FrameSpan", "cache_dir", "frame_runs", "index_frames",
+           "scan_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,41 @@ class _LineEnds:
                 return None
         return end
 
+    def same_headers(self, header, step):
+        """Consume the frames from here whose header line is ``header`` and that have
+        ``step`` lines (no VEC lines): ``(starts, ends, comment_starts, comment_ends)``, or None.
+
+        Only frames of the current block, and only those followed by another such header
+        (the frame after the last one might have VEC lines): the rest is read line by line.
+        """
+        ends, j = self._ends, self._j
+        if j < 1 or j >= len(ends):
+            return None
+        most = (len(ends) - j) // step
+        header_bytes = np.frombuffer(header, dtype=np.uint8)
+        width = len(header_bytes)
+        tried, count = 0, 0
+        for tried in (16, 256, 4096, 65536, most):
+            tried = min(tried, most)
+            header_ends = ends[j:j + tried * step:step]
+            header_starts = ends[j - 1:j - 1 + tried * step:step] + 1
+            same = header_ends - header_starts == width
+            if width and same.any():
+                rows = header_starts[same][:, None] + np.arange(width)
+                same[same] = (self._view[rows] == header_bytes).all(axis=1)
+            count = len(same) if same.all() else int(np.argmin(same))
+            if count < tried or tried == most:
+                break
+        count -= 1  # the last one's successor is not known to be a header
+        if count < 1:
+            return None
+        header_ends, header_starts = header_ends[:count], header_starts[:count]
+        comment_ends = ends[j + 1:j + 1 + count * step:step]
+        comment_ends = comment_ends - (self._view[comment_ends - 1] == 13)
+        frame_ends = np.minimum(ends[j + step - 1:j + step - 1 + count * step:step] + 1, self._size)
+        self._j = j + count * step
+        return header_starts, frame_ends, header_ends + 1, np.maximum(comment_ends, header_ends + 1)
+
     def peek(self):
         """The line end of the next line without consuming it, or None."""
         while self._j >= len(self._ends):
@@ -170,6 +206,44 @@ def scan_frames(buffer, source, *, first_frame=0, first_line=1):
         a frame cut short by the end of the buffer; the message names the file, frame
         and line.
     """
+    for run in frame_runs(buffer, source, first_frame=first_frame, first_line=first_line):
+        step = run.n_atoms + 2 + run.n_vec
+        for k, (start, end, comment_start, comment_end) in enumerate(zip(
+                run.starts.tolist(), run.ends.tolist(), run.comment_starts.tolist(), run.comment_ends.tolist())):
+            yield FrameSpan(start=start, end=end, comment_start=comment_start, comment_end=comment_end,
+                            n_atoms=run.n_atoms, n_vec=run.n_vec, line=run.line + k * step)
+
+
+@dataclass(frozen=True)
+class FrameRun:
+    """Consecutive frames with the same header line (so the same number of atoms).
+
+    Attributes
+    ----------
+    starts, ends, comment_starts, comment_ends : numpy.ndarray
+        int64 offsets per frame, as in :class:`FrameSpan`.
+    n_atoms, n_vec : int
+        Shared by the frames of the run.
+    line : int
+        1-based line number of the first frame's header.
+    """
+
+    starts: np.ndarray
+    ends: np.ndarray
+    comment_starts: np.ndarray
+    comment_ends: np.ndarray
+    n_atoms: int
+    n_vec: int
+    line: int
+
+
+def frame_runs(buffer, source, *, first_frame=0, first_line=1):
+    """Yield the frames of ``buffer`` as :class:`FrameRun` s; arguments and errors as :func:`scan_frames`.
+
+    A frame is read line by line; the frames after it whose header lines are the same
+    bytes are then found at once, by numpy over the newline positions (they must start
+    every ``n_atoms + 2`` lines), so a file of equal-sized frames costs little Python.
+    """
     view = np.frombuffer(buffer, dtype=np.uint8)
     size = len(view)
     lines = _LineEnds(view)
@@ -195,10 +269,15 @@ def scan_frames(buffer, source, *, first_frame=0, first_line=1):
             n_vec += 1
         end = min(last_end + 1, size)
         comment_start = header_end + 1
-        yield FrameSpan(start=start, end=end, comment_start=comment_start,
-                        comment_end=_strip_cr(buffer, comment_start, comment_end), n_atoms=n_atoms, n_vec=n_vec,
-                        line=line_no)
+        yield FrameRun(np.array([start]), np.array([end]), np.array([comment_start]),
+                       np.array([_strip_cr(buffer, comment_start, comment_end)]), n_atoms, n_vec, line_no)
         start, frame, line_no = end, frame + 1, line_no + n_atoms + 2 + n_vec
+        if n_vec == 0 and start < size:
+            run = lines.same_headers(header, n_atoms + 2)
+            if run is not None:
+                yield FrameRun(*run, n_atoms=n_atoms, n_vec=0, line=line_no)
+                start, frame = int(run[1][-1]), frame + len(run[0])
+                line_no += len(run[0]) * (n_atoms + 2)
 
 
 def _strip_cr(buffer, start, end):
@@ -344,22 +423,29 @@ def _scan_file(path, size):
         raise error
     if len(offsets) > 1:
         offsets[-1] = size
-    return FrameIndex(path, np.array(offsets, np.int64), np.array(loc_frames, np.int64),
+    return FrameIndex(path, offsets, np.array(loc_frames, np.int64),
                       np.array(loc_starts, np.int64), np.array(loc_values, np.int64))
 
 
 def _scan_buffer(buffer, source):
     _refuse_lone_cr(buffer, source)
-    offsets = [0]
+    ends = [np.zeros(1, np.int64)]
     loc_frames, loc_starts, loc_values = [], [0], []
-    for frame, span in enumerate(scan_frames(buffer, source)):
-        offsets.append(span.end)
-        loc = _stored_location(buffer, span, source, frame)
-        if loc is not None:
-            loc_frames.append(frame)
-            loc_values.extend(loc)
-            loc_starts.append(len(loc_values))
-    return offsets, loc_frames, loc_starts, loc_values
+    key = LOC_KEY.encode()
+    frame = 0
+    for run in frame_runs(buffer, source):
+        ends.append(run.ends)
+        if buffer.find(key, int(run.comment_starts[0]), int(run.comment_ends[-1])) != -1:
+            step = run.n_atoms + 2 + run.n_vec
+            for k, (comment_start, comment_end) in enumerate(zip(run.comment_starts.tolist(),
+                                                                 run.comment_ends.tolist())):
+                loc = _stored_location(buffer, comment_start, comment_end, source, frame + k, run.line + k * step)
+                if loc is not None:
+                    loc_frames.append(frame + k)
+                    loc_values.extend(loc)
+                    loc_starts.append(len(loc_values))
+        frame += len(run.ends)
+    return np.concatenate(ends).astype(np.int64), loc_frames, loc_starts, loc_values
 
 
 def _refuse_lone_cr(buffer, path):
@@ -377,17 +463,17 @@ def _refuse_lone_cr(buffer, path):
                                  f"byte {lone} (old Mac line ends); convert the file to \\n or \\r\\n line ends")
 
 
-def _stored_location(buffer, span, source, frame):
+def _stored_location(buffer, comment_start, comment_end, source, frame, line):
     key = LOC_KEY.encode()
-    first = buffer.find(key, span.comment_start, span.comment_end)
+    first = buffer.find(key, comment_start, comment_end)
     if first == -1:
         return None
-    match = _LOC_VALUE.search(buffer, span.comment_start, span.comment_end)
-    before = bytes(buffer[span.comment_start:match.start()]) if match is not None else b""
-    if (match is None or buffer.find(key, first + 1, span.comment_end) != -1 or before.count(b'"') % 2
+    match = _LOC_VALUE.search(buffer, comment_start, comment_end)
+    before = bytes(buffer[comment_start:match.start()]) if match is not None else b""
+    if (match is None or buffer.find(key, first + 1, comment_end) != -1 or before.count(b'"') % 2
             or any(c in before for c in (b"\\", b"'", b"{", b"[")) or match.start() != first):
         # quotes, escapes or repeats around the key: what ASE's own parser makes of the line
-        text = _location_text_by_ase(bytes(buffer[span.comment_start:span.comment_end]))
+        text = _location_text_by_ase(bytes(buffer[comment_start:comment_end]))
     else:
         text = (match.group(1) if match.group(1) is not None else match.group(2)).decode("utf-8", "replace")
     if text is None:
@@ -397,7 +483,7 @@ def _stored_location(buffer, span, source, frame):
             raise ValueError(f"{LOC_KEY} value {text!r} is not a location of the form ' / 2 / 0'")
         return parse_location(text)
     except ValueError as exc:
-        raise InputFileError(f"input file {source!r}, frame {frame} (line {span.line + 1}): {exc}; fix or remove "
+        raise InputFileError(f"input file {source!r}, frame {frame} (line {line + 1}): {exc}; fix or remove "
                              f"that info entry (it is written by OutputSpec to keep the nesting)") from None
 
 
