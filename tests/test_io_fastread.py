@@ -371,3 +371,31 @@ def test_values_equal_for_many_random_numbers(tmp_path, monkeypatch):
     for mode in [m for m in ("c", "ase") if m == "ase" or HAVE_C]:
         monkeypatch.setenv(READER_ENV, mode)
         assert_same_frames(read_frames(path, 0, path.stat().st_size), want)
+
+
+def test_without_extxyz_every_frame_is_read_by_ase(tmp_path):
+    # a fresh interpreter in which the extxyz package cannot be imported
+    import subprocess
+    import sys
+
+    path = tmp_path / "cu.xyz"
+    ase.io.write(path, cu_with_results(2), format="extxyz")
+    script = (
+        "import sys; sys.modules['extxyz'] = None\n"
+        "import os\n"
+        "from wfl_like.io import fastread\n"
+        f"path = {str(path)!r}\n"
+        "assert fastread._c_parser() is None\n"
+        "frames = fastread._parse(open(path, 'rb').read(), path, 0, 1, 'auto')\n"
+        "print(len(frames), sum(c for _, c in frames))\n"
+        f"os.environ[{READER_ENV!r}] = 'c'\n"
+        "try:\n"
+        "    fastread.read_frames(path, 0, os.path.getsize(path))\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "2 0"
+    assert f"{READER_ENV}=c but libextxyz's C parser cannot be used here" in lines[1]
