@@ -399,3 +399,103 @@ def test_without_extxyz_every_frame_is_read_by_ase(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == "2 0"
     assert f"{READER_ENV}=c but libextxyz's C parser cannot be used here" in lines[1]
+
+
+def _random_comment(rng):
+    """A comment line of random pairs drawn from the syntax both parsers meet in files."""
+    words = ["1", "-7", "+3", "007", "2.5", "-1e-3", ".5", "5.", "1E5", "nan", "inf", "1d0", "0x1f", "1_000",
+             "T", "F", "true", "FALSE", "t", "abc", "x.y", "é", "a/b", "12345678901234567890", "-0", ":", "1,2"]
+    keys = ["a", "b_c", "Lattice", "stress", "virial", "pbc", "uid", "energy", "magmom", "x-y", "k1", "é"]
+    pairs = []
+    for _ in range(rng.integers(0, 6)):
+        key = keys[rng.integers(len(keys))]
+        form = rng.integers(7)
+        inner = " ".join(words[i] for i in rng.integers(len(words), size=rng.integers(1, 10)))
+        if form == 0:
+            pairs.append(key)
+        elif form == 1:
+            pairs.append(f"{key}={words[rng.integers(len(words))]}")
+        elif form == 2:
+            pairs.append(f'{key}="{inner}"')
+        elif form == 3:
+            pairs.append(f"{key}={{{inner}}}")
+        elif form == 4:
+            pairs.append(f"{key}=[{inner.replace(' ', ', ')}]")
+        elif form == 5:
+            pairs.append(f"{key} = '{inner}'")
+        else:
+            pairs.append(f'{key}="_JSON [{inner.replace(" ", ", ")}]"')
+    return " ".join(pairs)
+
+
+@pytest.mark.skipif(not HAVE_C, reason="extxyz (libextxyz) not installed")
+def test_random_comment_lines_read_as_ase_reads_them(tmp_path, monkeypatch):
+    rng = np.random.default_rng(11)
+    monkeypatch.setenv(READER_ENV, "c")
+    path = tmp_path / "random.xyz"
+    by_c = 0
+    for trial in range(300):
+        comment = _random_comment(rng)
+        path.write_text(f"2\n{comment}\nH 0.5 0 0\nO 0 1.25 0\n", encoding="utf-8")
+        try:
+            want = _reference(path)
+        except Exception:  # ASE refuses the line: so must read_frames
+            with pytest.raises(InputFileError):
+                read_frames(path, 0, path.stat().st_size)
+            continue
+        got = fastread._parse(path.read_bytes(), str(path), 0, 1, "c")
+        by_c += got[0][1]
+        try:
+            assert_same_frames([atoms for atoms, _ in got], want)
+        except AssertionError as exc:
+            raise AssertionError(f"trial {trial}, comment line {comment!r}: {exc}") from None
+    assert by_c > 100  # most of them went through the C path, not around it
+
+
+ATOM_TOKENS = {"R": ["1", "-2.5", "1e5", ".5", "5.", "nan", "1d0", "0x10", "+1.5", "-0", "1E-300", "abc", "T"],
+               "I": ["1", "-7", "+3", "007", "2147483647", "2147483648", "99999999999", "1.0", "1_0", "x"],
+               "L": ["T", "F", "True", "False", "TRUE", "true", "false", "FALSE", "t", "1", "0"],
+               "S": ["a", "Bc", "x_y", "1", "T", "é", "a'b", 'q"', "1d", "2p"]}
+SPECIES = ["H", "he", "CU", "Xx", "X", "Pd", "P"]
+
+
+def _random_frame(rng):
+    """A frame of random columns of every type, with tokens each parser may read its own way."""
+    columns = [(f"c{k}", "RISL"[rng.integers(4)], int(rng.integers(1, 4))) for k in range(rng.integers(0, 3))]
+    if rng.random() < 0.2:
+        columns.append(("move_mask", "L", int(rng.choice([1, 3]))))
+    if rng.random() < 0.2:
+        columns.append(("forces", "R", 3))
+    properties = "species:S:1:pos:R:3" + "".join(f":{n}:{kind}:{c}" for n, kind, c in columns)
+    n_atoms = int(rng.integers(1, 4))
+    rows = []
+    for _ in range(n_atoms):
+        row = [SPECIES[rng.integers(len(SPECIES))]] + [ATOM_TOKENS["R"][rng.integers(5)] for _ in range(3)]
+        for _, kind, count in columns:
+            row += [ATOM_TOKENS[kind][rng.integers(len(ATOM_TOKENS[kind]))] for _ in range(count)]
+        rows.append(" ".join(row))
+    return f"{n_atoms}\nProperties={properties} e=1\n" + "\n".join(rows) + "\n"
+
+
+@pytest.mark.skipif(not HAVE_C, reason="extxyz (libextxyz) not installed")
+def test_random_atom_columns_read_as_ase_reads_them(tmp_path, monkeypatch):
+    rng = np.random.default_rng(9)
+    monkeypatch.setenv(READER_ENV, "c")
+    path = tmp_path / "random.xyz"
+    by_c = 0
+    for trial in range(300):
+        text = _random_frame(rng)
+        path.write_text(text, encoding="utf-8")
+        try:
+            want = _reference(path)
+        except Exception:  # ASE refuses the frame: so must read_frames
+            with pytest.raises(InputFileError):
+                read_frames(path, 0, path.stat().st_size)
+            continue
+        got = fastread._parse(path.read_bytes(), str(path), 0, 1, "c")
+        by_c += got[0][1]
+        try:
+            assert_same_frames([atoms for atoms, _ in got], want)
+        except AssertionError as exc:
+            raise AssertionError(f"trial {trial}, frame {text!r}: {exc}") from None
+    assert by_c > 30
