@@ -395,8 +395,9 @@ def _atomic_number(symbol):
 # one split alike: a bare key, and a bare value or one delimited value ("...", '...',
 # {...}, [...]) without backslashes; a key without a value means True.
 _BARE = r"[^\s=\"'{}\[\]\\]+"
-_PAIR = re.compile(rf"""({_BARE})(?:\s*=\s*(?:"([^"\\]*)"|'([^'\\]*)'|\{{([^}}\\]*)\}}|\[([^\]\\]*)\]|({_BARE})))?"""
-                   r"(?:\s+|$)")
+_PAIR = re.compile(rf"""({_BARE})(?:\s*=\s*("[^"\\]*"|'[^'\\]*'|\{{[^}}\\]*\}}|\[[^\]\\]*\]|{_BARE}))?(?:\s+|$)""")
+_PAIRS = re.compile(rf"(?:{_PAIR.pattern})*")
+_DELIMITERS = frozenset("\"'{[")
 _WORDS = re.compile(r"[^\s,]+")
 _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
@@ -432,16 +433,16 @@ def _comment_info(raw, ase_helpers, seen):
     else:
         return None
     line = text.strip()
+    if not _PAIRS.fullmatch(line):
+        return None
     info = {}
-    position = 0
     try:
-        while position < len(line):
-            pair = _PAIR.match(line, position)
-            if pair is None:
-                return None
-            position = pair.end()
-            key = pair.group(1)
-            value = next((v for v in pair.groups()[1:] if v is not None), "T")
+        # the line is wholly pairs, so findall meets them one after the other
+        for key, value in _PAIR.findall(line):
+            if not value:
+                value = "T"
+            elif value[0] in _DELIMITERS:
+                value = value[1:-1]
             known = seen.get((key, value))
             if known is None:
                 known = _info_value(key, value, ase_helpers)
