@@ -65,7 +65,10 @@ INDEX_FORMAT = 1
 
 _MAX_VEC_LINES = 3
 _NON_SPACE = re.compile(rb"\S")
-_LOC_VALUE = re.compile(rb'(?<!\S)' + LOC_KEY.encode() + rb'\s*=\s*(?:"([^"]*)"|([^\s"]+))')
+# The location pair in its plain form (matched where the key starts): a quoted value or a bare one.
+_LOC_VALUE = re.compile(re.escape(LOC_KEY.encode()) + rb'[ \t]*=[ \t]*(?:"([^"\\\n]*)"|([^\s"\'{}\[\]\\]+))(?!\S)')
+_NOT_PLAIN_BEFORE = b"\\'{["
+_LOC_KEY_BYTES = LOC_KEY.encode()
 
 
 @dataclass(frozen=True)
@@ -431,7 +434,7 @@ def _scan_buffer(buffer, source):
     _refuse_lone_cr(buffer, source)
     ends = [np.zeros(1, np.int64)]
     loc_frames, loc_starts, loc_values = [], [0], []
-    key = LOC_KEY.encode()
+    key = _LOC_KEY_BYTES
     frame = 0
     for run in frame_runs(buffer, source):
         ends.append(run.ends)
@@ -464,18 +467,20 @@ def _refuse_lone_cr(buffer, path):
 
 
 def _stored_location(buffer, comment_start, comment_end, source, frame, line):
-    key = LOC_KEY.encode()
+    key = _LOC_KEY_BYTES
     first = buffer.find(key, comment_start, comment_end)
     if first == -1:
         return None
-    match = _LOC_VALUE.search(buffer, comment_start, comment_end)
-    before = bytes(buffer[comment_start:match.start()]) if match is not None else b""
-    if (match is None or buffer.find(key, first + 1, comment_end) != -1 or before.count(b'"') % 2
-            or any(c in before for c in (b"\\", b"'", b"{", b"[")) or match.start() != first):
+    match = _LOC_VALUE.match(buffer, first, comment_end)
+    before = buffer[comment_start:first]
+    plain = (match is not None and (first == comment_start or buffer[first - 1:first] in (b" ", b"\t"))
+             and buffer.find(key, first + 1, comment_end) == -1 and before.count(b'"') % 2 == 0
+             and len(before.translate(None, _NOT_PLAIN_BEFORE)) == len(before))
+    if plain:
+        text = (match.group(1) if match.group(1) is not None else match.group(2)).decode("utf-8", "replace")
+    else:
         # quotes, escapes or repeats around the key: what ASE's own parser makes of the line
         text = _location_text_by_ase(bytes(buffer[comment_start:comment_end]))
-    else:
-        text = (match.group(1) if match.group(1) is not None else match.group(2)).decode("utf-8", "replace")
     if text is None:
         return None
     try:
