@@ -316,3 +316,25 @@ def test_frame_index_by_hand():
     assert (index.n_frames, len(index), index.byte_range(1)) == (2, 2, (10, 25))
     assert (index.location(0), index.location(1)) == (None, (3, 4))
     assert repr(index) == "FrameIndex('x.xyz', n_frames=2)"
+
+
+def test_locations_equal_what_ase_parses(tmp_path):
+    from wfl_like.locations import location_of
+
+    comments = ['_ConfigSet_loc=" / 1"', "_ConfigSet_loc=' / 2'", "_ConfigSet_loc={ / 3}",
+                'a="x _ConfigSet_loc=5" _ConfigSet_loc=" / 4"', '_ConfigSet_loc=" / 5" _ConfigSet_loc=" / 6"',
+                'b=[1,2] _ConfigSet_loc=" / 7"', '_ConfigSet_loc=\t" / 8"', 'x_ConfigSet_loc=" / 9"',
+                'c="a \\" b" _ConfigSet_loc=" / 10"', '_ConfigSet_loc=" / 11 / 0" d=1', "e=1"]
+    path = tmp_path / "locs.xyz"
+    path.write_text("".join(f"1\n{c}\nH 0 0 0\n" for c in comments))
+    want = [location_of(a) for a in ase.io.read(path, index=":", format="extxyz", parallel=False)]
+    index = index_frames(path)
+    assert [index.location(i) for i in range(index.n_frames)] == want
+    assert want[:2] == [(1,), (2,)] and want[4] == (6,) and want[7] is None
+
+
+def test_location_value_running_on_is_refused_as_ase_reads_it(tmp_path):
+    path = tmp_path / "runon.xyz"
+    path.write_text('1\n_ConfigSet_loc=" / 3"x\nH 0 0 0\n')  # ASE reads ' / 3x'
+    with pytest.raises(InputFileError, match=r"runon\.xyz.*frame 0 \(line 2\).* / 3x"):
+        index_frames(path)
