@@ -37,6 +37,19 @@ def reference_offsets(path):
     return starts or [0]
 
 
+def reference_lines(path):
+    """1-based header line numbers, found as reference_offsets finds the frames."""
+    with open(path, "rb") as handle:
+        lines = handle.readlines()
+    numbers, i = [], 0
+    while i < len(lines) and lines[i].strip():
+        numbers.append(i + 1)
+        i += int(lines[i]) + 2
+        while i < len(lines) and lines[i].lstrip().startswith(b"VEC"):
+            i += 1
+    return numbers
+
+
 def varied_frames():
     rng = np.random.default_rng(0)
     out = []
@@ -90,6 +103,7 @@ def test_offsets_equal_the_line_by_line_reference(tmp_path, monkeypatch, block_b
         assert index.offsets.tolist() == reference_offsets(path), path.name
         assert index.n_frames == len(ase.io.read(path, index=":", format="extxyz", parallel=False)), path.name
         assert index.offsets[-1] == path.stat().st_size
+        assert index.lines.tolist() == reference_lines(path), path.name
         if path.name == "runs_with_locations.xyz":
             assert [index.location(i) for i in range(50)] == [(i,) for i in range(50)]
 
@@ -207,6 +221,7 @@ def _plant_index(cache_file, offsets):
     with np.load(cache_file) as stored:
         arrays = {k: stored[k] for k in stored.files}
     arrays["offsets"] = np.asarray(offsets, np.int64)
+    arrays["lines"] = np.arange(1, len(offsets), dtype=np.int64)
     with open(cache_file, "wb") as handle:
         np.savez(handle, **arrays)
 
@@ -252,7 +267,7 @@ def test_a_changed_file_is_scanned_again(tmp_path, own_cache_dir, change):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_dtype", "not_increasing", "wrong_size",
-                                    "wrong_digest", "bad_locations"])
+                                    "wrong_digest", "bad_locations", "bad_lines", "no_lines"])
 def test_a_damaged_or_foreign_cache_file_is_ignored_and_replaced(tmp_path, own_cache_dir, damage):
     path = tmp_path / "h2.xyz"
     _write_file(path, 3)
@@ -273,6 +288,10 @@ def test_a_damaged_or_foreign_cache_file_is_ignored_and_replaced(tmp_path, own_c
             arrays["offsets"] = arrays["offsets"] + np.array([0, 0, 0, 5])
         elif damage == "wrong_digest":
             arrays["digest"] = np.array("0" * 32)
+        elif damage == "bad_lines":
+            arrays["lines"] = arrays["lines"][::-1].copy()
+        elif damage == "no_lines":
+            del arrays["lines"]
         else:
             arrays.update(loc_frames=np.array([7], np.int64), loc_starts=np.array([0, 1], np.int64),
                           loc_values=np.array([1], np.int64))
@@ -312,7 +331,8 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
 
 
 def test_frame_index_by_hand():
-    index = FrameIndex("x.xyz", [0, 10, 25], loc_frames=[1], loc_starts=[0, 2], loc_values=[3, 4])
+    index = FrameIndex("x.xyz", [0, 10, 25], loc_frames=[1], loc_starts=[0, 2], loc_values=[3, 4], lines=[1, 4])
+    assert index.line(1) == 4
     assert (index.n_frames, len(index), index.byte_range(1)) == (2, 2, (10, 25))
     assert (index.location(0), index.location(1)) == (None, (3, 4))
     assert repr(index) == "FrameIndex('x.xyz', n_frames=2)"

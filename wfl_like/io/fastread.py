@@ -8,9 +8,10 @@ values), calculator results and constraints.
 
 Interface
 ---------
-``read_frames(path, byte_start, byte_end) -> list[Atoms]``
+``read_frames(path, byte_start, byte_end, first_frame=i, first_line=index.line(i)) -> list[Atoms]``
     The frames in bytes ``[byte_start, byte_end)`` of ``path``, in order; the range
-    must hold whole frames (``FrameIndex.offsets`` gives their bounds).
+    must hold whole frames (``FrameIndex.offsets`` gives their bounds).  The optional
+    frame and line numbers only make error messages point into the file.
 ``parse_frames(data, source=...) -> list[Atoms]``
     The same for frames already in memory (``bytes``), e.g. read once to be hashed too.
 
@@ -79,7 +80,8 @@ def read_frames(path, byte_start: int, byte_end: int, *, first_frame: int | None
         A range of whole frames, such as ``index.offsets[i]`` to ``index.offsets[j]``.
     first_frame, first_line : int, optional
         Frame number and 1-based line number of the frame at ``byte_start``, for error
-        messages (otherwise they count from the start of the range and say so).
+        messages: ``i`` and ``index.line(i)`` of its :class:`~wfl_like.io.frames.FrameIndex`
+        (without them, they count from the start of the range and say so).
 
     Returns
     -------

@@ -18,6 +18,9 @@ Interface
     ``int64`` array of ``n_frames + 1`` byte offsets: frame ``i`` is the bytes
     ``[offsets[i], offsets[i + 1])``.  The last offset is the file size (trailing blank
     lines belong to the last frame).
+``FrameIndex.line(i) -> int``
+    1-based line number of frame ``i``'s header, for the reader's error messages
+    (``read_frames(path, start, end, first_frame=i, first_line=index.line(i))``).
 ``FrameIndex.location(i) -> tuple or None``
     The location stored in frame ``i``'s comment line as ``_ConfigSet_loc=" / 2 / 0"``,
     as a tuple (``()`` for an empty value), or None when the frame has none.
@@ -318,11 +321,15 @@ class FrameIndex:
         Stored locations in compact form: the frames that have one (increasing), where each
         one's numbers start in ``loc_values`` (one more entry than ``loc_frames``), and the
         numbers of all of them in turn.
+    lines : numpy.ndarray, optional
+        int64 1-based line number of each frame's header line, for error messages.
     """
 
-    def __init__(self, path, offsets, loc_frames=None, loc_starts=None, loc_values=None):
+    def __init__(self, path, offsets, loc_frames=None, loc_starts=None, loc_values=None, lines=None):
         self.path = str(path)
         self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.lines = (np.zeros(len(self.offsets) - 1, np.int64) if lines is None
+                      else np.asarray(lines, dtype=np.int64))
         self._loc_frames = np.zeros(0, np.int64) if loc_frames is None else np.asarray(loc_frames, np.int64)
         self._loc_starts = np.zeros(1, np.int64) if loc_starts is None else np.asarray(loc_starts, np.int64)
         self._loc_values = np.zeros(0, np.int64) if loc_values is None else np.asarray(loc_values, np.int64)
@@ -341,6 +348,10 @@ class FrameIndex:
     def byte_range(self, i: int) -> tuple[int, int]:
         """``(start, end)`` of frame ``i``: its bytes are ``[start, end)``."""
         return int(self.offsets[i]), int(self.offsets[i + 1])
+
+    def line(self, i: int) -> int:
+        """1-based line number of frame ``i``'s header line (0 when not known)."""
+        return int(self.lines[i])
 
     def location(self, i: int) -> tuple | None:
         """The location stored in frame ``i`` (``_ConfigSet_loc``) as a tuple, or None when it has none."""
@@ -386,7 +397,7 @@ class FrameIndex:
 
     def _arrays(self):
         return {"offsets": self.offsets, "loc_frames": self._loc_frames, "loc_starts": self._loc_starts,
-                "loc_values": self._loc_values}
+                "loc_values": self._loc_values, "lines": self.lines}
 
 
 def _parse_index(index, path):
@@ -414,11 +425,11 @@ def _parse_index(index, path):
 def _scan_file(path, size):
     """FrameIndex of the file at ``path`` of ``size`` bytes."""
     if size == 0:
-        return FrameIndex(path, np.zeros(1, np.int64))
+        return FrameIndex(path, np.zeros(1, np.int64), lines=np.zeros(0, np.int64))
     error = None
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
         try:
-            offsets, loc_frames, loc_starts, loc_values = _scan_buffer(buffer, str(path))
+            offsets, lines, loc_frames, loc_starts, loc_values = _scan_buffer(buffer, str(path))
         except InputFileError as exc:
             # the traceback's frames hold views of the map, which could then not be closed
             error = exc.with_traceback(None)
@@ -426,18 +437,19 @@ def _scan_file(path, size):
         raise error
     if len(offsets) > 1:
         offsets[-1] = size
-    return FrameIndex(path, offsets, np.array(loc_frames, np.int64),
-                      np.array(loc_starts, np.int64), np.array(loc_values, np.int64))
+    return FrameIndex(path, offsets, np.array(loc_frames, np.int64), np.array(loc_starts, np.int64),
+                      np.array(loc_values, np.int64), lines)
 
 
 def _scan_buffer(buffer, source):
     _refuse_lone_cr(buffer, source)
-    ends = [np.zeros(1, np.int64)]
+    ends, lines = [np.zeros(1, np.int64)], [np.zeros(0, np.int64)]
     loc_frames, loc_starts, loc_values = [], [0], []
     key = _LOC_KEY_BYTES
     frame = 0
     for run in frame_runs(buffer, source):
         ends.append(run.ends)
+        lines.append(run.line + np.arange(len(run.ends), dtype=np.int64) * (run.n_atoms + 2 + run.n_vec))
         if buffer.find(key, int(run.comment_starts[0]), int(run.comment_ends[-1])) != -1:
             step = run.n_atoms + 2 + run.n_vec
             for k, (comment_start, comment_end) in enumerate(zip(run.comment_starts.tolist(),
@@ -448,7 +460,8 @@ def _scan_buffer(buffer, source):
                     loc_values.extend(loc)
                     loc_starts.append(len(loc_values))
         frame += len(run.ends)
-    return np.concatenate(ends).astype(np.int64), loc_frames, loc_starts, loc_values
+    return (np.concatenate(ends).astype(np.int64), np.concatenate(lines).astype(np.int64), loc_frames, loc_starts,
+            loc_values)
 
 
 def _refuse_lone_cr(buffer, path):
@@ -531,7 +544,7 @@ def _load_cached(cache_file, digest, path, size):
     try:
         with np.load(cache_file, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in ("format", "digest", "offsets", "loc_frames", "loc_starts",
-                                                      "loc_values")}
+                                                      "loc_values", "lines")}
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -541,20 +554,24 @@ def _load_cached(cache_file, digest, path, size):
     if not _valid(arrays, digest, size):
         log.debug("ignoring frame index %s: it does not describe %s", cache_file, path)
         return None
-    return FrameIndex(path, arrays["offsets"], arrays["loc_frames"], arrays["loc_starts"], arrays["loc_values"])
+    return FrameIndex(path, arrays["offsets"], arrays["loc_frames"], arrays["loc_starts"], arrays["loc_values"],
+                      arrays["lines"])
 
 
 def _valid(arrays, digest, size):
     def int_vector(a):
         return isinstance(a, np.ndarray) and a.dtype == np.int64 and a.ndim == 1
 
-    offsets, frames, starts, values = (arrays[k] for k in ("offsets", "loc_frames", "loc_starts", "loc_values"))
+    offsets, frames, starts, values, lines = (arrays[k] for k in ("offsets", "loc_frames", "loc_starts",
+                                                                   "loc_values", "lines"))
     if not (arrays["format"].shape == () and arrays["format"] == INDEX_FORMAT and arrays["digest"].shape == ()
             and str(arrays["digest"]) == digest):
         return False
-    if not all(int_vector(a) for a in (offsets, frames, starts, values)) or len(offsets) < 1 or offsets[0] != 0:
+    if not all(int_vector(a) for a in (offsets, frames, starts, values, lines)) or len(offsets) < 1 or offsets[0] != 0:
         return False
     n_frames = len(offsets) - 1
+    if len(lines) != n_frames or (n_frames and (lines[0] < 1 or not (np.diff(lines) > 0).all())):
+        return False
     if n_frames and (offsets[-1] != size or not (np.diff(offsets) > 0).all()):
         return False
     if len(starts) != len(frames) + 1 or starts[0] != 0 or starts[-1] != len(values) or (np.diff(starts) < 0).any():
