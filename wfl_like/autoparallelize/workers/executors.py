@@ -3,12 +3,12 @@
 import contextlib
 import logging
 import os
-import pickle
 import uuid
 import warnings
 from concurrent.futures import Executor, Future
 
 from wfl_like.autoparallelize.workers import devices, mpi as mpipool_support, threads
+from wfl_like.autoparallelize.workers.isolation import copy_rngs, isolated, round_trip
 from wfl_like.autoparallelize.workers.opcall import ByValue, begin_call, in_worker, install, run_installed, run_portable
 from wfl_like.autoparallelize.workers.pool import START_METHOD_ENV, WorkerPool, default_context
 from wfl_like.autoparallelize.workers.threads import available_cpus
@@ -24,27 +24,41 @@ class SerialExecutor(Executor):
     Parameters
     ----------
     isolate : bool, default True
-        Pass the arguments through a pickle round trip, as they would travel to a
-        worker, so an operation that changes its inputs in place never changes the
-        caller's objects: outputs and side effects are those of a pool run.  Structures
-        just read from a file need it too: the items of a chunk that failed are run again
-        one by one, and must start from what was read, not from what the failed attempt
-        left (nor from generators it advanced).
+        Run on copies of the arguments, equal to what a worker would unpickle, so an
+        operation that changes its inputs in place never changes the caller's objects:
+        outputs and side effects are those of a pool run.  Structures just read from a
+        file need it too: the items of a chunk that failed are run again one by one, and
+        must start from what was read, not from what the failed attempt left (nor from
+        generators it advanced).
     """
 
     def __init__(self, isolate=True):
         self.isolate = isolate
 
     def submit(self, fn, /, *args, **kwargs):
-        future = Future()
-        future.set_running_or_notify_cancel()
-        try:
-            if self.isolate:
-                args, kwargs = pickle.loads(pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL))
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
+        """Run ``fn(*args, **kwargs)`` now; with ``isolate``, on a pickle round trip of the arguments."""
+        def task():
+            call_args, call_kwargs = round_trip((args, kwargs)) if self.isolate else (args, kwargs)
+            return fn(*call_args, **call_kwargs)
+
+        return _run_now(task)
+
+    def submit_chunk(self, fn, first, items, rngs):
+        """Run ``fn(first, items, rngs)`` now; with ``isolate``, on copies of the items and generators
+        (:func:`~wfl_like.autoparallelize.workers.isolation.isolated`, cheaper than a pickle round trip)."""
+        if self.isolate:
+            return _run_now(lambda: fn(first, isolated(items), copy_rngs(rngs)))
+        return _run_now(lambda: fn(first, items, rngs))
+
+
+def _run_now(task):
+    future = Future()
+    future.set_running_or_notify_cancel()
+    try:
+        future.set_result(task())
+    except BaseException as exc:
+        future.set_exception(exc)
+    return future
 
 
 def num_workers(requested):
@@ -113,7 +127,7 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
             init_func(*init_args)
         executor = SerialExecutor(isolate)
         # no worker to kill in a serial run: a time limit cannot be enforced
-        yield (lambda chunk, timeout: executor.submit(call.run, chunk.first, chunk.items, chunk.rngs)), 1
+        yield (lambda chunk, timeout: executor.submit_chunk(call.run, chunk.first, chunk.items, chunk.rngs)), 1
         return
     context = default_context()
     if plan is not None:

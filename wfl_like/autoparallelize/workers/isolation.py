@@ -1,0 +1,120 @@
+"""Copies of a chunk's inputs for a serial run, equal to what a worker would unpickle.
+
+A serial run applies the operation in the calling process.  It must not change the
+caller's objects (an operation may edit its inputs in place), and the items of a chunk
+that failed are run again one by one from their original state: so each chunk is run on
+a copy.  A pickle round trip gives that copy, as the chunk would travel to a worker, but
+costs about 20 us per small structure (numpy rebuilds every array from a buffer).  A plain
+``Atoms`` whose parts are all plain data (numbers, strings, arrays, lists and dicts of
+them) is copied here part by part instead, in a third of the time; anything else (other
+objects, calculators, constraints, object arrays, subclasses) still takes the pickle
+round trip, so the result is always what a worker would have received.
+"""
+
+import copy
+import pickle
+
+import numpy as np
+from ase import Atoms
+from ase.cell import Cell
+
+# The attributes of a plain Atoms: one with others was made by code that may rely on them.
+_ATOMS_ATTRIBUTES = frozenset({"_cellobj", "_pbc", "arrays", "_celldisp", "_constraints", "info", "_calc"})
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), np.generic)
+
+
+class _NotPlain(Exception):
+    """A part that only a pickle round trip copies faithfully."""
+
+
+def isolated(items: list) -> list:
+    """A copy of ``items`` that shares no mutable state with them (see the module's notes).
+
+    Parameters
+    ----------
+    items : list
+        A chunk's inputs.
+
+    Returns
+    -------
+    list
+        Equal items, with the identities a pickle round trip of the list keeps: an object
+        that appears twice in ``items`` appears twice in the copy, as one object.
+    """
+    memo = {}
+    copies = []
+    for item in items:
+        known = memo.get(id(item))
+        if known is None:
+            known = memo[id(item)] = _copy(item)
+        copies.append(known)
+    return copies
+
+
+def round_trip(obj):
+    """``obj`` through pickle, as it would reach a worker."""
+    return pickle.loads(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+
+
+def _copy(item):
+    if type(item) is Atoms:
+        try:
+            return _copy_atoms(item)
+        except _NotPlain:
+            pass
+    return round_trip(item)
+
+
+def _copy_atoms(atoms):
+    state = atoms.__dict__
+    if state.keys() != _ATOMS_ATTRIBUTES or state["_calc"] is not None or state["_constraints"]:
+        raise _NotPlain
+    cell = state["_cellobj"]
+    if type(cell) is not Cell or cell.__dict__.keys() != {"array"}:
+        raise _NotPlain
+    new = Atoms.__new__(Atoms)
+    new.__dict__.update(
+        _cellobj=Cell(_copy_array(cell.array)),
+        _pbc=_copy_array(state["_pbc"]),
+        arrays={name: _copy_array(value) for name, value in state["arrays"].items()},
+        _celldisp=_copy_array(state["_celldisp"]),
+        _constraints=[],
+        info=_copy_plain(state["info"]),
+        _calc=None,
+    )
+    return new
+
+
+def _copy_array(array):
+    if type(array) is not np.ndarray or array.dtype.hasobject:
+        raise _NotPlain
+    return array.copy()
+
+
+def _copy_plain(value):
+    """A deep copy of plain data; _NotPlain for anything else."""
+    kind = type(value)
+    if kind in _IMMUTABLE or isinstance(value, np.generic):
+        return value
+    if kind is dict:
+        return {_key(key): _copy_plain(item) for key, item in value.items()}
+    if kind is list:
+        return [_copy_plain(item) for item in value]
+    if kind is tuple:
+        return tuple(_copy_plain(item) for item in value)
+    if kind is np.ndarray:
+        return _copy_array(value)
+    raise _NotPlain
+
+
+def _key(key):
+    if type(key) not in _IMMUTABLE:
+        raise _NotPlain
+    return key
+
+
+def copy_rngs(rngs: list) -> list:
+    """Copies of per-item generators (None stays None): the original streams stay where they were."""
+    if all(rng is None for rng in rngs):
+        return list(rngs)
+    return [None if rng is None else copy.deepcopy(rng) for rng in rngs]
