@@ -9,6 +9,7 @@ from concurrent.futures import Executor, Future
 
 from wfl_like.autoparallelize.workers import devices, mpi as mpipool_support, threads
 from wfl_like.autoparallelize.workers.isolation import copy_rngs, isolated, round_trip
+from wfl_like.autoparallelize.workers.packing import packed
 from wfl_like.autoparallelize.workers.opcall import ByValue, begin_call, in_worker, install, run_installed, run_portable
 from wfl_like.autoparallelize.workers.pool import START_METHOD_ENV, WorkerPool, default_context
 from wfl_like.autoparallelize.workers.threads import available_cpus
@@ -115,8 +116,12 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
         # value with every chunk, and is installed once per process there
         together = ByValue((call, init_func))
         call_id = uuid.uuid4().hex
-        yield (lambda chunk, timeout: executor.submit(run_portable, together, tuple(init_args), call_id,
-                                                      chunk.first, chunk.items, chunk.rngs)), executor_slots(executor)
+        # the MPI ranks are other processes: chunks travel pickled both ways, and are packed
+        # for it; another executor may run a task in this very process
+        across = executor is mpipool_support.active_executor()
+        yield (lambda chunk, timeout: executor.submit(
+            run_portable, together, tuple(init_args), call_id, chunk.first,
+            packed(chunk.items) if across else chunk.items, chunk.rngs, across)), executor_slots(executor)
         return
     if workers and in_worker():
         log.info("%s: called inside a worker process, so it runs serially there", call.name)
@@ -142,7 +147,7 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
                       on_demand=True, initializer_timeout=initializer_timeout,
                       max_items_per_worker=max_items_per_worker, devices=plan, threads=thread_limit)
     try:
-        yield (lambda chunk, timeout: pool.submit_task(run_installed, (chunk.first, chunk.items, chunk.rngs),
+        yield (lambda chunk, timeout: pool.submit_task(run_installed, (chunk.first, packed(chunk.items), chunk.rngs),
                                                        timeout=timeout, weight=len(chunk.items))), workers
     except BaseException:
         pool.terminate()

@@ -20,6 +20,8 @@ from ase.cell import Cell
 
 # The attributes of a plain Atoms: one with others was made by code that may rely on them.
 _ATOMS_ATTRIBUTES = frozenset({"_cellobj", "_pbc", "arrays", "_celldisp", "_constraints", "info", "_calc"})
+_CELL_ATTRIBUTES = frozenset({"array"})
+_FLOAT, _BOOL = np.dtype(np.float64), np.dtype(np.bool_)
 _IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), np.generic)
 
 
@@ -56,30 +58,50 @@ def round_trip(obj):
     return pickle.loads(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
 
 
+def plain_atoms(item) -> bool:
+    """Whether ``item`` is an ``Atoms`` of plain parts: no calculator, no constraints, no subclass,
+    no attribute of its own, and arrays that are ordinary C-ordered numpy arrays of numbers or strings
+    (its ``info`` is not looked at)."""
+    # written out flat: it is asked of every item of every chunk
+    if type(item) is not Atoms:
+        return False
+    state = item.__dict__
+    if state.keys() != _ATOMS_ATTRIBUTES or state["_calc"] is not None or state["_constraints"]:
+        return False
+    cell, pbc, displacement = state["_cellobj"], state["_pbc"], state["_celldisp"]
+    if type(cell) is not Cell or cell.__dict__.keys() != _CELL_ATTRIBUTES:
+        return False
+    cell = cell.array
+    if (type(cell) is not np.ndarray or cell.dtype != _FLOAT or cell.shape != (3, 3)
+            or type(pbc) is not np.ndarray or pbc.dtype != _BOOL or pbc.shape != (3,)
+            or type(displacement) is not np.ndarray or displacement.dtype != _FLOAT or displacement.shape != (3, 1)):
+        return False
+    for array in state["arrays"].values():
+        if type(array) is not np.ndarray or array.dtype.hasobject or not array.flags.c_contiguous:
+            return False
+    return True
+
+
 def _copy(item):
-    if type(item) is Atoms:
+    if plain_atoms(item):
         try:
             return _copy_atoms(item)
         except _NotPlain:
-            pass
+            pass        # its info holds something else than plain data
     return round_trip(item)
 
 
 def _copy_atoms(atoms):
     state = atoms.__dict__
-    if state.keys() != _ATOMS_ATTRIBUTES or state["_calc"] is not None or state["_constraints"]:
-        raise _NotPlain
-    cell = state["_cellobj"]
-    if type(cell) is not Cell or cell.__dict__.keys() != {"array"}:
-        raise _NotPlain
+    info = _copy_plain(state["info"])
     new = Atoms.__new__(Atoms)
     new.__dict__.update(
-        _cellobj=Cell(_copy_array(cell.array)),
-        _pbc=_copy_array(state["_pbc"]),
-        arrays={name: _copy_array(value) for name, value in state["arrays"].items()},
-        _celldisp=_copy_array(state["_celldisp"]),
+        _cellobj=Cell(state["_cellobj"].array.copy()),
+        _pbc=state["_pbc"].copy(),
+        arrays={name: value.copy() for name, value in state["arrays"].items()},
+        _celldisp=state["_celldisp"].copy(),
         _constraints=[],
-        info=_copy_plain(state["info"]),
+        info=info,
         _calc=None,
     )
     return new
