@@ -39,9 +39,10 @@ class PackedList:
 def packed(items):
     """``items`` as a :class:`PackedList` where that pays, else ``items`` itself.
 
-    It pays where at least two entries are plain ``Atoms`` with the same arrays (names,
-    order, types, trailing shapes); an object that appears twice keeps the list as it is,
-    so that the receiver gets one object twice, as pickle gives it.
+    It pays where at least two entries are plain ``Atoms`` with the arrays (names, order,
+    types, trailing shapes) of the first plain one; the others travel pickled as usual.  An
+    object that appears twice keeps the list as it is, so that the receiver gets one object
+    twice, as pickle gives it.
     """
     if not isinstance(items, list) or len(items) < 2:
         return items
@@ -58,9 +59,8 @@ def packed(items):
             continue
         if names is None:
             names = _layout(item)
-        elif not _fits(item.arrays, names):
-            return items
-        plain.append(True)
+        # one of other arrays than the first plain one travels pickled as usual
+        plain.append(_fits(item.arrays, names))
     if sum(plain) < 2:
         return items
     return PackedList(items, names, plain)
