@@ -10,7 +10,8 @@ from concurrent.futures import Executor, Future
 from wfl_like.autoparallelize.workers import devices, mpi as mpipool_support, threads
 from wfl_like.autoparallelize.workers.isolation import copy_rngs, isolated, round_trip
 from wfl_like.autoparallelize.workers.packing import packed
-from wfl_like.autoparallelize.workers.opcall import ByValue, begin_call, in_worker, install, run_installed, run_portable
+from wfl_like.autoparallelize.workers.opcall import (ByValue, CallNotHere, begin_call, in_worker, install,
+                                                     run_installed, run_portable)
 from wfl_like.autoparallelize.workers.pool import START_METHOD_ENV, WorkerPool, default_context
 from wfl_like.autoparallelize.workers.threads import available_cpus
 
@@ -60,6 +61,60 @@ def _run_now(task):
     except BaseException as exc:
         future.set_exception(exc)
     return future
+
+
+class _CallOnce:
+    """Submits chunks to an executor that is not ours, with the call sent only to processes that lack it.
+
+    The first chunks carry the call (pickled by value, maybe large: a potential among the
+    op's arguments); once one came back computed, the next go without it.  A process that
+    has not got it answers :class:`~wfl_like.autoparallelize.workers.opcall.CallNotHere` at
+    once, and gets its chunk again with the call: one short extra trip per process and call,
+    instead of the call with every chunk.
+    """
+
+    def __init__(self, executor, together, init_args, pack):
+        self.executor, self.together, self.init_args, self.pack = executor, together, init_args, pack
+        self.call_id = uuid.uuid4().hex     # new for every call, even one with the same arguments
+        self.lean = False
+
+    def submit(self, chunk, timeout):
+        """``submit(chunk, timeout) -> Future`` of the chunk's outputs (no time limit is enforced)."""
+        relay = _Relay()
+        self._send(relay, chunk, with_call=not self.lean)
+        return relay
+
+    def _send(self, relay, chunk, with_call):
+        items = packed(chunk.items) if self.pack else chunk.items
+        inner = self.executor.submit(run_portable, self.together if with_call else None, self.init_args,
+                                     self.call_id, chunk.first, items, chunk.rngs, self.pack)
+        relay.inner = inner
+        inner.add_done_callback(lambda future: self._settle(relay, chunk, future))
+
+    def _settle(self, relay, chunk, inner):
+        if inner.cancelled():
+            Future.cancel(relay)
+            return
+        error = inner.exception()
+        if isinstance(error, CallNotHere):
+            self._send(relay, chunk, with_call=True)
+        elif error is not None:
+            relay.set_exception(error)
+        else:
+            self.lean = True
+            relay.set_result(inner.result())
+
+
+class _Relay(Future):
+    """The future of a chunk that may be submitted twice: cancelling it cancels the submission under way."""
+
+    inner = None
+
+    def cancel(self):
+        inner = self.inner
+        if inner is not None and not inner.cancel():
+            return False
+        return super().cancel()
 
 
 def num_workers(requested):
@@ -114,14 +169,11 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
     if executor is not None:
         # the caller's executor (Dask, loky, a ProcessPoolExecutor ...): the call travels by
         # value with every chunk, and is installed once per process there
-        together = ByValue((call, init_func))
-        call_id = uuid.uuid4().hex
         # the MPI ranks are other processes: chunks travel pickled both ways, and are packed
         # for it; another executor may run a task in this very process
         across = executor is mpipool_support.active_executor()
-        yield (lambda chunk, timeout: executor.submit(
-            run_portable, together, tuple(init_args), call_id, chunk.first,
-            packed(chunk.items) if across else chunk.items, chunk.rngs, across)), executor_slots(executor)
+        yield _CallOnce(executor, ByValue((call, init_func)), tuple(init_args), across).submit, \
+            executor_slots(executor)
         return
     if workers and in_worker():
         log.info("%s: called inside a worker process, so it runs serially there", call.name)

@@ -186,6 +186,10 @@ def run_installed(first, items, rngs):
 _installed_call_id = None
 
 
+class CallNotHere(Exception):
+    """A chunk came without its call to a process that has not got it yet: send it again, with the call."""
+
+
 def run_portable(together, initargs, call_id, first, items, rngs, pack_outputs=False):
     """Apply a call sent by value to one chunk, on an executor that is not ours.
 
@@ -193,7 +197,9 @@ def run_portable(together, initargs, call_id, first, items, rngs, pack_outputs=F
     initializer and an operation defined in a script share its globals in the worker as
     they do in the driver.  It is unpickled, and the initializer run, once per process
     and call (``call_id``, new for every call, even one with the same arguments), not once
-    per chunk: the executor's workers are long-lived and shared.  A BaseException that is
+    per chunk: the executor's workers are long-lived and shared.  ``together`` may be None
+    once the driver knows that processes have the call: a process without it raises
+    :class:`CallNotHere`, and gets the chunk again with the call.  A BaseException that is
     not an Exception (KeyboardInterrupt, ...) raised there is raised as
     :class:`~wfl_like.errors.ItemAbortedError`: on a worker it fails the chunk, not the run.
     ``pack_outputs``: pack the outputs for the trip back (only where they are sure to be
@@ -202,6 +208,8 @@ def run_portable(together, initargs, call_id, first, items, rngs, pack_outputs=F
     global _installed_call_id
     try:
         if _installed_call_id != call_id:
+            if together is None:
+                raise CallNotHere(call_id)
             call, initializer = together.load()
             install(call, initializer, initargs, own_process=False)
             _installed_call_id = call_id
