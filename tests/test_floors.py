@@ -5,8 +5,10 @@ packed to and from workers, and the pool's dispatcher keeps one selector: each i
 here against the pickle round trip, the serial run, or plain results.
 """
 
+import multiprocessing
 import os
 import pickle
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -227,3 +229,32 @@ def test_a_worker_dying_among_many_fails_only_its_task_and_the_pool_carries_on()
         assert results[17] == "WorkerDiedError"
         assert results[:17] + results[18:] == [i for i in range(100) if i != 17]
         assert pool.submit(square, 3).result(timeout=60) == 9
+
+
+class RecordingExecutor(ProcessPoolExecutor):
+    """A process pool that notes, for each task, whether it carried the call."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.carried = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.carried.append(args[0] is not None)
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_an_executor_gets_the_call_once_per_process_not_with_every_chunk():
+    items = [structure(i, label=i) for i in range(40)]
+    serial = list(autoparallelize(label_with_pid, items, OutputSpec(),
+                                  autopara_info={"num_inputs_per_python_subprocess": 2}))
+    with RecordingExecutor(2, mp_context=multiprocessing.get_context("spawn")) as executor:
+        result = list(autoparallelize(label_with_pid, items, OutputSpec(), autopara_info={
+            "num_inputs_per_python_subprocess": 2, "executor": executor}))
+    for expected, got in zip(serial, result):
+        expected.info.pop("pid")
+        got.info.pop("pid")
+        same(expected, got)
+    # 20 chunks, at most 4 in flight when the first comes back, and each of the 2 processes
+    # may ask for the call once more
+    assert len(executor.carried) >= 20
+    assert sum(executor.carried) <= 4 + 2
