@@ -5,8 +5,13 @@ LocalCluster, each with the same number of workers; the time of the call itself 
 starting Python or the cluster), the speed-up over serial, and whether every backend wrote
 the serial output byte for byte.
 
+First, the MPI floor: under ``mpiexec -n 2`` (one worker rank), EMT over 200 rattled cells
+in chunks of 10, outputs in memory, in interleaved pairs on the same ranks: a bare
+``mpipool.MPIExecutor.map`` over the chunks against wfl_like through ``WFL_MPIPOOL``; it
+prints each pair and the median of the ratios wfl_like / bare.
+
 Run from the repository root, with the test (or mpi) extra installed:
-    python benchmarks/bench_backends.py [--workers 2] [--n 120]
+    python benchmarks/bench_backends.py [--workers 2] [--n 120] [--mpi-pairs 3] [--mpi-n 200] [--skip-backends]
 """
 
 import argparse

@@ -6,7 +6,8 @@ processes each sleeping ``--sleep`` s per item over ``--n`` items, the ideal tim
 (pool start-up inside) and from the moment the last worker began its first item
 (start-up outside: the rate one driver sustains).  The driver's own CPU time per item
 (``time.process_time`` of the driver process, all its threads) says how many workers one
-driver can feed at a given op cost.
+driver can feed at a given op cost; it is given net of start-up too (less the CPU of a
+call of one item per worker: forking 64 workers costs the driver CPU of its own).
 
     python benchmarks/bench_dispatch.py              # 64 workers, 20 ms, 20,000 items, chunks of 1 and "auto"
     python benchmarks/bench_dispatch.py --quick      # 16 workers, 2,000 items
@@ -61,13 +62,15 @@ def main():
           f"python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
     print(f"{args.n} items sleeping {args.sleep * 1000:g} ms each on {args.workers} worker processes; "
           f"ideal {ideal:.2f} s")
+    start_wall, _, start_cpu = run(args.workers, args.workers, args.sleep, 1)
+    print(f"  start-up: a call of one item per worker takes {start_wall:.2f} s and {start_cpu:.2f} s of driver CPU")
     for chunk in args.chunks.split(","):
         chunk = chunk if chunk == "auto" else int(chunk)
         wall, steady, cpu = run(args.n, args.workers, args.sleep, chunk)
-        # the ideal time after start-up: each worker has its share left, less the first item under way
+        net_cpu = (cpu - start_cpu) / (args.n - args.workers)
         print(f"  chunk {chunk!s:>5}: {wall:6.2f} s, efficiency {ideal / wall:6.1%} with pool start-up, "
               f"{ideal / steady:6.1%} without ({steady:.2f} s after the last worker began); "
-              f"driver CPU {cpu / args.n * 1e6:5.0f} us/item")
+              f"driver CPU {cpu / args.n * 1e6:5.0f} us/item, {net_cpu * 1e6:5.0f} us/item net of start-up")
 
 
 if __name__ == "__main__":
