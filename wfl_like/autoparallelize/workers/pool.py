@@ -111,6 +111,7 @@ class _Worker:
         self.task = None          # the _Task being run
         self.timed_out = False    # killed because its task (or its initializer) ran past its deadline
         self.items_run = 0
+        self.leaving = False      # retired or dead: not to be given tasks
         self.initializer_timeout = initializer_timeout
         self.init_deadline = None     # set when the worker says its initializer starts
 
@@ -216,6 +217,9 @@ class WorkerPool(Executor):
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._guardian = Guardian()
         self._workers = []
+        # workers that became free to take a task, oldest first; one may have left or been
+        # given a task since (checked when it is taken): no turn looks at every worker
+        self._idle = collections.deque()
         self._retiring = []         # asked to leave after their last task; reaped when they have
         try:
             # before the dispatcher thread, so that the first forks happen while the driver
@@ -258,6 +262,8 @@ class WorkerPool(Executor):
             if self._cancelled or (self._shutting_down and not self._queue):
                 return
             wanted = self._max_workers - len(self._workers)
+            if wanted <= 0:
+                return
             if self._on_demand:
                 idle = sum(1 for w in self._workers if w.task is None)
                 wanted = min(wanted, max(len(self._queue) - idle, at_least - len(self._workers)))
@@ -375,10 +381,10 @@ class WorkerPool(Executor):
                 self._grow()
                 self._send_tasks(self._pair_tasks())
                 with self._lock:
-                    idle = not any(w.task for w in self._workers)
                     # queued tasks keep a shutting-down pool going only while a worker is
                     # left to run them (dead workers are replaced while tasks are queued)
-                    if self._shutting_down and idle and (not self._queue or not self._workers):
+                    if (self._shutting_down and (not self._queue or not self._workers)
+                            and not any(w.task for w in self._workers)):
                         self._abandon_queue(self._broken)
                         break
                     workers = list(self._workers) if self._timeouts_seen else None
@@ -441,13 +447,17 @@ class WorkerPool(Executor):
         """Take queued tasks for idle ready workers: ``[(worker, task), ...]``."""
         pairs = []
         with self._lock:
-            for worker in self._workers:
-                while self._queue and worker.ready and worker.task is None:
-                    task = self._queue.popleft()
-                    # a task put back after a failed send is already marked running
-                    if task.future.running() or task.future.set_running_or_notify_cancel():
-                        worker.task = task
-                        pairs.append((worker, task))
+            while self._queue and self._idle:
+                worker = self._idle.popleft()
+                if worker.leaving or not worker.ready or worker.task is not None:
+                    continue
+                task = self._queue.popleft()
+                # a task put back after a failed send is already marked running
+                if task.future.running() or task.future.set_running_or_notify_cancel():
+                    worker.task = task
+                    pairs.append((worker, task))
+                else:
+                    self._idle.appendleft(worker)       # the task was cancelled: the worker is still free
         return pairs
 
     @staticmethod
@@ -477,6 +487,7 @@ class WorkerPool(Executor):
                         self._queue.appendleft(task)
             except Exception as exc:
                 worker.task = None
+                self._idle.append(worker)
                 _abandon(task.future, _unpicklable(exc, "the task's arguments"))
 
     def _reap_retired(self):
@@ -519,6 +530,7 @@ class WorkerPool(Executor):
                 worker.init_deadline = time.monotonic() + worker.initializer_timeout
         elif kind == "ready":
             worker.ready = True
+            self._idle.append(worker)
         elif kind == "init_error":
             self._break(_with_remote_cause(
                 WorkerInitializerError(f"the worker initializer raised {value!r}; no task can run"), tb_text))
@@ -528,6 +540,7 @@ class WorkerPool(Executor):
                         "nothing" if worker.task is None else f"task {worker.task.id}")
         else:
             task, worker.task = worker.task, None
+            self._idle.append(worker)
             worker.items_run += task.weight
             if kind == "ok":
                 _settle(task.future, result=value)
@@ -543,6 +556,7 @@ class WorkerPool(Executor):
     def _retire(self, worker, why):
         """Ask a worker to leave after its task; a new one takes its place when needed."""
         log.info("replacing worker pid %d: %s", worker.pid, why)
+        worker.leaving = True
         with self._lock:
             self._workers.remove(worker)
         self._retiring.append(worker)
@@ -555,6 +569,7 @@ class WorkerPool(Executor):
             kill_process_group(worker.pid)
 
     def _handle_death(self, worker):
+        worker.leaving = True
         exitcode, pid = self._reap(worker)
         if not worker.ready:
             if worker.timed_out:
