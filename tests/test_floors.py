@@ -18,6 +18,7 @@ from ase.constraints import FixAtoms
 
 from wfl_like import OutputSpec
 from wfl_like.autoparallelize import autoparallelize
+from wfl_like.autoparallelize.frame_items import FrameItem
 from wfl_like.autoparallelize.workers.isolation import copy_rngs, isolated, plain_atoms
 from wfl_like.autoparallelize.workers.packing import PackedList, packed, unpacked
 from wfl_like.autoparallelize.workers.pool import WorkerPool
@@ -106,6 +107,11 @@ def test_isolated_copies_equal_the_pickle_round_trip_and_share_nothing():
     copies[0].positions += 1.0
     copies[0].info["nested"]["a"].append(9)
     assert items[0].positions[0, 2] == 0.0 and items[0].info["nested"] == {"a": [1, (2, 3)]}
+
+
+def test_frame_items_are_not_copied():
+    frame = FrameItem("in.xyz", 0, 10, (0,))
+    assert isolated([frame])[0] is frame
 
 
 def test_isolated_keeps_an_object_given_twice_as_one_object():

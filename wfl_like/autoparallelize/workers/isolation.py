@@ -18,6 +18,8 @@ import numpy as np
 from ase import Atoms
 from ase.cell import Cell
 
+from wfl_like.autoparallelize.frame_items import FrameItem
+
 # The attributes of a plain Atoms: one with others was made by code that may rely on them.
 _ATOMS_ATTRIBUTES = frozenset({"_cellobj", "_pbc", "arrays", "_celldisp", "_constraints", "info", "_calc"})
 _CELL_ATTRIBUTES = frozenset({"array"})
@@ -83,6 +85,8 @@ def plain_atoms(item) -> bool:
 
 
 def _copy(item):
+    if type(item) is FrameItem:
+        return item         # frozen, of immutable parts: the worker side parses its own structures from it
     if plain_atoms(item):
         try:
             return _copy_atoms(item)
