@@ -3,13 +3,15 @@
 import contextlib
 import logging
 import os
-import pickle
 import uuid
 import warnings
 from concurrent.futures import Executor, Future
 
 from wfl_like.autoparallelize.workers import devices, mpi as mpipool_support, threads
-from wfl_like.autoparallelize.workers.opcall import ByValue, begin_call, in_worker, install, run_installed, run_portable
+from wfl_like.autoparallelize.workers.isolation import copy_rngs, isolated, round_trip
+from wfl_like.autoparallelize.workers.packing import packed
+from wfl_like.autoparallelize.workers.opcall import (ByValue, CallNotHere, begin_call, in_worker, install,
+                                                     run_installed, run_portable)
 from wfl_like.autoparallelize.workers.pool import START_METHOD_ENV, WorkerPool, default_context
 from wfl_like.autoparallelize.workers.threads import available_cpus
 
@@ -24,27 +26,95 @@ class SerialExecutor(Executor):
     Parameters
     ----------
     isolate : bool, default True
-        Pass the arguments through a pickle round trip, as they would travel to a
-        worker, so an operation that changes its inputs in place never changes the
-        caller's objects: outputs and side effects are those of a pool run.  Structures
-        just read from a file need it too: the items of a chunk that failed are run again
-        one by one, and must start from what was read, not from what the failed attempt
-        left (nor from generators it advanced).
+        Run on copies of the arguments, equal to what a worker would unpickle, so an
+        operation that changes its inputs in place never changes the caller's objects:
+        outputs and side effects are those of a pool run.  Structures just read from a
+        file need it too: the items of a chunk that failed are run again one by one, and
+        must start from what was read, not from what the failed attempt left (nor from
+        generators it advanced).
     """
 
     def __init__(self, isolate=True):
         self.isolate = isolate
 
     def submit(self, fn, /, *args, **kwargs):
-        future = Future()
-        future.set_running_or_notify_cancel()
-        try:
-            if self.isolate:
-                args, kwargs = pickle.loads(pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL))
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
+        """Run ``fn(*args, **kwargs)`` now; with ``isolate``, on a pickle round trip of the arguments."""
+        def task():
+            call_args, call_kwargs = round_trip((args, kwargs)) if self.isolate else (args, kwargs)
+            return fn(*call_args, **call_kwargs)
+
+        return _run_now(task)
+
+    def submit_chunk(self, fn, first, items, rngs):
+        """Run ``fn(first, items, rngs)`` now; with ``isolate``, on copies of the items and generators
+        (:func:`~wfl_like.autoparallelize.workers.isolation.isolated`, cheaper than a pickle round trip)."""
+        if self.isolate:
+            return _run_now(lambda: fn(first, isolated(items), copy_rngs(rngs)))
+        return _run_now(lambda: fn(first, items, rngs))
+
+
+def _run_now(task):
+    future = Future()
+    future.set_running_or_notify_cancel()
+    try:
+        future.set_result(task())
+    except BaseException as exc:
+        future.set_exception(exc)
+    return future
+
+
+class _CallOnce:
+    """Submits chunks to an executor that is not ours, with the call sent only to processes that lack it.
+
+    The first chunks carry the call (pickled by value, maybe large: a potential among the
+    op's arguments); once one came back computed, the next go without it.  A process that
+    has not got it answers :class:`~wfl_like.autoparallelize.workers.opcall.CallNotHere` at
+    once, and gets its chunk again with the call: one short extra trip per process and call,
+    instead of the call with every chunk.
+    """
+
+    def __init__(self, executor, together, init_args, pack):
+        self.executor, self.together, self.init_args, self.pack = executor, together, init_args, pack
+        self.call_id = uuid.uuid4().hex     # new for every call, even one with the same arguments
+        self.lean = False
+
+    def submit(self, chunk, timeout):
+        """``submit(chunk, timeout) -> Future`` of the chunk's outputs (no time limit is enforced)."""
+        relay = _Relay()
+        self._send(relay, chunk, with_call=not self.lean)
+        return relay
+
+    def _send(self, relay, chunk, with_call):
+        items = packed(chunk.items) if self.pack else chunk.items
+        inner = self.executor.submit(run_portable, self.together if with_call else None, self.init_args,
+                                     self.call_id, chunk.first, items, chunk.rngs, self.pack)
+        relay.inner = inner
+        inner.add_done_callback(lambda future: self._settle(relay, chunk, future))
+
+    def _settle(self, relay, chunk, inner):
+        if inner.cancelled():
+            Future.cancel(relay)
+            return
+        error = inner.exception()
+        if isinstance(error, CallNotHere):
+            self._send(relay, chunk, with_call=True)
+        elif error is not None:
+            relay.set_exception(error)
+        else:
+            self.lean = True
+            relay.set_result(inner.result())
+
+
+class _Relay(Future):
+    """The future of a chunk that may be submitted twice: cancelling it cancels the submission under way."""
+
+    inner = None
+
+    def cancel(self):
+        inner = self.inner
+        if inner is not None and not inner.cancel():
+            return False
+        return super().cancel()
 
 
 def num_workers(requested):
@@ -99,10 +169,11 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
     if executor is not None:
         # the caller's executor (Dask, loky, a ProcessPoolExecutor ...): the call travels by
         # value with every chunk, and is installed once per process there
-        together = ByValue((call, init_func))
-        call_id = uuid.uuid4().hex
-        yield (lambda chunk, timeout: executor.submit(run_portable, together, tuple(init_args), call_id,
-                                                      chunk.first, chunk.items, chunk.rngs)), executor_slots(executor)
+        # the MPI ranks are other processes: chunks travel pickled both ways, and are packed
+        # for it; another executor may run a task in this very process
+        across = executor is mpipool_support.active_executor()
+        yield _CallOnce(executor, ByValue((call, init_func)), tuple(init_args), across).submit, \
+            executor_slots(executor)
         return
     if workers and in_worker():
         log.info("%s: called inside a worker process, so it runs serially there", call.name)
@@ -113,7 +184,7 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
             init_func(*init_args)
         executor = SerialExecutor(isolate)
         # no worker to kill in a serial run: a time limit cannot be enforced
-        yield (lambda chunk, timeout: executor.submit(call.run, chunk.first, chunk.items, chunk.rngs)), 1
+        yield (lambda chunk, timeout: executor.submit_chunk(call.run, chunk.first, chunk.items, chunk.rngs)), 1
         return
     context = default_context()
     if plan is not None:
@@ -128,7 +199,7 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
                       on_demand=True, initializer_timeout=initializer_timeout,
                       max_items_per_worker=max_items_per_worker, devices=plan, threads=thread_limit)
     try:
-        yield (lambda chunk, timeout: pool.submit_task(run_installed, (chunk.first, chunk.items, chunk.rngs),
+        yield (lambda chunk, timeout: pool.submit_task(run_installed, (chunk.first, packed(chunk.items), chunk.rngs),
                                                        timeout=timeout, weight=len(chunk.items))), workers
     except BaseException:
         pool.terminate()

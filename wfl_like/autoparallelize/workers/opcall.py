@@ -4,6 +4,7 @@ import inspect
 import os
 from dataclasses import dataclass
 
+from wfl_like.autoparallelize.workers.packing import packed, unpacked
 from wfl_like.errors import ItemAbortedError, OpOutputError
 
 PER_ITEM_INFO = "_autopara_per_item_info"
@@ -176,32 +177,44 @@ def install(call, initializer=None, initargs=(), own_process=True):
 
 
 def run_installed(first, items, rngs):
-    """Apply the call set by :func:`install` to one chunk."""
-    return _installed.run(first, items, rngs)
+    """Apply the call set by :func:`install` to one chunk; the outputs are packed for the trip back
+    (:mod:`~wfl_like.autoparallelize.workers.packing`)."""
+    return packed(_installed.run(first, unpacked(items), rngs))
 
 
 # The call installed in this process by run_portable, by the id the driver gave it.
 _installed_call_id = None
 
 
-def run_portable(together, initargs, call_id, first, items, rngs):
+class CallNotHere(Exception):
+    """A chunk came without its call to a process that has not got it yet: send it again, with the call."""
+
+
+def run_portable(together, initargs, call_id, first, items, rngs, pack_outputs=False):
     """Apply a call sent by value to one chunk, on an executor that is not ours.
 
     ``together`` is a :class:`ByValue` of ``(call, initializer)``: one payload, so that an
     initializer and an operation defined in a script share its globals in the worker as
     they do in the driver.  It is unpickled, and the initializer run, once per process
     and call (``call_id``, new for every call, even one with the same arguments), not once
-    per chunk: the executor's workers are long-lived and shared.  A BaseException that is
+    per chunk: the executor's workers are long-lived and shared.  ``together`` may be None
+    once the driver knows that processes have the call: a process without it raises
+    :class:`CallNotHere`, and gets the chunk again with the call.  A BaseException that is
     not an Exception (KeyboardInterrupt, ...) raised there is raised as
     :class:`~wfl_like.errors.ItemAbortedError`: on a worker it fails the chunk, not the run.
+    ``pack_outputs``: pack the outputs for the trip back (only where they are sure to be
+    pickled: an executor may run a task in the driver's own process).
     """
     global _installed_call_id
     try:
         if _installed_call_id != call_id:
+            if together is None:
+                raise CallNotHere(call_id)
             call, initializer = together.load()
             install(call, initializer, initargs, own_process=False)
             _installed_call_id = call_id
-        return _installed.run(first, items, rngs)
+        outputs = _installed.run(first, unpacked(items), rngs)
+        return packed(outputs) if pack_outputs else outputs
     except Exception:
         raise
     except BaseException as exc:

@@ -13,6 +13,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import selectors
 import sys
 import threading
 import time
@@ -110,6 +111,7 @@ class _Worker:
         self.task = None          # the _Task being run
         self.timed_out = False    # killed because its task (or its initializer) ran past its deadline
         self.items_run = 0
+        self.leaving = False      # retired or dead: not to be given tasks
         self.initializer_timeout = initializer_timeout
         self.init_deadline = None     # set when the worker says its initializer starts
 
@@ -206,8 +208,18 @@ class WorkerPool(Executor):
         self._cancelled = False     # queued tasks are not to run (terminate, cancel_futures, broken)
         self._broken = None
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._wake_pending = False      # a wake-up is written and not yet read: submit() need not write another
+        self._timeouts_seen = initializer_timeout is not None   # else no worker can have a deadline
+        # One selector for the life of the pool, told of each worker as it comes and goes:
+        # building one over every worker's two descriptors on every wait costs the driver
+        # more than a task's round trip once there are dozens of workers.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._guardian = Guardian()
         self._workers = []
+        # workers that became free to take a task, oldest first; one may have left or been
+        # given a task since (checked when it is taken): no turn looks at every worker
+        self._idle = collections.deque()
         self._retiring = []         # asked to leave after their last task; reaped when they have
         try:
             # before the dispatcher thread, so that the first forks happen while the driver
@@ -216,6 +228,7 @@ class WorkerPool(Executor):
         except BaseException:
             self._stop_workers(self._workers, timeout=0)
             self._guardian.close()
+            self._selector.close()
             raise
         self._thread = threading.Thread(target=self._dispatch_loop, name="wfl_like-pool-dispatcher",
                                         daemon=True)
@@ -225,7 +238,8 @@ class WorkerPool(Executor):
         # A forked worker inherits the driver's ends of its siblings' pipes and of the
         # guardian's; it must close them, or they would never see end-of-file when the
         # driver dies.
-        inherited = [w.conn for w in self._workers + self._retiring] + [self._wake_r, self._wake_w]
+        inherited = [w.conn for w in self._workers + self._retiring] + [self._wake_r, self._wake_w,
+                                                                         self._selector.fileno()]
         if self._guardian.fileno is not None:
             inherited.append(self._guardian.fileno)
         index = self._free_index()
@@ -248,6 +262,8 @@ class WorkerPool(Executor):
             if self._cancelled or (self._shutting_down and not self._queue):
                 return
             wanted = self._max_workers - len(self._workers)
+            if wanted <= 0:
+                return
             if self._on_demand:
                 idle = sum(1 for w in self._workers if w.task is None)
                 wanted = min(wanted, max(len(self._queue) - idle, at_least - len(self._workers)))
@@ -265,6 +281,8 @@ class WorkerPool(Executor):
                 cancelled = self._cancelled
                 if not cancelled:
                     self._workers.append(worker)
+            if not cancelled:
+                self._watch(worker)
             if cancelled:
                 # terminate() came while it started: it is not needed, and nobody else will stop it
                 self._stop_workers([worker], timeout=0)
@@ -301,7 +319,12 @@ class WorkerPool(Executor):
                 raise RuntimeError("cannot submit to a WorkerPool after shutdown")
             self._queue.append(_Task(next(self._task_ids), future, fn, tuple(args), dict(kwargs or {}),
                                      timeout, weight))
-        self._wake()
+            if timeout is not None:
+                self._timeouts_seen = True
+            # one wake-up at a time: the dispatcher pairs every queued task once it is awake
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:
+            self._wake()
         return future
 
     def shutdown(self, wait=True, *, cancel_futures=False):
@@ -337,6 +360,7 @@ class WorkerPool(Executor):
         self._wake_r.close()
         self._wake_w.close()
         self._guardian.close()
+        self._selector.close()
 
     def _wake(self):
         try:
@@ -357,29 +381,23 @@ class WorkerPool(Executor):
                 self._grow()
                 self._send_tasks(self._pair_tasks())
                 with self._lock:
-                    idle = not any(w.task for w in self._workers)
                     # queued tasks keep a shutting-down pool going only while a worker is
                     # left to run them (dead workers are replaced while tasks are queued)
-                    if self._shutting_down and idle and (not self._queue or not self._workers):
+                    if (self._shutting_down and (not self._queue or not self._workers)
+                            and not any(w.task for w in self._workers)):
                         self._abandon_queue(self._broken)
                         break
-                    workers = list(self._workers)
-                retiring = list(self._retiring)
-                waitables = ([self._wake_r] + [w.conn for w in workers] + [w.sentinel for w in workers]
-                             + [w.sentinel for w in retiring])
-                timeout = _time_to_next_deadline(workers)
-                if retiring:
+                    workers = list(self._workers) if self._timeouts_seen else None
+                timeout = _time_to_next_deadline(workers) if workers is not None else None
+                if self._retiring:
                     # a child the op left behind holds a retired worker's sentinel open: look
                     # for its end, too, so that it and its group are not left until the pool ends
                     timeout = _EXIT_POLL if timeout is None else min(timeout, _EXIT_POLL)
-                for ready in wait(waitables, timeout=timeout):
-                    if ready is self._wake_r:
-                        while self._wake_r.poll():
-                            self._wake_r.recv_bytes()
-                    else:
-                        self._handle_ready(ready)
+                for key, _ in self._selector.select(timeout):
+                    self._handle_event(*key.data)
                 self._reap_retired()
-                self._kill_overdue(workers)
+                if workers is not None:
+                    self._kill_overdue(workers)
         except BaseException as exc:    # a bug here must not leave the caller waiting forever
             log.exception("wfl_like pool dispatcher failed")
             self._break(RuntimeError(f"the worker pool's dispatcher failed: {exc!r}"))
@@ -389,17 +407,57 @@ class WorkerPool(Executor):
             workers, self._retiring = workers + self._retiring, []
             self._stop_workers(workers, timeout=_LEAVE_TIMEOUT)
 
+    def _handle_event(self, kind, worker):
+        """One ready descriptor: the wake-up pipe, a worker's pipe, or a worker's (or a retired one's) sentinel."""
+        if kind == "wake":
+            # read before the flag is cleared: a task queued in between is paired by the next turn anyway
+            self._wake_r.recv_bytes()
+            with self._lock:
+                self._wake_pending = False
+        elif kind == "retired":
+            if worker in self._retiring:
+                self._retiring.remove(worker)
+                self._reap(worker)
+        elif worker not in self._workers:
+            return      # already handled: its pipe and its sentinel were both ready
+        elif kind == "conn":
+            # one message per event: the selector reports the pipe again while more wait
+            if not self._read_one(worker) and worker in self._workers:
+                self._handle_death(worker)
+        else:
+            # what a worker sent before it ended counts (its initializer's error, say), even
+            # when its sentinel is seen first
+            self._read_messages(worker)
+            if worker in self._workers:
+                self._handle_death(worker)
+
+    def _watch(self, worker):
+        self._selector.register(worker.conn, selectors.EVENT_READ, ("conn", worker))
+        self._selector.register(worker.sentinel, selectors.EVENT_READ, ("sentinel", worker))
+
+    def _unwatch(self, worker):
+        """Forget a worker's descriptors, before they are closed (their numbers may be reused)."""
+        for fileobj in (worker.conn, worker.sentinel):
+            try:
+                self._selector.unregister(fileobj)
+            except (KeyError, ValueError, OSError):
+                pass        # not registered (never started in full), or the selector is closed
+
     def _pair_tasks(self):
         """Take queued tasks for idle ready workers: ``[(worker, task), ...]``."""
         pairs = []
         with self._lock:
-            for worker in self._workers:
-                while self._queue and worker.ready and worker.task is None:
-                    task = self._queue.popleft()
-                    # a task put back after a failed send is already marked running
-                    if task.future.running() or task.future.set_running_or_notify_cancel():
-                        worker.task = task
-                        pairs.append((worker, task))
+            while self._queue and self._idle:
+                worker = self._idle.popleft()
+                if worker.leaving or not worker.ready or worker.task is not None:
+                    continue
+                task = self._queue.popleft()
+                # a task put back after a failed send is already marked running
+                if task.future.running() or task.future.set_running_or_notify_cancel():
+                    worker.task = task
+                    pairs.append((worker, task))
+                else:
+                    self._idle.appendleft(worker)       # the task was cancelled: the worker is still free
         return pairs
 
     @staticmethod
@@ -429,6 +487,7 @@ class WorkerPool(Executor):
                         self._queue.appendleft(task)
             except Exception as exc:
                 worker.task = None
+                self._idle.append(worker)
                 _abandon(task.future, _unpicklable(exc, "the task's arguments"))
 
     def _reap_retired(self):
@@ -436,41 +495,33 @@ class WorkerPool(Executor):
             self._retiring.remove(worker)
             self._reap(worker)
 
-    def _handle_ready(self, ready):
-        retired = next((w for w in self._retiring if ready is w.sentinel), None)
-        if retired is not None:
-            self._retiring.remove(retired)
-            self._reap(retired)
-            return
-        worker = next((w for w in self._workers if ready is w.conn or ready is w.sentinel), None)
-        if worker is None:
-            return      # already handled: its pipe and its sentinel were both ready
-        # what a worker sent before it ended counts (its initializer's error, say), even
-        # when its sentinel is seen first
-        open_ = self._read_messages(worker)
-        if ready is worker.conn and open_:
-            return
-        if worker in self._workers:
-            self._handle_death(worker)
-
     def _read_messages(self, worker):
         """Handle every message waiting on a worker's pipe; False once the pipe is closed."""
         while worker in self._workers:
             try:
                 if not worker.conn.poll():
                     return True
-                message = worker.conn.recv()
             except (EOFError, OSError):
                 return False
-            except Exception as exc:
-                # The reply arrived whole but does not unpickle here (e.g. an exception class
-                # whose __init__ takes other arguments): fail that task only, not the pool.
-                error = TypeError(f"a reply from the worker could not be unpickled: {type(exc).__name__}: {exc}")
-                error.__cause__ = exc
-                task_id = worker.task.id if worker.task is not None else None
-                message = ("error" if worker.ready else "init_error", task_id, error, "", False)
-            self._handle_message(worker, message)
+            if not self._read_one(worker):
+                return False
         return True     # retired meanwhile: what follows is not read
+
+    def _read_one(self, worker):
+        """Read and handle one message from a worker's pipe (which has one); False once the pipe is closed."""
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            return False
+        except Exception as exc:
+            # The reply arrived whole but does not unpickle here (e.g. an exception class
+            # whose __init__ takes other arguments): fail that task only, not the pool.
+            error = TypeError(f"a reply from the worker could not be unpickled: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            task_id = worker.task.id if worker.task is not None else None
+            message = ("error" if worker.ready else "init_error", task_id, error, "", False)
+        self._handle_message(worker, message)
+        return True
 
     def _handle_message(self, worker, message):
         kind, task_id, value, tb_text, replace = message
@@ -479,6 +530,7 @@ class WorkerPool(Executor):
                 worker.init_deadline = time.monotonic() + worker.initializer_timeout
         elif kind == "ready":
             worker.ready = True
+            self._idle.append(worker)
         elif kind == "init_error":
             self._break(_with_remote_cause(
                 WorkerInitializerError(f"the worker initializer raised {value!r}; no task can run"), tb_text))
@@ -488,6 +540,7 @@ class WorkerPool(Executor):
                         "nothing" if worker.task is None else f"task {worker.task.id}")
         else:
             task, worker.task = worker.task, None
+            self._idle.append(worker)
             worker.items_run += task.weight
             if kind == "ok":
                 _settle(task.future, result=value)
@@ -503,15 +556,20 @@ class WorkerPool(Executor):
     def _retire(self, worker, why):
         """Ask a worker to leave after its task; a new one takes its place when needed."""
         log.info("replacing worker pid %d: %s", worker.pid, why)
+        worker.leaving = True
         with self._lock:
             self._workers.remove(worker)
         self._retiring.append(worker)
+        # what it says from now on is not read; its end is looked for
+        self._unwatch(worker)
+        self._selector.register(worker.sentinel, selectors.EVENT_READ, ("retired", worker))
         try:
             worker.conn.send(None)
         except (OSError, ValueError):
             kill_process_group(worker.pid)
 
     def _handle_death(self, worker):
+        worker.leaving = True
         exitcode, pid = self._reap(worker)
         if not worker.ready:
             if worker.timed_out:
@@ -540,6 +598,7 @@ class WorkerPool(Executor):
             # its pipe closed but the process lingers (threads of its own), or it does not leave
             kill_process_group(worker.pid)
         kill_process_group(worker.pid, alone_too=False)      # what the operation started and left running
+        self._unwatch(worker)
         worker.process.join()
         worker.conn.close()
         self._guardian.forget(worker.pid)

@@ -1,0 +1,130 @@
+"""Chunks of plain ``Atoms`` pickled as a few arrays, for the trip to a worker and back.
+
+Pickle rebuilds every numpy array of every structure on its own (five per ``Atoms``),
+which costs the driver more than the trip itself for small structures.  A chunk's plain
+structures (see :mod:`~wfl_like.autoparallelize.workers.isolation`) are sent instead as
+one array per name (positions of all its structures end to end, and so on) and cut apart
+on arrival into arrays of their own: the receiver gets a list equal to what pickling the
+list gives, with each array a C-ordered copy.  ``None`` and anything not plain travel in
+the same message, pickled as usual.
+"""
+
+import numpy as np
+from ase import Atoms
+from ase.cell import Cell
+
+from wfl_like.autoparallelize.workers.isolation import plain_atoms
+
+# Marks, in place of an atom count, the entries that are not plain structures.
+_NONE = -1
+_OTHER = -2
+
+
+class PackedList:
+    """A list pickled with its plain ``Atoms`` packed; unpickles as a plain ``list``.
+
+    Made by :func:`packed`; never seen by the operation or the supervisor, unless a
+    list is handed over in the same process (then :func:`unpacked` gives it back).
+    """
+
+    __slots__ = ("items", "names", "plain")
+
+    def __init__(self, items, names, plain):
+        self.items, self.names, self.plain = items, names, plain
+
+    def __reduce__(self):
+        return _unpack, _pack(self.items, self.names, self.plain)
+
+
+def packed(items):
+    """``items`` as a :class:`PackedList` where that pays, else ``items`` itself.
+
+    It pays where at least two entries are plain ``Atoms`` with the arrays (names, order,
+    types, trailing shapes) of the first plain one; the others travel pickled as usual.  An
+    object that appears twice keeps the list as it is, so that the receiver gets one object
+    twice, as pickle gives it.
+    """
+    if not isinstance(items, list) or len(items) < 2:
+        return items
+    names, plain, seen = None, [], set()
+    for item in items:
+        if item is None:
+            plain.append(False)
+            continue
+        if id(item) in seen:
+            return items
+        seen.add(id(item))
+        if not plain_atoms(item):
+            plain.append(False)
+            continue
+        if names is None:
+            names = _layout(item)
+        # one of other arrays than the first plain one travels pickled as usual
+        plain.append(_fits(item.arrays, names))
+    if sum(plain) < 2:
+        return items
+    return PackedList(items, names, plain)
+
+
+def _layout(atoms):
+    return tuple((name, value.dtype, value.shape[1:]) for name, value in atoms.arrays.items())
+
+
+def _fits(arrays, names):
+    if len(arrays) != len(names):
+        return False
+    for (name, value), (wanted, dtype, shape) in zip(arrays.items(), names):
+        if name != wanted or value.dtype != dtype or value.shape[1:] != shape:
+            return False
+    return True
+
+
+def unpacked(items):
+    """The list behind a :class:`PackedList` that was not pickled; anything else as it is."""
+    return items.items if isinstance(items, PackedList) else items
+
+
+def _pack(items, names, plain):
+    counts, others, structures = [], [], []
+    for item, is_plain in zip(items, plain):
+        if item is None:
+            counts.append(_NONE)
+        elif is_plain:
+            counts.append(len(item.arrays[names[0][0]]))
+            structures.append(item)
+        else:
+            counts.append(_OTHER)
+            others.append(item)
+    arrays = tuple(np.concatenate([s.arrays[name] for s in structures]) for name, _, _ in names)
+    cells = np.stack([s.cell.array for s in structures])
+    pbcs = np.stack([s.pbc for s in structures])
+    displacements = np.stack([s._celldisp for s in structures])
+    infos = [s.info for s in structures]
+    return (np.array(counts, dtype=np.int64), tuple(name for name, _, _ in names), arrays, cells, pbcs,
+            displacements, infos, others)
+
+
+def _unpack(counts, names, arrays, cells, pbcs, displacements, infos, others):
+    items, others = [], iter(others)
+    start = k = 0
+    for count in counts.tolist():
+        if count == _NONE:
+            items.append(None)
+            continue
+        if count == _OTHER:
+            items.append(next(others))
+            continue
+        end = start + count
+        atoms = Atoms.__new__(Atoms)
+        atoms.__dict__.update(
+            _cellobj=Cell(cells[k].copy()),
+            _pbc=pbcs[k].copy(),
+            arrays={name: array[start:end].copy() for name, array in zip(names, arrays)},
+            _celldisp=displacements[k].copy(),
+            _constraints=[],
+            info=infos[k],
+            _calc=None,
+        )
+        items.append(atoms)
+        start, k = end, k + 1
+    return items
