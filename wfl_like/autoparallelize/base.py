@@ -12,7 +12,7 @@ from wfl_like.autoparallelize.workers import mpi as mpipool_support
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo, workers_read_files
 from wfl_like.autoparallelize.resume.cache import RunCache, inputs_fingerprint, journal_location
 from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
-from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, frame_items
+from wfl_like.autoparallelize.frame_items import FrameItem, FrameReadError, Unstorable, frame_items
 from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_runner, num_workers
 from wfl_like.autoparallelize.workers.frames_task import FramesCall, check_output
 from wfl_like.autoparallelize.workers.opcall import PER_ITEM_INFO, OpCall, in_worker, op_name, takes_argument
@@ -204,7 +204,7 @@ def _compute(call, inputs, outputs, info, rng, cache):
     sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
     items, call = _items_and_call(inputs, outputs, call, info, hashed=cache is not None)
     chunks = make_chunks(items, sizer or info.num_inputs_per_python_subprocess, rng,
-                         lookup=cache.lookup if cache is not None else None)
+                         lookup=_lookup(cache, getattr(call, "renderer", None) is not None))
     initializer_timeout = info.initializer_timeout
     if initializer_timeout is None and info.initializer[0] is not None:
         # a per-item limit also bounds the user's set-up, unless it is given a limit of its own
@@ -218,6 +218,13 @@ def _compute(call, inputs, outputs, info, rng, cache):
                               rendered_by_workers=getattr(call, "renderer", None) is not None)
 
 
+# Whether the journal keeps the text of outputs rendered by the workers, under keys that
+# cover what decides that text (the frame's location, the tags and write arguments).
+# TODO(resume): True once the journal of format 3 does; until then a call that keeps a
+# journal has its workers send the outputs back as objects, journaled and rendered here.
+JOURNAL_HOLDS_TEXT = False
+
+
 def _items_and_call(inputs, outputs, call, info, hashed):
     """What the chunks are made of, and the call that runs them.
 
@@ -228,13 +235,26 @@ def _items_and_call(inputs, outputs, call, info, hashed):
     if frame_files is None or not workers_read_files(info.workers_read_files):
         return inputs, call
     items = frame_items(frame_files, hashed=hashed)
-    if outputs is None or outputs.files is None:
+    if outputs is None or outputs.files is None or (hashed and not JOURNAL_HOLDS_TEXT):
         return items, FramesCall(call)
     renderer = outputs.renderer()
     if not renderer.single_file:
         # refused where the driver meets the item, as when it stored there: before its chunk runs
         items = _with_file_checked(items, renderer)
     return items, FramesCall(call, renderer, info.skip_failed)
+
+
+def _lookup(cache, text_journaled):
+    """The journal's lookup for :func:`make_chunks`, or None without a journal."""
+    if cache is None:
+        return None
+    if text_journaled:
+        return cache.lookup
+    # TODO(resume): while the journal keeps objects, a frame is known by its bytes alone (its
+    # output is stored at the location of the run that reuses it), as a structure read by
+    # the driver is known by its content
+    return lambda index, item, rng: cache.lookup(index, ("frame", item.digest) if isinstance(item, FrameItem)
+                                                 else item, rng)
 
 
 def _with_file_checked(items, renderer):
@@ -279,9 +299,9 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, 
             try:
                 if to_files:
                     as_text = rendered_by_workers or result.chunk.cached is not None
-                    output = _rendered(output, outputs, name, skip_failed, locations[index], as_text)
-                    if output is not None:
-                        rendered.append(output)
+                    text = _rendered(output, outputs, name, skip_failed, locations[index], as_text)
+                    if text is not None:
+                        rendered.append(text)
                 else:
                     _check_output(output, outputs, name, skip_failed)
             except OpOutputError as exc:
@@ -293,6 +313,8 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, 
                                f"computes it again)")
                 failed.append(FailedItem(index, reason, "", exc))
                 continue
+            # journaled as it came: text stays text; objects stay objects, since the text of an
+            # output stored without a location holds the number it was given in this run
             done.append((index, output))
         if cache is not None:
             cache.record(result.chunk, _journal_form(done), failed)

@@ -178,12 +178,8 @@ def scan_frames(data, path, max_frames=None):
     InputFileError
         A count line that is not a number of atoms, or more than three VEC lines.
     """
-    array = np.frombuffer(data, dtype=np.uint8)
-    size = len(array)
-    blocks = [np.flatnonzero(array[block:block + _BLOCK] == 10) + block for block in range(0, size, _BLOCK)]
-    line_ends = np.concatenate(blocks).tolist() if blocks else []
-    if size and array[-1] != 10:
-        line_ends.append(size)      # a last line without its line break
+    size = len(data)
+    line_ends = _line_ends(data)
     n_lines = len(line_ends)
 
     def line_start(k):
@@ -214,6 +210,19 @@ def scan_frames(data, path, max_frames=None):
         offsets.append(line_start(after) if after < n_lines else size)
         line = after
     return FrameScan(offsets)
+
+
+def _line_ends(data):
+    """Offsets of the end of every line (its line break, or the end of the data)."""
+    # a function of its own: the array over the mmap must be gone before the mmap closes,
+    # even when the scan raises
+    array = np.frombuffer(data, dtype=np.uint8)
+    size = len(array)
+    blocks = [np.flatnonzero(array[block:block + _BLOCK] == 10) + block for block in range(0, size, _BLOCK)]
+    line_ends = np.concatenate(blocks).tolist() if blocks else []
+    if size and array[-1] != 10:
+        line_ends.append(size)      # a last line without its line break
+    return line_ends
 
 
 def _scan_error(path, frame_i, line, what):
