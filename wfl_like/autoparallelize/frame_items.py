@@ -235,18 +235,21 @@ def _shorten(text, limit=60):
 
 
 # The location as OutputSpec writes it, quoted by ASE's writer: read without parsing the line.
-_PLAIN_LOCATION = re.compile(rb'(?:^|[ \t])' + LOC_KEY.encode() + rb'="((?: / \d+)*)"(?=\s|$)')
+_LOC_BYTES = LOC_KEY.encode()
+_PLAIN_LOCATION = re.compile(rb'(?:^|[ \t])' + _LOC_BYTES + rb'="((?: / \d+)*)"(?=\s|$)')
 
 
 def _stored_location(data, start, path, position):
     """The location stored in the comment line of the frame at ``start``, or None."""
     first_break = data.find(b"\n", start)
     comment_end = data.find(b"\n", first_break + 1) if first_break >= 0 else -1
-    line = data[first_break + 1:comment_end if comment_end >= 0 else len(data)]
-    if LOC_KEY.encode() not in line:
+    comment_end = comment_end if comment_end >= 0 else len(data)
+    # most frames hold none: found without copying the line
+    if first_break < 0 or data.find(_LOC_BYTES, first_break + 1, comment_end) < 0:
         return None
+    line = data[first_break + 1:comment_end]
     match = _PLAIN_LOCATION.search(line)
-    if (match is not None and line.count(LOC_KEY.encode()) == 1 and b"\\" not in line
+    if (match is not None and line.count(_LOC_BYTES) == 1 and b"\\" not in line
             and line.count(b'"', 0, match.start()) % 2 == 0):
         return tuple(int(part) for part in match.group(1).split(b" / ")[1:])
     # anything else is read as ASE reads the line
