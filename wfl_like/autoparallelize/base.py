@@ -203,8 +203,9 @@ def _compute(call, inputs, outputs, info, rng, cache):
     log.info("%s: %s, num_inputs_per_python_subprocess=%s", name, where, info.num_inputs_per_python_subprocess)
     sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
     items, call = _items_and_call(inputs, outputs, call, info, hashed=cache is not None)
+    rendered_by_workers = isinstance(call, FramesCall) and call.renderer is not None
     chunks = make_chunks(items, sizer or info.num_inputs_per_python_subprocess, rng,
-                         lookup=_lookup(cache, getattr(call, "renderer", None) is not None))
+                         lookup=_lookup(cache, rendered_by_workers))
     initializer_timeout = info.initializer_timeout
     if initializer_timeout is None and info.initializer[0] is not None:
         # a per-item limit also bounds the user's set-up, unless it is given a limit of its own
@@ -215,7 +216,7 @@ def _compute(call, inputs, outputs, info, rng, cache):
                                chunk_size=sizer)
         with contextlib.closing(results):      # an error while storing withdraws the queued chunks
             return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast,
-                              rendered_by_workers=getattr(call, "renderer", None) is not None)
+                              rendered_by_workers=rendered_by_workers)
 
 
 # Whether the journal keeps the text of outputs rendered by the workers, under keys that
