@@ -1,6 +1,7 @@
 """The front door: :func:`autoparallelize` (its decorator form is in :mod:`.wrap`)."""
 
 import contextlib
+import itertools
 import logging
 import warnings
 from pathlib import Path
@@ -323,7 +324,7 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, 
         if unreadable is not None:
             raise unreadable
         if to_files:
-            for text in rendered:
+            for text in _joined(rendered):
                 outputs.store_rendered(text)
         elif outputs is not None:
             for index, output in done:
@@ -349,7 +350,7 @@ def _rendered(output, outputs, name, skip_failed, location, as_text):
         # TODO(resume): the journal gives RenderedOutput itself once it holds text
         output = RenderedOutput(*output)
     if as_text and isinstance(output, RenderedOutput):
-        if not (isinstance(output.text, str) and 0 <= output.file_i < len(outputs.paths)
+        if not (isinstance(output.text, str) and 0 <= output.file_i < len(outputs.files)
                 and isinstance(output.count, int) and output.count >= 0):
             raise OpOutputError(f"the rendered output of {name} does not fit {[str(p) for p in outputs.paths]} "
                                 f"(file {output.file_i!r}, {type(output.text).__name__} text)")
@@ -358,6 +359,17 @@ def _rendered(output, outputs, name, skip_failed, location, as_text):
     if output is None:
         return None
     return outputs.render(output, location or "")
+
+
+def _joined(rendered):
+    """Consecutive outputs to one file as one text: a chunk is written with one write (and one flush)
+    per file it goes to, not one per structure."""
+    for file_i, group in itertools.groupby(rendered, key=lambda output: output.file_i):
+        group = list(group)
+        if len(group) == 1:
+            yield group[0]
+        else:
+            yield RenderedOutput(file_i, "".join(output.text for output in group), sum(o.count for o in group))
 
 
 def _looks_rendered(value):
