@@ -401,6 +401,20 @@ def test_frames_are_indexed_with_locations_and_digests_of_their_bytes(tmp_path, 
     assert len({item.digest for item in items}) == len(items)
 
 
+def test_stored_locations_are_read_as_ase_reads_them_whatever_else_the_line_holds(tmp_path):
+    frames = varied_structures(6)
+    tricky = ['say "hi" _ConfigSet_loc=" / 9"', "back\\slash", "_ConfigSet_loc", 'x="y"', "", "plain"]
+    for i, (atoms, text) in enumerate(zip(frames, tricky)):
+        atoms.info["note"] = text
+        atoms.info["_ConfigSet_loc"] = f" / {i % 2} / {i}"
+    # written by ASE itself, unchecked: whatever it writes, the index reads what its reader reads
+    ase.io.write(tmp_path / "nested.xyz", frames, format="extxyz")
+    expected = [loc for loc, _ in ConfigSet(tmp_path / "nested.xyz").located()]
+    # after an empty value ASE's parser takes the location as that value: frame 4 has none
+    assert expected == [(0, 0), (1, 1), (0, 2), (1, 3), (4,), (1, 5)]
+    assert [item.location for item in frame_items(ConfigSet(tmp_path / "nested.xyz").frame_files())] == expected
+
+
 def test_other_inputs_keep_the_driver_parsing_path(tmp_path, varied_file):
     # another format, other read arguments, and structures in memory are read by the driver
     assert ConfigSet(varied_file, read_kwargs={"format": "xyz"}).frame_files() is None

@@ -239,6 +239,11 @@ _LOC_BYTES = LOC_KEY.encode()
 _PLAIN_LOCATION = re.compile(rb'(?:^|[ \t])' + _LOC_BYTES + rb'="((?: / \d+)*)"(?=\s|$)')
 
 
+# What may come before it for that: key=value pairs, each value a word or a quoted string
+# without escapes, so the location surely starts a pair of its own where ASE's parser sees one
+_PLAIN_TOKENS = re.compile(rb'(?:[ \t]*[^\s="\\]+=(?:"[^"\\]*"|[^\s"=\\]+))*[ \t]*')
+
+
 def _stored_location(data, start, path, position):
     """The location stored in the comment line of the frame at ``start``, or None."""
     first_break = data.find(b"\n", start)
@@ -250,7 +255,7 @@ def _stored_location(data, start, path, position):
     line = data[first_break + 1:comment_end]
     match = _PLAIN_LOCATION.search(line)
     if (match is not None and line.count(_LOC_BYTES) == 1 and b"\\" not in line
-            and line.count(b'"', 0, match.start()) % 2 == 0):
+            and _PLAIN_TOKENS.fullmatch(line, 0, match.start())):
         return tuple(int(part) for part in match.group(1).split(b" / ")[1:])
     # anything else is read as ASE reads the line
     from ase.io.extxyz import key_val_str_to_dict
