@@ -14,6 +14,7 @@ import itertools
 from ase import Atoms
 
 from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, scan_frames
+from wfl_like.autoparallelize.supervisor import one_line_reason
 from wfl_like.errors import InputFileError, OpOutputError
 from wfl_like.locations import LOC_KEY, format_location
 
@@ -58,8 +59,6 @@ class FramesCall:
             return self.renderer.render(output, item.location)
         except OpOutputError as exc:
             # OutputFormatError among them: the record names the item, the reason keeps the type
-            from wfl_like.autoparallelize.supervisor import one_line_reason
-
             return Unstorable(one_line_reason(exc), exc)
 
 
