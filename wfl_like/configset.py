@@ -12,10 +12,12 @@ import logging
 import os
 from pathlib import Path
 from typing import NamedTuple
+
 from ase import Atoms
 
 from wfl_like import io
 from wfl_like.errors import InputFileError
+from wfl_like.io import ownership
 from wfl_like.io.partial import PartialFile
 # RenderedOutput keeps its name here too: it is what OutputSpec.render gives
 from wfl_like.io.renderer import OutputRenderer, RenderedOutput, nested_structures  # noqa: F401
@@ -449,6 +451,37 @@ class OutputSpec:
         """
         return self.files is not None and all(p.exists() for p in self.paths)
 
+    def text_settings(self):
+        """What decides the text an output adds to its file, besides the output and its location.
+
+        Not the file names themselves: the same settings write the same text into any file.
+
+        Returns
+        -------
+        tuple
+            ``(single_file, tags, write arguments of each file, format included)``; ``None``
+            for outputs in memory.
+        """
+        if self.files is None:
+            return None
+        return self.single_file, dict(self.tags), [dict(kwargs) for kwargs in self._file_write_kwargs]
+
+    def plan_run(self, record=None):
+        """Whether a run reuses these outputs as they are, or writes them: the one place that decides.
+
+        Parameters
+        ----------
+        record : wfl_like.io.ownership.JournalRecord, optional
+            What the run's journal says about the files; None when it keeps no journal.
+
+        Returns
+        -------
+        wfl_like.io.ownership.Plan
+            ``plan.reuse`` says why the existing files are returned as they are (None: they
+            are written); ``plan.replace_existing`` is for :meth:`claim`.
+        """
+        return ownership.plan_run(self.files is not None, self.overwrite, self.all_written(), record)
+
     def claim(self, replace_existing=False):
         """Make sure these files may be written, and hold them for this writer until :meth:`close`.
 
@@ -664,7 +697,7 @@ class OutputSpec:
         configs : iterable of Atoms
             Usually a ConfigSet; each structure's ``info["_ConfigSet_loc"]`` is kept.
         """
-        if not self.overwrite and self.all_written():
+        if self.plan_run().reuse is not None:
             log.info("reusing existing output %s: all files exist and overwrite is False",
                      [str(p) for p in self.paths])
             # nothing to write: done, as after the close() that write() otherwise does

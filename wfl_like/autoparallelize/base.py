@@ -13,13 +13,14 @@ from wfl_like.autoparallelize.workers import mpi as mpipool_support
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo, workers_read_files
 from wfl_like.autoparallelize.resume.cache import RunCache, inputs_fingerprint, journal_location
 from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
-from wfl_like.autoparallelize.frame_items import FrameItem, FrameReadError, Unstorable, frame_items
+from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, frame_items
 from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_runner, num_workers
 from wfl_like.autoparallelize.workers.frames_task import FramesCall, check_output
 from wfl_like.autoparallelize.workers.opcall import PER_ITEM_INFO, OpCall, in_worker, op_name, takes_argument
 from wfl_like.autoparallelize.supervisor import one_line_reason, run_in_order
 from wfl_like.configset import ConfigSet, OutputSpec, RenderedOutput
 from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError, OutputIsInputError
+from wfl_like.io.ownership import FOREIGN, WRITE
 
 log = logging.getLogger(__name__)
 
@@ -99,25 +100,24 @@ def _run(op, inputs, outputs, info, rng, args, kwargs):
         _refuse_output_over_input(inputs, outputs)
     call = _make_call(op, info, args, kwargs, rng, name)
     journal = journal_location(info.cache, outputs)
-    if journal is None:
-        if info.cache_extra is not None:
-            warnings.warn(f"cache_extra is not used by {name}: this call keeps no journal (cache=False, or outputs "
-                          f"in memory without cache=PATH)", stacklevel=4)
-        if outputs is not None and not outputs.overwrite and outputs.all_written():
-            log.info("%s: reusing existing output %s (all files exist and overwrite is False)",
-                     name, [str(p) for p in outputs.paths])
-            return outputs.to_ConfigSet()
-        return _execute(call, inputs, outputs, info, op_rng, cache=None)
-    cache = RunCache(journal, call, info.skip_failed, cache_extra=info.cache_extra, rng=op_rng,
-                     overwrite=outputs is not None and outputs.overwrite, initializer=info.initializer)
+    if journal is None and info.cache_extra is not None:
+        warnings.warn(f"cache_extra is not used by {name}: this call keeps no journal (cache=False, or outputs "
+                      f"in memory without cache=PATH)", stacklevel=4)
+    # opened (and locked) before the outputs are judged: a call whose key cannot be
+    # computed fails before anything else, and a second run waits for none
+    cache = None if journal is None else RunCache(
+        journal, call, info.skip_failed, cache_extra=info.cache_extra, rng=op_rng, initializer=info.initializer,
+        overwrite=outputs is not None and outputs.overwrite, outputs=outputs)
     try:
-        fingerprint_of_inputs = inputs_fingerprint(inputs)
-        finished = _reuse_finished(cache, fingerprint_of_inputs, outputs, name)
-        if finished is not None:
-            return finished
-        return _execute(call, inputs, outputs, info, op_rng, cache=cache, fingerprint_of_inputs=fingerprint_of_inputs)
+        fingerprint_of_inputs = inputs_fingerprint(inputs) if cache is not None else None
+        plan = _plan_outputs(outputs, cache, fingerprint_of_inputs)
+        if plan.reuse is not None:
+            _say_reused(plan, name, outputs)
+            return outputs.to_ConfigSet()
+        return _execute(call, inputs, outputs, info, op_rng, cache, fingerprint_of_inputs, plan)
     finally:
-        cache.close()
+        if cache is not None:
+            cache.close()
 
 
 def _make_call(op, info, args, kwargs, rng, name):
@@ -130,30 +130,29 @@ def _make_call(op, info, args, kwargs, rng, name):
                   per_item_info=per_item_info, inherited_item_info=inherited_item_info)
 
 
-def _reuse_finished(cache, fingerprint_of_inputs, outputs, name):
-    """The existing outputs when they can be returned as they are, else None."""
-    if outputs is None or outputs.overwrite or not outputs.all_written():
-        return None
-    paths = [str(p) for p in outputs.paths]
-    if not cache.existed:
-        warnings.warn(f"{name}: output {paths} exists without a journal (written by another tool or an older "
-                      f"version), so it could not be checked against the inputs and arguments; reusing it as "
-                      f"it is (pass overwrite=True to recompute)", stacklevel=4)
-        return outputs.to_ConfigSet()
-    if cache.finished(fingerprint_of_inputs, outputs):
-        log.info("%s: nothing changed since %s was written; reusing it", name, paths)
-        return outputs.to_ConfigSet()
-    return None      # stale or incomplete: its journal says what to recompute
+def _plan_outputs(outputs, cache, fingerprint_of_inputs):
+    """What the outputs say this run does: reuse them as they are, or write them."""
+    if outputs is None:
+        return WRITE
+    record = cache.record_of(outputs, fingerprint_of_inputs) if cache is not None else None
+    return outputs.plan_run(record)
 
 
-def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs=None):
+def _say_reused(plan, name, outputs):
+    message = plan.message(name, outputs.paths)
+    if plan.reuse == FOREIGN:
+        warnings.warn(message, stacklevel=4)
+    else:
+        log.info("%s", message)
+
+
+def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs, plan):
     name = call.name
     try:
         if outputs is not None:
             # Before any work, and before the journal is touched: the output's own lock keeps
-            # out a second writer whatever its journal settings.  Files that this run's
-            # journal describes are ours to rewrite.
-            outputs.claim(replace_existing=cache is not None and cache.wrote(outputs))
+            # out a second writer whatever its journal settings.
+            outputs.claim(replace_existing=plan.replace_existing)
         if cache is not None:
             cache.start()
         failures, n_items = _compute(call, inputs, outputs, info, rng, cache)
@@ -206,7 +205,7 @@ def _compute(call, inputs, outputs, info, rng, cache):
     items, call = _items_and_call(inputs, outputs, call, info, hashed=cache is not None)
     rendered_by_workers = isinstance(call, FramesCall) and call.renderer is not None
     chunks = make_chunks(items, sizer or info.num_inputs_per_python_subprocess, rng,
-                         lookup=_lookup(cache, rendered_by_workers))
+                         lookup=cache.lookup if cache is not None else None)
     initializer_timeout = info.initializer_timeout
     if initializer_timeout is None and info.initializer[0] is not None:
         # a per-item limit also bounds the user's set-up, unless it is given a limit of its own
@@ -220,13 +219,6 @@ def _compute(call, inputs, outputs, info, rng, cache):
                               rendered_by_workers=rendered_by_workers)
 
 
-# Whether the journal keeps the text of outputs rendered by the workers, under keys that
-# cover what decides that text (the frame's location, the tags and write arguments).
-# TODO(resume): True once the journal of format 3 does; until then a call that keeps a
-# journal has its workers send the outputs back as objects, journaled and rendered here.
-JOURNAL_HOLDS_TEXT = False
-
-
 def _items_and_call(inputs, outputs, call, info, hashed):
     """What the chunks are made of, and the call that runs them.
 
@@ -237,26 +229,13 @@ def _items_and_call(inputs, outputs, call, info, hashed):
     if frame_files is None or not workers_read_files(info.workers_read_files):
         return inputs, call
     items = frame_items(frame_files, hashed=hashed)
-    if outputs is None or outputs.files is None or (hashed and not JOURNAL_HOLDS_TEXT):
+    if outputs is None or outputs.files is None:
         return items, FramesCall(call)
     renderer = outputs.renderer()
     if not renderer.single_file:
         # refused where the driver meets the item, as when it stored there: before its chunk runs
         items = _with_file_checked(items, renderer)
     return items, FramesCall(call, renderer, info.skip_failed)
-
-
-def _lookup(cache, text_journaled):
-    """The journal's lookup for :func:`make_chunks`, or None without a journal."""
-    if cache is None:
-        return None
-    if text_journaled:
-        return cache.lookup
-    # TODO(resume): while the journal keeps objects, a frame is known by its bytes alone (its
-    # output is stored at the location of the run that reuses it), as a structure read by
-    # the driver is known by its content
-    return lambda index, item, rng: cache.lookup(index, ("frame", item.digest) if isinstance(item, FrameItem)
-                                                 else item, rng)
 
 
 def _with_file_checked(items, renderer):
@@ -319,7 +298,7 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, 
             # output stored without a location holds the number it was given in this run
             done.append((index, output))
         if cache is not None:
-            cache.record(result.chunk, _journal_form(done), failed)
+            cache.record(result.chunk, done, failed)
         unreadable = next((f.exception for f in failed if isinstance(f.exception, FrameReadError)), None)
         if unreadable is not None:
             raise unreadable
@@ -346,9 +325,6 @@ def _rendered(output, outputs, name, skip_failed, location, as_text):
     journal), a RenderedOutput is checked to fit the files and taken as it is; objects are
     checked and rendered here.
     """
-    if as_text and type(output) is tuple and _looks_rendered(output):
-        # TODO(resume): the journal gives RenderedOutput itself once it holds text
-        output = RenderedOutput(*output)
     if as_text and isinstance(output, RenderedOutput):
         if not (isinstance(output.text, str) and 0 <= output.file_i < len(outputs.files)
                 and isinstance(output.count, int) and output.count >= 0):
@@ -370,20 +346,6 @@ def _joined(rendered):
             yield group[0]
         else:
             yield RenderedOutput(file_i, "".join(output.text for output in group), sum(o.count for o in group))
-
-
-def _looks_rendered(value):
-    return (len(value) == 3 and type(value[0]) is int and type(value[1]) is str and type(value[2]) is int)
-
-
-def _journal_form(done):
-    """``done`` as the journal takes it.
-
-    TODO(resume): the journal of format 3 takes RenderedOutput as it is; until then it is
-    journaled as the plain tuple the journal's data format holds, and read back by
-    :func:`_rendered`.
-    """
-    return [(index, tuple(output) if isinstance(output, RenderedOutput) else output) for index, output in done]
 
 
 def _check_output(output, outputs, name, skip_failed):

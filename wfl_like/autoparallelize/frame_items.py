@@ -8,6 +8,7 @@ and renders the outputs to text
 text, in input order.
 """
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -105,12 +106,38 @@ def frame_items(frame_files, hashed=False):
 
 
 def _frames_of_file(path, prefix, selection, hashed):
-    absolute = os.path.abspath(path)
+    from wfl_like.io.frames import index_frames
+
+    if not os.path.exists(path):
+        raise InputFileError(f"input file {str(path)!r} does not exist")
     try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        raise InputFileError(f"input file {str(path)!r} does not exist") from None
-    with handle:
+        index = index_frames(path)
+    except InputFileError:
+        # the index refuses the file as a whole: walked frame by frame instead, its whole frames
+        # before the break are still given (and computed), then the same kind of error
+        yield from _frames_by_scan(path, prefix, selection, hashed)
+        return
+    absolute = os.path.abspath(path)
+    offsets = index.offsets.tolist()
+    selected = index.select(selection).tolist()
+    if not selected:
+        return
+    with open(path, "rb") if hashed else contextlib.nullcontext() as handle:
+        data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if hashed else None
+        try:
+            for position, frame_i in enumerate(selected):
+                start, end = offsets[frame_i], offsets[frame_i + 1]
+                location = index.location(frame_i) if index.has_locations else None
+                digest = hashlib.blake2b(data[start:end], digest_size=32).digest() if hashed else None
+                yield FrameItem(absolute, start, end, prefix + (location or (position,)), digest)
+        finally:
+            if data is not None:
+                data.close()
+
+
+def _frames_by_scan(path, prefix, selection, hashed):
+    absolute = os.path.abspath(path)
+    with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
             # an output that received no structure is written as an empty file
@@ -161,8 +188,8 @@ def scan_frames(data, path, max_frames=None):
     A frame is its atom count line, a comment line, one line per atom, and up to three
     ``VEC`` lines; a blank line where a count is expected ends the file.
 
-    TODO(reader): ``wfl_like.io.frames.index_frames`` replaces this scan once it lands;
-    this one stays for files the index refuses, whose whole frames are still computed.
+    :func:`wfl_like.io.frames.index_frames` indexes whole files (and keeps the index); this
+    scan walks the files it refuses, so that their whole frames are still computed.
 
     Parameters
     ----------

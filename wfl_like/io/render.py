@@ -3,13 +3,22 @@
 An output is rendered before it is journaled or written, so that one the file format
 cannot hold (a key that is not a string, a newline inside a value) is a failed item,
 named with the key and the problem, instead of a file that cannot be read back.
+
+Extended XYZ text is made by :mod:`wfl_like.io.fastwrite` where it covers the structure
+(the same bytes as ASE's writer, several times faster) and by ASE otherwise; the
+environment variable ``WFL_LIKE_EXTXYZ_WRITER`` (``auto``, ``ase``, ``fast``) picks one for
+debugging.  Rendering depends on nothing but the structure, the write options and that
+variable, so it may run in any worker process.
 """
 
 import io as _io
+import os
 import re
+from functools import lru_cache
 
 import numpy as np
 
+from wfl_like.io.fastwrite import extxyz_text, uncovered_reason
 from wfl_like.locations import LOC_KEY
 
 # Keys and string values made only of these are written and read back as they are by
@@ -24,6 +33,12 @@ _LOCATION = re.compile(r"( / \d+)+")
 _WHITE_SPACE = re.compile(r"\s")
 
 EXTXYZ = "extxyz"
+
+# Which writer makes extended XYZ text: "auto" (the fast one where it covers the structure,
+# ASE's otherwise), "ase" (always ASE's, to rule the fast one out), "fast" (only the fast
+# one: a structure it does not cover fails, naming what it lacks).
+WRITER_ENV = "WFL_LIKE_EXTXYZ_WRITER"
+_WRITERS = ("auto", "ase", "fast")
 
 
 class UnwritableOutput(ValueError):
@@ -45,18 +60,59 @@ def render(atoms, write_kwargs):
     UnwritableOutput
         The writer refused the structure, or what it wrote would not read back.
     """
+    _check_keys(atoms)
+    text = _fast_text(atoms, write_kwargs)
+    if text is None:
+        text = _ase_text(atoms, write_kwargs)
+    _check_text(atoms, text, write_kwargs.get("format"))
+    return text
+
+
+def extxyz_writer() -> str:
+    """The extended XYZ writer chosen by the environment variable ``WFL_LIKE_EXTXYZ_WRITER``.
+
+    Returns
+    -------
+    str
+        ``"auto"`` (the default), ``"ase"`` or ``"fast"``.
+
+    Raises
+    ------
+    ValueError
+        The variable holds something else.
+    """
+    setting = os.environ.get(WRITER_ENV)
+    if setting is None:
+        return "auto"
+    choice = setting.strip().lower() or "auto"
+    if choice not in _WRITERS:
+        raise ValueError(f"{WRITER_ENV}={os.environ[WRITER_ENV]!r} is not one of {', '.join(_WRITERS)}; "
+                         f"unset it to let the fast writer take the structures it covers")
+    return choice
+
+
+def _fast_text(atoms, write_kwargs):
+    choice = extxyz_writer()
+    # only plain extended XYZ: any other writer option is ASE's to apply
+    if choice == "ase" or write_kwargs.get("format") != EXTXYZ or len(write_kwargs) != 1:
+        return None
+    text = extxyz_text(atoms)
+    if text is None and choice == "fast":
+        raise UnwritableOutput(f"the fast extended XYZ writer does not cover it ({uncovered_reason(atoms)}) "
+                               f"and {WRITER_ENV}=fast; set it to auto to write such structures with ASE")
+    return text
+
+
+def _ase_text(atoms, write_kwargs):
     import ase.io
 
-    _check_keys(atoms)
     buffer = _io.StringIO()
     try:
         ase.io.write(buffer, atoms, **write_kwargs, parallel=False)
     except Exception as exc:
         raise UnwritableOutput(f"the {write_kwargs.get('format')} writer refused it: "
                                f"{type(exc).__name__}: {exc}") from None
-    text = buffer.getvalue()
-    _check_text(atoms, text, write_kwargs.get("format"))
-    return text
+    return buffer.getvalue()
 
 
 def _check_keys(atoms):
@@ -82,7 +138,7 @@ def _check_text(atoms, text, file_format):
             raise UnwritableOutput(f"per-atom string array {key!r} holds {_show(bad)}, which a column of "
                                    f"extended XYZ cannot hold (empty, or with white space)")
     unsafe = _unsafe_entries(atoms)
-    if unsafe:
+    if unsafe[0] or unsafe[1]:
         _check_comment_line(text.split("\n", 2)[1], unsafe, atoms)
 
 
@@ -101,9 +157,15 @@ def _line_break_problem(atoms):
 def _unsafe_entries(atoms):
     """Info keys whose key or string value needs quoting or escaping, and unsafe array names."""
     info = [key for key, value in atoms.info.items()
-            if not _SAFE.fullmatch(key) or (_unsafe_value(value) and not _is_location(key, value))]
-    arrays = [key for key in atoms.arrays if not _SAFE.fullmatch(key)]
+            if not _safe_name(key) or (_unsafe_value(value) and not _is_location(key, value))]
+    arrays = [key for key in atoms.arrays if not _safe_name(key)]
     return info, arrays
+
+
+@lru_cache(maxsize=4096)
+def _safe_name(key):
+    # the same few keys come with every structure: each is matched once
+    return _SAFE.fullmatch(key) is not None
 
 
 def _is_location(key, value):

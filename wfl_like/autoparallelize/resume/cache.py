@@ -3,7 +3,11 @@
 An item's output is reused when its cache key is the one it was computed with: the
 operation's identity and code, its arguments (not the inputs and outputs, nor how the
 work is spread: process count, chunk size, retries, timeout), the item's content and
-its random stream.  Failed items are never reused.
+its random stream.  The content of a frame of an input file (a
+:class:`~wfl_like.autoparallelize.frame_items.FrameItem`) is its raw bytes and its
+location; as its output is kept as the text of the output file, what decides that text
+(the layout of the output files, tags, write arguments) is part of its key too.  Failed items are
+never reused.
 """
 
 import hashlib
@@ -11,15 +15,18 @@ import logging
 import warnings
 from pathlib import Path
 
-from wfl_like.autoparallelize.resume import codec
-from wfl_like.autoparallelize.resume.fingerprint import describe, fingerprint, fingerprint_call, fingerprint_extra
+from wfl_like.autoparallelize.frame_items import FrameItem
+from wfl_like.autoparallelize.resume import codec, stored
+from wfl_like.autoparallelize.resume.fingerprint import (describe, fingerprint, fingerprint_call, fingerprint_extra,
+                                                         frame_key)
 from wfl_like.autoparallelize.resume.journal import Journal, journal_path
 from wfl_like.configset import ConfigSet
+from wfl_like.io.ownership import JournalRecord
 
 log = logging.getLogger("wfl_like.cache")
 
 # Part of every key: bump it when what is stored for an item changes meaning.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def journal_location(cache, outputs):
@@ -61,9 +68,13 @@ class RunCache:
         one never counts as "nothing changed".
     overwrite : bool, default False
         Discard the journal unread and start a new one (whatever it holds).
+    outputs : OutputSpec, optional
+        Where the outputs go: what decides the text of an output kept as file text is part
+        of its key, and such a text read back must pick one of these files.
     """
 
-    def __init__(self, path, call, skip_failed, cache_extra=None, rng=None, overwrite=False, initializer=(None, ())):
+    def __init__(self, path, call, skip_failed, cache_extra=None, rng=None, overwrite=False, initializer=(None, ()),
+                 outputs=None):
         # first, so that an argument with no content to hash, or a missing cache_extra
         # file, fails before the journal is opened or anything is computed
         # the initializer sets up what the op computes with (a model it loads): it counts too
@@ -78,10 +89,18 @@ class RunCache:
                             "kwargs": {k: describe(v) for k, v in call.kwargs.items()}}
         self._keys_by_index = call.per_item_info   # an op told its item index depends on it
         self._rng_key = fingerprint(rng)
+        self._text_key = _text_fingerprint(outputs)
+        self._n_files = len(outputs.paths) if outputs is not None and outputs.files is not None else None
         self.reused = self.computed = self.changed = 0
         self._warned_unstorable = False
 
-    def wrote(self, outputs):
+    def record_of(self, outputs, inputs_fingerprint):
+        """What this journal says about the files of ``outputs``, for
+        :meth:`~wfl_like.configset.OutputSpec.plan_run`."""
+        return JournalRecord(records_a_run=self.existed, wrote_them=self._wrote(outputs),
+                             unchanged=self._finished(inputs_fingerprint, outputs))
+
+    def _wrote(self, outputs):
         """Whether the existing files of ``outputs`` are the ones a run of this journal wrote
         (so they are ours to rewrite), as opposed to files of another output that happens
         to share this journal (``cache=PATH``)."""
@@ -92,12 +111,12 @@ class RunCache:
             return False
         return [entry[0] for entry in recorded if isinstance(entry, list) and entry] == [str(p) for p in outputs.paths]
 
-    def finished(self, inputs_fingerprint, outputs):
+    def _finished(self, inputs_fingerprint, outputs):
         """Whether a previous run of this very call, on these very inputs and with this very
         generator, completed with no failure, and left the output files as they are now and
         as ``outputs`` would write them."""
         journal = self.journal
-        return (inputs_fingerprint is not None and journal.meta("complete") is True
+        return (self.existed and inputs_fingerprint is not None and journal.meta("complete") is True
                 and journal.meta("failed") == 0 and journal.meta("call_key") == self.call_key
                 and journal.meta("inputs") == inputs_fingerprint
                 and journal.meta("rng") == self._rng_key
@@ -111,10 +130,22 @@ class RunCache:
         if reason:
             log.info("%s: recomputing every item: %s since the last run", self.description["op"], reason)
 
+    def key_of(self, index, item, rng):
+        """The cache key of input item ``index``: a frame of an input file by its bytes and
+        location (and what decides its output text), any other item by its content."""
+        position = index if self._keys_by_index else None
+        if isinstance(item, FrameItem):
+            return frame_key(self.call_key, item.identity(), rng, position, self._text_key)
+        return fingerprint(self.call_key, item, rng, position)
+
     def lookup(self, index, item, rng):
-        """``(key, found, output)`` for one input item, found by its key wherever it was."""
-        key = fingerprint(self.call_key, item, rng, index if self._keys_by_index else None)
-        found, output, changed = self.journal.lookup(index, key)
+        """``(key, found, output)`` for one input item, found by its key wherever it was.
+
+        An output kept as file text comes back as the
+        :class:`~wfl_like.configset.RenderedOutput` that was recorded, byte for byte.
+        """
+        key = self.key_of(index, item, rng)
+        found, output, changed = self.journal.lookup(index, key, self._n_files)
         if found:
             self.reused += 1
         else:
@@ -124,7 +155,11 @@ class RunCache:
 
     def record(self, chunk, done, failed):
         """Persist a chunk's finished items (``done``: ``[(index, output)]``, ``failed``:
-        FailedItems), or note that its items found in the journal were met again."""
+        FailedItems), or note that its items found in the journal were met again.
+
+        An output given as a :class:`~wfl_like.configset.RenderedOutput` is kept as its
+        text; any other in the codec's data-only format.
+        """
         if chunk.keys is None:
             return
         key_of = dict(zip(chunk.indices, chunk.keys))
@@ -139,19 +174,19 @@ class RunCache:
         self.journal.record(done=self._encoded(done, key_of), failed=failed)
 
     def _encoded(self, done, key_of):
-        """``[(index, key, text)]`` of the outputs the journal can hold; the others are
+        """``[(index, key, Stored)]`` of the outputs the journal can hold; the others are
         left out (computed again by a rerun), with one warning per call."""
-        stored = []
+        packed = []
         for index, output in done:
             try:
-                stored.append((index, key_of[index], codec.encode(output)))
+                packed.append((index, key_of[index], stored.pack(output)))
             except codec.UnencodableError as exc:
                 if not self._warned_unstorable:
                     self._warned_unstorable = True
                     warnings.warn(f"{self.description['op']}: the output of item {index} cannot be kept in the "
                                   f"journal ({exc}); it is stored, but a rerun computes it again (and so any "
                                   f"other such item)", stacklevel=2)
-        return stored
+        return packed
 
     def finish(self, n_items, inputs_fingerprint, n_failed, outputs):
         """Mark the run complete, so an identical rerun can return at once; drop the items
@@ -177,6 +212,14 @@ def writer_fingerprint(outputs):
 
     return fingerprint([str(path) for path in outputs.paths], outputs.single_file, outputs.tags,
                        outputs.write_kwargs, ase.__version__)
+
+
+def _text_fingerprint(outputs):
+    """What decides the text an output is kept as in the journal (part of a frame's key): the
+    outputs' settings and the ASE version that writes them, not the files' names."""
+    import ase
+
+    return fingerprint(outputs.text_settings() if outputs is not None else None, ase.__version__)
 
 
 def inputs_fingerprint(inputs):

@@ -12,6 +12,7 @@ import errno
 import functools
 import hashlib
 import inspect
+import json
 import math
 import os
 import struct
@@ -129,6 +130,34 @@ def _unfingerprintable_message(op, role, error):
     else:
         remedy = " Pass what defines the object (its settings, a path) instead of the object itself"
     return what + remedy + ", or pass AutoparaInfo(cache=False) to run this call without a journal."
+
+
+def frame_key(call_key, identity, rng, position, text_key):
+    """The cache key of a frame of an input file, as cheaply as one hash of its parts.
+
+    Parameters
+    ----------
+    call_key : str
+        The call's part of every key.
+    identity : tuple
+        ``FrameItem.identity()``: ``("frame", digest of the frame's bytes, location)``.
+    rng : numpy.random.Generator or None
+        The item's own random stream.
+    position : int or None
+        The item's index, for an operation told its index.
+    text_key : str
+        A fingerprint of what decides the text its output is kept as (the outputs' settings).
+    """
+    kind, digest, location = identity
+    if kind != "frame" or not isinstance(digest, bytes) or not isinstance(location, tuple):
+        raise TypeError(f"not the identity of a frame: {identity!r:.100}")
+    hasher = hashlib.blake2b(digest_size=20)
+    hasher.update(b"frame\0")
+    for part in (call_key.encode(), digest, repr(tuple(map(int, location))).encode(),
+                 b"" if rng is None else _digest(rng).encode(),
+                 b"" if position is None else str(int(position)).encode(), text_key.encode()):
+        _feed_bytes(hasher, part)
+    return hasher.hexdigest()
 
 
 def fingerprint_extra(value):
@@ -351,8 +380,28 @@ def _feed_module(hasher, module, seen):
 
 
 def _feed_generator(hasher, rng, seen):
-    _feed_class(hasher, type(rng.bit_generator), seen)
-    _feed(hasher, rng.bit_generator.state, seen)
+    bit_generator = rng.bit_generator
+    hasher.update(_class_digest(type(bit_generator)))
+    state = bit_generator.state
+    try:
+        # the usual states (PCG64, Philox, SFC64) are made of text and whole numbers: this
+        # is exact, and one item's stream is hashed in microseconds
+        text = json.dumps(state, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        _feed(hasher, state, seen)      # an array in it (MT19937's key)
+        return
+    hasher.update(b"j")
+    _feed_bytes(hasher, text.encode())
+
+
+@functools.lru_cache(maxsize=64)
+def _class_digest(cls):
+    """A bit generator's class, hashed once per process (its code does not change while it runs)."""
+    hasher = hashlib.blake2b(digest_size=20)
+    walk = code_identity.Walk()
+    _feed_class(hasher, cls, walk)
+    walk.drain()
+    return hasher.digest()
 
 
 def _feed_path(hasher, path, seen):

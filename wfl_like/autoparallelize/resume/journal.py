@@ -8,9 +8,10 @@ exactly what changed.  Items are found by their key, not their position: inserti
 structure at the start of an input computes that one only.
 
 A journal may have been written or edited by anyone, so everything read from it is
-checked: outputs are stored in :mod:`~wfl_like.autoparallelize.resume.codec`'s format (data
-only, never code), and a database that is not a journal of this format raises
-:class:`~wfl_like.errors.JournalError` naming the file.
+checked: outputs are stored as the text of their output file or in
+:mod:`~wfl_like.autoparallelize.resume.codec`'s format (data only, never code; see
+:mod:`~wfl_like.autoparallelize.resume.stored`), and a database that is not a journal of
+this format raises :class:`~wfl_like.errors.JournalError` naming the file.
 """
 
 import contextlib
@@ -23,7 +24,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from wfl_like.autoparallelize.resume import codec
+from wfl_like.autoparallelize.resume import stored as stored_form
 from wfl_like.autoparallelize.supervisor import REASON_LIMIT
 from wfl_like.errors import JournalError, OutputLockedError, OutputWriteError
 from wfl_like.io.locking import FileLock, Held, Moving
@@ -31,7 +32,7 @@ from wfl_like.io.locking import FileLock, Held, Moving
 log = logging.getLogger("wfl_like.cache")
 
 # Bump when the tables or the way outputs are stored change.
-FORMAT = 2
+FORMAT = 3
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,17 +41,29 @@ CREATE TABLE items (
     idx INTEGER NOT NULL,         -- position of the item in the input of the run that last met it
     run INTEGER NOT NULL,         -- that run's number
     status TEXT NOT NULL,         -- 'done' or 'failed'
-    output TEXT,                  -- a done item's output, in the codec's format
+    form TEXT,                    -- how a done item's output is kept: 'codec', 'text' or 'zlib'
+    output,                       -- the codec's JSON, or the output file's text (UTF-8, maybe compressed)
+    file_i INTEGER,               -- for text: the output file it goes to,
+    count INTEGER,                -- the structures it holds,
+    size INTEGER,                 -- and its length in bytes
     reason TEXT,                  -- one line, for a failed item
     traceback TEXT
 );
 CREATE INDEX items_by_idx ON items (idx);
 """
-_TABLES = {"meta": ("key", "value"), "items": ("key", "idx", "run", "status", "output", "reason", "traceback")}
-# format 1 stored pickled outputs: such a journal is never read, only started afresh
-_FORMAT_1_TABLES = {"meta": ("key", "value"), "items": ("idx", "key", "status", "output", "reason", "traceback")}
+_TABLES = {"meta": ("key", "value"),
+           "items": ("key", "idx", "run", "status", "form", "output", "file_i", "count", "size", "reason",
+                     "traceback")}
+# Older formats are never read, only started afresh: format 1 stored pickled outputs,
+# format 2 every output in the codec's format.
+_OLDER_TABLES = {
+    1: {"meta": ("key", "value"), "items": ("idx", "key", "status", "output", "reason", "traceback")},
+    2: {"meta": ("key", "value"), "items": ("key", "idx", "run", "status", "output", "reason", "traceback")},
+}
 
 DONE, FAILED = "done", "failed"
+
+_PAGE_SIZE = 16384
 
 # what each meta value must be; a journal holding anything else is malformed
 _META_TYPES = {"format": int, "call_key": str, "call": dict, "complete": bool, "started": (int, float),
@@ -129,11 +142,13 @@ class Journal:
         with self._guard():
             self._db = sqlite3.connect(f"{source.resolve().as_uri()}?{mode}", uri=True, isolation_level=None)
             tables = self._tables()
+        older = _older_format(tables)
         if not tables:
             self.empty = True      # being created by its writer, or never used
-        elif tables == _FORMAT_1_TABLES:
-            raise JournalError(f"journal {str(self.path)!r} is of an older format (it holds pickles, which this "
-                               f"version never reads); the next run on its output starts it afresh")
+        elif older is not None:
+            what = "it holds pickles, which this version never reads" if older == 1 else f"format {older}"
+            raise JournalError(f"journal {str(self.path)!r} is of an older format ({what}); the next run on its "
+                               f"output starts it afresh")
         else:
             self._check_schema(tables)
 
@@ -153,14 +168,18 @@ class Journal:
             raise PermissionError(_not_writable(self.path, "the file is read-only"))
         with self._guard():
             self._db = sqlite3.connect(self.path, isolation_level=None)
+            # for a new journal only (an existing one keeps its own): items are texts of a few
+            # kB, and pages of 16 kB record them with about a fifth less CPU than SQLite's 4 kB
+            self._db.execute(f"PRAGMA page_size={_PAGE_SIZE}")
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL with synchronous=NORMAL: a committed item survives the process being
             # killed at any moment (only a power loss may lose the last transactions)
             self._db.execute("PRAGMA synchronous=NORMAL")
             tables = self._tables()
-            if tables == _FORMAT_1_TABLES:
-                log.info("journal %s is of an older format (pickled outputs, never read by this version); "
-                         "starting it afresh", self.path)
+            older = _older_format(tables)
+            if older is not None:
+                what = "pickled outputs, never read by this version" if older == 1 else f"format {older}"
+                log.info("journal %s is of an older format (%s); starting it afresh", self.path, what)
                 with self._transaction():
                     self._db.execute("DROP TABLE items")
                     self._db.execute("DROP TABLE meta")
@@ -265,26 +284,29 @@ class Journal:
 
     # --- items --------------------------------------------------------------------------
 
-    def lookup(self, index, key):
+    def lookup(self, index, key, n_files=None):
         """``(found, output, changed)`` for the item at ``index`` with cache key ``key``.
 
-        ``found`` is true when an item with this very key was done.  A failed item is
-        never reused: it is computed again.  ``changed`` tells that the journal holds
-        another item at this position (the item changed, rather than being new).
+        ``found`` is true when an item with this very key was done; its output is a
+        :class:`~wfl_like.configset.RenderedOutput` when it was kept as file text (whose
+        ``file_i`` must be below ``n_files``, when given).  A failed item is never
+        reused: it is computed again.  ``changed`` tells that the journal holds another
+        item at this position (the item changed, rather than being new).
         """
+        if not self._holds_items:
+            return False, None, False      # a first run: no look per item at all
         with self._guard():
-            row = self._db.execute("SELECT status, output FROM items WHERE key=?", (key,)).fetchone()
+            row = self._db.execute("SELECT status, form, output, file_i, count, size FROM items WHERE key=?",
+                                   (key,)).fetchone()
             if row is not None and row[0] == DONE:
-                return True, self._decoded(index, row[1]), False
-            if not self._holds_items:
-                return False, None, False      # a first run: no second look per item
+                return True, self._unpacked(index, stored_form.Stored(*row[1:]), n_files), False
             changed = self._db.execute("SELECT 1 FROM items WHERE idx=? LIMIT 1", (index,)).fetchone()
         return False, None, changed is not None
 
-    def _decoded(self, index, text):
+    def _unpacked(self, index, stored, n_files):
         try:
-            return codec.decode(text)
-        except ValueError as exc:
+            return stored_form.unpack(stored, n_files)
+        except stored_form.MalformedOutput as exc:
             raise JournalError(f"journal {str(self.path)!r}: the stored output for item {index} is malformed "
                                f"({exc}); {_RECOVER}") from None
 
@@ -293,8 +315,8 @@ class Journal:
 
         Parameters
         ----------
-        done : list of (index, key, str)
-            Items computed, with their output in the codec's format.
+        done : list of (index, key, stored.Stored)
+            Items computed, with their output as :func:`.stored.pack` gives it.
         failed : list of (index, key, FailedItem)
         met : list of (index, key)
             Items reused from the journal: they stay on record as met by this run.
@@ -302,9 +324,10 @@ class Journal:
         if not done and not failed and not met:
             return
         with self._transaction():
-            self._db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, NULL, NULL)",
-                                 [(key, index, self.run, DONE, text) for index, key, text in done])
-            self._db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, NULL, ?, ?)",
+            self._db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                                 [(key, index, self.run, DONE, *packed) for index, key, packed in done])
+            self._db.executemany("INSERT OR REPLACE INTO items "
+                                 "VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?)",
                                  [(key, index, self.run, FAILED, item.reason, item.traceback)
                                   for index, key, item in failed])
             self._db.executemany("UPDATE items SET run=?, idx=? WHERE key=?",
@@ -401,6 +424,11 @@ class Journal:
 
 
 _Malformed = object()
+
+
+def _older_format(tables):
+    """The number of the older format whose tables these are, or None."""
+    return next((number for number, older in _OLDER_TABLES.items() if tables == older), None)
 
 
 def _quoted(name):

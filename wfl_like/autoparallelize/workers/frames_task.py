@@ -8,7 +8,6 @@ none), an :class:`~wfl_like.autoparallelize.frame_items.Unstorable` (an output t
 file cannot hold), or the output objects themselves (outputs in memory, or none).
 """
 
-import io
 import itertools
 
 from ase import Atoms
@@ -16,6 +15,7 @@ from ase import Atoms
 from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, scan_frames
 from wfl_like.autoparallelize.supervisor import one_line_reason
 from wfl_like.errors import InputFileError, OpOutputError
+from wfl_like.io.fastread import parse_frames
 from wfl_like.locations import LOC_KEY, format_location
 
 
@@ -125,7 +125,7 @@ def _read_run(run):
     """The structures of consecutive frames of one file."""
     path, start, end = run[0].path, run[0].start, run[-1].end
     try:
-        frames = _parse(_read_bytes(path, start, end))
+        frames = parse_frames(_read_bytes(path, start, end), source=path)
         if len(frames) != len(run):
             raise ValueError(f"{len(frames)} structures where {len(run)} frames were expected")
         return frames
@@ -145,26 +145,25 @@ def _read_bytes(path, start, end):
     return data
 
 
-def _parse(data):
-    # TODO(reader): wfl_like.io.fastread.read_frames(path, start, end) once it lands
-    import ase.io
-
-    # decoded as ase.io.read decodes a file it opens: the locale's encoding, universal line ends
-    text = io.TextIOWrapper(io.BytesIO(data))
-    return ase.io.read(text, index=":", format="extxyz", parallel=False)
-
-
 def _broken_frame(run, first_error):
-    """The FrameReadError of the first frame of ``run`` that does not parse alone."""
+    """The FrameReadError of the first frame of ``run`` that does not parse alone, named by its
+    frame number and line in the file (found again here: errors only)."""
     item, error = run[0], first_error
     if len(run) > 1:
         for candidate in run:
             try:
-                _parse(_read_bytes(candidate.path, candidate.start, candidate.end))
+                parse_frames(_read_bytes(candidate.path, candidate.start, candidate.end), source=candidate.path)
             except Exception as exc:
                 item, error = candidate, exc
                 break
     frame_i, line = _frame_and_line(item)
+    try:
+        parse_frames(_read_bytes(item.path, item.start, item.end), source=item.path, first_frame=frame_i,
+                     first_line=line)
+    except InputFileError as exc:
+        return FrameReadError(str(exc))
+    except Exception as exc:
+        error = exc
     text = str(error)
     if len(text) > 300:
         text = text[:300] + "..."
@@ -174,7 +173,7 @@ def _broken_frame(run, first_error):
 
 
 def _frame_and_line(item):
-    """The frame number and the first line (from 1) of the frame at ``item.start``: for messages only."""
+    """The frame number and the first line (from 1) of the frame at ``item.start``."""
     import mmap
 
     with open(item.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
@@ -185,4 +184,3 @@ def _frame_and_line(item):
             offsets = []        # changed since the driver indexed it: the line still says where
     frame_i = next((i for i, offset in zip(itertools.count(), offsets) if offset >= item.start), len(offsets))
     return frame_i, line
-

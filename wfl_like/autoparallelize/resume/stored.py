@@ -1,0 +1,170 @@
+"""How a finished item's output is kept in the journal: as file text, or in the codec's format.
+
+An output made for an output file (a :class:`~wfl_like.configset.RenderedOutput`: the
+extended-XYZ text it adds to file ``file_i``, holding ``count`` structures) is kept as
+that very text, so that rebuilding the file from the journal is a byte copy.  Texts of
+``COMPRESS_FROM`` bytes or more are compressed with zlib at level 1 (run-length strategy:
+as small as the default on text of numbers, and faster) when that saves at least a
+quarter.  Any other output (outputs in memory, ``outputs=None``) is kept in
+:mod:`~wfl_like.autoparallelize.resume.codec`'s data-only format.  Nothing is ever pickled.
+
+==========  ==============================================================================
+form        ``data``
+==========  ==============================================================================
+codec       the codec's JSON text
+text        the output's text, UTF-8 bytes
+zlib        the same, compressed by zlib (level 1, run-length strategy)
+==========  ==============================================================================
+
+Read back, a row is untrusted: every field is checked for type and range, a compressed
+text is never inflated past the length on record (nor past ``MAX_RATIO`` times its
+compressed size, so a planted decompression bomb costs no memory), and the text must be
+``count`` structures of the ``N + 2`` lines that each frame of extended XYZ is.
+"""
+
+import zlib
+from typing import NamedTuple
+
+from wfl_like.autoparallelize.resume import codec
+from wfl_like.configset import RenderedOutput
+
+CODEC, TEXT, ZLIB = "codec", "text", "zlib"
+
+# Measured on 32-atom cells with energy, forces and stress (3.7 kB of text each): zlib at
+# level 1 keeps 41% of the bytes (a 2.4x smaller journal); its run-length strategy keeps as
+# much for 2/3 of the time (about 35 us per text instead of 50, while recording a plain
+# text costs about 17 us); below a few hundred bytes it saves little (1.3x at 100-200 bytes).
+COMPRESS_FROM = 1024
+COMPRESS_LEVEL = 1
+_STRATEGY = zlib.Z_RLE
+# A compressed text is kept only when it is at most this share of the text ...
+_WORTH_IT = 0.75
+# ... and at least this fraction of it: the reader refuses a larger inflation, so a row
+# that claims a huge text inflates into no more memory than this many times what it holds.
+MAX_RATIO = 64
+
+# Whole numbers on record (file numbers, counts, sizes) lie in 0.._LARGEST.
+_LARGEST = 2 ** 62
+
+
+class Stored(NamedTuple):
+    """One done item's output as the journal's row holds it (see the module's table)."""
+
+    form: str
+    data: object
+    file_i: int = None
+    count: int = None
+    size: int = None
+
+
+class MalformedOutput(ValueError):
+    """A row whose output is not what :func:`pack` writes (the message says what is wrong)."""
+
+
+def pack(output):
+    """The journal's form of ``output``.
+
+    Raises
+    ------
+    codec.UnencodableError
+        An output that is not a RenderedOutput holds what the codec cannot keep exactly, or
+        a RenderedOutput's text cannot be encoded as UTF-8.
+    """
+    if not isinstance(output, RenderedOutput):
+        return Stored(CODEC, codec.encode(output))
+    try:
+        data = output.text.encode("utf-8")
+    except (AttributeError, UnicodeEncodeError) as exc:
+        raise codec.UnencodableError(f"its text cannot be kept as UTF-8 ({type(exc).__name__})") from None
+    size = len(data)
+    if size >= COMPRESS_FROM:
+        deflater = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 8, _STRATEGY)
+        packed = deflater.compress(data) + deflater.flush()
+        if size <= MAX_RATIO * len(packed) and len(packed) <= size * _WORTH_IT:
+            return Stored(ZLIB, packed, output.file_i, output.count, size)
+    return Stored(TEXT, data, output.file_i, output.count, size)
+
+
+def unpack(stored, n_files=None):
+    """The output a row holds, checked; the inverse of :func:`pack`.
+
+    Parameters
+    ----------
+    stored : Stored
+        The row's fields as read (any types).
+    n_files : int, optional
+        How many output files the run writes: a text's ``file_i`` must pick one of them.
+
+    Raises
+    ------
+    MalformedOutput
+        The row is not what :func:`pack` writes.
+    """
+    form, data = stored.form, stored.data
+    if form == CODEC:
+        try:
+            return codec.decode(data)
+        except ValueError as exc:
+            raise MalformedOutput(str(exc)) from None
+    if form not in (TEXT, ZLIB):
+        raise MalformedOutput(f"unknown form {_show(form)}")
+    file_i, count, size = stored.file_i, stored.count, stored.size
+    for name, value in (("file number", file_i), ("count", count), ("size", size)):
+        if type(value) is not int or not 0 <= value < _LARGEST:
+            raise MalformedOutput(f"its {name} is {_show(value)}, not a whole number")
+    if n_files is not None and file_i >= n_files:
+        raise MalformedOutput(f"it goes to output file {file_i}, but this run writes {n_files}")
+    if not isinstance(data, bytes):
+        raise MalformedOutput(f"its text is stored as {type(data).__name__}, not bytes")
+    raw = _inflated(data, size) if form == ZLIB else data
+    if len(raw) != size:
+        raise MalformedOutput(f"its text is {len(raw)} bytes long, not the {size} on record")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedOutput("its text is not UTF-8") from None
+    found = frames_in(text)
+    if found != count:
+        raise MalformedOutput(f"its text holds {'no whole frames' if found is None else found} "
+                              f"where {count} are on record")
+    return RenderedOutput(file_i, text, count)
+
+
+def _inflated(data, size):
+    if size > MAX_RATIO * len(data):
+        raise MalformedOutput(f"it claims {size} bytes of text from {len(data)} compressed (more than "
+                              f"{MAX_RATIO} times)")
+    inflater = zlib.decompressobj()
+    try:
+        # never more than the length on record, whatever the data would inflate to
+        raw = inflater.decompress(data, size)
+    except zlib.error as exc:
+        raise MalformedOutput(f"its compressed text is damaged ({exc})") from None
+    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+        raise MalformedOutput(f"its compressed text does not end at the {size} bytes on record")
+    return raw
+
+
+def frames_in(text):
+    """How many whole frames of ``N + 2`` lines (a count line, a comment line, ``N`` atoms)
+    ``text`` holds, or None when it is not made of such frames."""
+    if not text.endswith("\n"):
+        return 0 if text == "" else None
+    head, _, _ = text.partition("\n")
+    head = head.strip()
+    if head.isascii() and head.isdigit() and len(head) <= 18 and text.count("\n") == int(head) + 2:
+        return 1        # one frame, the usual case: no split
+    lines = text.split("\n")
+    last, line_i, frames = len(lines) - 1, 0, 0      # lines[last] is the '' after the final newline
+    while line_i < last:
+        head = lines[line_i].strip()
+        if not (head.isascii() and head.isdigit()) or len(head) > 18:
+            return None
+        line_i += int(head) + 2
+        frames += 1
+    return frames if line_i == last else None
+
+
+def _show(value, limit=40):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,509 @@
+"""Reading the extended-XYZ frames of a byte range into ``ase.Atoms``, at C speed where possible.
+
+Workers of a run over file inputs get byte ranges (see :mod:`wfl_like.io.frames`) and
+parse the frames themselves.  The structures they get are exactly those of
+:func:`wfl_like.io.iread` (ASE's extended-XYZ reader): the same numbers, positions,
+cell, pbc, ``info`` (keys, Python and numpy types, values), ``arrays`` (names, dtypes,
+values), calculator results and constraints.
+
+Interface
+---------
+``read_frames(path, byte_start, byte_end, first_frame=i, first_line=index.line(i)) -> list[Atoms]``
+    The frames in bytes ``[byte_start, byte_end)`` of ``path``, in order; the range
+    must hold whole frames (``FrameIndex.offsets`` gives their bounds).  The optional
+    frame and line numbers only make error messages point into the file.
+``parse_frames(data, source=...) -> list[Atoms]``
+    The same for frames already in memory (``bytes``), e.g. read once to be hashed too.
+
+How
+---
+libextxyz's C parser (the ``extxyz`` package, when installed) parses the atom lines;
+the comment line is split here into the same ``info`` values ASE's parser gives, and
+the ``Atoms`` are assembled as ASE assembles them (ASE's own helpers build the
+calculator results and ``arrays``).  A frame that this cannot make identical (a comment
+line with backslash escapes or other rare syntax, numbers ASE would not read, non-ASCII
+atom lines, ``VEC`` lines, zero atoms, anything the C parser refuses) is parsed by ASE
+instead, alone: the choice costs a few byte searches per frame, and a frame is parsed
+twice only when the C parser refuses it.
+
+``WFL_LIKE_EXTXYZ_READER`` chooses the parser: ``auto`` (default; C where installed),
+``c`` (C, an error when ``extxyz`` is missing; frames it cannot make identical still go
+to ASE), ``ase`` (ASE for every frame, for debugging).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import io
+import json
+import locale
+import os
+import re
+from functools import lru_cache
+
+import numpy as np
+
+from wfl_like.errors import InputFileError
+from wfl_like.io.frames import scan_frames
+
+__all__ = ["READER_ENV", "parse_frames", "read_frames", "reader_mode"]
+
+READER_ENV = "WFL_LIKE_EXTXYZ_READER"
+_MODES = ("auto", "c", "ase")
+
+
+def reader_mode() -> str:
+    """The parser chosen by ``$WFL_LIKE_EXTXYZ_READER``: ``"auto"``, ``"c"`` or ``"ase"``.
+
+    Raises
+    ------
+    ValueError
+        The variable holds something else.
+    """
+    mode = os.environ.get(READER_ENV, "auto").strip().lower() or "auto"
+    if mode not in _MODES:
+        raise ValueError(f"{READER_ENV}={os.environ[READER_ENV]!r} is not one of {', '.join(_MODES)}; unset it or "
+                         f"choose one")
+    return mode
+
+
+def read_frames(path, byte_start: int, byte_end: int, *, first_frame: int | None = None,
+                first_line: int | None = None) -> list:
+    """Read the extended-XYZ frames in bytes ``[byte_start, byte_end)`` of a file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    byte_start, byte_end : int
+        A range of whole frames, such as ``index.offsets[i]`` to ``index.offsets[j]``.
+    first_frame, first_line : int, optional
+        Frame number and 1-based line number of the frame at ``byte_start``, for error
+        messages: ``i`` and ``index.line(i)`` of its :class:`~wfl_like.io.frames.FrameIndex`
+        (without them, they count from the start of the range and say so).
+
+    Returns
+    -------
+    list of ase.Atoms
+        Equal in every respect to what ``ase.io.read(path, index=..., parallel=False)``
+        gives for those frames.
+
+    Raises
+    ------
+    InputFileError
+        The file is missing, the range does not hold whole frames, or a frame cannot be
+        parsed (the message names the file, frame and line).
+    """
+    if byte_start < 0 or byte_end < byte_start:
+        raise ValueError(f"byte range [{byte_start}, {byte_end}) of {str(path)!r} is not a range; pass offsets of "
+                         f"its frame index")
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(byte_start)
+            data = handle.read(byte_end - byte_start)
+    except FileNotFoundError:
+        raise InputFileError(f"input file {str(path)!r} does not exist") from None
+    if len(data) != byte_end - byte_start:
+        raise InputFileError(f"input file {str(path)!r} ends at byte {byte_start + len(data)}, inside the range "
+                             f"[{byte_start}, {byte_end}) to read: it changed since it was indexed; run again")
+    if first_frame is None:
+        source = f"{path} (bytes from {byte_start})"
+        first_frame, first_line = 0, 1
+    else:
+        source = str(path)
+    return parse_frames(data, source=source, first_frame=first_frame, first_line=first_line or 1)
+
+
+def parse_frames(data: bytes, *, source: str = "<bytes>", first_frame: int = 0, first_line: int = 1) -> list:
+    """Parse whole extended-XYZ frames held in memory.
+
+    Parameters
+    ----------
+    data : bytes
+        Whole frames, as in the file.
+    source : str
+        The file they came from, for error messages.
+    first_frame, first_line : int
+        Frame number and 1-based line number of the first frame, for error messages.
+
+    Returns
+    -------
+    list of ase.Atoms
+
+    Raises
+    ------
+    InputFileError
+        A frame cannot be parsed; the message names ``source``, the frame and the line.
+    """
+    return [atoms for atoms, _ in _parse(data, source, first_frame, first_line, reader_mode())]
+
+
+def _parse(data, source, first_frame, first_line, mode):
+    """``(Atoms, parsed_by_c)`` for each frame of ``data``."""
+    parser = None if mode == "ase" else _c_parser()
+    if mode == "c" and parser is None:
+        raise RuntimeError(f"{READER_ENV}=c but libextxyz's C parser cannot be used here (is the 'extxyz' package "
+                           f"installed?); install it or set {READER_ENV}=auto")
+    results, seen = [], {}
+    with (_MemoryFile(data) if parser is not None else _NoFile()) as memory:
+        for frame, span in enumerate(scan_frames(data, source, first_frame=first_frame, first_line=first_line),
+                                     start=first_frame):
+            atoms = None
+            if parser is not None:
+                atoms = _parse_with_c(parser, memory, data, span, seen)
+            if atoms is not None:
+                results.append((atoms, True))
+            else:
+                results.append((_parse_with_ase(data[span.start:span.end], source, frame, span.line), False))
+    return results
+
+
+def _parse_with_ase(frame_bytes, source, frame, line):
+    import ase.io
+
+    # as ase.io.read opens a path: text in the locale's encoding, universal newlines
+    text = io.TextIOWrapper(io.BytesIO(frame_bytes), encoding="locale")
+    try:
+        return ase.io.read(text, index=0, format="extxyz", parallel=False)
+    except Exception as exc:
+        message = str(exc)
+        message = message if len(message) <= 300 else message[:300] + "..."
+        raise InputFileError(f"could not read {source!r} at frame {frame} (line {line}) ({type(exc).__name__}: "
+                             f"{message}); check that the file is complete and in extended XYZ format") from exc
+
+
+# --- the C parser ---------------------------------------------------------------------
+
+
+class _CParser:
+    """libextxyz's frame reader, and the libc calls that let it read from memory."""
+
+    def __init__(self, cextxyz, libc, ase_helpers):
+        self.cextxyz, self.libc, self.ase = cextxyz, libc, ase_helpers
+        self.error = cextxyz.ExtXYZError
+
+    def read(self, address, properties):
+        """``(n_atoms, arrays)`` of the frame at the FILE* ``address``'s position."""
+        n_atoms, _, arrays = self.cextxyz.read_frame_dicts(self.cextxyz.FILE_ptr(address),
+                                                           comment="Properties=" + properties)
+        return n_atoms, arrays
+
+
+@lru_cache(maxsize=1)
+def _c_parser():
+    """The C parser, or None where it cannot be used (not installed, no fmemopen)."""
+    try:
+        from ase.io import extxyz as ase_extxyz
+        from extxyz import cextxyz
+
+        helpers = {name: getattr(ase_extxyz, name) for name in
+                   ("parse_properties", "set_calc_and_arrays", "SPECIAL_3_3_KEYS", "UNPROCESSED_KEYS")}
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        for name, restype, argtypes in (("fmemopen", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t,
+                                                                        ctypes.c_char_p]),
+                                        ("fseek", ctypes.c_int, [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]),
+                                        ("ftell", ctypes.c_long, [ctypes.c_void_p]),
+                                        ("fclose", ctypes.c_int, [ctypes.c_void_p])):
+            function = getattr(libc, name)
+            function.restype, function.argtypes = restype, argtypes
+    except (ImportError, OSError, AttributeError, TypeError):
+        return None
+    return _CParser(cextxyz, libc, helpers)
+
+
+class _MemoryFile:
+    """A C ``FILE *`` reading a bytes object (``fmemopen``), closed on exit."""
+
+    def __init__(self, data):
+        self._buffer = ctypes.create_string_buffer(data, len(data))
+        self.size = len(data)
+        self.libc = _c_parser().libc
+        self.address = None
+
+    def __enter__(self):
+        if self.size:
+            self.address = self.libc.fmemopen(self._buffer, self.size, b"r")
+        return self
+
+    def __exit__(self, *exc):
+        if self.address:
+            self.libc.fclose(self.address)
+            self.address = None
+
+    def seek(self, position):
+        return self.address is not None and self.libc.fseek(self.address, position, 0) == 0
+
+    def tell(self):
+        return self.libc.ftell(self.address)
+
+
+class _NoFile:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# Bytes an atom line may hold for the C parser to read it as ASE does: printable ASCII and
+# spaces, no quotes or backslashes (ASE splits on whitespace only, libextxyz also reads quotes).
+_PLAIN_ATOM_BYTES = bytes(b for b in range(0x21, 0x7f) if b not in b"\"'\\") + b" \t\r\n"
+# Numbers libextxyz reads that Python's float() refuses (hex, Fortran exponents): a digit or
+# point followed by one of these letters (a string column such as "2p" is left to ASE too).
+_FOREIGN_REAL_LETTERS = b"dDxXpP"
+_FOREIGN_REAL = re.compile(rb"[0-9.][dDxXpP]")
+# Logical words libextxyz reads that ASE's reader does not take as true.
+_FOREIGN_LOGICAL = re.compile(rb"(?<!\S)(?:TRUE|FALSE|true|false)(?!\S)")
+# Integers that may not fit the 32 bits of an integer column (libextxyz wraps them).
+_LONG_INTEGER = re.compile(rb"\s[+-]?[0-9]{10,}(?:\s|\Z)")
+_ALL_BYTES = bytes(range(256))
+_PROPERTY = r"[A-Za-z_][A-Za-z0-9_]*:[RISL]:[1-9][0-9]*"
+_PLAIN_PROPERTIES = re.compile(rf"{_PROPERTY}(?::{_PROPERTY})*", re.ASCII)
+_DEFAULT_PROPERTIES = "species:S:1:pos:R:3"
+_C_DTYPES = {"R": np.dtype(np.float64), "I": np.dtype(np.int32), "L": np.dtype(bool), "S": None}
+
+
+def _parse_with_c(parser, memory, data, span, seen):
+    """The frame as ASE reads it, parsed by libextxyz; None where that may differ."""
+    if span.n_vec or span.n_atoms == 0 or memory.address is None:
+        return None
+    info = _comment_info(data[span.comment_start:span.comment_end], parser.ase, seen)
+    if info is None:
+        return None
+    properties_text = info.pop("Properties", _DEFAULT_PROPERTIES)
+    if not isinstance(properties_text, str) or not _PLAIN_PROPERTIES.fullmatch(properties_text):
+        return None
+    try:
+        properties, names = _parsed_properties(properties_text, parser.ase["parse_properties"])
+    except ValueError:
+        return None
+    types = properties_text.split(":")[1::3]
+    if len(set(names)) != len(names) or not _plain_atom_lines(data, span, types):
+        return None
+    if not memory.seek(span.start):
+        return None
+    try:
+        n_atoms, c_arrays = parser.read(memory.address, properties_text)
+    except (parser.error, EOFError, ValueError):
+        return None
+    if n_atoms != span.n_atoms or memory.tell() != span.end or set(c_arrays) != set(names):
+        return None
+    arrays = _ase_arrays(c_arrays, names, types, properties, n_atoms)
+    if arrays is None:
+        return None
+    try:
+        return _assemble(info, arrays, properties, n_atoms, parser.ase)
+    except (ValueError, TypeError, KeyError, IndexError, AssertionError):
+        # whatever ASE's assembly would make of this frame, ASE makes it
+        return None
+
+
+@lru_cache(maxsize=256)
+def _parsed_properties(text, parse_properties):
+    """ASE's reading of a Properties string (kept: the result is only read)."""
+    properties, names, _, _ = parse_properties(text)
+    return properties, tuple(names)
+
+
+def _plain_atom_lines(data, span, types):
+    atoms_start = data.index(b"\n", span.comment_end) + 1
+    block = data[atoms_start:span.end]
+    if block.translate(None, _PLAIN_ATOM_BYTES):
+        return False
+    if "R" in types and _has_any(block, _FOREIGN_REAL_LETTERS) and _FOREIGN_REAL.search(block):
+        return False
+    if "L" in types and (b"RUE" in block or b"rue" in block or b"ALSE" in block or b"alse" in block) \
+            and _FOREIGN_LOGICAL.search(block):
+        return False
+    # (a pattern that starts with a lookbehind is slow to search: the line start is made a space)
+    return not ("I" in types and _LONG_INTEGER.search(b" " + block))
+
+
+@lru_cache(maxsize=64)
+def _all_but(letters):
+    return bytes(b for b in _ALL_BYTES if b not in letters)
+
+
+def _has_any(block, letters):
+    """Whether ``block`` holds any of the bytes ``letters`` (one pass in C)."""
+    return bool(block.translate(None, _all_but(letters)))
+
+
+def _ase_arrays(c_arrays, names, types, properties, n_atoms):
+    """The per-atom columns under ASE's names, with the dtypes and shapes ASE's reader gives them."""
+    arrays = {}
+    for name, kind in zip(names, types):
+        ase_name, columns = properties[name]
+        value = c_arrays[name]
+        shape = (n_atoms,) if columns == 1 else (n_atoms, columns)
+        if value.shape != shape:
+            return None
+        wanted = _C_DTYPES[kind]
+        if wanted is None:
+            if value.dtype.kind != "U":
+                return None
+            # ASE reads string columns into object arrays of str
+            value = value.astype(object)
+        elif value.dtype != wanted:
+            return None
+        arrays[ase_name] = value
+    return arrays
+
+
+def _assemble(info, arrays, properties, n_atoms, ase_helpers):
+    """Atoms from ASE-typed ``info`` and ``arrays``, built in the steps of ASE's extended-XYZ reader."""
+    from ase import Atoms
+    from ase.constraints import FixAtoms, FixCartesian
+
+    pbc = None
+    if "pbc" in info:
+        pbc = info.pop("pbc")
+    elif "Lattice" in info:
+        pbc = [True, True, True]
+    cell = None
+    if "Lattice" in info:
+        # the extended-XYZ lattice holds the cell vectors as columns
+        cell = info.pop("Lattice").T
+    numbers = arrays.pop("numbers", None)
+    symbols = arrays.pop("symbols", None)
+    if numbers is None and symbols is not None:
+        numbers = np.array([_atomic_number(s) for s in symbols.tolist()], dtype=np.int64)
+    atoms = Atoms(numbers=numbers, positions=arrays.pop("positions", None), charges=arrays.pop("initial_charges", None),
+                  cell=cell, pbc=pbc, info=info)
+    if "move_mask" in arrays:
+        move_mask = arrays.pop("move_mask").astype(bool)
+        columns = properties["move_mask"][1]
+        if columns == 3:
+            atoms.set_constraint([FixCartesian(a, mask=~move_mask[a, :]) for a in range(n_atoms)])
+        elif columns == 1:
+            atoms.set_constraint(FixAtoms(mask=~move_mask))
+        else:
+            raise ValueError("move_mask of neither 1 nor 3 columns")
+    ase_helpers["set_calc_and_arrays"](atoms, arrays)
+    return atoms
+
+
+@lru_cache(maxsize=512)
+def _atomic_number(symbol):
+    from ase.data import atomic_numbers
+
+    return atomic_numbers[symbol.capitalize()]
+
+
+# --- the comment line -----------------------------------------------------------------
+
+# One key=value pair of the plain syntax that ASE's character-by-character parser and this
+# one split alike: a bare key, and a bare value or one delimited value ("...", '...',
+# {...}, [...]) without backslashes; a key without a value means True.
+_BARE = r"[^\s=\"'{}\[\]\\]+"
+_PAIR = re.compile(rf"""({_BARE})(?:\s*=\s*("[^"\\]*"|'[^'\\]*'|\{{[^}}\\]*\}}|\[[^\]\\]*\]|{_BARE}))?(?:\s+|$)""")
+_PAIRS = re.compile(rf"(?:{_PAIR.pattern})*")
+_DELIMITERS = frozenset("\"'{[")
+_WORDS = re.compile(r"[^\s,]+")
+_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+# What int() or float() might take (a superset: a word outside it is surely no number).
+_NUMBER_LIKE = re.compile(r"[+-]?(?:[0-9_]+\.?[0-9_]*|\.[0-9_]+)(?:[eE][+-]?[0-9_]+)?|[+-]?(?:nan|inf|infinity)",
+                          re.ASCII | re.IGNORECASE)
+_NUMBERS_LIKE = re.compile(rf"[\s,]*(?:(?:{_NUMBER_LIKE.pattern})[\s,]+)*(?:{_NUMBER_LIKE.pattern})?[\s,]*",
+                           re.ASCII | re.IGNORECASE)
+_BOOL_WORDS = {"T": True, "F": False, "true": True, "false": False, "True": True, "False": False, "TRUE": True,
+               "FALSE": False}
+_INT64 = np.iinfo(np.int64)
+_SEEN_LIMIT = 4096
+
+
+@lru_cache(maxsize=1)
+def _locale_is_utf8():
+    return locale.getpreferredencoding(False).lower().replace("-", "") == "utf8"
+
+
+def _comment_info(raw, ase_helpers, seen):
+    """``info`` of a comment line as ASE's parser gives it, or None for syntax left to ASE.
+
+    ``seen`` maps ``(key, text)`` to values already converted (a lattice or Properties
+    string repeats frame after frame); arrays and lists from it are copied.
+    """
+    if raw.isascii():
+        text = raw.decode("ascii")
+    elif _locale_is_utf8():
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    else:
+        return None
+    line = text.strip()
+    if not _PAIRS.fullmatch(line):
+        return None
+    info = {}
+    try:
+        # the line is wholly pairs, so findall meets them one after the other
+        for key, value in _PAIR.findall(line):
+            if not value:
+                value = "T"
+            elif value[0] in _DELIMITERS:
+                value = value[1:-1]
+            known = seen.get((key, value))
+            if known is None:
+                known = _info_value(key, value, ase_helpers)
+                if len(seen) < _SEEN_LIMIT:
+                    seen[key, value] = known
+            info[key] = known.copy() if isinstance(known, (np.ndarray, list)) else known
+    except (ValueError, OverflowError, TypeError):
+        return None
+    return info
+
+
+def _info_value(key, value, ase_helpers):
+    """The value ASE's comment-line parser makes of the text ``value`` of ``key``."""
+    if key.lower() in ase_helpers["UNPROCESSED_KEYS"]:
+        return value
+    special = key in ase_helpers["SPECIAL_3_3_KEYS"]
+    words = _WORDS.findall(value)
+    may_be_numbers = True
+    if value.isascii():
+        if len(words) == 1 and not special:
+            # one word: the common cases without numpy's parsing
+            word = words[0]
+            if _INT.fullmatch(word):
+                number = int(word)
+                if _INT64.min <= number <= _INT64.max:
+                    return np.int64(number)
+            elif _FLOAT.fullmatch(word):
+                return np.float64(float(word))
+        # a word no number parser takes spares the two failing attempts below
+        may_be_numbers = _NUMBERS_LIKE.fullmatch(value) is not None
+    return _info_value_as_ase(key, value, words, special, may_be_numbers)
+
+
+def _info_value_as_ase(key, value, words, special, may_be_numbers):
+    """ASE's conversion of a comment-line value: numbers (int before float), 3x3 matrices of
+    the special keys, logical words, ``_JSON`` text; otherwise the text itself."""
+    if may_be_numbers:
+        try:
+            try:
+                if "." in value or "e" in value or "E" in value:
+                    raise ValueError  # no integer has these; numpy would refuse them too
+                number = np.array(words, dtype=int)
+            except (ValueError, OverflowError):
+                number = np.array(words, dtype=float)
+            value = number[0] if len(number) == 1 else number
+        except (ValueError, OverflowError):
+            pass
+    if special:
+        if not isinstance(value, np.ndarray) or value.shape != (9,):
+            raise ValueError(f"info item {key} is not 9 numbers")
+        value = np.array(value).reshape((3, 3), order="F")
+    if isinstance(value, str):
+        try:
+            logical = [_BOOL_WORDS[word] for word in words]
+            value = logical[0] if len(logical) == 1 else logical
+        except KeyError:
+            if value.startswith("_JSON "):
+                decoded = json.loads(value.replace("_JSON ", "", 1))
+                value = np.array(decoded)
+                if value.dtype.kind not in ("i", "f", "b"):
+                    value = decoded
+    return value
