@@ -128,6 +128,12 @@ def test_numpy_scalar_arguments_count_by_their_dtype():
 
 # --- tampered journals -------------------------------------------------------------------------
 
+def objects_journaled(**more):
+    """Serial, with the driver reading the inputs: the journal keeps outputs in the codec's format
+    (the workers' text of file outputs is kept as text, not JSON)."""
+    return serial(workers_read_files=False, **more)
+
+
 def tamper(journal, change):
     """Apply ``change`` to the JSON of every stored output."""
     db = sqlite3.connect(journal)
@@ -141,29 +147,29 @@ def tamper(journal, change):
 
 def test_atomic_numbers_out_of_range_in_a_journal_are_refused(tmp_path, markers):
     inputs, out = write_inputs(tmp_path / "in.xyz"), tmp_path / "out.xyz"
-    autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=serial())
+    autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=objects_journaled())
     negative = np.array([-5, 1], dtype="<i8").tobytes()
     import base64
 
     tamper(journal_path(out), lambda node: node["numbers"].update(b64=base64.b64encode(negative).decode()))
     out.unlink()
     with pytest.raises(JournalError, match="atomic numbers"):
-        autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=serial())
+        autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=objects_journaled())
     assert not out.exists()
 
 
 def test_a_reused_output_that_cannot_be_written_is_recomputed_by_the_next_run(tmp_path, markers):
     inputs, out = write_inputs(tmp_path / "in.xyz"), tmp_path / "out.xyz"
-    autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=serial())
+    autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=objects_journaled())
     first = out.read_bytes()
     # an info key that is not a string: the file cannot hold it
     tamper(journal_path(out), lambda node: node["info"]["items"].append([3, 1]))
     out.unlink()
     with pytest.raises(AutoparallelizeError) as raised:
-        autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=serial())
+        autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=objects_journaled())
     assert [failure.index for failure in raised.value.failures] == list(range(N_ITEMS))
     assert n_computed(markers) == N_ITEMS          # nothing was run: those outputs came from the journal
-    autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=serial())
+    autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=objects_journaled())
     assert n_computed(markers) == 2 * N_ITEMS      # recomputed, not reused again
     assert out.read_bytes() == first
 
@@ -289,7 +295,7 @@ def test_text_that_holds_no_characters_in_a_journal_is_refused(tmp_path):
     import base64
 
     inputs, out = write_inputs(tmp_path / "in.xyz"), tmp_path / "out.xyz"
-    autoparallelize(text_op, ConfigSet(inputs), OutputSpec(out), autopara_info=serial())
+    autoparallelize(text_op, ConfigSet(inputs), OutputSpec(out), autopara_info=objects_journaled())
 
     def garble(node):
         for pair in node["info"]["items"]:
@@ -299,7 +305,7 @@ def test_text_that_holds_no_characters_in_a_journal_is_refused(tmp_path):
     tamper(journal_path(out), garble)
     out.unlink()
     with pytest.raises(JournalError, match="no characters"):
-        autoparallelize(text_op, ConfigSet(inputs), OutputSpec(out), autopara_info=serial())
+        autoparallelize(text_op, ConfigSet(inputs), OutputSpec(out), autopara_info=objects_journaled())
 
 
 def failing_op(atoms_list):

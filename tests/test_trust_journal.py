@@ -84,8 +84,9 @@ def run(tmp_path):
     markers.mkdir()
     ase.io.write(tmp_path / "in.xyz", structures(range(N_ITEMS)), format="extxyz")
 
-    def call(inputs=tmp_path / "in.xyz", out=tmp_path / "out.xyz", op=counting_op, **spec):
-        return autoparallelize(op, ConfigSet(inputs), OutputSpec(out, **spec), markers, autopara_info=para())
+    def call(inputs=tmp_path / "in.xyz", out=tmp_path / "out.xyz", op=counting_op, workers_read_files=None, **spec):
+        return autoparallelize(op, ConfigSet(inputs), OutputSpec(out, **spec), markers,
+                               autopara_info=para(workers_read_files=workers_read_files))
 
     call.markers, call.out, call.inputs = markers, tmp_path / "out.xyz", tmp_path / "in.xyz"
     return call
@@ -298,10 +299,11 @@ def test_output_file_rebuilt_from_the_journal_is_byte_identical(run, tmp_path):
 # --- 17. keys by content: an insertion computes the new item only -----------------------------------
 
 def test_inserting_a_structure_at_the_start_computes_only_it_and_dropped_items_leave(run, tmp_path, capsys):
-    run()
+    # with the driver reading the inputs: the journal keeps objects, stored at their new place
+    run(workers_read_files=False)
     ase.io.write(run.inputs, structures([99, *range(N_ITEMS)]), format="extxyz")
 
-    run()
+    run(workers_read_files=False)
 
     assert computed(run.markers) == Counter({99: 1, **{label: 1 for label in range(N_ITEMS)}})
     assert run.out.read_bytes() == fresh_output(tmp_path, run.inputs)
@@ -310,25 +312,41 @@ def test_inserting_a_structure_at_the_start_computes_only_it_and_dropped_items_l
 
     # items no longer in the input are dropped from the journal at the end of the run
     ase.io.write(run.inputs, structures([3, 99]), format="extxyz")
-    run()
+    run(workers_read_files=False)
     assert sum(computed(run.markers).values()) == N_ITEMS + 1
     with sqlite3.connect(journal_path(run.out)) as db:
         assert db.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 2
     assert run.out.read_bytes() == fresh_output(tmp_path, run.inputs)
 
 
+def test_frames_moved_without_stored_locations_are_computed_again_on_the_frames_path(run, tmp_path):
+    # the workers' text holds each output's location: a frame that moved is not its text any more
+    run()
+    ase.io.write(run.inputs, structures([99, *range(N_ITEMS)]), format="extxyz")
+    run()
+    assert computed(run.markers) == Counter({99: 1, **{label: 2 for label in range(N_ITEMS)}})
+    assert run.out.read_bytes() == fresh_output(tmp_path, run.inputs)
+    run()
+    assert sum(computed(run.markers).values()) == 2 * N_ITEMS + 1
+
+
 # --- 3. what changes the written bytes is part of "nothing changed" ----------------------------------
 
-def test_changed_tags_or_write_arguments_rewrite_the_outputs_from_the_journal(run, tmp_path):
-    run(tags={"campaign": "a"})
+@pytest.mark.parametrize("workers_read_files", [False, True], ids=["objects", "frames"])
+def test_changed_tags_or_write_arguments_rewrite_the_outputs_from_the_journal(run, tmp_path, workers_read_files):
+    # journaled as objects (the driver reads the inputs), outputs are rendered again; journaled as
+    # the workers' text, what decides that text is part of the key: they are computed again
+    per_run = 0 if not workers_read_files else N_ITEMS
+    run(tags={"campaign": "a"}, workers_read_files=workers_read_files)
     assert [a.info["campaign"] for a in ase.io.read(run.out, ":")] == ["a"] * N_ITEMS
 
-    run(tags={"campaign": "b"})
-    assert sum(computed(run.markers).values()) == N_ITEMS       # from the journal, not computed
+    run(tags={"campaign": "b"}, workers_read_files=workers_read_files)
+    assert sum(computed(run.markers).values()) == N_ITEMS + per_run
     assert run.out.read_bytes() == fresh_output(tmp_path, run.inputs, tags={"campaign": "b"})
 
-    run(tags={"campaign": "b"}, write_kwargs={"columns": ["symbols", "positions"]})
-    assert sum(computed(run.markers).values()) == N_ITEMS
+    run(tags={"campaign": "b"}, write_kwargs={"columns": ["symbols", "positions"]},
+        workers_read_files=workers_read_files)
+    assert sum(computed(run.markers).values()) == N_ITEMS + 2 * per_run
     assert run.out.read_bytes() == fresh_output(tmp_path, run.inputs, tags={"campaign": "b"},
                                                 write_kwargs={"columns": ["symbols", "positions"]})
 

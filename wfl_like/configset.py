@@ -16,10 +16,11 @@ from typing import NamedTuple
 from ase import Atoms
 
 from wfl_like import io
-from wfl_like.errors import InputFileError, OutputFormatError
+from wfl_like.errors import InputFileError
 from wfl_like.io import ownership
 from wfl_like.io.partial import PartialFile
-from wfl_like.io.render import UnwritableOutput, render
+# RenderedOutput keeps its name here too: it is what OutputSpec.render gives
+from wfl_like.io.renderer import OutputRenderer, RenderedOutput, nested_structures  # noqa: F401
 from wfl_like.locations import _SEP as LOC_SEP
 from wfl_like.locations import (LOC_KEY, SparseList, format_location, iter_tree, location_of, parse_location,
                                 place_in_tree, present, tree_from_pairs)
@@ -181,6 +182,29 @@ class ConfigSet:
             return list(self._content)
         return []
 
+    def frame_files(self):
+        """The extended-XYZ files of this set, for a reader that takes their frames by byte offset.
+
+        Returns
+        -------
+        FrameFiles or None
+            The files, whether locations start with the file's number, and the frame
+            selection (``read_kwargs["index"]``); ``None`` when this set is read some other
+            way: structures in memory, another format (compressed files included), or
+            ``read_kwargs`` other than ``index`` and ``format``.
+        """
+        if self._kind not in (_FILE, _FILES):
+            return None
+        if set(self.read_kwargs) - {"index", "format"}:
+            return None
+        index = _frame_selection(self.read_kwargs.get("index"))
+        if index is None:
+            return None
+        paths = self.files()
+        if not all(_reads_as_extxyz(path, self.read_kwargs.get("format")) for path in paths):
+            return None
+        return FrameFiles(paths, self._kind == _FILES, index)
+
     def __add__(self, other):
         if not isinstance(other, ConfigSet):
             return NotImplemented
@@ -196,6 +220,60 @@ class ConfigSet:
         return "ConfigSet(empty)"
 
     __str__ = __repr__
+
+
+class FrameFiles(NamedTuple):
+    """What :meth:`ConfigSet.frame_files` gives: how a set of extended-XYZ files is iterated.
+
+    Attributes
+    ----------
+    paths : list of Path
+        The files, in iteration order.
+    numbered : bool
+        Locations start with the file's number (a set of several files, or of a glob).
+    index : slice
+        The frames read from each file: ``read_kwargs["index"]`` as :func:`ase.io.iread`
+        takes it (an int ``i`` is ``slice(i, i + 1)``).
+    """
+
+    paths: list
+    numbered: bool
+    index: object
+
+
+# Compressed files are decompressed by ASE: their bytes are not the frames' text.
+_COMPRESSED = (".gz", ".bz2", ".xz", ".lzma")
+
+
+def _frame_selection(index):
+    """``read_kwargs["index"]`` as the slice ASE's reader iterates over, or None when ASE would
+    take it otherwise (or refuse it: the error is then ASE's own)."""
+    from ase.io.formats import string2index
+
+    if index is None:
+        return slice(None)
+    if isinstance(index, str):
+        try:
+            index = string2index(index)
+        except ValueError:
+            return None
+    if isinstance(index, int) and not isinstance(index, bool):
+        return slice(index, (index + 1) or None)
+    return index if isinstance(index, slice) else None
+
+
+def _reads_as_extxyz(path, file_format):
+    """Whether ASE reads ``path`` with its extended-XYZ reader."""
+    if Path(path).suffix.lower() in _COMPRESSED:
+        return False
+    if file_format:
+        return file_format == "extxyz"
+    from ase.io.formats import UnknownFileTypeError, filetype
+
+    try:
+        return filetype(str(path), read=True) == "extxyz"
+    except (UnknownFileTypeError, OSError, ValueError):
+        return False
 
 
 def _classify(items, root):
@@ -480,7 +558,7 @@ class OutputSpec:
                 place_in_tree(self.configs, loc, configs)
             else:
                 self.configs.append(configs)
-            self.n_stored += sum(1 for _ in _nested(configs, ()))
+            self.n_stored += sum(1 for _ in nested_structures(configs))
             return
         self.claim()
         self.store_rendered(self.render(configs, input_CS_loc))
@@ -506,38 +584,20 @@ class OutputSpec:
         if self.files is None:
             raise ValueError("render() is for outputs to files; store() keeps outputs in memory")
         loc, next_index = self._resolve_location(parse_location(input_CS_loc))
-        if self.single_file:
-            file_i, stored_loc = 0, loc
-        else:
-            if not loc:
-                raise ValueError("OutputSpec with several files needs input_CS_loc in store(): its first "
-                                 "level picks the file")
-            file_i, stored_loc = loc[0], loc[1:]
-            if file_i >= len(self.files):
-                raise ValueError(f"location {format_location(loc)!r} picks output file {file_i}, but only "
-                                 f"{len(self.files)} files were given: {[str(f) for f in self.files]}")
-        texts = [self._render_one(atoms, sub_loc, file_i) for sub_loc, atoms in _nested(configs, stored_loc)]
+        rendered = self.renderer().render(configs, loc)
         self._next_index, self._stored_any = next_index, True
-        return RenderedOutput(file_i, "".join(texts), len(texts))
+        return rendered
 
-    def _render_one(self, atoms, loc, file_i):
-        # rendered with its location and the tags, leaving the caller's structure as it was
-        saved = atoms.info
-        info = dict(saved)
-        if loc:
-            info[LOC_KEY] = format_location(loc)
-        else:
-            # at the top of its file: a location left from the input must not be written
-            info.pop(LOC_KEY, None)
-        info.update(self.tags)
-        atoms.info = info
-        try:
-            return render(atoms, self._file_write_kwargs[file_i])
-        except UnwritableOutput as exc:
-            raise OutputFormatError(f"output at {format_location(loc)!r} of {str(self.paths[file_i])!r} "
-                                    f"cannot be written: {exc}") from None
-        finally:
-            atoms.info = saved
+    def renderer(self):
+        """An :class:`~wfl_like.io.renderer.OutputRenderer` for these files: what rendering an output
+        needs (file layout, write arguments, tags), picklable, to render in another process.
+
+        Its ``render(configs, loc)`` takes the input's location as a tuple, resolved: outputs
+        without a location are numbered by :meth:`render` only.
+        """
+        if self.files is None:
+            raise ValueError("renderer() is for outputs to files; outputs in memory are stored as they are")
+        return OutputRenderer(self.paths, self.single_file, self._file_write_kwargs, self.tags)
 
     def store_rendered(self, rendered):
         """Write what :meth:`render` gave (the files must be claimed: :meth:`claim`)."""
@@ -662,14 +722,6 @@ class OutputSpec:
         return f"OutputSpec({where})"
 
 
-class RenderedOutput(NamedTuple):
-    """One output as the text it adds to its file (from :meth:`OutputSpec.render`)."""
-
-    file_i: int
-    text: str
-    count: int
-
-
 def _check_directory(directory):
     """Create an output directory, and refuse one that cannot be written, before any work."""
     try:
@@ -678,13 +730,3 @@ def _check_directory(directory):
         raise PermissionError(f"cannot create output directory {str(directory)!r}: {exc.strerror}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(f"output directory {str(directory)!r} is not writable")
-
-
-def _nested(configs, loc):
-    """``(location, Atoms)`` for an output that is an Atoms or a nested list of them."""
-    if isinstance(configs, Atoms):
-        yield loc, configs
-        return
-    for i, item in enumerate(configs):
-        if item is not None:
-            yield from _nested(item, loc + (i,))

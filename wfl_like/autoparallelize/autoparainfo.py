@@ -17,7 +17,11 @@ _DEFAULTS = {
     "cache": None,
     "cache_extra": None,
     "executor": None,
+    "workers_read_files": None,
 }
+
+WORKERS_READ_FILES_ENV = "WFL_LIKE_WORKERS_READ_FILES"
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 # wfl options for its remote job submission (ExPyRe), which wfl_like does not have:
 # accepted when empty (wfl scripts pass None), refused otherwise.
@@ -91,6 +95,15 @@ class AutoparaInfo:
         with each chunk and set up (with the initializer) once per process there.
         ``num_python_subprocesses`` is then ignored, and ``timeout`` cannot be enforced
         (the executor's workers are not ours to kill).
+    workers_read_files : bool, optional
+        For inputs in extended-XYZ files: the workers read and parse their frames and
+        write their outputs as text themselves, and the driver only moves bytes (byte
+        ranges out, text back).  ``False``: the driver parses the inputs and sends the
+        structures, as for inputs in memory; needed where the workers cannot open the
+        input files by the driver's paths (an executor whose workers run on machines
+        without the driver's filesystem).  Default: the env var
+        ``WFL_LIKE_WORKERS_READ_FILES`` (``0`` or ``1``), else ``True``.  Outputs are the
+        same either way.
 
     Raises
     ------
@@ -168,6 +181,8 @@ class AutoparaInfo:
         if self.executor is not None and not callable(getattr(self.executor, "submit", None)):
             raise TypeError(f"executor must be a concurrent.futures.Executor (with a submit method), "
                             f"not {type(self.executor).__name__}")
+        if self.workers_read_files is not None and not isinstance(self.workers_read_files, bool):
+            raise TypeError(f"workers_read_files must be True, False or None, not {self.workers_read_files!r}")
         init = self.initializer
         if (not isinstance(init, (tuple, list)) or len(init) != 2
                 or not (init[0] is None or callable(init[0]))):
@@ -179,6 +194,26 @@ class AutoparaInfo:
 
     def __repr__(self):
         return "AutoparaInfo(" + ", ".join(f"{k}={v!r}" for k, v in self._given.items()) + ")"
+
+
+def workers_read_files(option):
+    """Whether the workers read the input files themselves: ``option``, else
+    ``$WFL_LIKE_WORKERS_READ_FILES``, else True.
+
+    Raises
+    ------
+    ValueError
+        The env var is set to something other than a yes or a no; the message names it.
+    """
+    if option is not None:
+        return option
+    text = os.environ.get(WORKERS_READ_FILES_ENV, "").strip().lower()
+    if not text:
+        return True
+    if text in _YES or text in _NO:
+        return text in _YES
+    raise ValueError(f"environment variable {WORKERS_READ_FILES_ENV}={text!r} is not 0 or 1; set it to 0 for the "
+                     f"driver to read the input files, 1 (or unset it) for the workers to read them")
 
 
 def _check_names(options, where):

@@ -1,6 +1,7 @@
 """The front door: :func:`autoparallelize` (its decorator form is in :mod:`.wrap`)."""
 
 import contextlib
+import itertools
 import logging
 import warnings
 from pathlib import Path
@@ -9,13 +10,15 @@ import numpy as np
 from ase import Atoms
 
 from wfl_like.autoparallelize.workers import mpi as mpipool_support
-from wfl_like.autoparallelize.autoparainfo import AutoparaInfo
+from wfl_like.autoparallelize.autoparainfo import AutoparaInfo, workers_read_files
 from wfl_like.autoparallelize.resume.cache import RunCache, inputs_fingerprint, journal_location
 from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
+from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, frame_items
 from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_runner, num_workers
+from wfl_like.autoparallelize.workers.frames_task import FramesCall, check_output
 from wfl_like.autoparallelize.workers.opcall import PER_ITEM_INFO, OpCall, in_worker, op_name, takes_argument
 from wfl_like.autoparallelize.supervisor import one_line_reason, run_in_order
-from wfl_like.configset import ConfigSet, OutputSpec
+from wfl_like.configset import ConfigSet, OutputSpec, RenderedOutput
 from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError, OutputIsInputError
 from wfl_like.io.ownership import FOREIGN, WRITE
 
@@ -199,7 +202,9 @@ def _compute(call, inputs, outputs, info, rng, cache):
     # in wfl's words, so that what a wfl user greps for is there
     log.info("%s: %s, num_inputs_per_python_subprocess=%s", name, where, info.num_inputs_per_python_subprocess)
     sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
-    chunks = make_chunks(inputs, sizer or info.num_inputs_per_python_subprocess, rng,
+    items, call = _items_and_call(inputs, outputs, call, info, hashed=cache is not None)
+    rendered_by_workers = isinstance(call, FramesCall) and call.renderer is not None
+    chunks = make_chunks(items, sizer or info.num_inputs_per_python_subprocess, rng,
                          lookup=cache.lookup if cache is not None else None)
     initializer_timeout = info.initializer_timeout
     if initializer_timeout is None and info.initializer[0] is not None:
@@ -210,7 +215,33 @@ def _compute(call, inputs, outputs, info, rng, cache):
         results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
                                chunk_size=sizer)
         with contextlib.closing(results):      # an error while storing withdraws the queued chunks
-            return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast)
+            return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast,
+                              rendered_by_workers=rendered_by_workers)
+
+
+def _items_and_call(inputs, outputs, call, info, hashed):
+    """What the chunks are made of, and the call that runs them.
+
+    Inputs in extended-XYZ files go as their frames' byte ranges, and the workers read
+    them (and render file outputs) themselves; anything else goes as the items, to ``call``.
+    """
+    frame_files = inputs.frame_files() if isinstance(inputs, ConfigSet) else None
+    if frame_files is None or not workers_read_files(info.workers_read_files):
+        return inputs, call
+    items = frame_items(frame_files, hashed=hashed)
+    if outputs is None or outputs.files is None:
+        return items, FramesCall(call)
+    renderer = outputs.renderer()
+    if not renderer.single_file:
+        # refused where the driver meets the item, as when it stored there: before its chunk runs
+        items = _with_file_checked(items, renderer)
+    return items, FramesCall(call, renderer, info.skip_failed)
+
+
+def _with_file_checked(items, renderer):
+    for item in items:
+        renderer.file_of(item.location)
+        yield item
 
 
 # A run whose first this-many items all failed for one same reason, with no success at
@@ -219,12 +250,15 @@ def _compute(call, inputs, outputs, info, rng, cache):
 FAIL_FAST_AFTER = 10
 
 
-def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True):
+def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, rendered_by_workers=False):
     """Check, journal, then store, each chunk's outputs as it comes.
 
-    File outputs are rendered to their final text before they are journaled: an output
-    the file cannot hold is a failed item (never journaled as done), so that
-    ``errors="skip"`` completes and a rerun does not fail the same way.
+    File outputs are rendered to their final text before they are journaled (by the
+    workers, for inputs they read themselves): an output the file cannot hold is a failed
+    item (never journaled as done), so that ``errors="skip"`` completes and a rerun does
+    not fail the same way.  A frame that a worker could not parse stops the call, once
+    what came back before it is journaled.  ``rendered_by_workers``: the outputs computed
+    come as the RenderedOutput of their text (the frames path with file outputs).
 
     Returns
     -------
@@ -232,6 +266,7 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True):
         The failures of the whole run, and the number of input items.
     """
     failures, succeeded, n_items = [], 0, 0
+    to_files = outputs is not None and outputs.files is not None
     for result in results:
         done, failed, rendered = [], list(result.failures), []
         failed_indices = {failure.index for failure in failed}
@@ -239,10 +274,17 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True):
         for index, output in zip(result.chunk.indices, result.outputs):
             if index in failed_indices:
                 continue
+            if isinstance(output, Unstorable):
+                failed.append(FailedItem(index, output.reason, "", output.error))
+                continue
             try:
-                _check_output(output, outputs, name, skip_failed)
-                if output is not None and outputs is not None and outputs.files is not None:
-                    rendered.append(outputs.render(output, locations[index] or ""))
+                if to_files:
+                    as_text = rendered_by_workers or result.chunk.cached is not None
+                    text = _rendered(output, outputs, name, skip_failed, locations[index], as_text)
+                    if text is not None:
+                        rendered.append(text)
+                else:
+                    _check_output(output, outputs, name, skip_failed)
             except OpOutputError as exc:
                 # the record names the item; the reason keeps the exception's own type
                 reason = one_line_reason(exc)
@@ -252,11 +294,16 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True):
                                f"computes it again)")
                 failed.append(FailedItem(index, reason, "", exc))
                 continue
+            # journaled as it came: text stays text; objects stay objects, since the text of an
+            # output stored without a location holds the number it was given in this run
             done.append((index, output))
         if cache is not None:
             cache.record(result.chunk, done, failed)
-        if outputs is not None and outputs.files is not None:
-            for text in rendered:
+        unreadable = next((f.exception for f in failed if isinstance(f.exception, FrameReadError)), None)
+        if unreadable is not None:
+            raise unreadable
+        if to_files:
+            for text in _joined(rendered):
                 outputs.store_rendered(text)
         elif outputs is not None:
             for index, output in done:
@@ -271,16 +318,43 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True):
     return failures, n_items
 
 
+def _rendered(output, outputs, name, skip_failed, location, as_text):
+    """The RenderedOutput of one item's output for file ``outputs`` (None for no output).
+
+    Where outputs may come as text (``as_text``: rendered by a worker, or reused from the
+    journal), a RenderedOutput is checked to fit the files and taken as it is; objects are
+    checked and rendered here.
+    """
+    if as_text and isinstance(output, RenderedOutput):
+        if not (isinstance(output.text, str) and 0 <= output.file_i < len(outputs.files)
+                and isinstance(output.count, int) and output.count >= 0):
+            raise OpOutputError(f"the rendered output of {name} does not fit {[str(p) for p in outputs.paths]} "
+                                f"(file {output.file_i!r}, {type(output.text).__name__} text)")
+        return output
+    _check_output(output, outputs, name, skip_failed)
+    if output is None:
+        return None
+    return outputs.render(output, location or "")
+
+
+def _joined(rendered):
+    """Consecutive outputs to one file as one text: a chunk is written with one write (and one flush)
+    per file it goes to, not one per structure."""
+    for file_i, group in itertools.groupby(rendered, key=lambda output: output.file_i):
+        group = list(group)
+        if len(group) == 1:
+            yield group[0]
+        else:
+            yield RenderedOutput(file_i, "".join(output.text for output in group), sum(o.count for o in group))
+
+
 def _check_output(output, outputs, name, skip_failed):
     """Refuse (OpOutputError) an item's output that cannot be stored."""
-    if output is None:
-        if not skip_failed:
-            raise OpOutputError(f"operation {name} returned None and skip_failed is False")
-        return
-    if outputs is not None and not _is_atoms_tree(output):
+    if outputs is None:
+        where = None
+    else:
         where = [str(p) for p in outputs.paths] if outputs.files is not None else "an OutputSpec in memory"
-        raise OpOutputError(f"operation {name} returned a {type(output).__name__}; only Atoms (or nested lists "
-                            f"of Atoms) can be stored in {where} (outputs=None takes any value)")
+    check_output(output, name, skip_failed, where)
 
 
 def _refuse_output_over_input(inputs, outputs):
@@ -322,8 +396,3 @@ def _check_arguments(name, inputs, outputs, info, rng, args):
         raise TypeError(f"iterable_arg={info.iterable_arg} but only {len(args)} positional arguments "
                         f"were given to {name}")
 
-
-def _is_atoms_tree(value):
-    if isinstance(value, Atoms):
-        return True
-    return isinstance(value, (list, tuple)) and all(item is None or _is_atoms_tree(item) for item in value)

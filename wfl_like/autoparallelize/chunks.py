@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ase import Atoms
 
+from wfl_like.autoparallelize.frame_items import FrameItem
 from wfl_like.configset import ConfigSet
 from wfl_like.locations import location_of
 
@@ -45,7 +46,9 @@ class Chunk:
 
 
 def location_of_item(item):
-    """An input's location: stored in an ``Atoms``, or a ``ConfigSet`` group's own."""
+    """An input's location: stored in an ``Atoms``, a frame's own, or a ``ConfigSet`` group's own."""
+    if isinstance(item, FrameItem):
+        return item.location
     if isinstance(item, Atoms):
         return location_of(item)
     if isinstance(item, ConfigSet):
@@ -70,7 +73,9 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
     Parameters
     ----------
     inputs : iterable
-        Any iterable; it is consumed one chunk at a time.
+        Any iterable; it is consumed one chunk at a time.  The frames of input files
+        (:func:`~wfl_like.autoparallelize.frame_items.frame_items`) are chunked like any
+        other items.
     chunk_size : int or AdaptiveChunkSize
         Items per chunk (the last one may be shorter); an :class:`AdaptiveChunkSize` is
         asked again for each new chunk.
