@@ -7,14 +7,24 @@ that it cannot break again.
 """
 
 import io
+import subprocess
+import sys
 import warnings
 
 import ase.io
 import numpy as np
+import pytest
 from ase.build import bulk
 
+from wfl_like.io import fastread
+from wfl_like.io.fastread import READER_ENV, read_frames
 from wfl_like.io.fastwrite import extxyz_text
+from wfl_like.io.frames import index_frames
 from wfl_like.io.render import WRITER_ENV, render
+
+HAVE_C = fastread._c_parser() is not None
+MODES = [pytest.param("c", marks=pytest.mark.skipif(not HAVE_C, reason="extxyz (libextxyz) not installed")), "ase"]
+TWO_CU = "Cu 0.0 0.0 0.0\nCu 1.0 1.0 1.0\n"
 
 
 def ase_text(atoms):
@@ -42,3 +52,65 @@ def test_masked_array_in_info_is_written_as_ase_writes_it(monkeypatch):
     assert fast is None or fast == want
     monkeypatch.setenv(WRITER_ENV, "auto")
     assert render(atoms, {"format": "extxyz"}) == want
+
+
+# --- the reader -----------------------------------------------------------------------
+
+
+def read_as_ase(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ase.io.read(path, ":", format="extxyz", parallel=False)
+
+
+def read_fast(path):
+    index = index_frames(path, use_cache=False)
+    return [atoms for i in range(index.n_frames)
+            for atoms in read_frames(path, *index.byte_range(i), first_frame=i, first_line=index.line(i))]
+
+
+def assert_read_as_ase(path):
+    from test_io_fastread import assert_same_frames
+
+    assert_same_frames(read_fast(path), read_as_ase(path))
+
+
+def test_count_the_c_parser_reads_as_zero_does_not_crash_the_process(tmp_path):
+    # Python's int() reads "0_2" as 2; libextxyz reads 0 and then crashed the process
+    path = tmp_path / "underscore.xyz"
+    path.write_text("0_2\na=1\n" + TWO_CU)
+    script = ("import sys, test_io_attacks as t; "
+              "frames = t.read_fast(sys.argv[1]); print(len(frames), len(frames[0]))")
+    done = subprocess.run([sys.executable, "-c", script, str(path)],
+                          capture_output=True, text=True, timeout=120, env=_env_with_tests_on_path(READER_ENV, "c"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "2"]
+    assert_read_as_ase(path)
+
+
+def _env_with_tests_on_path(name, value):
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ)
+    env[name] = value
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("comment", ['a="" b=1', "a='' b=1 c=2", "a={} b=1", "a=[] b=1", 'b=1 a=""'])
+def test_empty_delimited_value_reads_as_ase_reads_it(tmp_path, monkeypatch, mode, comment):
+    # ASE's parser takes the pair after an empty "" as the value's text
+    monkeypatch.setenv(READER_ENV, mode)
+    path = tmp_path / "empty.xyz"
+    path.write_text(f"2\n{comment}\n" + TWO_CU)
+    assert_read_as_ase(path)
+
+
+@pytest.mark.parametrize("header", ["\u0662", "\u0662 ", "2\u00a0", "\u20032"])
+def test_count_in_other_digits_reads_as_ase_reads_it(tmp_path, header):
+    # ASE's int(line) takes any Unicode digits and white space
+    path = tmp_path / "digits.xyz"
+    path.write_text(f"{header}\na=1\n" + TWO_CU, encoding="utf-8")
+    assert_read_as_ase(path)

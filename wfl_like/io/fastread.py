@@ -258,6 +258,8 @@ _FOREIGN_LOGICAL = re.compile(rb"(?<!\S)(?:TRUE|FALSE|true|false)(?!\S)")
 # Integers that may not fit the 32 bits of an integer column (libextxyz wraps them).
 _LONG_INTEGER = re.compile(rb"\s[+-]?[0-9]{10,}(?:\s|\Z)")
 _ALL_BYTES = bytes(range(256))
+# A header line whose count libextxyz reads as Python does: digits only, and fewer than 2**31.
+_PLAIN_HEADER = re.compile(rb"[ \t]*[1-9][0-9]{0,8}[ \t]*\r?\n")
 _PROPERTY = r"[A-Za-z_][A-Za-z0-9_]*:[RISL]:[1-9][0-9]*"
 _PLAIN_PROPERTIES = re.compile(rf"{_PROPERTY}(?::{_PROPERTY})*", re.ASCII)
 _DEFAULT_PROPERTIES = "species:S:1:pos:R:3"
@@ -267,6 +269,10 @@ _C_DTYPES = {"R": np.dtype(np.float64), "I": np.dtype(np.int32), "L": np.dtype(b
 def _parse_with_c(parser, memory, data, span, seen):
     """The frame as ASE reads it, parsed by libextxyz; None where that may differ."""
     if span.n_vec or span.n_atoms == 0 or memory.address is None:
+        return None
+    if not _PLAIN_HEADER.fullmatch(data, span.start, span.comment_start):
+        # libextxyz reads the count its own way: "0_2" (2 to Python) is 0 to it, and it
+        # crashes the process on a frame it reads as empty
         return None
     info = _comment_info(data[span.comment_start:span.comment_end], parser.ase, seen)
     if info is None:
@@ -397,7 +403,8 @@ def _atomic_number(symbol):
 # one split alike: a bare key, and a bare value or one delimited value ("...", '...',
 # {...}, [...]) without backslashes; a key without a value means True.
 _BARE = r"[^\s=\"'{}\[\]\\]+"
-_PAIR = re.compile(rf"""({_BARE})(?:\s*=\s*("[^"\\]*"|'[^'\\]*'|\{{[^}}\\]*\}}|\[[^\]\\]*\]|{_BARE}))?(?:\s+|$)""")
+# (an empty delimited value makes ASE's parser take the next pair as its text: left to ASE)
+_PAIR = re.compile(rf"""({_BARE})(?:\s*=\s*("[^"\\]+"|'[^'\\]+'|\{{[^}}\\]+\}}|\[[^\]\\]+\]|{_BARE}))?(?:\s+|$)""")
 _PAIRS = re.compile(rf"(?:{_PAIR.pattern})*")
 _DELIMITERS = frozenset("\"'{[")
 _WORDS = re.compile(r"[^\s,]+")

@@ -40,6 +40,7 @@ line without a line end counts as a line.
 from __future__ import annotations
 
 import hashlib
+import locale
 import logging
 import mmap
 import os
@@ -295,12 +296,21 @@ def _atom_count(header, source, frame, line_no):
         # int() takes bytes with surrounding whitespace, as ASE's int(line) takes the text
         n_atoms = int(header)
     except ValueError:
-        n_atoms = -1
+        n_atoms = _atom_count_of_text(header)
     if n_atoms < 0:
         text = header.decode("utf-8", "replace").strip()
         shown = text if len(text) <= 60 else text[:60] + "..."
         raise _frame_error(source, frame, line_no, f"expected the number of atoms, found {shown!r}")
     return n_atoms
+
+
+def _atom_count_of_text(header):
+    """The count ASE's ``int(line)`` reads from the decoded header (other digits and white
+    space than ASCII's), or -1."""
+    try:
+        return int(header.decode(locale.getpreferredencoding(False)))
+    except (ValueError, LookupError):
+        return -1
 
 
 def _frame_error(source, frame, line_no, what):
