@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
+from wfl_like.errors import InputFileError
 from wfl_like.io import fastread
 from wfl_like.io.fastread import READER_ENV, read_frames
 from wfl_like.io.fastwrite import extxyz_text
@@ -114,3 +115,36 @@ def test_count_in_other_digits_reads_as_ase_reads_it(tmp_path, header):
     path = tmp_path / "digits.xyz"
     path.write_text(f"{header}\na=1\n" + TWO_CU, encoding="utf-8")
     assert_read_as_ase(path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("z_column", ["Z:S:1", "Z:R:1"])
+def test_z_column_is_given_to_atoms_as_ase_gives_it(tmp_path, monkeypatch, mode, z_column):
+    # ASE passes a Z column as Atoms' first argument: strings in it are symbols, so '1'
+    # is refused there (KeyError) while Atoms(numbers=['1']) would take it as hydrogen
+    monkeypatch.setenv(READER_ENV, mode)
+    path = tmp_path / "z.xyz"
+    path.write_text(f"2\nProperties=species:S:1:pos:R:3:{z_column}\nHe 0 0 0 29\nHe 1 1 1 1\n"
+                    f"2\nProperties=pos:R:3:{z_column}\n0 0 0 29\n1 1 1 1\n")
+    try:
+        want = read_as_ase(path)
+    except KeyError:
+        with pytest.raises(InputFileError, match="frame 0"):
+            read_fast(path)
+    else:
+        from test_io_fastread import assert_same_frames
+
+        assert_same_frames(read_fast(path), want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("species_type", ["I", "R"])
+def test_numbers_in_the_species_column_are_refused_with_the_frame(tmp_path, monkeypatch, mode, species_type):
+    # ASE fails on them with an AttributeError, which escaped the C path's fallback
+    monkeypatch.setenv(READER_ENV, mode)
+    path = tmp_path / "species.xyz"
+    path.write_text(f"2\nProperties=species:{species_type}:1:pos:R:3\n29 0 0 0\n1 1 1 1\n")
+    with pytest.raises(AttributeError):
+        read_as_ase(path)
+    with pytest.raises(InputFileError, match=r"species\.xyz.*frame 0 \(line 1\)"):
+        read_fast(path)

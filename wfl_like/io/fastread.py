@@ -300,8 +300,9 @@ def _parse_with_c(parser, memory, data, span, seen):
         return None
     try:
         return _assemble(info, arrays, properties, n_atoms, parser.ase)
-    except (ValueError, TypeError, KeyError, IndexError, AssertionError):
-        # whatever ASE's assembly would make of this frame, ASE makes it
+    except Exception:
+        # whatever ASE's assembly would make of this frame (an error of any kind, such as
+        # the AttributeError of numbers in the species column), ASE makes it
         return None
 
 
@@ -375,8 +376,13 @@ def _assemble(info, arrays, properties, n_atoms, ase_helpers):
     symbols = arrays.pop("symbols", None)
     if numbers is None and symbols is not None:
         numbers = np.array([_atomic_number(s) for s in symbols.tolist()], dtype=np.int64)
-    atoms = Atoms(numbers=numbers, positions=arrays.pop("positions", None), charges=arrays.pop("initial_charges", None),
-                  cell=cell, pbc=pbc, info=info)
+        atoms = Atoms(numbers=numbers, positions=arrays.pop("positions", None),
+                      charges=arrays.pop("initial_charges", None), cell=cell, pbc=pbc, info=info)
+    else:
+        # a Z column is given to Atoms as its first argument, as ASE does: strings in it are
+        # chemical symbols then, not numbers
+        atoms = Atoms(numbers, positions=arrays.pop("positions", None), charges=arrays.pop("initial_charges", None),
+                      cell=cell, pbc=pbc, info=info)
     if "move_mask" in arrays:
         move_mask = arrays.pop("move_mask").astype(bool)
         columns = properties["move_mask"][1]
