@@ -148,3 +148,18 @@ def test_numbers_in_the_species_column_are_refused_with_the_frame(tmp_path, monk
         read_as_ase(path)
     with pytest.raises(InputFileError, match=r"species\.xyz.*frame 0 \(line 1\)"):
         read_fast(path)
+
+
+@pytest.mark.parametrize("comment, location", [('tags="" _ConfigSet_loc=" / 3"', None),
+                                               ('_ConfigSet_loc="" a=" / 3"', "refused"),
+                                               ('_ConfigSet_loc=""', ()),
+                                               ('a=1 _ConfigSet_loc=" / 3"', (3,))])
+def test_stored_location_after_an_empty_value_is_what_ase_reads(tmp_path, comment, location):
+    # after an empty "" ASE's parser takes the next pair as the text of the empty one
+    path = tmp_path / "loc.xyz"
+    path.write_text(f"2\n{comment}\n" + TWO_CU)
+    if location == "refused":
+        with pytest.raises(InputFileError, match=r"loc\.xyz.*frame 0 \(line 2\).*_ConfigSet_loc"):
+            index_frames(path, use_cache=False)
+    else:
+        assert index_frames(path, use_cache=False).location(0) == location

@@ -498,7 +498,10 @@ def _stored_location(buffer, comment_start, comment_end, source, frame, line):
     before = buffer[comment_start:first]
     plain = (match is not None and (first == comment_start or buffer[first - 1:first] in (b" ", b"\t"))
              and buffer.find(key, first + 1, comment_end) == -1 and before.count(b'"') % 2 == 0
-             and len(before.translate(None, _NOT_PLAIN_BEFORE)) == len(before))
+             and len(before.translate(None, _NOT_PLAIN_BEFORE)) == len(before)
+             # ASE's parser takes the pair after an empty "" as that value's text
+             and b'""' not in before
+             and (match.group(1) != b"" or _NON_SPACE.search(buffer, match.end(), comment_end) is None))
     if plain:
         text = (match.group(1) if match.group(1) is not None else match.group(2)).decode("utf-8", "replace")
     else:
