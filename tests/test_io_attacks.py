@@ -163,3 +163,26 @@ def test_stored_location_after_an_empty_value_is_what_ase_reads(tmp_path, commen
             index_frames(path, use_cache=False)
     else:
         assert index_frames(path, use_cache=False).location(0) == location
+
+
+# --- the frame index ----------------------------------------------------------------------
+
+
+def test_sparse_file_of_zeros_is_refused_quickly_and_clearly(tmp_path):
+    # one "line" of 300 MB of zero bytes was copied (and decoded twice) to say it is no count;
+    # at 2 GB the copies ran out of memory and the map's BufferError hid the error
+    path = tmp_path / "sparse.xyz"
+    with open(path, "wb") as handle:
+        handle.truncate(300 * 2**20)
+    with pytest.raises(InputFileError, match=r"sparse\.xyz.*frame 0 \(line 1\): a line of 314572800 bytes"):
+        index_frames(path, use_cache=False)
+
+
+def test_long_blank_last_line_ends_the_file(tmp_path):
+    path = tmp_path / "blank_tail.xyz"
+    path.write_text("2\na=1\n" + TWO_CU + " " * 100_000 + "\n")
+    assert index_frames(path, use_cache=False).n_frames == 1
+    assert_read_as_ase(path)
+    path.write_text("2\na=1\n" + TWO_CU + " " * 100_000 + "\n2\na=1\n" + TWO_CU)
+    with pytest.raises(InputFileError, match=r"frame 1 \(line 5\): a blank line"):
+        index_frames(path, use_cache=False)

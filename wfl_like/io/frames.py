@@ -68,6 +68,9 @@ BLOCK_BYTES = 64 * 2**20
 INDEX_FORMAT = 1
 
 _MAX_VEC_LINES = 3
+# A header line longer than this is not an atom count (ASE's int() would take one padded
+# with this much white space; no writer pads so).
+_MAX_HEADER_BYTES = 4096
 _NON_SPACE = re.compile(rb"\S")
 # The location pair in its plain form (matched where the key starts): a quoted value or a bare one.
 _LOC_VALUE = re.compile(re.escape(LOC_KEY.encode()) + rb'[ \t]*=[ \t]*(?:"([^"\\\n]*)"|([^\s"\'{}\[\]\\]+))(?!\S)')
@@ -257,7 +260,7 @@ def frame_runs(buffer, source, *, first_frame=0, first_line=1):
     start, frame, line_no = 0, first_frame, first_line
     while start < size:
         header_end = lines.next()
-        header = bytes(buffer[start:header_end])
+        header = _header_line(buffer, start, header_end, source, frame, line_no)
         if not header.strip():
             if _NON_SPACE.search(buffer, header_end) is None:
                 return
@@ -285,6 +288,19 @@ def frame_runs(buffer, source, *, first_frame=0, first_line=1):
                 yield FrameRun(*run, n_atoms=n_atoms, n_vec=0, line=line_no)
                 start, frame = int(run[1][-1]), frame + len(run[0])
                 line_no += len(run[0]) * (n_atoms + 2)
+
+
+def _header_line(buffer, start, end, source, frame, line_no):
+    """The bytes of a header line; a long one (a file that is not XYZ, a sparse file of
+    zeros) is not copied: blank, it is empty, else it is refused naming how it starts."""
+    if end - start <= _MAX_HEADER_BYTES:
+        return bytes(buffer[start:end])
+    first = _NON_SPACE.search(buffer, start, end)
+    if first is None:
+        return b""
+    shown = bytes(buffer[first.start():first.start() + 60]).decode("utf-8", "replace")
+    raise _frame_error(source, frame, line_no, f"a line of {end - start} bytes where the number of atoms was "
+                                               f"expected, starting {shown!r}")
 
 
 def _strip_cr(buffer, start, end):
@@ -440,8 +456,9 @@ def _scan_file(path, size):
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
         try:
             offsets, lines, loc_frames, loc_starts, loc_values = _scan_buffer(buffer, str(path))
-        except InputFileError as exc:
+        except BaseException as exc:
             # the traceback's frames hold views of the map, which could then not be closed
+            # (a BufferError would hide the error, a MemoryError or an interrupt included)
             error = exc.with_traceback(None)
     if error is not None:
         raise error
