@@ -186,3 +186,23 @@ def test_long_blank_last_line_ends_the_file(tmp_path):
     path.write_text("2\na=1\n" + TWO_CU + " " * 100_000 + "\n2\na=1\n" + TWO_CU)
     with pytest.raises(InputFileError, match=r"frame 1 \(line 5\): a blank line"):
         index_frames(path, use_cache=False)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_frames_with_the_same_json_values_share_no_object(tmp_path, monkeypatch, mode):
+    # values converted once for all frames with the same text were given to every frame:
+    # a dict, or the inner lists of a nested list, changed in one frame changed in all
+    monkeypatch.setenv(READER_ENV, mode)
+    path = tmp_path / "json.xyz"
+    frame = "2\nd='_JSON {\"a\": [1]}' n='_JSON [[1, \"x\"]]' b=\"T F\" v=\"1 2\"\n" + TWO_CU
+    path.write_text(frame * 3)
+    first, second, third = read_frames(path, 0, path.stat().st_size)
+    first.info["d"]["a"].append(2)
+    first.info["n"][0].append(3)
+    first.info["b"].append(True)
+    first.info["v"][0] = 5
+    assert second.info["d"] == third.info["d"] == {"a": [1]}
+    assert second.info["n"] == [[1, "x"]]
+    assert second.info["b"] == [True, False]
+    assert second.info["v"].tolist() == [1, 2]
+    assert_read_as_ase(path)

@@ -33,6 +33,7 @@ to ASE), ``ase`` (ASE for every frame, for debugging).
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import io
@@ -460,13 +461,28 @@ def _comment_info(raw, ase_helpers, seen):
                 value = value[1:-1]
             known = seen.get((key, value))
             if known is None:
-                known = _info_value(key, value, ase_helpers)
+                converted = _info_value(key, value, ase_helpers)
+                known = converted, _copier(converted)
                 if len(seen) < _SEEN_LIMIT:
                     seen[key, value] = known
-            info[key] = known.copy() if isinstance(known, (np.ndarray, list)) else known
+            converted, copier = known
+            info[key] = converted if copier is None else copier(converted)
     except (ValueError, OverflowError, TypeError):
         return None
     return info
+
+
+def _copier(value):
+    """How to copy a converted value for another frame, so that no two frames share a
+    mutable object (ASE's parser makes each anew): None for immutable values."""
+    if isinstance(value, np.ndarray):
+        return np.ndarray.copy
+    if isinstance(value, list) and all(type(item) in (bool, int, float, str) for item in value):
+        return list.copy
+    if isinstance(value, (list, dict)):
+        # _JSON text: nested lists and dicts
+        return copy.deepcopy
+    return None
 
 
 def _info_value(key, value, ase_helpers):
