@@ -206,3 +206,12 @@ def test_frames_with_the_same_json_values_share_no_object(tmp_path, monkeypatch,
     assert second.info["b"] == [True, False]
     assert second.info["v"].tolist() == [1, 2]
     assert_read_as_ase(path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bytes_with_a_lone_carriage_return_are_refused_by_the_reader_too(monkeypatch, mode):
+    # the C path read "a=1\rb=2" as one comment line where ASE ends the line at the \r
+    monkeypatch.setenv(READER_ENV, mode)
+    with pytest.raises(InputFileError, match=r"'mem\.xyz'.*carriage return .* at byte 5"):
+        fastread.parse_frames(b"1\na=1\rb=2\nCu 0 0 0\n", source="mem.xyz")
+    assert len(fastread.parse_frames(b"1\r\na=1\r\nCu 0 0 0\r\n", source="mem.xyz")) == 1

@@ -46,7 +46,7 @@ from functools import lru_cache
 import numpy as np
 
 from wfl_like.errors import InputFileError
-from wfl_like.io.frames import scan_frames
+from wfl_like.io.frames import refuse_lone_cr, scan_frames
 
 __all__ = ["READER_ENV", "parse_frames", "read_frames", "reader_mode"]
 
@@ -146,6 +146,9 @@ def _parse(data, source, first_frame, first_line, mode):
     if mode == "c" and parser is None:
         raise RuntimeError(f"{READER_ENV}=c but libextxyz's C parser cannot be used here (is the 'extxyz' package "
                            f"installed?); install it or set {READER_ENV}=auto")
+    # the index refuses such files; bytes given here are checked alike, as the C path
+    # would read past a carriage return that ASE takes for a line end
+    refuse_lone_cr(data, source)
     results, seen = [], {}
     with (_MemoryFile(data) if parser is not None else _NoFile()) as memory:
         for frame, span in enumerate(scan_frames(data, source, first_frame=first_frame, first_line=first_line),

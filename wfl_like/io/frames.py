@@ -56,7 +56,7 @@ from wfl_like.errors import InputFileError
 from wfl_like.locations import LOC_KEY, parse_location
 
 __all__ = ["BLOCK_BYTES", "FrameIndex", "FrameRun", "FrameSpan", "cache_dir", "frame_runs", "index_frames",
-           "scan_frames"]
+           "refuse_lone_cr", "scan_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -469,7 +469,7 @@ def _scan_file(path, size):
 
 
 def _scan_buffer(buffer, source):
-    _refuse_lone_cr(buffer, source)
+    refuse_lone_cr(buffer, source)
     ends, lines = [np.zeros(1, np.int64)], [np.zeros(0, np.int64)]
     loc_frames, loc_starts, loc_values = [], [0], []
     key = _LOC_KEY_BYTES
@@ -491,9 +491,13 @@ def _scan_buffer(buffer, source):
             loc_values)
 
 
-def _refuse_lone_cr(buffer, path):
-    """A carriage return not followed by a newline is a line end to ASE's reader (universal
-    newlines) but not to this scan: refuse such a file rather than split it differently."""
+def refuse_lone_cr(buffer, path):
+    """Raise InputFileError when ``buffer`` holds a carriage return not followed by a newline.
+
+    Such a return is a line end to ASE's reader (universal newlines) but not to this scan
+    or to libextxyz: such text is refused rather than split differently.  ``path`` names
+    the file in the message.
+    """
     if buffer.find(b"\r") == -1:
         return
     view = np.frombuffer(buffer, dtype=np.uint8)
@@ -502,7 +506,7 @@ def _refuse_lone_cr(buffer, path):
         followed = cr + 1 < len(view)
         if not followed.all() or not (view[cr[followed] + 1] == 10).all():
             lone = int(cr[~followed][0] if not followed.all() else cr[view[cr + 1] != 10][0])
-            raise InputFileError(f"could not index {str(path)!r}: a carriage return not followed by a newline at "
+            raise InputFileError(f"could not read {str(path)!r}: a carriage return not followed by a newline at "
                                  f"byte {lone} (old Mac line ends); convert the file to \\n or \\r\\n line ends")
 
 
