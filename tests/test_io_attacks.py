@@ -215,3 +215,13 @@ def test_bytes_with_a_lone_carriage_return_are_refused_by_the_reader_too(monkeyp
     with pytest.raises(InputFileError, match=r"'mem\.xyz'.*carriage return .* at byte 5"):
         fastread.parse_frames(b"1\na=1\rb=2\nCu 0 0 0\n", source="mem.xyz")
     assert len(fastread.parse_frames(b"1\r\na=1\r\nCu 0 0 0\r\n", source="mem.xyz")) == 1
+
+
+def test_selection_with_a_negative_step_and_a_stop_follows_ase_iread(tmp_path):
+    # ASE's reader finds frames only up to the stop: "5:1:-1" of 7 frames selects none
+    path = tmp_path / "seven.xyz"
+    path.write_text("".join(f"1\ni={i}\nH 0 0 0\n" for i in range(7)))
+    index = index_frames(path, use_cache=False)
+    for selection in ["5:1:-1", "6:0:-2", "::-1", "-1:-8:-1", "3:", "1:5:2", slice(4, 2, -1), slice(9, 3, -1), 8, "-2"]:
+        want = [atoms.info["i"] for atoms in ase.io.iread(path, index=selection, format="extxyz", parallel=False)]
+        assert index.select(selection).tolist() == want, selection

@@ -419,7 +419,12 @@ class FrameIndex:
         index = _parse_index(index, self.path)
         if not isinstance(index, slice):
             index = slice(index, (index + 1) or None)
-        return np.arange(self.n_frames, dtype=np.int64)[index]
+        n_seen = self.n_frames
+        if index.stop is not None and index.stop >= 0:
+            # ASE's reader stops looking for frames after frame number `stop` and slices
+            # only those: with a negative step, "5:1:-1" then selects nothing
+            n_seen = min(n_seen, index.stop + 1)
+        return np.arange(n_seen, dtype=np.int64)[index]
 
     def _arrays(self):
         return {"offsets": self.offsets, "loc_frames": self._loc_frames, "loc_starts": self._loc_starts,
