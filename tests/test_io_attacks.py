@@ -225,3 +225,20 @@ def test_selection_with_a_negative_step_and_a_stop_follows_ase_iread(tmp_path):
     for selection in ["5:1:-1", "6:0:-2", "::-1", "-1:-8:-1", "3:", "1:5:2", slice(4, 2, -1), slice(9, 3, -1), 8, "-2"]:
         want = [atoms.info["i"] for atoms in ase.io.iread(path, index=selection, format="extxyz", parallel=False)]
         assert index.select(selection).tolist() == want, selection
+
+
+@pytest.mark.parametrize("width", [1000, 2**31, 2**32 + 1])
+def test_properties_wider_than_the_atom_lines_are_refused_at_once(tmp_path, width):
+    # ASE builds a record type of that many fields before it finds the line short (hours
+    # at 2**31); libextxyz's 32-bit count wraps (2**32 + 1 + 4 values read as 5)
+    path = tmp_path / "wide.xyz"
+    path.write_text(f"2\nProperties=species:S:1:pos:R:3:x:R:{width}\nCu 0 0 0 1\nCu 1 1 1 1\n")
+    with pytest.raises(InputFileError, match=rf"wide\.xyz.*frame 0 \(line 1\).*declare {width + 4} values per atom"):
+        read_fast(path)
+
+
+def test_wide_properties_that_the_lines_hold_still_read_as_ase(tmp_path):
+    path = tmp_path / "wide_ok.xyz"
+    path.write_text("2\nProperties=species:S:1:pos:R:3:x:R:300\n" + "".join(
+        f"Cu {k} 0 0 " + " ".join(["1"] * 300) + "\n" for k in range(2)))
+    assert_read_as_ase(path)

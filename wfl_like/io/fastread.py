@@ -155,7 +155,12 @@ def _parse(data, source, first_frame, first_line, mode):
                                      start=first_frame):
             atoms = None
             if parser is not None:
-                atoms = _parse_with_c(parser, memory, data, span, seen)
+                try:
+                    atoms = _parse_with_c(parser, memory, data, span, seen)
+                except _TooFewValues as exc:
+                    raise InputFileError(f"could not read {source!r} at frame {frame} (line {span.line}): its "
+                                         f"Properties declare {exc.width} values per atom, more than its atom lines "
+                                         f"hold; check that the file is complete and in extended XYZ format") from None
             if atoms is not None:
                 results.append((atoms, True))
             else:
@@ -267,6 +272,8 @@ _PLAIN_HEADER = re.compile(rb"[ \t]*[1-9][0-9]{0,8}[ \t]*\r?\n")
 _PROPERTY = r"[A-Za-z_][A-Za-z0-9_]*:[RISL]:[1-9][0-9]*"
 _PLAIN_PROPERTIES = re.compile(rf"{_PROPERTY}(?::{_PROPERTY})*", re.ASCII)
 _DEFAULT_PROPERTIES = "species:S:1:pos:R:3"
+# Properties declaring more values per atom than this are checked against the atom lines' size.
+_CHECKED_WIDTH = 256
 _C_DTYPES = {"R": np.dtype(np.float64), "I": np.dtype(np.int32), "L": np.dtype(bool), "S": None}
 
 
@@ -284,6 +291,12 @@ def _parse_with_c(parser, memory, data, span, seen):
     properties_text = info.pop("Properties", _DEFAULT_PROPERTIES)
     if not isinstance(properties_text, str) or not _PLAIN_PROPERTIES.fullmatch(properties_text):
         return None
+    width = _values_per_atom(properties_text)
+    if width > _CHECKED_WIDTH and 2 * width * span.n_atoms > span.end - span.comment_end:
+        # a value and its separator take two bytes at least, so some atom line is short of
+        # values and ASE would refuse the frame, after building a record type of this many
+        # fields (hours for a width of 2**31, which also wraps libextxyz's count)
+        raise _TooFewValues(width)
     try:
         properties, names = _parsed_properties(properties_text, parser.ase["parse_properties"])
     except ValueError:
@@ -308,6 +321,19 @@ def _parse_with_c(parser, memory, data, span, seen):
         # whatever ASE's assembly would make of this frame (an error of any kind, such as
         # the AttributeError of numbers in the species column), ASE makes it
         return None
+
+
+class _TooFewValues(Exception):
+    """The atom lines cannot hold the values the Properties declare (``width`` per atom)."""
+
+    def __init__(self, width):
+        super().__init__(width)
+        self.width = width
+
+
+@lru_cache(maxsize=256)
+def _values_per_atom(properties_text):
+    return sum(int(count) for count in properties_text.split(":")[2::3])
 
 
 @lru_cache(maxsize=256)
