@@ -33,6 +33,7 @@ to ASE), ``ase`` (ASE for every frame, for debugging).
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import io
@@ -45,7 +46,7 @@ from functools import lru_cache
 import numpy as np
 
 from wfl_like.errors import InputFileError
-from wfl_like.io.frames import scan_frames
+from wfl_like.io.frames import refuse_lone_cr, scan_frames
 
 __all__ = ["READER_ENV", "parse_frames", "read_frames", "reader_mode"]
 
@@ -145,13 +146,21 @@ def _parse(data, source, first_frame, first_line, mode):
     if mode == "c" and parser is None:
         raise RuntimeError(f"{READER_ENV}=c but libextxyz's C parser cannot be used here (is the 'extxyz' package "
                            f"installed?); install it or set {READER_ENV}=auto")
+    # the index refuses such files; bytes given here are checked alike, as the C path
+    # would read past a carriage return that ASE takes for a line end
+    refuse_lone_cr(data, source)
     results, seen = [], {}
     with (_MemoryFile(data) if parser is not None else _NoFile()) as memory:
         for frame, span in enumerate(scan_frames(data, source, first_frame=first_frame, first_line=first_line),
                                      start=first_frame):
             atoms = None
             if parser is not None:
-                atoms = _parse_with_c(parser, memory, data, span, seen)
+                try:
+                    atoms = _parse_with_c(parser, memory, data, span, seen)
+                except _TooFewValues as exc:
+                    raise InputFileError(f"could not read {source!r} at frame {frame} (line {span.line}): its "
+                                         f"Properties declare {exc.width} values per atom, more than its atom lines "
+                                         f"hold; check that the file is complete and in extended XYZ format") from None
             if atoms is not None:
                 results.append((atoms, True))
             else:
@@ -258,9 +267,13 @@ _FOREIGN_LOGICAL = re.compile(rb"(?<!\S)(?:TRUE|FALSE|true|false)(?!\S)")
 # Integers that may not fit the 32 bits of an integer column (libextxyz wraps them).
 _LONG_INTEGER = re.compile(rb"\s[+-]?[0-9]{10,}(?:\s|\Z)")
 _ALL_BYTES = bytes(range(256))
+# A header line whose count libextxyz reads as Python does: digits only, and fewer than 2**31.
+_PLAIN_HEADER = re.compile(rb"[ \t]*[1-9][0-9]{0,8}[ \t]*\r?\n")
 _PROPERTY = r"[A-Za-z_][A-Za-z0-9_]*:[RISL]:[1-9][0-9]*"
 _PLAIN_PROPERTIES = re.compile(rf"{_PROPERTY}(?::{_PROPERTY})*", re.ASCII)
 _DEFAULT_PROPERTIES = "species:S:1:pos:R:3"
+# Properties declaring more values per atom than this are checked against the atom lines' size.
+_CHECKED_WIDTH = 256
 _C_DTYPES = {"R": np.dtype(np.float64), "I": np.dtype(np.int32), "L": np.dtype(bool), "S": None}
 
 
@@ -268,12 +281,22 @@ def _parse_with_c(parser, memory, data, span, seen):
     """The frame as ASE reads it, parsed by libextxyz; None where that may differ."""
     if span.n_vec or span.n_atoms == 0 or memory.address is None:
         return None
+    if not _PLAIN_HEADER.fullmatch(data, span.start, span.comment_start):
+        # libextxyz reads the count its own way: "0_2" (2 to Python) is 0 to it, and it
+        # crashes the process on a frame it reads as empty
+        return None
     info = _comment_info(data[span.comment_start:span.comment_end], parser.ase, seen)
     if info is None:
         return None
     properties_text = info.pop("Properties", _DEFAULT_PROPERTIES)
     if not isinstance(properties_text, str) or not _PLAIN_PROPERTIES.fullmatch(properties_text):
         return None
+    width = _values_per_atom(properties_text)
+    if width > _CHECKED_WIDTH and 2 * width * span.n_atoms > span.end - span.comment_end:
+        # a value and its separator take two bytes at least, so some atom line is short of
+        # values and ASE would refuse the frame, after building a record type of this many
+        # fields (hours for a width of 2**31, which also wraps libextxyz's count)
+        raise _TooFewValues(width)
     try:
         properties, names = _parsed_properties(properties_text, parser.ase["parse_properties"])
     except ValueError:
@@ -294,9 +317,23 @@ def _parse_with_c(parser, memory, data, span, seen):
         return None
     try:
         return _assemble(info, arrays, properties, n_atoms, parser.ase)
-    except (ValueError, TypeError, KeyError, IndexError, AssertionError):
-        # whatever ASE's assembly would make of this frame, ASE makes it
+    except Exception:
+        # whatever ASE's assembly would make of this frame (an error of any kind, such as
+        # the AttributeError of numbers in the species column), ASE makes it
         return None
+
+
+class _TooFewValues(Exception):
+    """The atom lines cannot hold the values the Properties declare (``width`` per atom)."""
+
+    def __init__(self, width):
+        super().__init__(width)
+        self.width = width
+
+
+@lru_cache(maxsize=256)
+def _values_per_atom(properties_text):
+    return sum(int(count) for count in properties_text.split(":")[2::3])
 
 
 @lru_cache(maxsize=256)
@@ -369,8 +406,13 @@ def _assemble(info, arrays, properties, n_atoms, ase_helpers):
     symbols = arrays.pop("symbols", None)
     if numbers is None and symbols is not None:
         numbers = np.array([_atomic_number(s) for s in symbols.tolist()], dtype=np.int64)
-    atoms = Atoms(numbers=numbers, positions=arrays.pop("positions", None), charges=arrays.pop("initial_charges", None),
-                  cell=cell, pbc=pbc, info=info)
+        atoms = Atoms(numbers=numbers, positions=arrays.pop("positions", None),
+                      charges=arrays.pop("initial_charges", None), cell=cell, pbc=pbc, info=info)
+    else:
+        # a Z column is given to Atoms as its first argument, as ASE does: strings in it are
+        # chemical symbols then, not numbers
+        atoms = Atoms(numbers, positions=arrays.pop("positions", None), charges=arrays.pop("initial_charges", None),
+                      cell=cell, pbc=pbc, info=info)
     if "move_mask" in arrays:
         move_mask = arrays.pop("move_mask").astype(bool)
         columns = properties["move_mask"][1]
@@ -397,7 +439,8 @@ def _atomic_number(symbol):
 # one split alike: a bare key, and a bare value or one delimited value ("...", '...',
 # {...}, [...]) without backslashes; a key without a value means True.
 _BARE = r"[^\s=\"'{}\[\]\\]+"
-_PAIR = re.compile(rf"""({_BARE})(?:\s*=\s*("[^"\\]*"|'[^'\\]*'|\{{[^}}\\]*\}}|\[[^\]\\]*\]|{_BARE}))?(?:\s+|$)""")
+# (an empty delimited value makes ASE's parser take the next pair as its text: left to ASE)
+_PAIR = re.compile(rf"""({_BARE})(?:\s*=\s*("[^"\\]+"|'[^'\\]+'|\{{[^}}\\]+\}}|\[[^\]\\]+\]|{_BARE}))?(?:\s+|$)""")
 _PAIRS = re.compile(rf"(?:{_PAIR.pattern})*")
 _DELIMITERS = frozenset("\"'{[")
 _WORDS = re.compile(r"[^\s,]+")
@@ -447,13 +490,28 @@ def _comment_info(raw, ase_helpers, seen):
                 value = value[1:-1]
             known = seen.get((key, value))
             if known is None:
-                known = _info_value(key, value, ase_helpers)
+                converted = _info_value(key, value, ase_helpers)
+                known = converted, _copier(converted)
                 if len(seen) < _SEEN_LIMIT:
                     seen[key, value] = known
-            info[key] = known.copy() if isinstance(known, (np.ndarray, list)) else known
+            converted, copier = known
+            info[key] = converted if copier is None else copier(converted)
     except (ValueError, OverflowError, TypeError):
         return None
     return info
+
+
+def _copier(value):
+    """How to copy a converted value for another frame, so that no two frames share a
+    mutable object (ASE's parser makes each anew): None for immutable values."""
+    if isinstance(value, np.ndarray):
+        return np.ndarray.copy
+    if isinstance(value, list) and all(type(item) in (bool, int, float, str) for item in value):
+        return list.copy
+    if isinstance(value, (list, dict)):
+        # _JSON text: nested lists and dicts
+        return copy.deepcopy
+    return None
 
 
 def _info_value(key, value, ase_helpers):

@@ -206,6 +206,9 @@ def _value_text(key, value):
     if isinstance(value, (bool, np.bool_)):
         return "T" if value else "F"
     if isinstance(value, np.ndarray):
+        if type(value) is not np.ndarray:
+            # a subclass (masked, matrix) may print and list its items its own way
+            raise _NotCovered(f"info {key!r} is a {type(value).__name__}, a subclass of numpy.ndarray")
         return _array_text(key, value)
     if isinstance(value, numbers.Real):
         return f"{value}"

@@ -40,6 +40,7 @@ line without a line end counts as a line.
 from __future__ import annotations
 
 import hashlib
+import locale
 import logging
 import mmap
 import os
@@ -55,7 +56,7 @@ from wfl_like.errors import InputFileError
 from wfl_like.locations import LOC_KEY, parse_location
 
 __all__ = ["BLOCK_BYTES", "FrameIndex", "FrameRun", "FrameSpan", "cache_dir", "frame_runs", "index_frames",
-           "scan_frames"]
+           "refuse_lone_cr", "scan_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ BLOCK_BYTES = 64 * 2**20
 INDEX_FORMAT = 1
 
 _MAX_VEC_LINES = 3
+# A header line longer than this is not an atom count (ASE's int() would take one padded
+# with this much white space; no writer pads so).
+_MAX_HEADER_BYTES = 4096
 _NON_SPACE = re.compile(rb"\S")
 # The location pair in its plain form (matched where the key starts): a quoted value or a bare one.
 _LOC_VALUE = re.compile(re.escape(LOC_KEY.encode()) + rb'[ \t]*=[ \t]*(?:"([^"\\\n]*)"|([^\s"\'{}\[\]\\]+))(?!\S)')
@@ -256,7 +260,7 @@ def frame_runs(buffer, source, *, first_frame=0, first_line=1):
     start, frame, line_no = 0, first_frame, first_line
     while start < size:
         header_end = lines.next()
-        header = bytes(buffer[start:header_end])
+        header = _header_line(buffer, start, header_end, source, frame, line_no)
         if not header.strip():
             if _NON_SPACE.search(buffer, header_end) is None:
                 return
@@ -286,6 +290,19 @@ def frame_runs(buffer, source, *, first_frame=0, first_line=1):
                 line_no += len(run[0]) * (n_atoms + 2)
 
 
+def _header_line(buffer, start, end, source, frame, line_no):
+    """The bytes of a header line; a long one (a file that is not XYZ, a sparse file of
+    zeros) is not copied: blank, it is empty, else it is refused naming how it starts."""
+    if end - start <= _MAX_HEADER_BYTES:
+        return bytes(buffer[start:end])
+    first = _NON_SPACE.search(buffer, start, end)
+    if first is None:
+        return b""
+    shown = bytes(buffer[first.start():first.start() + 60]).decode("utf-8", "replace")
+    raise _frame_error(source, frame, line_no, f"a line of {end - start} bytes where the number of atoms was "
+                                               f"expected, starting {shown!r}")
+
+
 def _strip_cr(buffer, start, end):
     return end - 1 if end > start and buffer[end - 1:end] == b"\r" else end
 
@@ -295,12 +312,21 @@ def _atom_count(header, source, frame, line_no):
         # int() takes bytes with surrounding whitespace, as ASE's int(line) takes the text
         n_atoms = int(header)
     except ValueError:
-        n_atoms = -1
+        n_atoms = _atom_count_of_text(header)
     if n_atoms < 0:
         text = header.decode("utf-8", "replace").strip()
         shown = text if len(text) <= 60 else text[:60] + "..."
         raise _frame_error(source, frame, line_no, f"expected the number of atoms, found {shown!r}")
     return n_atoms
+
+
+def _atom_count_of_text(header):
+    """The count ASE's ``int(line)`` reads from the decoded header (other digits and white
+    space than ASCII's), or -1."""
+    try:
+        return int(header.decode(locale.getpreferredencoding(False)))
+    except (ValueError, LookupError):
+        return -1
 
 
 def _frame_error(source, frame, line_no, what):
@@ -393,7 +419,12 @@ class FrameIndex:
         index = _parse_index(index, self.path)
         if not isinstance(index, slice):
             index = slice(index, (index + 1) or None)
-        return np.arange(self.n_frames, dtype=np.int64)[index]
+        n_seen = self.n_frames
+        if index.stop is not None and index.stop >= 0:
+            # ASE's reader stops looking for frames after frame number `stop` and slices
+            # only those: with a negative step, "5:1:-1" then selects nothing
+            n_seen = min(n_seen, index.stop + 1)
+        return np.arange(n_seen, dtype=np.int64)[index]
 
     def _arrays(self):
         return {"offsets": self.offsets, "loc_frames": self._loc_frames, "loc_starts": self._loc_starts,
@@ -430,8 +461,9 @@ def _scan_file(path, size):
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
         try:
             offsets, lines, loc_frames, loc_starts, loc_values = _scan_buffer(buffer, str(path))
-        except InputFileError as exc:
+        except BaseException as exc:
             # the traceback's frames hold views of the map, which could then not be closed
+            # (a BufferError would hide the error, a MemoryError or an interrupt included)
             error = exc.with_traceback(None)
     if error is not None:
         raise error
@@ -442,7 +474,7 @@ def _scan_file(path, size):
 
 
 def _scan_buffer(buffer, source):
-    _refuse_lone_cr(buffer, source)
+    refuse_lone_cr(buffer, source)
     ends, lines = [np.zeros(1, np.int64)], [np.zeros(0, np.int64)]
     loc_frames, loc_starts, loc_values = [], [0], []
     key = _LOC_KEY_BYTES
@@ -464,9 +496,13 @@ def _scan_buffer(buffer, source):
             loc_values)
 
 
-def _refuse_lone_cr(buffer, path):
-    """A carriage return not followed by a newline is a line end to ASE's reader (universal
-    newlines) but not to this scan: refuse such a file rather than split it differently."""
+def refuse_lone_cr(buffer, path):
+    """Raise InputFileError when ``buffer`` holds a carriage return not followed by a newline.
+
+    Such a return is a line end to ASE's reader (universal newlines) but not to this scan
+    or to libextxyz: such text is refused rather than split differently.  ``path`` names
+    the file in the message.
+    """
     if buffer.find(b"\r") == -1:
         return
     view = np.frombuffer(buffer, dtype=np.uint8)
@@ -475,7 +511,7 @@ def _refuse_lone_cr(buffer, path):
         followed = cr + 1 < len(view)
         if not followed.all() or not (view[cr[followed] + 1] == 10).all():
             lone = int(cr[~followed][0] if not followed.all() else cr[view[cr + 1] != 10][0])
-            raise InputFileError(f"could not index {str(path)!r}: a carriage return not followed by a newline at "
+            raise InputFileError(f"could not read {str(path)!r}: a carriage return not followed by a newline at "
                                  f"byte {lone} (old Mac line ends); convert the file to \\n or \\r\\n line ends")
 
 
@@ -488,7 +524,10 @@ def _stored_location(buffer, comment_start, comment_end, source, frame, line):
     before = buffer[comment_start:first]
     plain = (match is not None and (first == comment_start or buffer[first - 1:first] in (b" ", b"\t"))
              and buffer.find(key, first + 1, comment_end) == -1 and before.count(b'"') % 2 == 0
-             and len(before.translate(None, _NOT_PLAIN_BEFORE)) == len(before))
+             and len(before.translate(None, _NOT_PLAIN_BEFORE)) == len(before)
+             # ASE's parser takes the pair after an empty "" as that value's text
+             and b'""' not in before
+             and (match.group(1) != b"" or _NON_SPACE.search(buffer, match.end(), comment_end) is None))
     if plain:
         text = (match.group(1) if match.group(1) is not None else match.group(2)).decode("utf-8", "replace")
     else:
