@@ -25,6 +25,11 @@ from helpers import BIN, MPIEXEC
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
 from wfl_like.autoparallelize.frame_items import FrameItem, frame_items
+from wfl_like.autoparallelize.resume import stored
+from wfl_like.autoparallelize.resume.journal import Journal, journal_path
+from wfl_like.autoparallelize.workers.frames_task import FramesCall
+from wfl_like.autoparallelize.workers.opcall import OpCall
+from wfl_like.configset import RenderedOutput
 from wfl_like.errors import AutoparallelizeError, FailedItemsWarning, InputFileError
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -463,3 +468,98 @@ def test_mpi_ranks_write_the_same_bytes(tmp_path, varied_file):
     assert (tmp_path / "mpi-journal.xyz").read_bytes() == expected.read_bytes()
     for k in range(2):
         assert (tmp_path / f"mpi-{k}.xyz").read_bytes() == (tmp_path / "ref" / f"{k}.xyz").read_bytes()
+
+
+# --- a frame that moved is reused, its journaled text moved to its new place ------------------------
+
+def marking_op(items, markers, copy_location=False):
+    """Marks each item computed; a list of two structures for odd labels (sub-locations)."""
+    outputs = []
+    for atoms in items:
+        Path(markers, f"{atoms.info['label']}-{uuid.uuid4().hex}").touch()
+        atoms.info["value"] = float(atoms.positions.sum())
+        if copy_location:
+            atoms.info["seen_at"] = atoms.info["_ConfigSet_loc"]
+        if atoms.info["label"] % 2:
+            other = atoms.copy()
+            other.positions += 0.5
+            outputs.append([atoms, other])
+        else:
+            outputs.append(atoms)
+    return outputs
+
+
+def marking_run(inputs, names, directory, markers, copy_location=False, nproc=2, cache=None):
+    spec = OutputSpec(names, file_root=directory) if isinstance(names, list) else OutputSpec(directory / names)
+    markers.mkdir(exist_ok=True)
+    autoparallelize(marking_op, ConfigSet(inputs), spec, str(markers), copy_location,
+                    autopara_info={"num_python_subprocesses": nproc, "num_inputs_per_python_subprocess": 3,
+                                   "cache": cache})
+
+
+def test_frames_inserted_before_others_and_files_swapped_compute_only_the_new_ones_byte_for_byte(tmp_path):
+    frames = [varied_structures(5, offset=100 * k) for k in range(3)]
+    paths = [write_inputs(tmp_path / f"in{k}.xyz", frames[k]) for k in range(3)]
+    names = [f"out{k}.xyz" for k in range(3)]
+    markers = tmp_path / "markers"
+    marking_run(paths, names, tmp_path / "run", markers)
+    assert len(computed_labels(markers)) == 15
+
+    # a frame inserted at the start of two files, and the first two files swapped: every other frame
+    # is at another location, and the outputs of the first two files go to each other's file
+    write_inputs(paths[0], varied_structures(1, offset=900) + frames[0])
+    write_inputs(paths[2], varied_structures(1, offset=950) + frames[2])
+    swapped = [paths[1], paths[0], paths[2]]
+    marking_run(swapped, names, tmp_path / "run", markers)
+    assert computed_labels(markers)[15:] == [900, 950]
+    marking_run(swapped, names, tmp_path / "fresh", tmp_path / "fresh-markers", cache=False)
+    for name in names:
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+
+
+@pytest.mark.parametrize("nproc", [0, 2])
+def test_an_op_that_copies_its_location_is_computed_again_where_its_frame_moved(tmp_path, nproc):
+    # its text holds the old location elsewhere than in _ConfigSet_loc: not moved (no guess), computed
+    frames = varied_structures(4)
+    path = write_inputs(tmp_path / "in.xyz", frames)
+    markers = tmp_path / "markers"
+    marking_run(path, "out.xyz", tmp_path, markers, copy_location=True, nproc=nproc)
+    write_inputs(path, varied_structures(1, offset=900) + frames)
+    marking_run(path, "out.xyz", tmp_path, markers, copy_location=True, nproc=nproc)
+    assert computed_labels(markers) == sorted([0, 1, 2, 3] * 2 + [900])
+    marking_run(path, "fresh.xyz", tmp_path, tmp_path / "fresh-markers", copy_location=True, cache=False)
+    assert (tmp_path / "out.xyz").read_bytes() == (tmp_path / "fresh.xyz").read_bytes()
+
+
+# --- the workers compress the journal's texts ---------------------------------------------------------
+
+def test_a_worker_keeping_a_journal_packs_its_texts_and_the_driver_takes_only_a_matching_form(tmp_path):
+    path = write_inputs(tmp_path / "in.xyz", varied_structures(3) + [Atoms("Cu32", positions=np.zeros((32, 3)))])
+    items = list(frame_items(ConfigSet(path).frame_files(), hashed=True))
+    renderer = OutputSpec(tmp_path / "out.xyz").renderer()
+    call = OpCall(op=_label_op, args=(), kwargs={})
+    plain = FramesCall(call, renderer).run(0, items, [None] * len(items))
+    packed = FramesCall(call, renderer, journaled=True).run(0, items, [None] * len(items))
+    assert all(type(output) is RenderedOutput for output in plain)
+    assert all(type(output) is stored.PackedOutput for output in packed)
+    assert [output.rendered for output in packed] == plain
+    assert [output.packed for output in packed] == [stored.pack(output) for output in plain]
+    assert {output.packed.form for output in packed} == {stored.TEXT, stored.ZLIB}
+    assert stored.unwrapped(packed[0]) == (plain[0], packed[0].packed)
+    # a form that is not the text's own is not taken: the driver packs the text itself
+    wrong = stored.PackedOutput(plain[0], packed[0].packed._replace(count=5))
+    assert stored.unwrapped(wrong) == (plain[0], None)
+    assert stored.unwrapped(plain[0]) == (plain[0], None)
+
+
+def test_texts_packed_by_the_workers_read_back_as_the_run_wrote_them(tmp_path):
+    path = write_inputs(tmp_path / "in.xyz", varied_structures(12))
+    markers = tmp_path / "markers"
+    marking_run(path, "out.xyz", tmp_path, markers)
+    written = (tmp_path / "out.xyz").read_bytes()
+    with Journal(journal_path(tmp_path / "out.xyz"), read_only=True) as journal:
+        assert journal.counts() == {"done": 12, "failed": 0}
+    (tmp_path / "out.xyz").unlink()     # rebuilt from the journal alone
+    marking_run(path, "out.xyz", tmp_path, markers)
+    assert len(computed_labels(markers)) == 12
+    assert (tmp_path / "out.xyz").read_bytes() == written

@@ -1,4 +1,4 @@
-"""The journal keeps outputs made for files as their text (format 3).
+"""The journal keeps outputs made for files as their text (format 4: with the location it was rendered at).
 
 Real journals on disk through :class:`RunCache`, real driver processes killed with
 SIGKILL; no mocks.  Until workers render their outputs themselves, a small driver here
@@ -34,7 +34,8 @@ from wfl_like.autoparallelize.chunks import Chunk
 from wfl_like.autoparallelize.frame_items import FrameItem
 from wfl_like.autoparallelize.resume import stored
 from wfl_like.autoparallelize.resume.cache import RunCache
-from wfl_like.autoparallelize.resume.journal import Journal, journal_path
+from wfl_like.autoparallelize.resume.journal import FORMAT, Journal, journal_path
+from wfl_like.autoparallelize.resume.relocate import relocated
 from wfl_like.autoparallelize.workers.opcall import OpCall
 from wfl_like.cli import main as cli_main
 from wfl_like.configset import RenderedOutput
@@ -290,6 +291,10 @@ def test_a_decompression_bomb_in_the_journal_costs_no_memory(journaled):
     ("UPDATE items SET output=randomblob(1000) WHERE idx=?", (0,), 0, "damaged"),
     ("UPDATE items SET form=? WHERE idx=?", ("pickle", 1), 1, "unknown form"),
     ("UPDATE items SET form=? WHERE idx=?", ("codec", 1), 1, None),
+    ("UPDATE items SET loc=? WHERE idx=?", ("five", 1), 1, "is not of the form"),
+    ("UPDATE items SET loc=? WHERE idx=?", (" / -1", 0), 0, "is not of the form"),
+    ("UPDATE items SET loc=? WHERE idx=?", (b" / 1", 1), 1, "not a location"),
+    ("UPDATE items SET loc=NULL WHERE idx=?", (0,), 0, "not a location"),
 ])
 def test_a_tampered_text_in_the_journal_is_a_journal_error_naming_the_file_and_item(journaled, sql, params, index,
                                                                                      match):
@@ -334,14 +339,73 @@ def test_a_frame_is_recomputed_when_its_bytes_change_and_reused_where_they_are_t
     assert n_computed(markers) == 5
 
 
-def test_a_frame_without_stored_location_moved_elsewhere_is_computed_again(tmp_path):
+def test_a_frame_without_stored_location_moved_elsewhere_is_reused_with_its_text_moved_there(tmp_path):
     markers, out = markers_dir(tmp_path), tmp_path / "out.xyz"
     structures = cells(3, with_results=False)
     ase.io.write(tmp_path / "in.xyz", structures, format="extxyz")
     run_frames(tmp_path / "in.xyz", out, markers)
-    ase.io.write(tmp_path / "in.xyz", [structures[2], structures[1], structures[0]], format="extxyz")
-    # its place is part of its output (the location written): only the one that stayed is reused
-    assert run_frames(tmp_path / "in.xyz", out, markers) == 2
+    ase.io.write(tmp_path / "in.xyz", [cells(1, seed=9)[0], structures[2], structures[1], structures[0]],
+                 format="extxyz")
+    # found by its bytes; the text rendered at its old place is moved to its new one
+    assert run_frames(tmp_path / "in.xyz", out, markers) == 1
+    fresh = tmp_path / "fresh.xyz"
+    assert run_frames(tmp_path / "in.xyz", fresh, markers_dir(tmp_path, "fresh-markers")) == 4
+    assert out.read_bytes() == fresh.read_bytes()
+    # the rows reused keep their text and the place it was rendered at
+    assert [loc for (loc,) in db_rows(out, "SELECT loc FROM items ORDER BY idx")] == [" / 0", " / 2", " / 1", " / 0"]
+    assert run_frames(tmp_path / "in.xyz", out, markers) == 0 and out.read_bytes() == fresh.read_bytes()
+
+
+def db_rows(out, sql):
+    with sqlite3.connect(journal_path(out)) as db:
+        return db.execute(sql).fetchall()
+
+
+def two_structures(atoms):
+    other = atoms.copy()
+    other.positions += 0.25
+    return [atoms, other]
+
+
+@pytest.mark.parametrize("paths, old, new", [
+    ("a.xyz", (5,), (7,)), ("a.xyz", (5,), (12, 0)), ("a.xyz", (0, 5), (0, 5, 3)),
+    (["a.xyz", "b.xyz"], (0, 5), (1, 7)), (["a.xyz", "b.xyz"], (1, 5, 2), (0, 3, 2)),
+    (["a.xyz", "b.xyz"], (0,), (1,)),
+])
+@pytest.mark.parametrize("as_list", [False, True], ids=["one", "list"])
+def test_a_text_moved_is_what_rendering_at_the_new_place_gives_byte_for_byte(paths, old, new, as_list):
+    # the renderer decides file and written location, for the move as for rendering
+    renderer = OutputSpec(paths, tags={"campaign": "x / 4"}).renderer()
+    atoms = cells(1)[0]
+    atoms.info["note"] = "from / 3 / 1"      # other values keep their text
+    output = two_structures(atoms) if as_list else atoms
+    before, after = renderer.render(output, old), renderer.render(output, new)
+    (_, old_inner), (_, new_inner) = renderer.file_of(old), renderer.file_of(new)
+    assert relocated(before.text, before.count, old_inner, new_inner) == after.text
+    assert relocated(after.text, after.count, new_inner, old_inner) == before.text
+
+
+@pytest.mark.parametrize("change", ["copied", "tag", "no_location", "foreign", "two_values", "other_key"])
+def test_a_text_whose_locations_are_not_the_renderers_own_is_not_moved(change):
+    renderer = OutputSpec("a.xyz").renderer()
+    atoms = cells(1, with_results=False)[0]
+    if change == "copied":
+        atoms.info["seen_at"] = " / 5"      # what an op copying its location would leave
+    text = renderer.render(two_structures(atoms), (5,)).text
+    if change == "tag":
+        text = OutputSpec("a.xyz", tags={"_ConfigSet_loc": " / 9"}).renderer().render(atoms, (5,)).text
+    elif change == "no_location":
+        text = text.replace('_ConfigSet_loc=" / 5 / 1"', "")
+    elif change == "foreign":
+        text = text.replace('_ConfigSet_loc=" / 5 / 1"', '_ConfigSet_loc=" / 6 / 1"')
+    elif change == "two_values":
+        text = text.replace('_ConfigSet_loc=" / 5 / 1"', '_ConfigSet_loc=" / 5 / 1" _ConfigSet_loc=" / 5 / 1"')
+    elif change == "other_key":
+        text = text.replace('_ConfigSet_loc=" / 5 / 1"', 'my_ConfigSet_loc=" / 5 / 1"')
+    assert relocated(text, stored.frames_in(text), (5,), (6,)) is None
+    # rendered at the top of a file there is no location to move; where nothing moves, the text stays
+    assert relocated(text, stored.frames_in(text), (), (6,)) is None
+    assert relocated(text, stored.frames_in(text), (5,), (5,)) == text
 
 
 def test_a_changed_tag_changes_the_text_so_it_is_computed_again(tmp_path):
@@ -360,10 +424,11 @@ def test_frame_keys_count_the_random_stream_and_the_index_when_the_op_is_told_it
     rng = np.random.default_rng(5)
     try:
         assert cache.key_of(0, item, None) == cache.key_of(7, item, None)
+        # not its place: a stored location is in its bytes, a frame number is moved to on reuse
+        assert cache.key_of(0, item, None) == cache.key_of(0, FrameItem("moved.xyz", 40, 50, (1, 3), bytes(32)), None)
         keys = {cache.key_of(0, item, None), cache.key_of(0, item, rng), cache.key_of(0, item, rng.spawn(1)[0]),
-                cache.key_of(0, FrameItem("in.xyz", 0, 10, (1,), bytes(32)), None),
                 cache.key_of(0, FrameItem("other.xyz", 5, 15, (0,), bytes(31) + b"\1"), None)}
-        assert len(keys) == 5
+        assert len(keys) == 4
         assert cache.key_of(0, item, np.random.default_rng(5)) == cache.key_of(0, item, np.random.default_rng(5))
         with pytest.raises(ValueError, match="was not hashed"):
             cache.key_of(0, FrameItem("in.xyz", 0, 10, (0,)), None)
@@ -414,25 +479,31 @@ def test_status_reads_a_journal_of_text(tmp_path, capsys):
 
 # --- 5. older journals are started afresh -------------------------------------------------------------
 
-def test_a_journal_of_format_2_is_started_afresh_with_a_log_line(tmp_path, caplog, capsys):
+OLDER_ITEMS = {2: "output TEXT,",
+               # format 3: texts without the location they were rendered at (keyed by it)
+               3: "form TEXT, output, file_i INTEGER, count INTEGER, size INTEGER,"}
+
+
+@pytest.mark.parametrize("older", [2, 3])
+def test_a_journal_of_an_older_format_is_started_afresh_with_a_log_line(tmp_path, caplog, capsys, older):
     inputs, out, markers = tmp_path / "in.xyz", tmp_path / "out.xyz", markers_dir(tmp_path)
     ase.io.write(inputs, cells(2, with_results=False), format="extxyz")
-    with sqlite3.connect(journal_path(out)) as db:      # format 2's tables, each item done
+    with sqlite3.connect(journal_path(out)) as db:      # an older format's tables
         db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
                          "CREATE TABLE items (key TEXT PRIMARY KEY, idx INTEGER NOT NULL, run INTEGER NOT NULL,"
-                         " status TEXT NOT NULL, output TEXT, reason TEXT, traceback TEXT);"
-                         "INSERT INTO meta VALUES ('format', '2');")
+                         f" status TEXT NOT NULL, {OLDER_ITEMS[older]} reason TEXT, traceback TEXT);"
+                         f"INSERT INTO meta VALUES ('format', '{older}');")
     assert cli_main(["status", str(out)]) == 2
-    assert "older format (format 2)" in capsys.readouterr().err
+    assert f"older format (format {older})" in capsys.readouterr().err
     caplog.set_level(logging.INFO, logger="wfl_like.cache")
 
     autoparallelize(value_op, ConfigSet(inputs), OutputSpec(out), markers,
                     autopara_info={"num_python_subprocesses": 0})
 
-    assert "older format (format 2)" in caplog.text and str(journal_path(out)) in caplog.text
+    assert f"older format (format {older})" in caplog.text and str(journal_path(out)) in caplog.text
     assert n_computed(markers) == 2
     with Journal(journal_path(out), read_only=True) as journal:
-        assert journal.meta("format") == 3 and journal.counts() == {"done": 2, "failed": 0}
+        assert journal.meta("format") == FORMAT and journal.counts() == {"done": 2, "failed": 0}
 
 
 # --- 6. one answer to "may these outputs be written, or reused?" ---------------------------------------

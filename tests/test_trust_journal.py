@@ -298,12 +298,15 @@ def test_output_file_rebuilt_from_the_journal_is_byte_identical(run, tmp_path):
 
 # --- 17. keys by content: an insertion computes the new item only -----------------------------------
 
-def test_inserting_a_structure_at_the_start_computes_only_it_and_dropped_items_leave(run, tmp_path, capsys):
-    # with the driver reading the inputs: the journal keeps objects, stored at their new place
-    run(workers_read_files=False)
+@pytest.mark.parametrize("workers_read_files", [False, True], ids=["objects", "frames"])
+def test_inserting_a_structure_at_the_start_computes_only_it_and_dropped_items_leave(run, tmp_path, capsys,
+                                                                                     workers_read_files):
+    # the driver reading the inputs, the journal keeps objects, stored at their new place; the
+    # workers reading them, it keeps their text, moved to the new place
+    run(workers_read_files=workers_read_files)
     ase.io.write(run.inputs, structures([99, *range(N_ITEMS)]), format="extxyz")
 
-    run(workers_read_files=False)
+    run(workers_read_files=workers_read_files)
 
     assert computed(run.markers) == Counter({99: 1, **{label: 1 for label in range(N_ITEMS)}})
     assert run.out.read_bytes() == fresh_output(tmp_path, run.inputs)
@@ -312,22 +315,22 @@ def test_inserting_a_structure_at_the_start_computes_only_it_and_dropped_items_l
 
     # items no longer in the input are dropped from the journal at the end of the run
     ase.io.write(run.inputs, structures([3, 99]), format="extxyz")
-    run(workers_read_files=False)
+    run(workers_read_files=workers_read_files)
     assert sum(computed(run.markers).values()) == N_ITEMS + 1
     with sqlite3.connect(journal_path(run.out)) as db:
         assert db.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 2
     assert run.out.read_bytes() == fresh_output(tmp_path, run.inputs)
 
 
-def test_frames_moved_without_stored_locations_are_computed_again_on_the_frames_path(run, tmp_path):
-    # the workers' text holds each output's location: a frame that moved is not its text any more
+def test_frames_moved_without_stored_locations_are_reused_at_their_new_place_on_the_frames_path(run, tmp_path):
+    # the workers' text holds each output's location: reused elsewhere, it is moved there
     run()
-    ase.io.write(run.inputs, structures([99, *range(N_ITEMS)]), format="extxyz")
+    ase.io.write(run.inputs, structures([*range(N_ITEMS)][::-1]), format="extxyz")
     run()
-    assert computed(run.markers) == Counter({99: 1, **{label: 2 for label in range(N_ITEMS)}})
+    assert computed(run.markers) == Counter({label: 1 for label in range(N_ITEMS)})
     assert run.out.read_bytes() == fresh_output(tmp_path, run.inputs)
     run()
-    assert sum(computed(run.markers).values()) == 2 * N_ITEMS + 1
+    assert sum(computed(run.markers).values()) == N_ITEMS
 
 
 # --- 3. what changes the written bytes is part of "nothing changed" ----------------------------------

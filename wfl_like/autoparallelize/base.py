@@ -12,6 +12,7 @@ from ase import Atoms
 from wfl_like.autoparallelize.workers import mpi as mpipool_support
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo, workers_read_files
 from wfl_like.autoparallelize.resume.cache import RunCache, inputs_fingerprint, journal_location
+from wfl_like.autoparallelize.resume import stored
 from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
 from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, frame_items
 from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_runner, num_workers
@@ -235,7 +236,7 @@ def _items_and_call(inputs, outputs, call, info, hashed):
     if not renderer.single_file:
         # refused where the driver meets the item, as when it stored there: before its chunk runs
         items = _with_file_checked(items, renderer)
-    return items, FramesCall(call, renderer, info.skip_failed)
+    return items, FramesCall(call, renderer, info.skip_failed, journaled=hashed)
 
 
 def _with_file_checked(items, renderer):
@@ -268,12 +269,15 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, 
     failures, succeeded, n_items = [], 0, 0
     to_files = outputs is not None and outputs.files is not None
     for result in results:
-        done, failed, rendered = [], list(result.failures), []
+        done, failed, rendered, packed = [], list(result.failures), [], {}
         failed_indices = {failure.index for failure in failed}
         locations = dict(zip(result.chunk.indices, result.chunk.locations))
         for index, output in zip(result.chunk.indices, result.outputs):
             if index in failed_indices:
                 continue
+            if rendered_by_workers:
+                # compressed for the journal by the worker: kept, not made again here
+                output, packed[index] = stored.unwrapped(output)
             if isinstance(output, Unstorable):
                 failed.append(FailedItem(index, output.reason, "", output.error))
                 continue
@@ -298,7 +302,7 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, 
             # output stored without a location holds the number it was given in this run
             done.append((index, output))
         if cache is not None:
-            cache.record(result.chunk, done, failed)
+            cache.record(result.chunk, done, failed, packed)
         unreadable = next((f.exception for f in failed if isinstance(f.exception, FrameReadError)), None)
         if unreadable is not None:
             raise unreadable

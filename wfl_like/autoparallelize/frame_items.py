@@ -48,10 +48,15 @@ class FrameItem:
     digest: bytes = None
 
     def identity(self):
-        """What the cache key of this item is made of: its bytes and its place."""
+        """What the cache key of this item is made of: its bytes, not its place.
+
+        A location stored in the frame is in its bytes; one that is only the frame's
+        number (and the file's) is not, so that a frame that moved (a structure inserted
+        before it) is found again, its journaled text moved to its new place.
+        """
         if self.digest is None:
             raise ValueError(f"frame at bytes {self.start}..{self.end} of {self.path!r} was not hashed")
-        return ("frame", self.digest, self.location)
+        return ("frame", self.digest)
 
 
 @dataclass(frozen=True)

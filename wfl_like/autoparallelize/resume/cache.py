@@ -4,10 +4,12 @@ An item's output is reused when its cache key is the one it was computed with: t
 operation's identity and code, its arguments (not the inputs and outputs, nor how the
 work is spread: process count, chunk size, retries, timeout), the item's content and
 its random stream.  The content of a frame of an input file (a
-:class:`~wfl_like.autoparallelize.frame_items.FrameItem`) is its raw bytes and its
-location; as its output is kept as the text of the output file, what decides that text
-(the layout of the output files, tags, write arguments) is part of its key too.  Failed items are
-never reused.
+:class:`~wfl_like.autoparallelize.frame_items.FrameItem`) is its raw bytes, not its place
+(a stored location is in the bytes); as its output is kept as the text of the output file,
+what decides that text (the layout of the output files, tags, write arguments) is part of
+its key too, and a text found for a frame that moved is moved to the frame's new location
+(:mod:`~wfl_like.autoparallelize.resume.relocate`), or the frame is computed again where
+that cannot be done exactly.  Failed items are never reused.
 """
 
 import hashlib
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from wfl_like.autoparallelize.frame_items import FrameItem
 from wfl_like.autoparallelize.resume import codec, stored
+from wfl_like.autoparallelize.resume.relocate import relocated
 from wfl_like.autoparallelize.resume.fingerprint import (describe, fingerprint, fingerprint_call, fingerprint_extra,
                                                          frame_key)
 from wfl_like.autoparallelize.resume.journal import Journal, journal_path
@@ -90,7 +93,10 @@ class RunCache:
         self._keys_by_index = call.per_item_info   # an op told its item index depends on it
         self._rng_key = fingerprint(rng)
         self._text_key = _text_fingerprint(outputs)
-        self._n_files = len(outputs.paths) if outputs is not None and outputs.files is not None else None
+        to_files = outputs is not None and outputs.files is not None
+        self._n_files = len(outputs.paths) if to_files else None
+        # decides, as rendering does, which file and inner location a frame's location gives
+        self._renderer = outputs.renderer() if to_files else None
         self.reused = self.computed = self.changed = 0
         self._warned_unstorable = False
 
@@ -131,8 +137,8 @@ class RunCache:
             log.info("%s: recomputing every item: %s since the last run", self.description["op"], reason)
 
     def key_of(self, index, item, rng):
-        """The cache key of input item ``index``: a frame of an input file by its bytes and
-        location (and what decides its output text), any other item by its content."""
+        """The cache key of input item ``index``: a frame of an input file by its bytes (and
+        what decides its output text), any other item by its content."""
         position = index if self._keys_by_index else None
         if isinstance(item, FrameItem):
             return frame_key(self.call_key, item.identity(), rng, position, self._text_key)
@@ -142,10 +148,15 @@ class RunCache:
         """``(key, found, output)`` for one input item, found by its key wherever it was.
 
         An output kept as file text comes back as the
-        :class:`~wfl_like.configset.RenderedOutput` that was recorded, byte for byte.
+        :class:`~wfl_like.configset.RenderedOutput` that was recorded, byte for byte, or
+        moved to the item's location when it was rendered at another (a frame that moved);
+        one that cannot be moved exactly is not found.
         """
         key = self.key_of(index, item, rng)
-        found, output, changed = self.journal.lookup(index, key, self._n_files)
+        found, output, changed, rendered_at = self.journal.lookup(index, key, self._n_files)
+        if found and rendered_at is not None and isinstance(item, FrameItem) and rendered_at != item.location:
+            output = self._moved(output, rendered_at, item.location)
+            found = output is not None
         if found:
             self.reused += 1
         else:
@@ -153,12 +164,27 @@ class RunCache:
             self.changed += changed
         return key, found, output
 
-    def record(self, chunk, done, failed):
+    def _moved(self, output, old_location, new_location):
+        """``output`` (a RenderedOutput rendered at ``old_location``) as rendering it at
+        ``new_location`` gives it, or None when that cannot be done exactly."""
+        if self._renderer is None:
+            return None
+        try:
+            _, old_inner = self._renderer.file_of(old_location)
+            file_i, new_inner = self._renderer.file_of(new_location)
+        except ValueError:
+            return None     # it picks no file of this run: the item's own check says so when computed
+        text = relocated(output.text, output.count, old_inner, new_inner)
+        return None if text is None else output._replace(file_i=file_i, text=text)
+
+    def record(self, chunk, done, failed, packed=None):
         """Persist a chunk's finished items (``done``: ``[(index, output)]``, ``failed``:
         FailedItems), or note that its items found in the journal were met again.
 
         An output given as a :class:`~wfl_like.configset.RenderedOutput` is kept as its
-        text; any other in the codec's data-only format.
+        text, with the location it was rendered at; any other in the codec's data-only format.
+        ``packed``: ``{index: stored.Stored}`` of outputs already in their journal form (a worker
+        packed them), kept as they are.
         """
         if chunk.keys is None:
             return
@@ -171,15 +197,19 @@ class RunCache:
             self.journal.record(met=[(index, key) for index, key in key_of.items() if index not in failed_indices],
                                 failed=failed)
             return
-        self.journal.record(done=self._encoded(done, key_of), failed=failed)
+        location_of = dict(zip(chunk.indices, chunk.locations))
+        self.journal.record(done=self._encoded(done, key_of, location_of, packed or {}), failed=failed)
 
-    def _encoded(self, done, key_of):
+    def _encoded(self, done, key_of, location_of, prepacked):
         """``[(index, key, Stored)]`` of the outputs the journal can hold; the others are
         left out (computed again by a rerun), with one warning per call."""
         packed = []
         for index, output in done:
             try:
-                packed.append((index, key_of[index], stored.pack(output)))
+                form = prepacked.get(index)
+                if form is None:
+                    form = stored.pack(output)
+                packed.append((index, key_of[index], stored.at_location(form, location_of[index] or ())))
             except codec.UnencodableError as exc:
                 if not self._warned_unstorable:
                     self._warned_unstorable = True

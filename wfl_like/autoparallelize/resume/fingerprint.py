@@ -140,7 +140,7 @@ def frame_key(call_key, identity, rng, position, text_key):
     call_key : str
         The call's part of every key.
     identity : tuple
-        ``FrameItem.identity()``: ``("frame", digest of the frame's bytes, location)``.
+        ``FrameItem.identity()``: ``("frame", digest of the frame's bytes)``.
     rng : numpy.random.Generator or None
         The item's own random stream.
     position : int or None
@@ -148,12 +148,13 @@ def frame_key(call_key, identity, rng, position, text_key):
     text_key : str
         A fingerprint of what decides the text its output is kept as (the outputs' settings).
     """
-    kind, digest, location = identity
-    if kind != "frame" or not isinstance(digest, bytes) or not isinstance(location, tuple):
+    if not (isinstance(identity, tuple) and len(identity) == 2 and identity[0] == "frame"
+            and isinstance(identity[1], bytes)):
         raise TypeError(f"not the identity of a frame: {identity!r:.100}")
+    digest = identity[1]
     hasher = hashlib.blake2b(digest_size=20)
     hasher.update(b"frame\0")
-    for part in (call_key.encode(), digest, repr(tuple(map(int, location))).encode(),
+    for part in (call_key.encode(), digest,
                  b"" if rng is None else _digest(rng).encode(),
                  b"" if position is None else str(int(position)).encode(), text_key.encode()):
         _feed_bytes(hasher, part)

@@ -32,7 +32,7 @@ from wfl_like.io.locking import FileLock, Held, Moving
 log = logging.getLogger("wfl_like.cache")
 
 # Bump when the tables or the way outputs are stored change.
-FORMAT = 3
+FORMAT = 4
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,20 +45,23 @@ CREATE TABLE items (
     output,                       -- the codec's JSON, or the output file's text (UTF-8, maybe compressed)
     file_i INTEGER,               -- for text: the output file it goes to,
     count INTEGER,                -- the structures it holds,
-    size INTEGER,                 -- and its length in bytes
+    size INTEGER,                 -- and its length in bytes,
+    loc TEXT,                     -- and the input location it was rendered at (' / 5'): moved if reused elsewhere
     reason TEXT,                  -- one line, for a failed item
     traceback TEXT
 );
 CREATE INDEX items_by_idx ON items (idx);
 """
 _TABLES = {"meta": ("key", "value"),
-           "items": ("key", "idx", "run", "status", "form", "output", "file_i", "count", "size", "reason",
+           "items": ("key", "idx", "run", "status", "form", "output", "file_i", "count", "size", "loc", "reason",
                      "traceback")}
 # Older formats are never read, only started afresh: format 1 stored pickled outputs,
-# format 2 every output in the codec's format.
+# format 2 every output in the codec's format, format 3 texts keyed by their location.
 _OLDER_TABLES = {
     1: {"meta": ("key", "value"), "items": ("idx", "key", "status", "output", "reason", "traceback")},
     2: {"meta": ("key", "value"), "items": ("key", "idx", "run", "status", "output", "reason", "traceback")},
+    3: {"meta": ("key", "value"), "items": ("key", "idx", "run", "status", "form", "output", "file_i", "count",
+                                            "size", "reason", "traceback")},
 }
 
 DONE, FAILED = "done", "failed"
@@ -285,23 +288,32 @@ class Journal:
     # --- items --------------------------------------------------------------------------
 
     def lookup(self, index, key, n_files=None):
-        """``(found, output, changed)`` for the item at ``index`` with cache key ``key``.
+        """``(found, output, changed, rendered_at)`` for the item at ``index`` with cache key ``key``.
 
         ``found`` is true when an item with this very key was done; its output is a
         :class:`~wfl_like.configset.RenderedOutput` when it was kept as file text (whose
-        ``file_i`` must be below ``n_files``, when given).  A failed item is never
-        reused: it is computed again.  ``changed`` tells that the journal holds another
-        item at this position (the item changed, rather than being new).
+        ``file_i`` must be below ``n_files``, when given), and ``rendered_at`` the input
+        location that text was rendered at (a tuple; None for other outputs).  A failed
+        item is never reused: it is computed again.  ``changed`` tells that the journal
+        holds another item at this position (the item changed, rather than being new).
         """
         if not self._holds_items:
-            return False, None, False      # a first run: no look per item at all
+            return False, None, False, None      # a first run: no look per item at all
         with self._guard():
-            row = self._db.execute("SELECT status, form, output, file_i, count, size FROM items WHERE key=?",
+            row = self._db.execute("SELECT status, form, output, file_i, count, size, loc FROM items WHERE key=?",
                                    (key,)).fetchone()
             if row is not None and row[0] == DONE:
-                return True, self._unpacked(index, stored_form.Stored(*row[1:]), n_files), False
+                kept = stored_form.Stored(*row[1:])
+                return True, self._unpacked(index, kept, n_files), False, self._rendered_at(index, kept)
             changed = self._db.execute("SELECT 1 FROM items WHERE idx=? LIMIT 1", (index,)).fetchone()
-        return False, None, changed is not None
+        return False, None, changed is not None, None
+
+    def _rendered_at(self, index, kept):
+        try:
+            return stored_form.rendered_at(kept)
+        except stored_form.MalformedOutput as exc:
+            raise JournalError(f"journal {str(self.path)!r}: the stored output for item {index} is malformed "
+                               f"({exc}); {_RECOVER}") from None
 
     def _unpacked(self, index, stored, n_files):
         try:
@@ -316,7 +328,8 @@ class Journal:
         Parameters
         ----------
         done : list of (index, key, stored.Stored)
-            Items computed, with their output as :func:`.stored.pack` gives it.
+            Items computed, with their output as :func:`.stored.pack` gives it (a text with the
+            location it was rendered at, :func:`.stored.at_location`).
         failed : list of (index, key, FailedItem)
         met : list of (index, key)
             Items reused from the journal: they stay on record as met by this run.
@@ -324,10 +337,10 @@ class Journal:
         if not done and not failed and not met:
             return
         with self._transaction():
-            self._db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            self._db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
                                  [(key, index, self.run, DONE, *packed) for index, key, packed in done])
             self._db.executemany("INSERT OR REPLACE INTO items "
-                                 "VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, ?, ?)",
+                                 "VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, ?, ?)",
                                  [(key, index, self.run, FAILED, item.reason, item.traceback)
                                   for index, key, item in failed])
             self._db.executemany("UPDATE items SET run=?, idx=? WHERE key=?",

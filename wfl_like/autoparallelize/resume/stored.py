@@ -16,6 +16,10 @@ text        the output's text, UTF-8 bytes
 zlib        the same, compressed by zlib (level 1, run-length strategy)
 ==========  ==============================================================================
 
+A text is kept with the input location it was rendered at (``location``, in wfl's
+string form), so that a frame found again at another place is moved there
+(:mod:`~wfl_like.autoparallelize.resume.relocate`) rather than computed again.
+
 Read back, a row is untrusted: every field is checked for type and range, a compressed
 text is never inflated past the length on record (nor past ``MAX_RATIO`` times its
 compressed size, so a planted decompression bomb costs no memory), and the text must be
@@ -27,6 +31,7 @@ from typing import NamedTuple
 
 from wfl_like.autoparallelize.resume import codec
 from wfl_like.configset import RenderedOutput
+from wfl_like.locations import format_location, parse_location
 
 CODEC, TEXT, ZLIB = "codec", "text", "zlib"
 
@@ -55,6 +60,45 @@ class Stored(NamedTuple):
     file_i: int = None
     count: int = None
     size: int = None
+    location: str = None
+
+
+class PackedOutput(NamedTuple):
+    """A worker's rendered output with its journal form made there (:func:`pack`), so that the
+    driver, which writes the text, does not compress it too.
+
+    Attributes
+    ----------
+    rendered : RenderedOutput
+        What the output file receives.
+    packed : Stored
+        ``pack(rendered)``.
+    """
+
+    rendered: RenderedOutput
+    packed: Stored
+
+
+def packed_in_worker(rendered):
+    """``rendered`` with its journal form attached, or as it is when it cannot be packed (the
+    driver then warns as for any output the journal cannot keep)."""
+    try:
+        return PackedOutput(rendered, pack(rendered))
+    except codec.UnencodableError:
+        return rendered
+
+
+def unwrapped(output):
+    """``(output, packed)``: a worker's output without its journal form, and that form (None when
+    there is none, or when it does not belong to the text: then the driver packs the text itself)."""
+    if type(output) is not PackedOutput:
+        return output, None
+    rendered, packed = output
+    if not (isinstance(packed, Stored) and packed.form in (TEXT, ZLIB) and type(packed.data) is bytes
+            and isinstance(rendered, RenderedOutput) and packed.file_i == rendered.file_i
+            and packed.count == rendered.count):
+        packed = None
+    return rendered, packed
 
 
 class MalformedOutput(ValueError):
@@ -83,6 +127,38 @@ def pack(output):
         if size <= MAX_RATIO * len(packed) and len(packed) <= size * _WORTH_IT:
             return Stored(ZLIB, packed, output.file_i, output.count, size)
     return Stored(TEXT, data, output.file_i, output.count, size)
+
+
+def at_location(packed, location):
+    """``packed`` (a text's form, from :func:`pack`) with the input location its text was rendered
+    at, a tuple, kept beside it; any other form as it is."""
+    if packed.form == CODEC:
+        return packed
+    return packed._replace(location=format_location(location))
+
+
+def rendered_at(stored):
+    """The input location (a tuple) at which a row's text was rendered; None for the codec's form.
+
+    Raises
+    ------
+    MalformedOutput
+        A text without a location in wfl's form, or a location beside the codec's form.
+    """
+    location = stored.location
+    if stored.form == CODEC:
+        if location is not None:
+            raise MalformedOutput(f"it holds a location ({_show(location)}) for an output that is not text")
+        return None
+    if type(location) is not str or len(location) > 4096:
+        raise MalformedOutput(f"its location is {_show(location)}, not a location of the form ' / 2 / 0'")
+    try:
+        loc = parse_location(location)
+        if not all(0 <= level < _LARGEST for level in loc):
+            raise ValueError
+        return loc
+    except ValueError:
+        raise MalformedOutput(f"its location {_show(location)} is not of the form ' / 2 / 0'") from None
 
 
 def unpack(stored, n_files=None):

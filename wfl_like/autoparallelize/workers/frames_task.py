@@ -13,6 +13,7 @@ import itertools
 from ase import Atoms
 
 from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, scan_frames
+from wfl_like.autoparallelize.resume.stored import packed_in_worker
 from wfl_like.autoparallelize.supervisor import one_line_reason
 from wfl_like.errors import InputFileError, OpOutputError
 from wfl_like.io.fastread import parse_frames
@@ -33,12 +34,17 @@ class FramesCall:
         For file outputs: outputs come back as text.  ``None``: they come back as objects.
     skip_failed : bool, default True
         Whether ``None`` is a valid output (checked here for file outputs).
+    journaled : bool, default False
+        A journal is kept: each rendered output comes back as a
+        :class:`~wfl_like.autoparallelize.resume.stored.PackedOutput`, its journal form
+        (compressed) made here rather than in the driver.
     """
 
-    def __init__(self, call, renderer=None, skip_failed=True):
+    def __init__(self, call, renderer=None, skip_failed=True, journaled=False):
         self.call = call
         self.renderer = renderer
         self.skip_failed = skip_failed
+        self.journaled = journaled
 
     @property
     def name(self):
@@ -56,7 +62,8 @@ class FramesCall:
             check_output(output, self.name, self.skip_failed, self.renderer.paths)
             if output is None:
                 return None
-            return self.renderer.render(output, item.location)
+            rendered = self.renderer.render(output, item.location)
+            return packed_in_worker(rendered) if self.journaled else rendered
         except OpOutputError as exc:
             # OutputFormatError among them: the record names the item, the reason keeps the type
             return Unstorable(one_line_reason(exc), exc)
