@@ -80,6 +80,11 @@ class FrameReadError(InputFileError):
     the driver could not read does."""
 
 
+class FrameChangedError(FrameReadError):
+    """A frame whose bytes changed between the driver hashing them and a worker reading them: the
+    input file is being rewritten, and what is computed from it could not be journaled truly."""
+
+
 def frame_items(frame_files, hashed=False):
     """The frames of a set of extended-XYZ files as :class:`FrameItem` s, in iteration order, lazily.
 

@@ -11,7 +11,33 @@ from pathlib import Path
 from wfl_like.errors import InputFileError
 from wfl_like.io.partial import partial_path
 
-__all__ = ["iread", "format_for", "partial_path", "APPENDABLE_FORMATS"]
+__all__ = ["iread", "format_for", "partial_path", "APPENDABLE_FORMATS", "codec_identity"]
+
+# Bump whenever wfl_like's own extended-XYZ reader (fastread) or writer (fastwrite) changes what
+# it gives for some input: journals keyed by an older version are then not reused.
+IO_VERSION = 1
+
+
+def codec_identity():
+    """What, besides ASE's version, decides how frames are parsed and outputs written here: the
+    reader and writer chosen by their environment variables, libextxyz's version and
+    :data:`IO_VERSION`.  Part of the journal's keys of frames and of the record of written files.
+
+    Raises
+    ------
+    ValueError
+        ``WFL_LIKE_EXTXYZ_READER`` or ``WFL_LIKE_EXTXYZ_WRITER`` has a bad value (before any work).
+    """
+    from importlib import metadata
+
+    from wfl_like.io.fastread import reader_mode
+    from wfl_like.io.render import extxyz_writer
+
+    try:
+        extxyz_version = metadata.version("extxyz")
+    except metadata.PackageNotFoundError:
+        extxyz_version = None
+    return (IO_VERSION, reader_mode(), extxyz_writer(), extxyz_version)
 
 
 def iread(path, **read_kwargs):

@@ -23,6 +23,7 @@ from wfl_like.autoparallelize.resume.relocate import relocated
 from wfl_like.autoparallelize.resume.fingerprint import (describe, fingerprint, fingerprint_call, fingerprint_extra,
                                                          frame_key)
 from wfl_like.autoparallelize.resume.journal import Journal, journal_path
+from wfl_like import io
 from wfl_like.configset import ConfigSet
 from wfl_like.io.ownership import JournalRecord
 
@@ -241,15 +242,17 @@ def writer_fingerprint(outputs):
     import ase
 
     return fingerprint([str(path) for path in outputs.paths], outputs.single_file, outputs.tags,
-                       outputs.write_kwargs, ase.__version__)
+                       outputs.write_kwargs, ase.__version__, io.codec_identity())
 
 
 def _text_fingerprint(outputs):
     """What decides the text an output is kept as in the journal (part of a frame's key): the
-    outputs' settings and the ASE version that writes them, not the files' names."""
+    outputs' settings, the ASE version and the reader and writer that parse the frame and write
+    the text (:func:`wfl_like.io.codec_identity`), not the files' names."""
     import ase
 
-    return fingerprint(outputs.text_settings() if outputs is not None else None, ase.__version__)
+    return fingerprint(outputs.text_settings() if outputs is not None else None, ase.__version__,
+                       io.codec_identity())
 
 
 def inputs_fingerprint(inputs):

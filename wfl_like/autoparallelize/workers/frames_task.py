@@ -8,11 +8,12 @@ none), an :class:`~wfl_like.autoparallelize.frame_items.Unstorable` (an output t
 file cannot hold), or the output objects themselves (outputs in memory, or none).
 """
 
+import hashlib
 import itertools
 
 from ase import Atoms
 
-from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, scan_frames
+from wfl_like.autoparallelize.frame_items import FrameChangedError, FrameReadError, Unstorable, scan_frames
 from wfl_like.autoparallelize.resume.stored import packed_in_worker
 from wfl_like.autoparallelize.supervisor import one_line_reason
 from wfl_like.errors import InputFileError, OpOutputError
@@ -132,15 +133,37 @@ def _read_run(run):
     """The structures of consecutive frames of one file."""
     path, start, end = run[0].path, run[0].start, run[-1].end
     try:
-        frames = parse_frames(_read_bytes(path, start, end), source=path)
+        data = _read_bytes(path, start, end)
+        _check_unchanged(run, data)
+        frames = parse_frames(data, source=path)
         if len(frames) != len(run):
             raise ValueError(f"{len(frames)} structures where {len(run)} frames were expected")
         return frames
+    except FrameChangedError:
+        raise
     except OSError as exc:
         raise FrameReadError(f"could not read input file {path!r}: {exc.strerror or exc}; it was readable "
                              f"when the run started") from None
     except Exception as exc:
         raise _broken_frame(run, exc) from None
+
+
+def _check_unchanged(run, data):
+    """Refuse frames whose bytes are not those the driver hashed for their keys.
+
+    An input rewritten in place while the run goes on would otherwise be computed from its
+    new bytes and journaled under the old ones' key: a later run on the old file would reuse
+    outputs of other data.
+    """
+    if run[0].digest is None:
+        return          # no journal: nothing is kept under a key
+    base = run[0].start
+    for item in run:
+        digest = hashlib.blake2b(data[item.start - base:item.end - base], digest_size=32).digest()
+        if digest != item.digest:
+            raise FrameChangedError(f"input file {item.path!r} changed while the run was going on (the frame at "
+                                    f"bytes {item.start}..{item.end} is not what was read when the run started); "
+                                    f"rerun once the file is no longer being written")
 
 
 def _read_bytes(path, start, end):

@@ -1,7 +1,9 @@
 """How one chunk is handed to the user's operation; this code runs in the workers."""
 
+import collections
 import inspect
 import os
+import threading
 from dataclasses import dataclass
 
 from wfl_like.autoparallelize.workers.packing import packed, unpacked
@@ -182,8 +184,13 @@ def run_installed(first, items, rngs):
     return packed(_installed.run(first, unpacked(items), rngs))
 
 
-# The call installed in this process by run_portable, by the id the driver gave it.
-_installed_call_id = None
+# The calls installed in this process by run_portable, by the id the driver gave each: a
+# thread-based executor (threads of one process, Dask's threaded workers) may serve several
+# calls at once, so a chunk finds its own call by id, never the call installed last.  Only a
+# few are kept: an old call's potential is not held for the process's life.
+_portable_calls = collections.OrderedDict()
+_portable_lock = threading.Lock()
+_PORTABLE_KEPT = 4
 
 
 class CallNotHere(Exception):
@@ -205,20 +212,33 @@ def run_portable(together, initargs, call_id, first, items, rngs, pack_outputs=F
     ``pack_outputs``: pack the outputs for the trip back (only where they are sure to be
     pickled: an executor may run a task in the driver's own process).
     """
-    global _installed_call_id
     try:
-        if _installed_call_id != call_id:
-            if together is None:
-                raise CallNotHere(call_id)
-            call, initializer = together.load()
-            install(call, initializer, initargs, own_process=False)
-            _installed_call_id = call_id
-        outputs = _installed.run(first, unpacked(items), rngs)
+        call = _portable_call(together, initargs, call_id)
+        outputs = call.run(first, unpacked(items), rngs)
         return packed(outputs) if pack_outputs else outputs
     except Exception:
         raise
     except BaseException as exc:
         raise item_aborted(exc) from exc
+
+
+def _portable_call(together, initargs, call_id):
+    """The call ``call_id`` of this process, installed first if need be (its initializer run once)."""
+    with _portable_lock:
+        call = _portable_calls.get(call_id)
+        if call is not None:
+            _portable_calls.move_to_end(call_id)
+            return call
+        if together is None:
+            raise CallNotHere(call_id)
+        # under the lock: two threads given the same new call run its initializer once; the
+        # call is published only once its initializer has finished
+        call, initializer = together.load()
+        install(call, initializer, initargs, own_process=False)
+        _portable_calls[call_id] = call
+        while len(_portable_calls) > _PORTABLE_KEPT:
+            _portable_calls.popitem(last=False)
+        return call
 
 
 def item_aborted(exc):
