@@ -19,7 +19,8 @@ from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_run
 from wfl_like.autoparallelize.workers.frames_task import FramesCall, check_output
 from wfl_like.autoparallelize.workers.opcall import PER_ITEM_INFO, OpCall, in_worker, op_name, takes_argument
 from wfl_like.autoparallelize.supervisor import one_line_reason, run_in_order
-from wfl_like.configset import ConfigSet, OutputSpec, RenderedOutput
+from wfl_like.configset import ConfigSet, OutputSpec
+from wfl_like.io.renderer import RenderedOutput
 from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError, OutputIsInputError
 from wfl_like.io.ownership import FOREIGN, WRITE
 

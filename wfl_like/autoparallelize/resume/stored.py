@@ -1,6 +1,6 @@
 """How a finished item's output is kept in the journal: as file text, or in the codec's format.
 
-An output made for an output file (a :class:`~wfl_like.configset.RenderedOutput`: the
+An output made for an output file (a :class:`~wfl_like.io.renderer.RenderedOutput`: the
 extended-XYZ text it adds to file ``file_i``, holding ``count`` structures) is kept as
 that very text, so that rebuilding the file from the journal is a byte copy.  Texts of
 ``COMPRESS_FROM`` bytes or more are compressed with zlib at level 1 (run-length strategy:
@@ -30,7 +30,7 @@ import zlib
 from typing import NamedTuple
 
 from wfl_like.autoparallelize.resume import codec
-from wfl_like.configset import RenderedOutput
+from wfl_like.io.renderer import RenderedOutput
 from wfl_like.locations import format_location, parse_location
 
 CODEC, TEXT, ZLIB = "codec", "text", "zlib"
