@@ -270,50 +270,14 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, 
     failures, succeeded, n_items = [], 0, 0
     to_files = outputs is not None and outputs.files is not None
     for result in results:
-        done, failed, rendered, packed = [], list(result.failures), [], {}
-        failed_indices = {failure.index for failure in failed}
-        locations = dict(zip(result.chunk.indices, result.chunk.locations))
-        for index, output in zip(result.chunk.indices, result.outputs):
-            if index in failed_indices:
-                continue
-            if rendered_by_workers:
-                # compressed for the journal by the worker: kept, not made again here
-                output, packed[index] = stored.unwrapped(output)
-            if isinstance(output, Unstorable):
-                failed.append(FailedItem(index, output.reason, "", output.error))
-                continue
-            try:
-                if to_files:
-                    as_text = rendered_by_workers or result.chunk.cached is not None
-                    text = _rendered(output, outputs, name, skip_failed, locations[index], as_text)
-                    if text is not None:
-                        rendered.append(text)
-                else:
-                    _check_output(output, outputs, name, skip_failed)
-            except OpOutputError as exc:
-                # the record names the item; the reason keeps the exception's own type
-                reason = one_line_reason(exc)
-                if result.chunk.cached is not None:
-                    # not the op's doing: the journal held it (tampered, or written otherwise)
-                    reason += (f" (this output came from the journal {cache.journal.path}; the next run "
-                               f"computes it again)")
-                failed.append(FailedItem(index, reason, "", exc))
-                continue
-            # journaled as it came: text stays text; objects stay objects, since the text of an
-            # output stored without a location holds the number it was given in this run
-            done.append((index, output))
+        done, failed, rendered, packed = _sorted_chunk(result, outputs, name, skip_failed, cache,
+                                                       rendered_by_workers, to_files)
         if cache is not None:
             cache.record(result.chunk, done, failed, packed)
         unreadable = next((f.exception for f in failed if isinstance(f.exception, FrameReadError)), None)
         if unreadable is not None:
             raise unreadable
-        if to_files:
-            for text in _joined(rendered):
-                outputs.store_rendered(text)
-        elif outputs is not None:
-            for index, output in done:
-                if output is not None:
-                    outputs.store(output, locations[index] or "")
+        _write_chunk(outputs, to_files, rendered, done, dict(zip(result.chunk.indices, result.chunk.locations)))
         failures.extend(sorted(failed, key=lambda failure: failure.index))
         succeeded += len(done)
         n_items += len(result.chunk.items)
@@ -321,6 +285,56 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, 
                 and len({f.reason for f in failures}) == 1):
             raise AutoparallelizeError(name, failures, stopped_early=True)
     return failures, n_items
+
+
+def _sorted_chunk(result, outputs, name, skip_failed, cache, rendered_by_workers, to_files):
+    """A chunk's items sorted into ``(done, failed, rendered, packed)``: the outputs to journal
+    and store, the failures, the texts to write (file outputs), and the journal forms the
+    workers made."""
+    done, failed, rendered, packed = [], list(result.failures), [], {}
+    failed_indices = {failure.index for failure in failed}
+    locations = dict(zip(result.chunk.indices, result.chunk.locations))
+    for index, output in zip(result.chunk.indices, result.outputs):
+        if index in failed_indices:
+            continue
+        if rendered_by_workers:
+            # compressed for the journal by the worker: kept, not made again here
+            output, packed[index] = stored.unwrapped(output)
+        if isinstance(output, Unstorable):
+            failed.append(FailedItem(index, output.reason, "", output.error))
+            continue
+        try:
+            if to_files:
+                as_text = rendered_by_workers or result.chunk.cached is not None
+                text = _rendered(output, outputs, name, skip_failed, locations[index], as_text)
+                if text is not None:
+                    rendered.append(text)
+            else:
+                _check_output(output, outputs, name, skip_failed)
+        except OpOutputError as exc:
+            # the record names the item; the reason keeps the exception's own type
+            reason = one_line_reason(exc)
+            if result.chunk.cached is not None:
+                # not the op's doing: the journal held it (tampered, or written otherwise)
+                reason += (f" (this output came from the journal {cache.journal.path}; the next run "
+                           f"computes it again)")
+            failed.append(FailedItem(index, reason, "", exc))
+            continue
+        # journaled as it came: text stays text; objects stay objects, since the text of an
+        # output stored without a location holds the number it was given in this run
+        done.append((index, output))
+    return done, failed, rendered, packed
+
+
+def _write_chunk(outputs, to_files, rendered, done, locations):
+    """Store a chunk's outputs: its texts into the files, or its objects in memory."""
+    if to_files:
+        for text in _joined(rendered):
+            outputs.store_rendered(text)
+    elif outputs is not None:
+        for index, output in done:
+            if output is not None:
+                outputs.store(output, locations[index] or "")
 
 
 def _rendered(output, outputs, name, skip_failed, location, as_text):
