@@ -19,7 +19,8 @@ from ase.constraints import FixAtoms
 from wfl_like import OutputSpec
 from wfl_like.autoparallelize import autoparallelize
 from wfl_like.autoparallelize.frame_items import FrameItem
-from wfl_like.autoparallelize.workers.isolation import copy_rngs, isolated, plain_atoms
+from wfl_like.autoparallelize.workers.isolation import copy_rngs, isolated
+from wfl_like.structures import is_plain_atoms
 from wfl_like.autoparallelize.workers.packing import PackedList, packed, unpacked
 from wfl_like.autoparallelize.workers.pool import WorkerPool
 
@@ -121,7 +122,7 @@ def test_isolated_keeps_an_object_given_twice_as_one_object():
 
 
 def test_only_plain_atoms_take_the_fast_copy():
-    kinds = [plain_atoms(item) for item in varied()]
+    kinds = [is_plain_atoms(item) for item in varied()]
     assert kinds == [True, True, True, True, True, False, False, True, False, False]
 
 

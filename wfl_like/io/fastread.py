@@ -46,6 +46,7 @@ from functools import lru_cache
 import numpy as np
 
 from wfl_like.errors import InputFileError
+from wfl_like.io.assembly import assemble
 from wfl_like.io.frames import refuse_lone_cr, scan_frames
 
 __all__ = ["READER_ENV", "parse_frames", "read_frames", "reader_mode"]
@@ -207,7 +208,7 @@ def _c_parser():
         from extxyz import cextxyz
 
         helpers = {name: getattr(ase_extxyz, name) for name in
-                   ("parse_properties", "set_calc_and_arrays", "SPECIAL_3_3_KEYS", "UNPROCESSED_KEYS")}
+                   ("parse_properties", "SPECIAL_3_3_KEYS", "UNPROCESSED_KEYS")}
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         for name, restype, argtypes in (("fmemopen", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t,
                                                                         ctypes.c_char_p]),
@@ -316,7 +317,7 @@ def _parse_with_c(parser, memory, data, span, seen):
     if arrays is None:
         return None
     try:
-        return _assemble(info, arrays, properties, n_atoms, parser.ase)
+        return assemble(info, arrays, properties["move_mask"][1] if "move_mask" in arrays else None)
     except Exception:
         # whatever ASE's assembly would make of this frame (an error of any kind, such as
         # the AttributeError of numbers in the species column), ASE makes it
@@ -386,51 +387,6 @@ def _ase_arrays(c_arrays, names, types, properties, n_atoms):
             return None
         arrays[ase_name] = value
     return arrays
-
-
-def _assemble(info, arrays, properties, n_atoms, ase_helpers):
-    """Atoms from ASE-typed ``info`` and ``arrays``, built in the steps of ASE's extended-XYZ reader."""
-    from ase import Atoms
-    from ase.constraints import FixAtoms, FixCartesian
-
-    pbc = None
-    if "pbc" in info:
-        pbc = info.pop("pbc")
-    elif "Lattice" in info:
-        pbc = [True, True, True]
-    cell = None
-    if "Lattice" in info:
-        # the extended-XYZ lattice holds the cell vectors as columns
-        cell = info.pop("Lattice").T
-    numbers = arrays.pop("numbers", None)
-    symbols = arrays.pop("symbols", None)
-    if numbers is None and symbols is not None:
-        numbers = np.array([_atomic_number(s) for s in symbols.tolist()], dtype=np.int64)
-        atoms = Atoms(numbers=numbers, positions=arrays.pop("positions", None),
-                      charges=arrays.pop("initial_charges", None), cell=cell, pbc=pbc, info=info)
-    else:
-        # a Z column is given to Atoms as its first argument, as ASE does: strings in it are
-        # chemical symbols then, not numbers
-        atoms = Atoms(numbers, positions=arrays.pop("positions", None), charges=arrays.pop("initial_charges", None),
-                      cell=cell, pbc=pbc, info=info)
-    if "move_mask" in arrays:
-        move_mask = arrays.pop("move_mask").astype(bool)
-        columns = properties["move_mask"][1]
-        if columns == 3:
-            atoms.set_constraint([FixCartesian(a, mask=~move_mask[a, :]) for a in range(n_atoms)])
-        elif columns == 1:
-            atoms.set_constraint(FixAtoms(mask=~move_mask))
-        else:
-            raise ValueError("move_mask of neither 1 nor 3 columns")
-    ase_helpers["set_calc_and_arrays"](atoms, arrays)
-    return atoms
-
-
-@lru_cache(maxsize=512)
-def _atomic_number(symbol):
-    from ase.data import atomic_numbers
-
-    return atomic_numbers[symbol.capitalize()]
 
 
 # --- the comment line -----------------------------------------------------------------

@@ -15,16 +15,10 @@ import copy
 import pickle
 
 import numpy as np
-from ase import Atoms
-from ase.cell import Cell
 
 from wfl_like.autoparallelize.frame_items import FrameItem
-
-# The attributes of a plain Atoms: one with others was made by code that may rely on them.
-_ATOMS_ATTRIBUTES = frozenset({"_cellobj", "_pbc", "arrays", "_celldisp", "_constraints", "info", "_calc"})
-_CELL_ATTRIBUTES = frozenset({"array"})
-_FLOAT, _BOOL = np.dtype(np.float64), np.dtype(np.bool_)
-_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), np.generic)
+from wfl_like.structures import IMMUTABLE as _IMMUTABLE
+from wfl_like.structures import atoms_from_parts, is_plain_atoms
 
 
 class _NotPlain(Exception):
@@ -60,34 +54,10 @@ def round_trip(obj):
     return pickle.loads(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
 
 
-def plain_atoms(item) -> bool:
-    """Whether ``item`` is an ``Atoms`` of plain parts: no calculator, no constraints, no subclass,
-    no attribute of its own, and arrays that are ordinary C-ordered numpy arrays of numbers or strings
-    (its ``info`` is not looked at)."""
-    # written out flat: it is asked of every item of every chunk
-    if type(item) is not Atoms:
-        return False
-    state = item.__dict__
-    if state.keys() != _ATOMS_ATTRIBUTES or state["_calc"] is not None or state["_constraints"]:
-        return False
-    cell, pbc, displacement = state["_cellobj"], state["_pbc"], state["_celldisp"]
-    if type(cell) is not Cell or cell.__dict__.keys() != _CELL_ATTRIBUTES:
-        return False
-    cell = cell.array
-    if (type(cell) is not np.ndarray or cell.dtype != _FLOAT or cell.shape != (3, 3)
-            or type(pbc) is not np.ndarray or pbc.dtype != _BOOL or pbc.shape != (3,)
-            or type(displacement) is not np.ndarray or displacement.dtype != _FLOAT or displacement.shape != (3, 1)):
-        return False
-    for array in state["arrays"].values():
-        if type(array) is not np.ndarray or array.dtype.hasobject or not array.flags.c_contiguous:
-            return False
-    return True
-
-
 def _copy(item):
     if type(item) is FrameItem:
         return item         # frozen, of immutable parts: the worker side parses its own structures from it
-    if plain_atoms(item):
+    if is_plain_atoms(item):
         try:
             return _copy_atoms(item)
         except _NotPlain:
@@ -98,17 +68,9 @@ def _copy(item):
 def _copy_atoms(atoms):
     state = atoms.__dict__
     info = _copy_plain(state["info"])
-    new = Atoms.__new__(Atoms)
-    new.__dict__.update(
-        _cellobj=Cell(state["_cellobj"].array.copy()),
-        _pbc=state["_pbc"].copy(),
-        arrays={name: value.copy() for name, value in state["arrays"].items()},
-        _celldisp=state["_celldisp"].copy(),
-        _constraints=[],
-        info=info,
-        _calc=None,
-    )
-    return new
+    return atoms_from_parts(state["_cellobj"].array.copy(), state["_pbc"].copy(),
+                            {name: value.copy() for name, value in state["arrays"].items()}, info,
+                            state["_celldisp"].copy())
 
 
 def _copy_array(array):

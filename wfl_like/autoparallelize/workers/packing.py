@@ -10,10 +10,8 @@ the same message, pickled as usual.
 """
 
 import numpy as np
-from ase import Atoms
-from ase.cell import Cell
 
-from wfl_like.autoparallelize.workers.isolation import plain_atoms
+from wfl_like.structures import atoms_from_parts, is_plain_atoms
 
 # Marks, in place of an atom count, the entries that are not plain structures.
 _NONE = -1
@@ -54,7 +52,7 @@ def packed(items):
         if id(item) in seen:
             return items
         seen.add(id(item))
-        if not plain_atoms(item):
+        if not is_plain_atoms(item):
             plain.append(False)
             continue
         if names is None:
@@ -115,16 +113,8 @@ def _unpack(counts, names, arrays, cells, pbcs, displacements, infos, others):
             items.append(next(others))
             continue
         end = start + count
-        atoms = Atoms.__new__(Atoms)
-        atoms.__dict__.update(
-            _cellobj=Cell(cells[k].copy()),
-            _pbc=pbcs[k].copy(),
-            arrays={name: array[start:end].copy() for name, array in zip(names, arrays)},
-            _celldisp=displacements[k].copy(),
-            _constraints=[],
-            info=infos[k],
-            _calc=None,
-        )
-        items.append(atoms)
+        items.append(atoms_from_parts(cells[k].copy(), pbcs[k].copy(),
+                                      {name: array[start:end].copy() for name, array in zip(names, arrays)},
+                                      infos[k], displacements[k].copy()))
         start, k = end, k + 1
     return items
