@@ -277,7 +277,7 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, 
         unreadable = next((f.exception for f in failed if isinstance(f.exception, FrameReadError)), None)
         if unreadable is not None:
             raise unreadable
-        _write_chunk(outputs, to_files, rendered, done, dict(zip(result.chunk.indices, result.chunk.locations)))
+        _write_chunk(outputs, to_files, rendered, done, result.chunk)
         failures.extend(sorted(failed, key=lambda failure: failure.index))
         succeeded += len(done)
         n_items += len(result.chunk.items)
@@ -326,15 +326,18 @@ def _sorted_chunk(result, outputs, name, skip_failed, cache, rendered_by_workers
     return done, failed, rendered, packed
 
 
-def _write_chunk(outputs, to_files, rendered, done, locations):
+def _write_chunk(outputs, to_files, rendered, done, chunk):
     """Store a chunk's outputs: its texts into the files, or its objects in memory."""
     if to_files:
         for text in _joined(rendered):
             outputs.store_rendered(text)
     elif outputs is not None:
+        # ``done`` is in chunk order: an item's location is found by its place in the chunk,
+        # with no dictionary of the chunk's locations built for it
+        first, locations = chunk.first, chunk.locations
         for index, output in done:
             if output is not None:
-                outputs.store(output, locations[index] or "")
+                outputs.store(output, locations[index - first] or "")
 
 
 def _rendered(output, outputs, name, skip_failed, location, as_text):

@@ -47,6 +47,9 @@ class Chunk:
 
 def location_of_item(item):
     """An input's location: stored in an ``Atoms``, a frame's own, or a ``ConfigSet`` group's own."""
+    if type(item) is Atoms:
+        # the common case first, without the isinstance ladder: it is asked of every input
+        return location_of(item)
     if isinstance(item, FrameItem):
         return item.location
     if isinstance(item, Atoms):
