@@ -490,3 +490,11 @@ def test_render_is_the_same_in_a_worker_process():
               "sys.stdout.buffer.write(render(atoms, kwargs).encode())\n")
     done = subprocess.run([sys.executable, "-c", script], input=payload, capture_output=True, check=True)
     assert done.stdout.decode() == ase_text(atoms)
+
+
+@pytest.mark.parametrize("value", [1e16, 9.999999999999998e15, 1e-4, 9.9999e-5, 5e-324, -0.0, 0.1 + 0.2, 3.61, 1 / 3])
+def test_lattice_numbers_are_written_as_ase_writes_them(value):
+    # the cell's numbers go through Python floats, not numpy scalars: the text must not change
+    atoms = Atoms("Cu", positions=[[0.0, 0.0, 0.0]], cell=[[value, 0.0, 1.5], [0.0, 2.0, value], [-value, 0.0, 3.0]],
+                  pbc=True)
+    assert extxyz_text(atoms) == ase_text(atoms)
