@@ -21,6 +21,7 @@ FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_F
                           "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"})
 _UNKNOWN_JOB = "Invalid job id specified"
 _FIELD = re.compile(r"(\w+)=(\S*)")
+_LOG_OPTION = re.compile(r"#SBATCH\s+(?:--output|--error|-o|-e)[=\s]\s*(\S+)")
 
 
 def _command(name):
@@ -86,6 +87,7 @@ def submit_array(script, n_tasks, directives, workdir, hold=False):
         raise ValueError(f"n_tasks must be an int >= 1, not {n_tasks!r}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    _make_log_dirs(directives, workdir)
     text = "\n".join(["#!/bin/bash", *directives, "", script.rstrip("\n"), ""])
     fd, path = tempfile.mkstemp(prefix="array_", suffix=".sh", dir=workdir)
     with os.fdopen(fd, "w") as handle:
@@ -100,12 +102,23 @@ def submit_array(script, n_tasks, directives, workdir, hold=False):
     return job_id
 
 
+def _make_log_dirs(directives, workdir):
+    """Make the directories of ``--output`` / ``--error`` paths: Slurm fails a task whose log
+    directory is missing, without a word of why."""
+    for line in directives:
+        match = _LOG_OPTION.match(line.strip())
+        if match:
+            (workdir / match.group(1)).parent.mkdir(parents=True, exist_ok=True)
+
+
 def task_states(job_id):
     """``{task index: state}`` of the tasks of job array ``job_id`` that Slurm still knows.
 
     States are Slurm's words (``PENDING``, ``RUNNING``, ``COMPLETED``, ``CANCELLED``,
     ``TIMEOUT``, ``NODE_FAIL``, ...).  Tasks finished more than ``MinJobAge`` ago are
-    missing, as is every task of a job that Slurm has forgotten (then ``{}``).
+    missing, as is every task of a job that Slurm has forgotten (then ``{}``), and a
+    pending task cancelled alone (``cancel(job_id, tasks=[k])``: Slurm takes it out of
+    its array's record).
 
     Raises
     ------
