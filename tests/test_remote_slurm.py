@@ -5,8 +5,10 @@ skip where there is none (the ``slurm_cluster`` fixture).  Job names are unique 
 test: other runs may share the cluster.
 """
 
+import os
 import time
 import uuid
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -25,11 +27,23 @@ from wfl_like.errors import SlurmError
 EMT_SPEC = (EMT, [], {})
 CALCULATE_KWARGS = {"properties": None, "output_prefix": "_auto_", "verbose": False, "raise_calc_exceptions": False}
 WAIT_S = 120
+HERE = Path(__file__).resolve().parent
 
 
 def unique_info(per_job, **resources):
+    # the jobs import this module for its operations
+    env = {"WFL_NUM_PYTHON_SUBPROCESSES": "0",
+           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     return RemoteInfo("slurm", f"wfl_like_remote_{uuid.uuid4().hex[:8]}", {"max_time": "5m", **resources},
-                      num_inputs_per_queued_job=per_job, env_vars={"WFL_NUM_PYTHON_SUBPROCESSES": "0"})
+                      num_inputs_per_queued_job=per_job, env_vars=env)
+
+
+def slow_copy(items, delay):
+    """The structures as they are, ``delay`` seconds each (module level: the jobs import it)."""
+    for atoms in items:
+        time.sleep(delay)
+        atoms.info["slow"] = True
+    return items
 
 
 def cu_cells(n, seed=0):
@@ -82,6 +96,38 @@ def test_an_array_of_two_job_main_tasks_gives_the_serial_output(tmp_path):
     assert texts == (tmp_path / "serial.xyz").read_text()
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(
         f"{info.job_name}_{job_id}_{k}.{ext}" for k in range(2) for ext in ("out", "err"))
+
+
+@pytest.mark.slurm
+def test_items_finished_in_a_cancelled_job_are_kept_and_a_resubmission_computes_the_rest(tmp_path):
+    from wfl_like import autoparallelize
+
+    ase.io.write(tmp_path / "in.xyz", cu_cells(6))
+    autoparallelize(slow_copy, ConfigSet(tmp_path / "in.xyz"), OutputSpec(tmp_path / "serial.xyz"), delay=0,
+                    autopara_info={"num_python_subprocesses": 0})
+    info = unique_info(6, num_cores=1)
+    (task,) = build_tasks(slow_copy, ConfigSet(tmp_path / "in.xyz"), OutputSpec(tmp_path / "out.xyz"), info,
+                          op_kwargs={"delay": 0.5})
+    (task_dir,) = write_tasks(tmp_path / "tasks", [task])
+    script, directives = job_script(info, tmp_path / "tasks"), info.sbatch_directives(1, tmp_path / "logs")
+
+    job_id = slurm.submit_array(script, 1, directives, tmp_path)
+    try:
+        wait_for(job_id, lambda s: len(read_results(task_dir).records) >= 2, "two items recorded")
+        slurm.cancel(job_id)
+        wait_for(job_id, lambda s: s.get(0) == "CANCELLED", "CANCELLED")
+    finally:
+        slurm.cancel(job_id)
+    kept = read_results(task_dir)
+    assert not kept.done and 2 <= len(kept.records) < 6
+
+    again = slurm.submit_array(script, 1, directives, tmp_path)
+    wait_for(again, lambda s: read_results(task_dir).done and s.get(0, "COMPLETED") in slurm.FINAL_STATES,
+             "the task done")
+    results = read_results(task_dir)
+    assert [r.index for r in results.records] == list(range(6))
+    assert results.records[:len(kept.records)] == kept.records
+    assert "".join(r.text for r in results.records) == (tmp_path / "serial.xyz").read_text()
 
 
 @pytest.mark.slurm
