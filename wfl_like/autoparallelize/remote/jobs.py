@@ -12,6 +12,7 @@ from pathlib import Path
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo
 from wfl_like.autoparallelize.chunks import item_rngs, location_of_item
 from wfl_like.autoparallelize.remote.task import RemoteTask, write_task
+from wfl_like.autoparallelize.workers.opcall import op_name
 
 TASK_PREFIX = "task_"
 
@@ -40,16 +41,17 @@ def build_tasks(op, inputs, outputs, remote_info, op_args=(), op_kwargs=None, au
     -------
     list of RemoteTask
     """
+    # the engine's own steps, so that a job runs the very call a local run would
     from wfl_like.autoparallelize import base
 
     info = autopara_info if isinstance(autopara_info, AutoparaInfo) else AutoparaInfo(**(autopara_info or {}))
     info = info.with_defaults(None)
     kwargs = dict(op_kwargs or {})
-    call = base._make_call(op, info, tuple(op_args), kwargs, rng, base.op_name(op))
+    call = base._make_call(op, info, tuple(op_args), kwargs, rng, op_name(op))
     items, call = base._items_and_call(inputs, outputs, call, info, hashed=False)
     items = list(items)
     op_rng = rng.spawn(1)[0] if rng is not None else None
-    rngs = [rng for rng, _ in zip(item_rngs(op_rng), items)]
+    rngs = [rng for _, rng in zip(items, item_rngs(op_rng))]
     renderer = outputs.renderer() if outputs is not None and outputs.files is not None else None
     size = remote_info.items_per_job(len(items))
     chunk_size = info.num_inputs_per_python_subprocess
