@@ -265,3 +265,11 @@ class WorkerPoisonedError(RuntimeError):
 
     def __reduce__(self):
         return (type(self), (self.error,))
+
+
+# --- queued jobs ------------------------------------------------------------------------
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command (``sbatch``, ``squeue``, ``scontrol``, ``scancel``) is missing or failed;
+    the message gives the command and what it wrote on stderr."""

@@ -1,0 +1,216 @@
+"""The results file of a task: one record per item, that a reader can trust after a kill mid-write.
+
+Each record is one line, ``CHECKSUM JSON\\n``: the JSON is ASCII with no line break in it
+(``json.dumps`` escapes them), and ``CHECKSUM`` is the hex BLAKE2b digest of the JSON's
+bytes.  The job appends a record with one ``write`` and an ``fsync`` as each item
+finishes, and a last ``done`` record when every item has one.  A job killed mid-write
+leaves at most one torn line, at the end: the reader passes over it, and a job that takes
+the task up again cuts it off before it appends.  No pickles: a record holds the
+extended-XYZ text of the item's outputs or the one-line reason of its failure.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS_NAME = "results"
+_DIGEST_SIZE = 8
+_HEX_LENGTH = 2 * _DIGEST_SIZE
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """What came of one item of a task.
+
+    Attributes
+    ----------
+    index : int
+        The item's index in the whole input of the call.
+    ok : bool
+        Whether the operation gave an output that could be stored.
+    text : str
+        Extended-XYZ text of its output structures ("" for none, or for a failure).
+    file_i : int
+        The output file the text goes to (0 for a single file).
+    count : int
+        Structures in ``text``.
+    reason : str
+        One line, for a failed item: the exception's type and message.
+    """
+
+    index: int
+    ok: bool
+    text: str = ""
+    file_i: int = 0
+    count: int = 0
+    reason: str = ""
+
+    def as_json(self):
+        if self.ok:
+            return {"kind": "item", "index": self.index, "ok": True, "file_i": self.file_i, "count": self.count,
+                    "text": self.text}
+        return {"kind": "item", "index": self.index, "ok": False, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class TaskResults:
+    """The complete records of a results file.
+
+    Attributes
+    ----------
+    records : list of ItemRecord
+        In the order they were written.
+    done : bool
+        The job wrote its ``done`` record: every item of the task has a record.
+    end : int
+        Byte offset just past the last complete record (where a torn one begins).
+    """
+
+    records: list
+    done: bool
+    end: int
+
+    def by_index(self):
+        """``{index: ItemRecord}``; an index recorded twice keeps its first record."""
+        table = {}
+        for record in self.records:
+            table.setdefault(record.index, record)
+        return table
+
+
+def encode(payload):
+    """The line of one record: ``CHECKSUM JSON\\n`` as bytes."""
+    body = json.dumps(payload, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return hashlib.blake2b(body, digest_size=_DIGEST_SIZE).hexdigest().encode("ascii") + b" " + body + b"\n"
+
+
+def read_results(task_dir):
+    """The complete records of ``task_dir``'s results file, a torn last one left out.
+
+    Parameters
+    ----------
+    task_dir : str or Path
+
+    Returns
+    -------
+    TaskResults
+        No records (and not done) when there is no results file yet.
+
+    Raises
+    ------
+    ValueError
+        A damaged record that is not the last line (the file was changed by something other
+        than a job): the message names the file and the line.
+    """
+    path = Path(task_dir) / RESULTS_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return TaskResults([], False, 0)
+    records, done, offset = [], False, 0
+    lines = data.split(b"\n")
+    # the piece after the last newline is a torn record (or nothing)
+    for line_no, line in enumerate(lines[:-1], start=1):
+        payload = _decoded(line)
+        if payload is None:
+            if line_no == len(lines) - 1 and not done:
+                break       # a torn last line that happens to end where a newline was
+            raise ValueError(f"results file {str(path)!r} line {line_no} is damaged (bad checksum or framing); "
+                             f"remove the task's directory to compute its items again")
+        offset += len(line) + 1
+        if payload.get("kind") == "done":
+            done = True
+        else:
+            records.append(_record(payload, path, line_no))
+    return TaskResults(records, done, offset)
+
+
+def _decoded(line):
+    """The JSON payload of a record line, or None when its framing or checksum is wrong."""
+    if len(line) < _HEX_LENGTH + 2 or line[_HEX_LENGTH:_HEX_LENGTH + 1] != b" ":
+        return None
+    body = line[_HEX_LENGTH + 1:]
+    if hashlib.blake2b(body, digest_size=_DIGEST_SIZE).hexdigest().encode("ascii") != line[:_HEX_LENGTH]:
+        return None
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _record(payload, path, line_no):
+    try:
+        if payload["ok"]:
+            return ItemRecord(int(payload["index"]), True, str(payload["text"]), int(payload["file_i"]),
+                              int(payload["count"]))
+        return ItemRecord(int(payload["index"]), False, reason=str(payload["reason"]))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"results file {str(path)!r} line {line_no} is not an item record of wfl_like; remove "
+                         f"the task's directory to compute its items again") from None
+
+
+class ResultsWriter:
+    """Appends records to a task's results file, each written whole and fsynced before the next.
+
+    Opening it cuts off a torn last record left by a killed job, so that what it appends
+    starts on a line of its own.
+
+    Parameters
+    ----------
+    task_dir : str or Path
+    """
+
+    def __init__(self, task_dir):
+        self.path = Path(task_dir) / RESULTS_NAME
+        existing = read_results(task_dir)
+        self.done_before = {record.index for record in existing.records}
+        created = not self.path.exists()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if os.fstat(self._fd).st_size > existing.end:
+            os.ftruncate(self._fd, existing.end)
+            os.fsync(self._fd)
+        if created:
+            _fsync_dir(self.path.parent)
+
+    def append(self, record):
+        """Write one :class:`ItemRecord` and fsync it."""
+        self._write(encode(record.as_json()))
+
+    def finish(self, n_items):
+        """Write the ``done`` record: every one of the task's ``n_items`` items has a record."""
+        self._write(encode({"kind": "done", "n_items": n_items}))
+
+    def _write(self, line):
+        view = memoryview(line)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        os.fsync(self._fd)
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _fsync_dir(directory):
+    """Make a new file's name durable (its directory's entry), where the OS allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
