@@ -111,3 +111,18 @@ def assert_usage_error(proc, *words):
     assert len(lines) == 1 and lines[0].startswith("wfl-like: error:"), proc.stderr
     for word in words:
         assert word in lines[0], lines[0]
+
+
+def cu_cells(n, seed=0):
+    """``n`` distinct rattled 4-atom fcc Cu cells, ``info["idx"] = i``."""
+    import numpy as np
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    cells = []
+    for i in range(n):
+        atoms = bulk("Cu", "fcc", a=rng.uniform(3.5, 3.7), cubic=True)
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        atoms.info["idx"] = i
+        cells.append(atoms)
+    return cells

@@ -9,13 +9,13 @@ import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
 from wfl_like.errors import AutoparallelizeError
 from wfl_like import AutoparaInfo, ConfigSet, OutputSpec
 from wfl_like.calculators.generic import calculate
+from helpers import cu_cells
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "cu_rattled.xyz"
 SERIAL = {"num_python_subprocesses": 0}
@@ -29,16 +29,6 @@ def _no_worker_env(monkeypatch):
 
 # --- helpers and module-level calculators (module level so that they pickle) -------------
 
-def cu_cells(n, seed=0):
-    """``n`` distinct rattled 4-atom fcc Cu cells, ``info["idx"] = i``."""
-    rng = np.random.default_rng(seed)
-    cells = []
-    for i in range(n):
-        atoms = bulk("Cu", "fcc", a=rng.uniform(3.5, 3.7), cubic=True)
-        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
-        atoms.info["idx"] = i
-        cells.append(atoms)
-    return cells
 
 
 def cu_cluster():

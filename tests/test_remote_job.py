@@ -14,7 +14,6 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
-from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from wfl_like import ConfigSet, OutputSpec, autoparallelize
@@ -22,6 +21,7 @@ from wfl_like.autoparallelize.remote.jobs import build_tasks, write_tasks
 from wfl_like.autoparallelize.remote.remote_info import RemoteInfo
 from wfl_like.autoparallelize.remote.results import ItemRecord, read_results
 from wfl_like.calculators.generic import _calculate_op, calculate
+from helpers import cu_cells
 
 HERE = Path(__file__).resolve().parent
 EMT_SPEC = (EMT, [], {})
@@ -35,15 +35,6 @@ def _no_worker_env(monkeypatch):
     monkeypatch.delenv("SLURM_CPUS_ON_NODE", raising=False)
 
 
-def cu_cells(n, seed=0):
-    rng = np.random.default_rng(seed)
-    cells = []
-    for i in range(n):
-        atoms = bulk("Cu", "fcc", a=rng.uniform(3.5, 3.7), cubic=True)
-        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
-        atoms.info["idx"] = i
-        cells.append(atoms)
-    return cells
 
 
 def remote(per_job):

@@ -11,9 +11,7 @@ import uuid
 from pathlib import Path
 
 import ase.io
-import numpy as np
 import pytest
-from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from wfl_like import ConfigSet, OutputSpec
@@ -23,6 +21,7 @@ from wfl_like.autoparallelize.remote.remote_info import RemoteInfo
 from wfl_like.autoparallelize.remote.results import read_results
 from wfl_like.calculators.generic import _calculate_op, calculate
 from wfl_like.errors import SlurmError
+from helpers import cu_cells
 
 EMT_SPEC = (EMT, [], {})
 CALCULATE_KWARGS = {"properties": None, "output_prefix": "_auto_", "verbose": False, "raise_calc_exceptions": False}
@@ -46,14 +45,6 @@ def slow_copy(items, delay):
     return items
 
 
-def cu_cells(n, seed=0):
-    rng = np.random.default_rng(seed)
-    cells = []
-    for _ in range(n):
-        atoms = bulk("Cu", "fcc", a=rng.uniform(3.5, 3.7), cubic=True)
-        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
-        cells.append(atoms)
-    return cells
 
 
 def wait_for(job_id, done, what):
