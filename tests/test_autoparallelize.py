@@ -488,7 +488,9 @@ def test_autoparainfo_unknown_key_is_rejected_everywhere():
     # wfl's remote-job options: accepted when empty (wfl scripts pass None), refused otherwise
     assert AutoparaInfo(remote_info=None, remote_label=None, hash_ignore=[]).as_dict() == AutoparaInfo().as_dict()
     with pytest.raises(ValueError, match="remote job submission"):
-        AutoparaInfo(remote_info={"sys_name": "cluster"})
+        AutoparaInfo(remote_label="run_1")
+    with pytest.raises(ValueError, match="'cluster' is not a queuing system"):
+        AutoparaInfo(remote_info={"sys_name": "cluster", "job_name": "j", "resources": {"max_time": "1h"}}).with_defaults()
     info = AutoparaInfo()
     with pytest.raises(ValueError, match="bogus"):
         info.bogus = 1

@@ -50,10 +50,12 @@ def test_slurm_time_format():
     assert slurm_time(86400 + 61) == "1-00:02:00"
 
 
-def test_negative_number_of_inputs_means_number_of_jobs():
+def test_negative_number_of_inputs_counts_in_python_subprocess_chunks_as_in_wfl():
     remote = info(num_inputs_per_queued_job=-3)
-    assert remote.items_per_job(10) == 4
-    assert remote.items_per_job(2) == 1
+    assert remote.items_per_job(10) == 30
+    assert remote.items_per_job(1) == 3
+    assert remote.items_per_job("auto") == 3
+    assert info().items_per_job(1) == 100       # wfl's default: 100 chunks per job
 
 
 def test_setup_lines_quote_dict_values_and_keep_assignments_as_written():

@@ -16,7 +16,7 @@ from ase.calculators.emt import EMT
 
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize.remote import slurm
-from wfl_like.autoparallelize.remote.jobs import build_tasks, job_script, write_tasks
+from wfl_like.autoparallelize.remote.jobs import build_tasks, job_script, write_listing, write_tasks
 from wfl_like.autoparallelize.remote.remote_info import RemoteInfo
 from wfl_like.autoparallelize.remote.results import read_results
 from wfl_like.calculators.generic import _calculate_op, calculate
@@ -70,7 +70,7 @@ def test_an_array_of_two_job_main_tasks_gives_the_serial_output(tmp_path):
     task_dirs = write_tasks(tmp_path / "tasks", tasks)
     assert len(task_dirs) == 2
 
-    job_id = slurm.submit_array(job_script(info, tmp_path / "tasks"), len(tasks),
+    job_id = slurm.submit_array(job_script(info, write_listing(tmp_path / "tasks.list", task_dirs)), len(tasks),
                                 info.sbatch_directives(len(tasks), tmp_path / "logs"), tmp_path)
     finished = [read_results(d).done for d in task_dirs]
 
@@ -100,7 +100,8 @@ def test_items_finished_in_a_cancelled_job_are_kept_and_a_resubmission_computes_
     (task,) = build_tasks(slow_copy, ConfigSet(tmp_path / "in.xyz"), OutputSpec(tmp_path / "out.xyz"), info,
                           op_kwargs={"delay": 0.5})
     (task_dir,) = write_tasks(tmp_path / "tasks", [task])
-    script, directives = job_script(info, tmp_path / "tasks"), info.sbatch_directives(1, tmp_path / "logs")
+    script = job_script(info, write_listing(tmp_path / "tasks.list", [task_dir]))
+    directives = info.sbatch_directives(1, tmp_path / "logs")
 
     job_id = slurm.submit_array(script, 1, directives, tmp_path)
     try:

@@ -273,3 +273,10 @@ class WorkerPoisonedError(RuntimeError):
 class SlurmError(RuntimeError):
     """A Slurm command (``sbatch``, ``squeue``, ``scontrol``, ``scancel``) is missing or failed;
     the message gives the command and what it wrote on stderr."""
+
+
+class QueuedJobsTimeout(TimeoutError):
+    """The driver waited ``remote_info["timeout"]`` seconds and some queued jobs had not finished.
+
+    The jobs are left queued, and what came back is journaled: rerun the same call to
+    collect them (``scancel`` the jobs named to give up on them)."""

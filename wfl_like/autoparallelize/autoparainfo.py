@@ -18,14 +18,15 @@ _DEFAULTS = {
     "cache_extra": None,
     "executor": None,
     "workers_read_files": None,
+    "remote_info": None,
 }
 
 WORKERS_READ_FILES_ENV = "WFL_LIKE_WORKERS_READ_FILES"
 _YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
-# wfl options for its remote job submission (ExPyRe), which wfl_like does not have:
+# options of wfl's remote job submission (ExPyRe) that wfl_like does not have:
 # accepted when empty (wfl scripts pass None), refused otherwise.
-_REMOTE_ONLY = ("remote_info", "remote_label", "hash_ignore")
+_REMOTE_ONLY = ("remote_label", "hash_ignore")
 
 
 class AutoparaInfo:
@@ -104,6 +105,14 @@ class AutoparaInfo:
         without the driver's filesystem).  Default: the env var
         ``WFL_LIKE_WORKERS_READ_FILES`` (``0`` or ``1``), else ``True``.  Outputs are the
         same either way.
+    remote_info : dict or RemoteInfo, optional
+        Send the inputs as queued jobs (Slurm job arrays) of ``num_inputs_per_queued_job``
+        items each, run by the usual engine inside each job, and collect their results:
+        ``{"sys_name": "slurm", "job_name": ..., "resources": {"max_time": "2h", ...}, ...}``
+        (see :class:`~wfl_like.autoparallelize.remote.remote_info.RemoteInfo`).  Default:
+        the entry for this operation in the env var ``WFL_EXPYRE_INFO``, else run here.
+        Needs a journal (file outputs, or ``cache=PATH``): it also records the jobs, so
+        that a rerun after the driver died collects them instead of submitting again.
 
     Raises
     ------
@@ -183,6 +192,10 @@ class AutoparaInfo:
                             f"not {type(self.executor).__name__}")
         if self.workers_read_files is not None and not isinstance(self.workers_read_files, bool):
             raise TypeError(f"workers_read_files must be True, False or None, not {self.workers_read_files!r}")
+        if self.remote_info is not None:
+            from wfl_like.autoparallelize.remote.remote_info import RemoteInfo
+
+            RemoteInfo.from_autopara(self.remote_info, "")     # checked here: the message names the option
         init = self.initializer
         if (not isinstance(init, (tuple, list)) or len(init) != 2
                 or not (init[0] is None or callable(init[0]))):
@@ -221,9 +234,9 @@ def _check_names(options, where):
     for name in list(options):
         if name in _REMOTE_ONLY:
             if options[name]:
-                raise ValueError(f"{where} option {name!r} is for wfl's remote job submission (ExPyRe), "
-                                 f"which wfl_like does not have; leave it unset and choose "
-                                 f"num_python_subprocesses instead")
+                raise ValueError(f"{where} option {name!r} of wfl's remote job submission (ExPyRe) is not "
+                                 f"supported by wfl_like; leave it unset (queued jobs are set up by "
+                                 f"remote_info alone)")
             del options[name]
         elif name not in _DEFAULTS:
             raise ValueError(f"unknown {where} option {name!r}; known options: {sorted(_DEFAULTS)}")

@@ -10,6 +10,7 @@ import numpy as np
 from ase import Atoms
 
 from wfl_like.autoparallelize.workers import mpi as mpipool_support
+from wfl_like.autoparallelize.remote import queued
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo, workers_read_files
 from wfl_like.autoparallelize.resume.cache import RunCache, inputs_fingerprint, journal_location
 from wfl_like.autoparallelize.resume import stored
@@ -160,6 +161,12 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs, pla
         failures, n_items = _compute(call, inputs, outputs, info, rng, cache)
         if failures and info.errors == "raise":
             raise AutoparallelizeError(name, failures)
+    except queued.JobsPending as pending:
+        # wait_for_results=False: the jobs run on; a later call with the same arguments collects
+        if outputs is not None:
+            outputs.discard()
+        log.info("%s", pending)
+        return None
     except BaseException:
         if outputs is not None:
             outputs.discard()
@@ -183,6 +190,9 @@ def _compute(call, inputs, outputs, info, rng, cache):
     ``rng`` is the call's own generator, spawned once from the caller's by ``_run``.
     """
     name = call.name
+    remote = queued.remote_info_of(info, name)
+    if remote is not None:
+        return _compute_queued(call, inputs, outputs, info, rng, cache, remote)
     executor = info.executor if info.executor is not None else mpipool_support.active_executor()
     if executor is not None and info.executor is None and info.num_python_subprocesses:
         warnings.warn(f"num_python_subprocesses={info.num_python_subprocesses} is ignored: {name} runs on "
@@ -219,6 +229,35 @@ def _compute(call, inputs, outputs, info, rng, cache):
         with contextlib.closing(results):      # an error while storing withdraws the queued chunks
             return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast,
                               rendered_by_workers=rendered_by_workers)
+
+
+def _compute_queued(call, inputs, outputs, info, rng, cache, remote):
+    """:func:`_compute` with the chunks run as queued jobs of ``remote`` (a RemoteInfo).
+
+    Every chunk (of a job's size) is made and submitted before the first is waited for:
+    the jobs go out as one array, and those of an earlier run that died are found again.
+    """
+    name = call.name
+    if cache is None:
+        raise ValueError(f"{name}: remote_info needs a journal, which also records the queued jobs: give file "
+                         f"outputs (OutputSpec('out.xyz')) or cache=PATH, and do not set cache=False")
+    items, call = _items_and_call(inputs, outputs, call, info, hashed=True)
+    per_job = remote.items_per_job(info.num_inputs_per_python_subprocess)
+    chunks = list(make_chunks(items, per_job, rng, lookup=cache.lookup))
+    state_dir = queued.state_dir_of(cache.journal.path, fresh=outputs is not None and outputs.overwrite)
+    jobs = queued.QueuedJobs(remote, call, info, outputs, state_dir)
+    try:
+        futures = {chunk.first: jobs.submit(chunk) for chunk in chunks if chunk.cached is None}
+        jobs.flush()
+        if not remote.wait_for_results and not jobs.all_settled():
+            raise queued.JobsPending(name, jobs)
+        results = run_in_order(lambda chunk, timeout: futures[chunk.first], chunks, max(1, len(chunks)), name,
+                               retries=0)
+        with contextlib.closing(results):
+            return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast,
+                              rendered_by_workers=outputs is not None and outputs.files is not None)
+    finally:
+        jobs.close()
 
 
 def _items_and_call(inputs, outputs, call, info, hashed):

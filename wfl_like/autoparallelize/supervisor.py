@@ -14,8 +14,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from wfl_like.autoparallelize.chunks import Chunk
-from wfl_like.errors import (FailedItem, OpOutputError, TaskTimeoutError, WorkerDiedError, WorkerInitializerError,
-                             WorkerPoisonedError)
+from wfl_like.errors import (FailedItem, OpOutputError, QueuedJobsTimeout, SlurmError, TaskTimeoutError,
+                             WorkerDiedError, WorkerInitializerError, WorkerPoisonedError)
 
 log = logging.getLogger("wfl_like.progress")
 
@@ -24,7 +24,7 @@ log = logging.getLogger("wfl_like.progress")
 IN_FLIGHT_PER_SLOT = 2
 
 # Failures that say nothing about the items: they end the whole call.
-_FATAL = (WorkerInitializerError,)
+_FATAL = (WorkerInitializerError, SlurmError, QueuedJobsTimeout)
 
 
 @dataclass

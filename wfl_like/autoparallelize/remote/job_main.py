@@ -15,6 +15,7 @@ import sys
 
 from wfl_like.autoparallelize.chunks import Chunk
 from wfl_like.autoparallelize.frame_items import Unstorable
+from wfl_like.autoparallelize.remote.remote_info import IN_QUEUED_JOB_ENV
 from wfl_like.autoparallelize.remote.results import ItemRecord, ResultsWriter
 from wfl_like.autoparallelize.remote.task import load_task
 from wfl_like.autoparallelize.supervisor import one_line_reason, run_in_order
@@ -117,6 +118,8 @@ def main(argv=None):
                                      description="Compute the items of one queued job's task directory.")
     parser.add_argument("task_dir", help="directory holding task.pickle; results are appended there")
     args = parser.parse_args(argv)
+    # an operation that calls another wrapped one runs it here, not as more queued jobs
+    os.environ[IN_QUEUED_JOB_ENV] = "1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         computed = run_task(args.task_dir)

@@ -2,16 +2,20 @@
 
 The call is made as a local run makes it (the same OpCall, FramesCall, per-item
 generators, locations), so that each job computes what the local run would have.
-This is the driver's side; the engine does not call it yet.
+This is the driver's side (:mod:`.queued` calls it).
 """
 
+import dataclasses
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo
 from wfl_like.autoparallelize.chunks import item_rngs, location_of_item
+from wfl_like.autoparallelize.frame_items import FrameItem
 from wfl_like.autoparallelize.remote.task import RemoteTask, write_task
+from wfl_like.autoparallelize.workers.frames_task import FramesCall
 from wfl_like.autoparallelize.workers.opcall import op_name
 
 TASK_PREFIX = "task_"
@@ -53,16 +57,35 @@ def build_tasks(op, inputs, outputs, remote_info, op_args=(), op_kwargs=None, au
     op_rng = rng.spawn(1)[0] if rng is not None else None
     rngs = [rng for _, rng in zip(items, item_rngs(op_rng))]
     renderer = outputs.renderer() if outputs is not None and outputs.files is not None else None
-    size = remote_info.items_per_job(len(items))
-    chunk_size = info.num_inputs_per_python_subprocess
-    return [RemoteTask(call=call, indices=list(range(start, min(start + size, len(items)))),
-                       items=items[start:start + size], rngs=rngs[start:start + size],
-                       locations=[location_of_item(item) or () for item in items[start:start + size]],
-                       renderer=renderer, skip_failed=info.skip_failed,
-                       chunk_size=chunk_size if isinstance(chunk_size, int) else 1,
-                       num_python_subprocesses=info.num_python_subprocesses, retries=info.retries,
-                       timeout=info.timeout, initializer=tuple(info.initializer))
+    size = remote_info.items_per_job(info.num_inputs_per_python_subprocess)
+    call = task_call(call)
+    return [make_task(call, list(range(start, min(start + size, len(items)))), items[start:start + size],
+                      rngs[start:start + size], [location_of_item(item) for item in items[start:start + size]],
+                      renderer, info)
             for start in range(0, len(items), size)]
+
+
+def task_call(call):
+    """The call as a job runs it: a FramesCall renders its outputs but does not pack them for a
+    journal (the job's results file holds text, the driver journals it)."""
+    if isinstance(call, FramesCall) and call.journaled:
+        return FramesCall(call.call, call.renderer, call.skip_failed, journaled=False)
+    return call
+
+
+def make_task(call, indices, items, rngs, locations, renderer, info):
+    """A :class:`RemoteTask` of these items, to be run with the options of ``info`` (AutoparaInfo).
+
+    Frames of input files are given by absolute paths: the job runs in another directory.
+    """
+    items = [dataclasses.replace(item, path=os.path.abspath(item.path)) if isinstance(item, FrameItem) else item
+             for item in items]
+    chunk_size = info.num_inputs_per_python_subprocess
+    return RemoteTask(call=call, indices=list(indices), items=items, rngs=list(rngs),
+                      locations=[tuple(loc or ()) for loc in locations], renderer=renderer,
+                      skip_failed=info.skip_failed, chunk_size=chunk_size if isinstance(chunk_size, int) else 1,
+                      num_python_subprocesses=info.num_python_subprocesses, retries=info.retries,
+                      timeout=info.timeout, initializer=tuple(info.initializer))
 
 
 def write_tasks(tasks_root, tasks):
@@ -70,17 +93,26 @@ def write_tasks(tasks_root, tasks):
     return [write_task(Path(tasks_root) / f"{TASK_PREFIX}{k}", task) for k, task in enumerate(tasks)]
 
 
-def job_script(remote_info, tasks_root, python=None):
-    """The shell lines of the job array: the user's setup, then job_main on ``task_$SLURM_ARRAY_TASK_ID``.
+def write_listing(path, task_dirs):
+    """Write the task directories of a job array, one per line (line k+1: array index k)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{Path(task_dir).resolve()}\n" for task_dir in task_dirs))
+    return path
+
+
+def job_script(remote_info, listing, python=None):
+    """The shell lines of a job array: the user's setup, then job_main on the task of the array index.
 
     Parameters
     ----------
     remote_info : RemoteInfo
-    tasks_root : str or Path
-        Holds the task directories (on the filesystem the jobs share).
+    listing : str or Path
+        The file of :func:`write_listing`: array index k runs the task of line k+1.
     python : str, optional
         The interpreter of the jobs; the driver's own by default.
     """
-    task_dir = shlex.quote(str(Path(tasks_root) / TASK_PREFIX)) + "${SLURM_ARRAY_TASK_ID}"
-    command = f"{shlex.quote(python or sys.executable)} -m wfl_like.autoparallelize.remote.job_main {task_dir}"
+    listing = shlex.quote(str(Path(listing).resolve()))
+    command = (f'TASK_DIR="$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {listing})"\n'
+               f'{shlex.quote(python or sys.executable)} -m wfl_like.autoparallelize.remote.job_main "$TASK_DIR"')
     return "\n".join([*remote_info.setup_lines(), command]) + "\n"

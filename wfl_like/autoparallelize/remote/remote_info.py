@@ -13,10 +13,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 EXPYRE_INFO_ENV = "WFL_EXPYRE_INFO"
+# set by job_main inside a queued job: an operation called there runs there, whatever
+# WFL_EXPYRE_INFO (which the job inherits from the driver) says
+IN_QUEUED_JOB_ENV = "WFL_LIKE_IN_QUEUED_JOB"
 SYSTEMS = ("slurm",)
 RESOURCE_KEYS = ("max_time", "num_nodes", "num_cores", "partitions")
 # wfl/ExPyRe options that this layer does not implement: named apart from typos in messages
-_WFL_ONLY = ("post_cmds", "input_files", "output_files", "exact_fit", "partial_node", "timeout",
+_WFL_ONLY = ("post_cmds", "input_files", "output_files", "exact_fit", "partial_node",
              "ignore_failed_jobs", "resubmit_killed_jobs", "hash_ignore")
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9_.+\-]+")
@@ -45,7 +48,9 @@ class RemoteInfo:
         ``num_cores`` is given), ``num_cores`` (int: cores of the one task of a job),
         ``partitions`` (str or list of str).
     num_inputs_per_queued_job : int, default -100
-        Items per job; a negative ``-N`` asks for ``N`` jobs, the items shared evenly.
+        Items per job; a negative ``-N`` gives each job ``N`` times
+        ``num_inputs_per_python_subprocess`` items (as in wfl; ``N`` items when that is
+        ``"auto"``).
     header_extra : list of str
         More sbatch options: ``"#SBATCH --qos=debug"`` or just ``"--qos=debug"``.
     pre_cmds : list of str
@@ -57,6 +62,13 @@ class RemoteInfo:
         How many more times the items of a job killed before it finished are queued.
     check_interval : float, default 5
         Seconds between looks at the queue.
+    wait_for_results : bool, default True
+        ``False``: submit the jobs (or find them queued) and return ``None`` at once, the
+        outputs unwritten; a later call with the same arguments collects.
+    timeout : float, optional
+        Seconds the driver waits for the jobs; past that it raises
+        :class:`~wfl_like.errors.QueuedJobsTimeout` and leaves them queued, to be collected
+        by a rerun.  Default: no limit.
     """
 
     sys_name: str
@@ -68,6 +80,8 @@ class RemoteInfo:
     env_vars: object = field(default_factory=dict)
     retries: int = 2
     check_interval: float = 5
+    wait_for_results: bool = True
+    timeout: float = None
 
     def __post_init__(self):
         self._check_names()
@@ -80,7 +94,11 @@ class RemoteInfo:
         self.env_vars = _checked_env_vars(self.env_vars)
         self.retries = _checked_int("retries", self.retries, "a number of resubmissions >= 0",
                                     allow=lambda v: v >= 0)
-        self.check_interval = _checked_interval(self.check_interval)
+        self.check_interval = _checked_interval("check_interval", self.check_interval)
+        if not isinstance(self.wait_for_results, bool):
+            raise TypeError(f"remote_info wait_for_results must be True or False, not {self.wait_for_results!r}")
+        if self.timeout is not None:
+            self.timeout = _checked_interval("timeout", self.timeout)
 
     def _check_names(self):
         if not isinstance(self.sys_name, str):
@@ -116,6 +134,8 @@ class RemoteInfo:
         if isinstance(value, cls):
             return value
         if value is None:
+            if os.environ.get(IN_QUEUED_JOB_ENV):
+                return None
             value = _from_env(op_name)
             if value is None:
                 return None
@@ -134,11 +154,11 @@ class RemoteInfo:
                              f"(at least max_time)")
         return cls(**value)
 
-    def items_per_job(self, n_items):
-        """How many items each queued job gets, for ``n_items`` inputs (at least 1)."""
+    def items_per_job(self, chunk_size):
+        """How many items each queued job gets, with ``num_inputs_per_python_subprocess=chunk_size``."""
         if self.num_inputs_per_queued_job > 0:
             return self.num_inputs_per_queued_job
-        return max(1, math.ceil(n_items / -self.num_inputs_per_queued_job))
+        return -self.num_inputs_per_queued_job * (chunk_size if isinstance(chunk_size, int) else 1)
 
     def sbatch_directives(self, n_tasks=None, log_dir=None):
         """The ``#SBATCH`` lines of the job script.
@@ -272,11 +292,11 @@ def _checked_int(name, value, expected, allow):
     return value
 
 
-def _checked_interval(value):
+def _checked_interval(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"remote_info check_interval must be a number of seconds, not {type(value).__name__}")
+        raise TypeError(f"remote_info {name} must be a number of seconds, not {type(value).__name__}")
     if not value > 0:
-        raise ValueError(f"remote_info check_interval={value} must be more than 0 seconds")
+        raise ValueError(f"remote_info {name}={value} must be more than 0 seconds")
     return value
 
 

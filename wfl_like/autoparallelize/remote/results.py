@@ -105,26 +105,44 @@ def read_results(task_dir):
         than a job): the message names the file and the line.
     """
     path = Path(task_dir) / RESULTS_NAME
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return TaskResults([], False, 0)
-    records, done, offset = [], False, 0
-    lines = data.split(b"\n")
-    # the piece after the last newline is a torn record (or nothing)
-    for line_no, line in enumerate(lines[:-1], start=1):
-        payload = _decoded(line)
-        if payload is None:
-            if line_no == len(lines) - 1 and not done:
-                break       # a torn last line that happens to end where a newline was
-            raise ValueError(f"results file {str(path)!r} line {line_no} is damaged (bad checksum or framing); "
-                             f"remove the task's directory to compute its items again")
-        offset += len(line) + 1
+    records, done = [], False
+    payloads, end = read_lines(path, "remove the task's directory to compute its items again")
+    for line_no, payload in payloads:
         if payload.get("kind") == "done":
             done = True
         else:
             records.append(_record(payload, path, line_no))
-    return TaskResults(records, done, offset)
+    return TaskResults(records, done, end)
+
+
+def read_lines(path, remedy):
+    """``([(line number, payload dict)], end)`` of a file of :func:`encode` d lines.
+
+    ``end`` is the byte offset just past the last complete line: a torn last line (a
+    writer killed mid-write) is left out.  A missing file has no lines.
+
+    Raises
+    ------
+    ValueError
+        A damaged line that is not the last one; the message names the file, the line,
+        and ``remedy``.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    payloads, offset = [], 0
+    lines = data.split(b"\n")
+    # the piece after the last newline is a torn line (or nothing)
+    for line_no, line in enumerate(lines[:-1], start=1):
+        payload = _decoded(line)
+        if payload is None:
+            if line_no == len(lines) - 1:
+                break       # a torn last line that happens to end where a newline was
+            raise ValueError(f"file {str(path)!r} line {line_no} is damaged (bad checksum or framing); {remedy}")
+        offset += len(line) + 1
+        payloads.append((line_no, payload))
+    return payloads, offset
 
 
 def _decoded(line):
@@ -152,39 +170,38 @@ def _record(payload, path, line_no):
                          f"the task's directory to compute its items again") from None
 
 
-class ResultsWriter:
-    """Appends records to a task's results file, each written whole and fsynced before the next.
+class LineWriter:
+    """Appends :func:`encode` d lines to a file, each written whole and fsynced before the next.
 
-    Opening it cuts off a torn last record left by a killed job, so that what it appends
-    starts on a line of its own.
+    Opening it cuts off a torn last line left by a killed writer, so that what it appends
+    starts on a line of its own.  With ``exclusive``, it holds an exclusive ``flock`` on the
+    file while open (waiting for it), so that two writers never interleave.
 
     Parameters
     ----------
-    task_dir : str or Path
+    path : str or Path
+    end : int
+        Where the complete lines end (from :func:`read_lines`).
+    exclusive : bool, default False
     """
 
-    def __init__(self, task_dir):
-        self.path = Path(task_dir) / RESULTS_NAME
-        existing = read_results(task_dir)
-        self.done_before = {record.index for record in existing.records}
+    def __init__(self, path, end, exclusive=False):
+        self.path = Path(path)
         created = not self.path.exists()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        if os.fstat(self._fd).st_size > existing.end:
-            os.ftruncate(self._fd, existing.end)
+        if exclusive:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if os.fstat(self._fd).st_size > end:
+            os.ftruncate(self._fd, end)
             os.fsync(self._fd)
         if created:
             _fsync_dir(self.path.parent)
 
-    def append(self, record):
-        """Write one :class:`ItemRecord` and fsync it."""
-        self._write(encode(record.as_json()))
-
-    def finish(self, n_items):
-        """Write the ``done`` record: every one of the task's ``n_items`` items has a record."""
-        self._write(encode({"kind": "done", "n_items": n_items}))
-
-    def _write(self, line):
-        view = memoryview(line)
+    def write_payload(self, payload):
+        """Write one line holding ``payload`` (a JSON-able dict) and fsync it."""
+        view = memoryview(encode(payload))
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
@@ -192,7 +209,7 @@ class ResultsWriter:
 
     def close(self):
         if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._fd)      # releases the flock
             self._fd = None
 
     def __enter__(self):
@@ -200,6 +217,41 @@ class ResultsWriter:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+class ResultsWriter(LineWriter):
+    """Appends records to a task's results file (see :class:`LineWriter`).
+
+    A second job given the same task (a resubmission while an old job still winds down)
+    waits for the first to let go of the file, then computes only what is still missing.
+
+    Parameters
+    ----------
+    task_dir : str or Path
+
+    Attributes
+    ----------
+    done_before : set of int
+        Indices of the items that had a record when the file was opened.
+    """
+
+    def __init__(self, task_dir):
+        path = Path(task_dir) / RESULTS_NAME
+        # opened (and locked) before it is read: what a job that held it wrote counts
+        super().__init__(path, end=path.stat().st_size if path.exists() else 0, exclusive=True)
+        existing = read_results(task_dir)
+        if os.fstat(self._fd).st_size > existing.end:
+            os.ftruncate(self._fd, existing.end)
+            os.fsync(self._fd)
+        self.done_before = {record.index for record in existing.records}
+
+    def append(self, record):
+        """Write one :class:`ItemRecord` and fsync it."""
+        self.write_payload(record.as_json())
+
+    def finish(self, n_items):
+        """Write the ``done`` record: every one of the task's ``n_items`` items has a record."""
+        self.write_payload({"kind": "done", "n_items": n_items})
 
 
 def _fsync_dir(directory):

@@ -56,7 +56,7 @@ def run_command(args, allow_unknown_job=False):
     return answer.stdout
 
 
-def submit_array(script, n_tasks, directives, workdir, hold=False):
+def submit_array(script, n_tasks, directives, workdir, hold=False, comment=None, chdir=None):
     """Submit ``script`` as a job array of ``n_tasks`` tasks (``--array=0-(n_tasks-1)``).
 
     Parameters
@@ -69,9 +69,13 @@ def submit_array(script, n_tasks, directives, workdir, hold=False):
         ``#SBATCH`` lines (:meth:`RemoteInfo.sbatch_directives`).  The array is given on the
         command line too, which wins over an ``--array`` among them.
     workdir : str or Path
-        Where the job script is kept, and the jobs' working directory.
+        Where the job script is kept, and the jobs' working directory unless ``chdir``.
     hold : bool, default False
         Submit held (``--hold``): the tasks stay pending until released or cancelled.
+    comment : str, optional
+        The job's comment (``--comment``): :func:`find_by_comment` finds the job by it.
+    chdir : str or Path, optional
+        The jobs' working directory.
 
     Returns
     -------
@@ -92,14 +96,30 @@ def submit_array(script, n_tasks, directives, workdir, hold=False):
     fd, path = tempfile.mkstemp(prefix="array_", suffix=".sh", dir=workdir)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
-    args = ["sbatch", "--parsable", f"--array=0-{n_tasks - 1}", f"--chdir={workdir}"]
+    args = ["sbatch", "--parsable", f"--array=0-{n_tasks - 1}", f"--chdir={chdir or workdir}"]
     if hold:
         args.append("--hold")
+    if comment is not None:
+        args.append(f"--comment={comment}")
     out = run_command([*args, path])
     job_id = out.strip().split(";")[0]
     if not job_id.isdigit():
         raise SlurmError(f"`sbatch --parsable {path}` gave {out.strip()!r}, not a job id")
     return job_id
+
+
+def find_by_comment(comment):
+    """The job id of a job of this user whose comment is ``comment``, or None.
+
+    Looks at every job the controller still knows (queued, running, and finished less
+    than ``MinJobAge`` ago).
+    """
+    out = run_command(["squeue", "--me", "-h", "-t", "all", "-o", "%F|%k"])
+    for line in out.splitlines():
+        job_id, _, text = line.strip().partition("|")
+        if text == comment and job_id.isdigit():
+            return job_id
+    return None
 
 
 def _make_log_dirs(directives, workdir):

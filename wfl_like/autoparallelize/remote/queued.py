@@ -1,0 +1,426 @@
+"""The driver's side of queued jobs: chunks become tasks, tasks go out as job arrays, records come back.
+
+:class:`QueuedJobs` stands where a worker pool stands for a local run: ``submit(chunk)``
+gives a future of the chunk's outputs, in the form the engine stores (the
+:class:`~wfl_like.io.renderer.RenderedOutput` of each item for file outputs, structures
+otherwise, an :class:`~wfl_like.autoparallelize.frame_items.Unstorable` for a failed
+item).  Its futures are settled by the thread that waits on them: each wait looks at the
+queue and at the results files every ``check_interval`` seconds, so no thread of its
+own runs behind the caller's back.
+
+What it trusts, in order: the results file of a task (an item with a record is done,
+whatever Slurm says), then Slurm's state of the task's last job (``squeue`` /
+``scontrol``; a job Slurm no longer knows has ended).  A task whose job ended with items
+unrecorded (cancelled, killed at its wall time, its node lost, its process killed) is
+submitted again, up to ``retries`` times in one call; its recorded items are not computed
+again.  Then those items fail, their reason naming the job and its end.
+"""
+
+import io
+import logging
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+
+import ase.io
+
+from wfl_like.autoparallelize.frame_items import Unstorable
+from wfl_like.autoparallelize.remote import slurm
+from wfl_like.autoparallelize.remote.jobs import TASK_PREFIX, job_script, make_task, task_call, write_listing
+from wfl_like.autoparallelize.remote.registry import JobRegistry
+from wfl_like.autoparallelize.remote.results import read_results
+from wfl_like.autoparallelize.remote.task import write_task
+from wfl_like.errors import QueuedJobsTimeout
+from wfl_like.io.renderer import RenderedOutput
+from wfl_like.locations import LOC_KEY
+
+log = logging.getLogger("wfl_like.progress")
+
+COMMENT_PREFIX = "wfl_like:"
+STATE_SUFFIX = ".jobs"
+# Slurm's default MaxArraySize is 1001 (indices 0..1000): larger submissions are split
+MAX_ARRAY = 1000
+
+
+def remote_info_of(info, op_name):
+    """The RemoteInfo of a call (``autopara_info.remote_info``, else ``WFL_EXPYRE_INFO``), or None."""
+    from wfl_like.autoparallelize.remote.remote_info import RemoteInfo
+
+    return RemoteInfo.from_autopara(info.remote_info, op_name)
+
+
+def state_dir_of(journal_path, fresh=False):
+    """The state directory of the call whose journal is ``journal_path``: beside it.
+
+    ``fresh`` (outputs with ``overwrite=True``): what an earlier run left there is
+    dropped, so that nothing is taken from its tasks.
+    """
+    state_dir = Path(journal_path).with_suffix(STATE_SUFFIX)
+    if fresh and state_dir.exists():
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return state_dir
+
+
+class JobsPending(Exception):
+    """``wait_for_results=False`` and some queued jobs have not finished: the call returns None."""
+
+    def __init__(self, op_name, jobs):
+        summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(jobs.states_summary().items()))
+        super().__init__(f"{op_name}: queued tasks {summary}; not waiting for them (wait_for_results=False): "
+                         f"call again with the same arguments to collect")
+
+
+class QueuedJobs:
+    """The queued jobs of one call, kept in a state directory on the shared filesystem.
+
+    Parameters
+    ----------
+    remote_info : RemoteInfo
+    call : OpCall or FramesCall
+        The call as the engine runs it locally.
+    info : AutoparaInfo
+        The options of the call, used inside each job.
+    outputs : OutputSpec or None
+        File outputs are rendered in the jobs.
+    state_dir : Path
+        Holds the registry (:mod:`.registry`), the task directories and the jobs' logs.
+    """
+
+    def __init__(self, remote_info, call, info, outputs, state_dir):
+        self.remote = remote_info
+        self.name = call.name
+        self.call = task_call(call)
+        self.info = info
+        self.to_files = outputs is not None and outputs.files is not None
+        self.renderer = outputs.renderer() if self.to_files else None
+        # absolute: the jobs run in the driver's directory, and their logs and tasks are named from there
+        self.state_dir = Path(state_dir).resolve()
+        self.registry = JobRegistry(self.state_dir)
+        self._views = {}          # task number -> _TaskView, for the tasks this call uses
+        self._to_submit = []      # task numbers waiting for the next sbatch
+        self._pending = []        # futures not yet settled
+        self._started = time.monotonic()
+        self._last_report = None
+        self.submitted_jobs = []  # job ids sbatch gave in this call
+        self._confirm_unheard_submissions()
+
+    # --- the engine's side ------------------------------------------------------------
+
+    def submit(self, chunk):
+        """A future of the outputs of ``chunk`` (a Chunk with cache keys).
+
+        Each item is taken from the task that already holds it (its record, or its job
+        still queued); the others go into one new task, submitted at the next :meth:`flush`.
+        """
+        parts, new = [], []
+        for position, (index, key, location) in enumerate(zip(chunk.indices, chunk.keys, chunk.locations)):
+            held = self._holder(key, tuple(location or ()))
+            if held is None:
+                new.append(position)
+                parts.append(None)
+            else:
+                parts.append(held)
+        if new:
+            number = self._new_task(chunk, new)
+            for k, position in enumerate(new):
+                parts[position] = (number, k)
+        future = _ChunkFuture(self, parts)
+        self._pending.append(future)
+        self._settle_ready()
+        return future
+
+    def flush(self):
+        """Submit the tasks waiting for it, as job arrays (one ``sbatch`` per 1000 tasks)."""
+        while self._to_submit:
+            numbers, self._to_submit = self._to_submit[:MAX_ARRAY], self._to_submit[MAX_ARRAY:]
+            self._submit_array(numbers)
+
+    def all_settled(self):
+        """Look once at the queue and the results; whether every future has its outputs."""
+        self.poll()
+        return not self._pending
+
+    def wait_for(self, future, timeout=None):
+        """Poll until ``future`` is settled; :class:`QueuedJobsTimeout` past ``remote_info.timeout``."""
+        while not future.done():
+            self.poll()
+            if future.done():
+                return
+            if self.remote.timeout is not None and time.monotonic() - self._started > self.remote.timeout:
+                raise QueuedJobsTimeout(self._timeout_message())
+            time.sleep(self.remote.check_interval)
+
+    def states_summary(self):
+        """``{state: number of tasks}`` over the tasks this call waits for, in Slurm's words plus
+        ``DONE`` (every item recorded) and ``TO_SUBMIT``."""
+        summary = {}
+        for view in self._views.values():
+            if view.waited_for:
+                summary[view.summary_state()] = summary.get(view.summary_state(), 0) + 1
+        return summary
+
+    def close(self):
+        """Let go of the registry; the jobs are left as they are (queued jobs outlive the driver)."""
+        self.registry.close()
+
+    # --- tasks -------------------------------------------------------------------------
+
+    def _holder(self, key, location):
+        """``(task number, position)`` of an existing task that gives this item, or None.
+
+        A failure recorded before this call is not taken (a rerun computes failed items
+        again, as a local rerun does): the item goes into a new task.
+        """
+        found = self.registry.task_of(key)
+        if found is None:
+            return None
+        entry, position = found
+        if entry.locations[position] != location or not (self.state_dir / f"{TASK_PREFIX}{entry.number}").is_dir():
+            return None     # the item moved, or its task directory was removed
+        view = self._view(entry)
+        record = view.records.get(entry.indices[position])
+        if record is not None and not record.ok and entry.indices[position] in view.failed_before:
+            return None
+        return entry.number, position
+
+    def _view(self, entry):
+        view = self._views.get(entry.number)
+        if view is None:
+            view = self._views[entry.number] = _TaskView(entry, self.state_dir / f"{TASK_PREFIX}{entry.number}")
+        return view
+
+    def _new_task(self, chunk, positions):
+        number = self.registry.next_number()
+        task_dir = self.state_dir / f"{TASK_PREFIX}{number}"
+        indices = [chunk.first + p for p in positions]
+        locations = [chunk.locations[p] for p in positions]
+        task = make_task(self.call, indices, [chunk.items[p] for p in positions], [chunk.rngs[p] for p in positions],
+                         locations, self.renderer, self.info)
+        write_task(task_dir, task)
+        # recorded once its directory is complete, and before any job can be submitted for it
+        entry = self.registry.add_task(number, indices, [chunk.keys[p] for p in positions], locations)
+        view = self._view(entry)
+        view.to_submit = True
+        self._to_submit.append(number)
+        return number
+
+    def _submit_array(self, numbers):
+        token = uuid.uuid4().hex
+        listing = write_listing(self.state_dir / f"array_{token}.tasks",
+                                [self.state_dir / f"{TASK_PREFIX}{n}" for n in numbers])
+        directives = self.remote.sbatch_directives(log_dir=self.state_dir / "logs")
+        # journaled before sbatch: a driver killed before it hears the job id finds the job by its comment
+        self.registry.submitting(token, numbers)
+        job_id = slurm.submit_array(job_script(self.remote, listing), len(numbers), directives, self.state_dir,
+                                    comment=COMMENT_PREFIX + token, chdir=os.getcwd())
+        self.registry.submitted(token, job_id, numbers)
+        self.submitted_jobs.append(job_id)
+        log.info("%s: submitted job array %s of %d tasks (%s)", self.name, job_id, len(numbers), self.state_dir)
+        for array_index, number in enumerate(numbers):
+            self._views[number].submitted(job_id, array_index)
+
+    def _confirm_unheard_submissions(self):
+        """Find the jobs of submissions whose job id a killed driver never recorded."""
+        for token, numbers in list(self.registry.unconfirmed.items()):
+            job_id = slurm.find_by_comment(COMMENT_PREFIX + token)
+            if job_id is None:
+                # never reached Slurm, or ended long ago: the results files tell what was done
+                self.registry.forget(token)
+            else:
+                log.info("%s: found job %s, submitted by an earlier run that did not record it", self.name, job_id)
+                self.registry.submitted(token, job_id, numbers)
+
+    # --- watching ----------------------------------------------------------------------
+
+    def poll(self):
+        """Submit what waits, read the states and the results of the tasks waited for, settle futures."""
+        self.flush()
+        waited = {number for future in self._pending for number, _ in future.parts}
+        for number in waited:
+            self._views[number].waited_for = True
+        states = self._states({n for n in waited if not self._views[n].to_submit})
+        for number in waited:
+            view = self._views[number]
+            if view.to_submit:
+                continue
+            state = states.get(view.job) if view.job is not None else None
+            view.look(state)
+            if view.ended and view.missing():
+                self._after_end(view)
+        self.flush()
+        self._settle_ready()
+        self._report()
+
+    def _states(self, numbers):
+        """``{(job id, array index): state}`` of the last jobs of tasks ``numbers``, read before
+        their results (so that a job seen ended has written all it ever will)."""
+        states = {}
+        for job_id in {self._views[n].job[0] for n in numbers if self._views[n].job is not None}:
+            for array_index, state in slurm.task_states(job_id).items():
+                states[(job_id, array_index)] = state
+        return states
+
+    def _after_end(self, view):
+        """A task whose job ended with items unrecorded: submit it again, or fail those items."""
+        tries = 1 + self.remote.retries
+        if view.tries_here < tries:
+            if view.job is not None:
+                log.info("%s: job %s ended %s with %d items of task %d unrecorded; submitting it again "
+                         "(%d of %d tries)", self.name, view.job_name(), view.state or "(gone)",
+                         len(view.missing()), view.entry.number, view.tries_here + 1, tries)
+            view.to_submit = True
+            self._to_submit.append(view.entry.number)
+        else:
+            log_path = self._log_of(view)
+            view.lost = (f"its queued job ended without computing it ({_tries(view)}; the last, {view.job_name()}, "
+                         f"ended {view.state or 'and was forgotten by Slurm'}; its log {log_path}{_last_line(log_path)})")
+
+    def _log_of(self, view):
+        job_id, array_index = view.job
+        return self.state_dir / "logs" / f"{self.remote.job_name}_{job_id}_{array_index}.err"
+
+    def _settle_ready(self):
+        still = []
+        for future in self._pending:
+            outputs = [self._output(number, position) for number, position in future.parts]
+            if any(output is _NOT_YET for output in outputs):
+                still.append(future)
+            else:
+                future.set_result(outputs)
+        self._pending = still
+
+    def _output(self, number, position):
+        view = self._views[number]
+        index = view.entry.indices[position]
+        record = view.records.get(index)
+        if record is None:
+            return _NOT_YET if view.lost is None else Unstorable(view.lost)
+        if not record.ok:
+            return Unstorable(record.reason)
+        if record.count == 0:
+            return None
+        if self.to_files:
+            return RenderedOutput(record.file_i, record.text, record.count)
+        return _structures(record)
+
+    def _report(self):
+        summary = self.states_summary()
+        if summary != self._last_report:
+            self._last_report = summary
+            log.info("%s: queued tasks: %s", self.name, ", ".join(f"{n} {state.lower()}"
+                                                                  for state, n in sorted(summary.items())))
+
+    def _timeout_message(self):
+        waiting = sorted({f"{v.job_name()} ({v.state or 'not seen'})" for v in self._views.values()
+                          if v.waited_for and v.missing() and v.job is not None})
+        return (f"{self.name}: after {self.remote.timeout:g} s (remote_info timeout), {len(self._pending)} chunks "
+                f"still wait for queued jobs: {', '.join(waiting[:10])}{' ...' if len(waiting) > 10 else ''}; "
+                f"they stay queued: rerun the same call to collect them, or scancel them to give up")
+
+
+_NOT_YET = object()
+
+
+def _last_line(path):
+    """``" ends: LINE"`` with the last line of a job's log, or "" when it has none."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 2000))
+            lines = handle.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return " (missing)"
+    return f" ends: {lines[-1][:300]}" if lines else ""
+
+
+def _tries(view):
+    return f"{view.tries_here} job{'s' if view.tries_here != 1 else ''} in this call"
+
+
+def _structures(record):
+    """The structures of a record's text: one Atoms, or a list when the output had several."""
+    frames = ase.io.read(io.StringIO(record.text), ":", format="extxyz")
+    for atoms in frames:
+        atoms.info.pop(LOC_KEY, None)      # the output's location is set again where it is stored
+    return frames[0] if len(frames) == 1 else frames
+
+
+class _TaskView:
+    """What this call knows of one task: its records, its last job and that job's state."""
+
+    def __init__(self, entry, task_dir):
+        self.entry = entry
+        self.task_dir = task_dir
+        results = read_results(task_dir)
+        self.records = results.by_index()
+        self.done = results.done
+        # failures on record before this call: computed again, in a new task
+        self.failed_before = {index for index, record in self.records.items() if not record.ok}
+        self.job = entry.jobs[-1] if entry.jobs else None
+        self.state = None
+        self.ended = False
+        self.to_submit = False
+        self.waited_for = False
+        self.tries_here = 0
+        self.lost = None
+        self._size = _size(task_dir)
+
+    def submitted(self, job_id, array_index):
+        self.job = (job_id, array_index)
+        self.to_submit, self.ended, self.state, self.lost = False, False, None, None
+        self.tries_here += 1
+
+    def look(self, state):
+        """Take the state Slurm gave for the last job (None: unknown to Slurm), then the results."""
+        self.state = state
+        self.ended = self.job is None or state is None or state in slurm.FINAL_STATES
+        size = _size(self.task_dir)
+        if size != self._size:
+            self._size = size
+            results = read_results(self.task_dir)
+            self.done = results.done
+            for index, record in results.by_index().items():
+                self.records.setdefault(index, record)
+
+    def missing(self):
+        """Input indices of the items that have no record."""
+        return [index for index in self.entry.indices if index not in self.records]
+
+    def job_name(self):
+        return "(none)" if self.job is None else f"{self.job[0]}_{self.job[1]}"
+
+    def summary_state(self):
+        if not self.missing():
+            return "DONE"
+        if self.lost is not None:
+            return "FAILED"
+        if self.to_submit:
+            return "TO_SUBMIT"
+        return self.state or "GONE"
+
+
+def _size(task_dir):
+    try:
+        return (task_dir / "results").stat().st_size
+    except FileNotFoundError:
+        return -1
+
+
+class _ChunkFuture(Future):
+    """The future of a chunk's outputs; waiting on it drives the polling of its jobs."""
+
+    def __init__(self, jobs, parts):
+        super().__init__()
+        self.jobs = jobs
+        self.parts = parts
+
+    def result(self, timeout=None):
+        self.jobs.wait_for(self)
+        return super().result(timeout)
+
+    def exception(self, timeout=None):
+        self.jobs.wait_for(self)
+        return super().exception(timeout)
