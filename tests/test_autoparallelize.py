@@ -490,7 +490,8 @@ def test_autoparainfo_unknown_key_is_rejected_everywhere():
     with pytest.raises(ValueError, match="remote job submission"):
         AutoparaInfo(remote_label="run_1")
     with pytest.raises(ValueError, match="'cluster' is not a queuing system"):
-        AutoparaInfo(remote_info={"sys_name": "cluster", "job_name": "j", "resources": {"max_time": "1h"}}).with_defaults()
+        bad = {"sys_name": "cluster", "job_name": "j", "resources": {"max_time": "1h"}}
+        AutoparaInfo(remote_info=bad).with_defaults()
     info = AutoparaInfo()
     with pytest.raises(ValueError, match="bogus"):
         info.bogus = 1

@@ -245,7 +245,7 @@ def _compute_queued(call, inputs, outputs, info, rng, cache, remote):
     per_job = remote.items_per_job(info.num_inputs_per_python_subprocess)
     chunks = list(make_chunks(items, per_job, rng, lookup=cache.lookup))
     state_dir = queued.state_dir_of(cache.journal.path, fresh=outputs is not None and outputs.overwrite)
-    jobs = queued.QueuedJobs(remote, call, info, outputs, state_dir)
+    jobs = queued.QueuedJobs(remote, call, info, outputs, state_dir, per_job)
     try:
         futures = {chunk.first: jobs.submit(chunk) for chunk in chunks if chunk.cached is None}
         jobs.flush()

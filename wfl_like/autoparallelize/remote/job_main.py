@@ -16,19 +16,20 @@ import sys
 from wfl_like.autoparallelize.chunks import Chunk
 from wfl_like.autoparallelize.frame_items import Unstorable
 from wfl_like.autoparallelize.remote.remote_info import IN_QUEUED_JOB_ENV
+from wfl_like.autoparallelize.resume import codec
 from wfl_like.autoparallelize.remote.results import ItemRecord, ResultsWriter
 from wfl_like.autoparallelize.remote.task import load_task
 from wfl_like.autoparallelize.supervisor import one_line_reason, run_in_order
 from wfl_like.autoparallelize.workers.executors import NUM_PROCESSES_ENV, chunk_runner, num_workers
 from wfl_like.autoparallelize.workers.frames_task import check_output
 from wfl_like.errors import OpOutputError
-from wfl_like.io.renderer import OutputRenderer, RenderedOutput
+from wfl_like.io.renderer import RenderedOutput
 
 log = logging.getLogger(__name__)
 
 CPUS_ENV = "SLURM_CPUS_ON_NODE"
-# outputs that come back as objects, for a task without a renderer of its own
-_PLAIN_RENDERER = OutputRenderer(["the results of a queued job"], True, [{"format": "extxyz"}], {})
+# where outputs that come back as objects go, for messages
+_IN_MEMORY = "the results of a queued job (outputs in memory)"
 
 
 def run_task(task_dir):
@@ -101,13 +102,16 @@ def output_record(task, index, output, location):
         return ItemRecord(index, False, reason=output.reason)
     if isinstance(output, RenderedOutput):
         return ItemRecord(index, True, output.text, output.file_i, output.count)
-    renderer = task.renderer or _PLAIN_RENDERER
     try:
-        check_output(output, task.call.name, task.skip_failed, renderer.paths)
+        check_output(output, task.call.name, task.skip_failed,
+                     task.renderer.paths if task.renderer is not None else _IN_MEMORY)
         if output is None:
             return ItemRecord(index, True)
-        rendered = renderer.render(output, tuple(location or ()))
-    except (OpOutputError, ValueError) as exc:
+        if task.renderer is None:
+            # outputs kept in memory travel exactly, in the journal's data-only format
+            return ItemRecord(index, True, count=1, data=codec.encode(output))
+        rendered = task.renderer.render(output, tuple(location or ()))
+    except (OpOutputError, ValueError, codec.UnencodableError) as exc:
         return ItemRecord(index, False, reason=one_line_reason(exc))
     return ItemRecord(index, True, rendered.text, rendered.file_i, rendered.count)
 

@@ -33,6 +33,7 @@ from wfl_like.autoparallelize.remote.jobs import TASK_PREFIX, job_script, make_t
 from wfl_like.autoparallelize.remote.registry import JobRegistry
 from wfl_like.autoparallelize.remote.results import read_results
 from wfl_like.autoparallelize.remote.task import write_task
+from wfl_like.autoparallelize.resume import codec
 from wfl_like.errors import QueuedJobsTimeout
 from wfl_like.io.renderer import RenderedOutput
 from wfl_like.locations import LOC_KEY
@@ -87,9 +88,11 @@ class QueuedJobs:
         File outputs are rendered in the jobs.
     state_dir : Path
         Holds the registry (:mod:`.registry`), the task directories and the jobs' logs.
+    per_job : int
+        Items per new task (one queued job each).
     """
 
-    def __init__(self, remote_info, call, info, outputs, state_dir):
+    def __init__(self, remote_info, call, info, outputs, state_dir, per_job):
         self.remote = remote_info
         self.name = call.name
         self.call = task_call(call)
@@ -105,6 +108,9 @@ class QueuedJobs:
         self._started = time.monotonic()
         self._last_report = None
         self.submitted_jobs = []  # job ids sbatch gave in this call
+        self.per_job = per_job
+        self._gathered = None     # the new task being filled
+        self._next_number = self.registry.next_number()
         self._confirm_unheard_submissions()
 
     # --- the engine's side ------------------------------------------------------------
@@ -113,20 +119,14 @@ class QueuedJobs:
         """A future of the outputs of ``chunk`` (a Chunk with cache keys).
 
         Each item is taken from the task that already holds it (its record, or its job
-        still queued); the others go into one new task, submitted at the next :meth:`flush`.
+        still queued); the others are gathered into new tasks of ``per_job`` items (items of
+        several chunks share one: the few items a rerun computes again go out together),
+        submitted at the next :meth:`flush`.
         """
-        parts, new = [], []
-        for position, (index, key, location) in enumerate(zip(chunk.indices, chunk.keys, chunk.locations)):
+        parts = []
+        for position, (key, location) in enumerate(zip(chunk.keys, chunk.locations)):
             held = self._holder(key, tuple(location or ()))
-            if held is None:
-                new.append(position)
-                parts.append(None)
-            else:
-                parts.append(held)
-        if new:
-            number = self._new_task(chunk, new)
-            for k, position in enumerate(new):
-                parts[position] = (number, k)
+            parts.append(held if held is not None else self._gather(chunk, position))
         future = _ChunkFuture(self, parts)
         self._pending.append(future)
         self._settle_ready()
@@ -134,6 +134,7 @@ class QueuedJobs:
 
     def flush(self):
         """Submit the tasks waiting for it, as job arrays (one ``sbatch`` per 1000 tasks)."""
+        self._close_gathered()
         while self._to_submit:
             numbers, self._to_submit = self._to_submit[:MAX_ARRAY], self._to_submit[MAX_ARRAY:]
             self._submit_array(numbers)
@@ -192,20 +193,29 @@ class QueuedJobs:
             view = self._views[entry.number] = _TaskView(entry, self.state_dir / f"{TASK_PREFIX}{entry.number}")
         return view
 
-    def _new_task(self, chunk, positions):
-        number = self.registry.next_number()
-        task_dir = self.state_dir / f"{TASK_PREFIX}{number}"
-        indices = [chunk.first + p for p in positions]
-        locations = [chunk.locations[p] for p in positions]
-        task = make_task(self.call, indices, [chunk.items[p] for p in positions], [chunk.rngs[p] for p in positions],
-                         locations, self.renderer, self.info)
-        write_task(task_dir, task)
+    def _gather(self, chunk, position):
+        """Put item ``position`` of ``chunk`` into the task being gathered; its ``(number, position)``."""
+        if self._gathered is None:
+            self._gathered = _Gathered(self._next_number)
+            self._next_number += 1
+        gathered = self._gathered
+        gathered.add(chunk, position)
+        if len(gathered.indices) >= self.per_job:
+            self._close_gathered()
+        return gathered.number, len(gathered.indices) - 1
+
+    def _close_gathered(self):
+        """Write the task being gathered and record it: it waits for the next sbatch."""
+        gathered, self._gathered = self._gathered, None
+        if gathered is None:
+            return
+        task = make_task(self.call, gathered.indices, gathered.items, gathered.rngs, gathered.locations,
+                         self.renderer, self.info)
+        write_task(self.state_dir / f"{TASK_PREFIX}{gathered.number}", task)
         # recorded once its directory is complete, and before any job can be submitted for it
-        entry = self.registry.add_task(number, indices, [chunk.keys[p] for p in positions], locations)
-        view = self._view(entry)
-        view.to_submit = True
-        self._to_submit.append(number)
-        return number
+        entry = self.registry.add_task(gathered.number, gathered.indices, gathered.keys, gathered.locations)
+        self._view(entry).to_submit = True
+        self._to_submit.append(gathered.number)
 
     def _submit_array(self, numbers):
         token = uuid.uuid4().hex
@@ -275,8 +285,9 @@ class QueuedJobs:
             self._to_submit.append(view.entry.number)
         else:
             log_path = self._log_of(view)
-            view.lost = (f"its queued job ended without computing it ({_tries(view)}; the last, {view.job_name()}, "
-                         f"ended {view.state or 'and was forgotten by Slurm'}; its log {log_path}{_last_line(log_path)})")
+            ending = view.state or "and was forgotten by Slurm"
+            view.lost = (f"its queued job ended without computing it ({_tries(view)}; the last, "
+                         f"{view.job_name()}, ended {ending}; its log {log_path}{_last_line(log_path)})")
 
     def _log_of(self, view):
         job_id, array_index = view.job
@@ -293,13 +304,20 @@ class QueuedJobs:
         self._pending = still
 
     def _output(self, number, position):
-        view = self._views[number]
+        view = self._views.get(number)
+        if view is None:
+            return _NOT_YET       # a task still being gathered
         index = view.entry.indices[position]
         record = view.records.get(index)
         if record is None:
             return _NOT_YET if view.lost is None else Unstorable(view.lost)
         if not record.ok:
             return Unstorable(record.reason)
+        if record.data is not None:
+            try:
+                return codec.decode(record.data)
+            except ValueError as exc:
+                return Unstorable(f"the record of item {index} in {view.task_dir} cannot be read: {exc}")
         if record.count == 0:
             return None
         if self.to_files:
@@ -346,6 +364,21 @@ def _structures(record):
     for atoms in frames:
         atoms.info.pop(LOC_KEY, None)      # the output's location is set again where it is stored
     return frames[0] if len(frames) == 1 else frames
+
+
+class _Gathered:
+    """The items of a new task, as they are gathered from the chunks."""
+
+    def __init__(self, number):
+        self.number = number
+        self.indices, self.items, self.rngs, self.locations, self.keys = [], [], [], [], []
+
+    def add(self, chunk, position):
+        self.indices.append(chunk.first + position)
+        self.items.append(chunk.items[position])
+        self.rngs.append(chunk.rngs[position])
+        self.locations.append(chunk.locations[position])
+        self.keys.append(chunk.keys[position])
 
 
 class _TaskView:

@@ -74,10 +74,11 @@ class JobRegistry:
         self.path = self.state_dir / REGISTRY_NAME
         self.tasks, self.unconfirmed = {}, {}
         self._task_of_key = {}
-        payloads, end = read_lines(self.path, _REMEDY)
+        payloads, self._end = read_lines(self.path, _REMEDY)
         for line_no, payload in payloads:
             self._take(payload, line_no)
-        self._writer = LineWriter(self.path, end)
+        # opened at the first record: a registry only read (to look at a run) changes nothing
+        self._writer = None
 
     def _take(self, payload, line_no):
         try:
@@ -114,10 +115,15 @@ class JobRegistry:
     def next_number(self):
         return max(self.tasks, default=-1) + 1
 
+    def _write(self, payload):
+        if self._writer is None:
+            self._writer = LineWriter(self.path, self._end)
+        self._writer.write_payload(payload)
+
     def add_task(self, number, indices, keys, locations):
         """Record a task directory, once it is written."""
         locations = [list(loc or ()) for loc in locations]
-        self._writer.write_payload({"kind": "task", "task": number, "indices": list(indices), "keys": list(keys),
+        self._write({"kind": "task", "task": number, "indices": list(indices), "keys": list(keys),
                                     "locations": locations})
         entry = TaskEntry(number, list(indices), list(keys), [tuple(loc) for loc in locations])
         self._add(entry)
@@ -125,20 +131,21 @@ class JobRegistry:
 
     def submitting(self, token, numbers):
         """Record that ``sbatch`` is about to run for tasks ``numbers`` with ``token`` in its comment."""
-        self._writer.write_payload({"kind": "submitting", "token": token, "tasks": list(numbers)})
+        self._write({"kind": "submitting", "token": token, "tasks": list(numbers)})
         self.unconfirmed[token] = list(numbers)
 
     def submitted(self, token, job_id, numbers):
         """Record the job id ``sbatch`` gave for tasks ``numbers`` (array index k: ``numbers[k]``)."""
-        self._writer.write_payload({"kind": "job", "token": token, "job_id": str(job_id), "tasks": list(numbers)})
+        self._write({"kind": "job", "token": token, "job_id": str(job_id), "tasks": list(numbers)})
         self.unconfirmed.pop(token, None)
         for array_index, number in enumerate(numbers):
             self.tasks[number].jobs.append((str(job_id), array_index))
 
     def forget(self, token):
         """Record that the submission ``token`` never reached Slurm."""
-        self._writer.write_payload({"kind": "forgotten", "token": token})
+        self._write({"kind": "forgotten", "token": token})
         self.unconfirmed.pop(token, None)
 
     def close(self):
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()

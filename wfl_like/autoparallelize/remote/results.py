@@ -6,7 +6,8 @@ bytes.  The job appends a record with one ``write`` and an ``fsync`` as each ite
 finishes, and a last ``done`` record when every item has one.  A job killed mid-write
 leaves at most one torn line, at the end: the reader passes over it, and a job that takes
 the task up again cuts it off before it appends.  No pickles: a record holds the
-extended-XYZ text of the item's outputs or the one-line reason of its failure.
+extended-XYZ text of the item's outputs (or, for outputs kept in memory, the journal's
+data-only form of them) or the one-line reason of its failure.
 """
 
 import hashlib
@@ -38,6 +39,9 @@ class ItemRecord:
         Structures in ``text``.
     reason : str
         One line, for a failed item: the exception's type and message.
+    data : str or None
+        For outputs kept in memory: the output in the journal's data-only format
+        (:mod:`~wfl_like.autoparallelize.resume.codec`), exact where text is not.
     """
 
     index: int
@@ -46,11 +50,15 @@ class ItemRecord:
     file_i: int = 0
     count: int = 0
     reason: str = ""
+    data: str = None
 
     def as_json(self):
         if self.ok:
-            return {"kind": "item", "index": self.index, "ok": True, "file_i": self.file_i, "count": self.count,
-                    "text": self.text}
+            payload = {"kind": "item", "index": self.index, "ok": True, "file_i": self.file_i, "count": self.count,
+                       "text": self.text}
+            if self.data is not None:
+                payload["data"] = self.data
+            return payload
         return {"kind": "item", "index": self.index, "ok": False, "reason": self.reason}
 
 
@@ -162,8 +170,9 @@ def _decoded(line):
 def _record(payload, path, line_no):
     try:
         if payload["ok"]:
+            data = payload.get("data")
             return ItemRecord(int(payload["index"]), True, str(payload["text"]), int(payload["file_i"]),
-                              int(payload["count"]))
+                              int(payload["count"]), data=None if data is None else str(data))
         return ItemRecord(int(payload["index"]), False, reason=str(payload["reason"]))
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"results file {str(path)!r} line {line_no} is not an item record of wfl_like; remove "
