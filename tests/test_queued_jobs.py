@@ -372,3 +372,28 @@ def test_sbatch_refusing_the_jobs_is_one_clear_error_and_the_outputs_are_left_al
         autoparallelize(slow_copy, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out), delay=0,
                         autopara_info={"remote_info": bad})
     assert not out.exists()
+
+
+def labelled(items, label, _autopara_per_item_info=None):
+    """Each structure with ``label`` and a number drawn from its own generator."""
+    for atoms, item_info in zip(items, _autopara_per_item_info):
+        atoms.info["label"] = label
+        atoms.info["draw"] = float(item_info["rng"].uniform())
+    return items
+
+
+def test_per_item_generators_match_the_serial_run_and_a_changed_argument_is_computed_again(tmp_path):
+    import numpy as np
+
+    inputs(tmp_path, 6)
+    expected = serial_text(labelled, tmp_path, "a", rng=np.random.default_rng(7))
+    out = tmp_path / "out.xyz"
+    autoparallelize(labelled, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out), "a", rng=np.random.default_rng(7),
+                    autopara_info={"remote_info": remote(4)})
+    assert out.read_text() == expected
+    assert len(job_ids_of(out)) == 2
+    # another argument: nothing of the first run's tasks is taken
+    autoparallelize(labelled, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out), "b", rng=np.random.default_rng(7),
+                    autopara_info={"remote_info": remote(4)})
+    assert [a.info["label"] for a in ase.io.read(out, ":")] == ["b"] * 6
+    assert len(job_ids_of(out)) == 4
