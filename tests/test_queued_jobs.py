@@ -397,3 +397,12 @@ def test_per_item_generators_match_the_serial_run_and_a_changed_argument_is_comp
                     autopara_info={"remote_info": remote(4)})
     assert [a.info["label"] for a in ase.io.read(out, ":")] == ["b"] * 6
     assert len(job_ids_of(out)) == 4
+
+
+def test_identical_inputs_in_memory_each_get_their_output(tmp_path):
+    cell = cu_cells(1)[0]
+    twins = [cell.copy() for _ in range(5)]         # one same item, five times: one cache key
+    queued = list(calculate(twins, OutputSpec(), EMT_SPEC,
+                            autopara_info={"remote_info": remote(2), "cache": tmp_path / "journal.sqlite"}))
+    assert len(queued) == 5
+    assert len({atoms.info["EMT_energy"] for atoms in queued}) == 1

@@ -1,7 +1,7 @@
 """Red-team cases for the direct assembly of parsed frames (wfl_like.io.assembly).
 
 Each file here is read by wfl_like's reader and by ``ase.io.read``; the two must agree.
-Cases marked xfail are known discrepancies: they document what differs and why.
+Each case was once a discrepancy or an untested corner; they now all hold.
 """
 
 import numpy as np
@@ -54,8 +54,6 @@ _STRESS_COLUMN_TEXT = (f"2\n{_STRESS_COLUMN}\nH 0 0 0 1.5 2.5 3.5\nH 0 0 1 1.5 2
                        f"3\n{_STRESS_COLUMN}\nH 0 0 0 1.5 2.5 3.5\nH 0 0 1 4.5 5.5 6.5\nH 0 0 2 7.5 8.5 9.5\n")
 
 
-@pytest.mark.xfail(strict=True, reason="the direct way turns any 3x3 'stress' result into Voigt order, also a per-atom "
-                                       "column of a 3-atom frame, which ASE keeps as it is")
 def test_stress_column_of_three_atoms(tmp_path):
     path = tmp_path / "stress_column.xyz"
     path.write_text(_STRESS_COLUMN_TEXT)
@@ -66,7 +64,6 @@ def test_stress_column_of_three_atoms(tmp_path):
     assert_same_frames(got, want)
 
 
-@pytest.mark.xfail(strict=True, reason="as test_stress_column_of_three_atoms: the stress written differs")
 def test_stress_column_of_three_atoms_written(tmp_path, monkeypatch):
     path = tmp_path / "stress_column.xyz"
     path.write_text(_STRESS_COLUMN_TEXT)
@@ -81,9 +78,6 @@ _ORDERED_TEXT = ('2\nLattice="2 0 0 0 2 0 0 0 2" virial="1 2 3 4 5 6 7 8 9" Prop
                  'H 0 0 0 1 2 3\nH 1 1 1 4 5 6\n') * 2
 
 
-@pytest.mark.xfail(strict=True, reason="ASE's reader gives 'virial' (a reshape in Fortran order) and 'forces' (columns "
-                                       "stacked, transposed) in Fortran order; wfl_like's are C-ordered copies, so "
-                                       "ravel(order='K') and the buffer protocol see other arrays")
 def test_memory_order_of_virial_and_forces(tmp_path):
     import hashlib
 

@@ -69,7 +69,7 @@ def _first_of_layout(key, info, arrays, move_mask_columns):
     trial = None
     if layout is not None:
         try:
-            trial = layout.parts(copy.deepcopy(info), {name: value.copy() for name, value in arrays.items()})
+            trial = layout.parts(copy.deepcopy(info), {name: value.copy(order="K") for name, value in arrays.items()})
         except Exception:
             layout = None   # what ASE makes of this frame (an error of its own, perhaps), ASE makes
     atoms = assemble_as_ase(info, arrays, move_mask_columns)
@@ -154,11 +154,12 @@ class _Layout:
             else:
                 own[name] = value.copy() if value.flags.c_contiguous else np.ascontiguousarray(value)
         for key in self.result_keys:
-            results[key] = info.pop(key)
-        stress = results.get("stress")
-        if isinstance(stress, np.ndarray) and stress.shape == (3, 3):
-            # ASE keeps a stress in Voigt order: xx, yy, zz, yz, xz, xy
-            results["stress"] = stress[(0, 1, 2, 1, 0, 0), (0, 1, 2, 2, 2, 1)]
+            value = info.pop(key)
+            if key == "stress" and isinstance(value, np.ndarray) and value.shape == (3, 3):
+                # ASE keeps a stress of the comment line in Voigt order (xx, yy, zz, yz, xz, xy);
+                # a per-atom column named stress is left as it is, whatever the number of atoms
+                value = value[(0, 1, 2, 1, 0, 0), (0, 1, 2, 2, 2, 1)]
+            results[key] = value
         return atoms_from_parts(cell, pbc, own, info), results
 
     def attached(self, atoms, results):

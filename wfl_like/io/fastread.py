@@ -385,6 +385,9 @@ def _ase_arrays(c_arrays, names, types, properties, n_atoms):
             value = value.astype(object)
         elif value.dtype != wanted:
             return None
+        if value.ndim == 2:
+            # ASE stacks the columns and transposes: its multi-column arrays are Fortran-ordered
+            value = np.asfortranarray(value)
         arrays[ase_name] = value
     return arrays
 
@@ -457,11 +460,16 @@ def _comment_info(raw, ase_helpers, seen):
     return info
 
 
+def _copy_keeping_order(array):
+    # ASE's 3x3 info values are Fortran-ordered: a copy keeps what the parser made
+    return array.copy(order="K")
+
+
 def _copier(value):
     """How to copy a converted value for another frame, so that no two frames share a
     mutable object (ASE's parser makes each anew): None for immutable values."""
     if isinstance(value, np.ndarray):
-        return np.ndarray.copy
+        return _copy_keeping_order
     if isinstance(value, list) and all(type(item) in (bool, int, float, str) for item in value):
         return list.copy
     if isinstance(value, (list, dict)):

@@ -34,7 +34,7 @@ from wfl_like.autoparallelize.remote.registry import JobRegistry
 from wfl_like.autoparallelize.remote.results import read_results
 from wfl_like.autoparallelize.remote.task import write_task
 from wfl_like.autoparallelize.resume import codec
-from wfl_like.errors import QueuedJobsTimeout
+from wfl_like.errors import QueuedJobsTimeout, SlurmError
 from wfl_like.io.renderer import RenderedOutput
 from wfl_like.locations import LOC_KEY
 
@@ -42,6 +42,8 @@ log = logging.getLogger("wfl_like.progress")
 
 COMMENT_PREFIX = "wfl_like:"
 STATE_SUFFIX = ".jobs"
+# How long squeue / scontrol may keep failing before the call gives up (the jobs run on)
+SLURM_OUTAGE_S = 600
 # Slurm's default MaxArraySize is 1001 (indices 0..1000): larger submissions are split
 MAX_ARRAY = 1000
 
@@ -110,6 +112,8 @@ class QueuedJobs:
         self.submitted_jobs = []  # job ids sbatch gave in this call
         self.per_job = per_job
         self._gathered = None     # the new task being filled
+        self._claimed = set()     # (task number, position) of every item this call takes
+        self._silent_since = None  # since when squeue / scontrol have been failing
         self._next_number = self.registry.next_number()
         self._confirm_unheard_submissions()
 
@@ -128,8 +132,9 @@ class QueuedJobs:
             held = self._holder(key, tuple(location or ()))
             parts.append(held if held is not None else self._gather(chunk, position))
         future = _ChunkFuture(self, parts)
-        self._pending.append(future)
-        self._settle_ready()
+        # only this future is looked at: a pass over all of them per chunk would cost n^2
+        if not self._settled(future):
+            self._pending.append(future)
         return future
 
     def flush(self):
@@ -179,12 +184,15 @@ class QueuedJobs:
         if found is None:
             return None
         entry, position = found
+        if (entry.number, position) in self._claimed:
+            return None     # an identical item earlier in this call has it: each record is handed over once
         if entry.locations[position] != location or not (self.state_dir / f"{TASK_PREFIX}{entry.number}").is_dir():
             return None     # the item moved, or its task directory was removed
         view = self._view(entry)
         record = view.records.get(entry.indices[position])
         if record is not None and not record.ok and entry.indices[position] in view.failed_before:
             return None
+        self._claimed.add((entry.number, position))
         return entry.number, position
 
     def _view(self, entry):
@@ -200,9 +208,11 @@ class QueuedJobs:
             self._next_number += 1
         gathered = self._gathered
         gathered.add(chunk, position)
+        part = (gathered.number, len(gathered.indices) - 1)
+        self._claimed.add(part)
         if len(gathered.indices) >= self.per_job:
             self._close_gathered()
-        return gathered.number, len(gathered.indices) - 1
+        return part
 
     def _close_gathered(self):
         """Write the task being gathered and record it: it waits for the next sbatch."""
@@ -252,6 +262,8 @@ class QueuedJobs:
         for number in waited:
             self._views[number].waited_for = True
         states = self._states({n for n in waited if not self._views[n].to_submit})
+        if states is None:
+            return          # Slurm did not answer: nothing is judged ended on no news
         for number in waited:
             view = self._views[number]
             if view.to_submit:
@@ -268,9 +280,22 @@ class QueuedJobs:
         """``{(job id, array index): state}`` of the last jobs of tasks ``numbers``, read before
         their results (so that a job seen ended has written all it ever will)."""
         states = {}
-        for job_id in {self._views[n].job[0] for n in numbers if self._views[n].job is not None}:
-            for array_index, state in slurm.task_states(job_id).items():
-                states[(job_id, array_index)] = state
+        try:
+            for job_id in {self._views[n].job[0] for n in numbers if self._views[n].job is not None}:
+                for array_index, state in slurm.task_states(job_id).items():
+                    states[(job_id, array_index)] = state
+        except SlurmError as exc:
+            # a controller that is restarting or overloaded answers again soon: a long campaign
+            # must not end on one missed answer, only on an outage
+            now = time.monotonic()
+            if self._silent_since is None:
+                self._silent_since = now
+            if now - self._silent_since > SLURM_OUTAGE_S:
+                raise
+            log.warning("%s: Slurm did not answer (%s); trying again in %g s", self.name, exc,
+                        self.remote.check_interval)
+            return None
+        self._silent_since = None
         return states
 
     def _after_end(self, view):
@@ -294,14 +319,18 @@ class QueuedJobs:
         return self.state_dir / "logs" / f"{self.remote.job_name}_{job_id}_{array_index}.err"
 
     def _settle_ready(self):
-        still = []
-        for future in self._pending:
-            outputs = [self._output(number, position) for number, position in future.parts]
-            if any(output is _NOT_YET for output in outputs):
-                still.append(future)
-            else:
-                future.set_result(outputs)
-        self._pending = still
+        self._pending = [future for future in self._pending if not self._settled(future)]
+
+    def _settled(self, future):
+        """Give ``future`` its outputs if every one is known; whether it was."""
+        outputs = [self._output(number, position) for number, position in future.parts]
+        if any(output is _NOT_YET for output in outputs):
+            return False
+        # handed over: the records' texts are not kept twice, nor after they are stored
+        for number, position in future.parts:
+            self._views[number].deliver(position)
+        future.set_result(outputs)
+        return True
 
     def _output(self, number, position):
         view = self._views.get(number)
@@ -392,6 +421,7 @@ class _TaskView:
         self.done = results.done
         # failures on record before this call: computed again, in a new task
         self.failed_before = {index for index, record in self.records.items() if not record.ok}
+        self.delivered = set()
         self.job = entry.jobs[-1] if entry.jobs else None
         self.state = None
         self.ended = False
@@ -416,11 +446,18 @@ class _TaskView:
             results = read_results(self.task_dir)
             self.done = results.done
             for index, record in results.by_index().items():
-                self.records.setdefault(index, record)
+                if index not in self.delivered:
+                    self.records.setdefault(index, record)
 
     def missing(self):
         """Input indices of the items that have no record."""
-        return [index for index in self.entry.indices if index not in self.records]
+        return [index for index in self.entry.indices if index not in self.records and index not in self.delivered]
+
+    def deliver(self, position):
+        """Forget the record of the item at ``position``: its output was handed to the engine."""
+        index = self.entry.indices[position]
+        if self.records.pop(index, None) is not None:
+            self.delivered.add(index)
 
     def job_name(self):
         return "(none)" if self.job is None else f"{self.job[0]}_{self.job[1]}"
