@@ -406,3 +406,33 @@ def test_identical_inputs_in_memory_each_get_their_output(tmp_path):
                             autopara_info={"remote_info": remote(2), "cache": tmp_path / "journal.sqlite"}))
     assert len(queued) == 5
     assert len({atoms.info["EMT_energy"] for atoms in queued}) == 1
+
+
+def test_the_driver_rides_out_a_restart_of_the_slurm_controller(tmp_path):
+    """slurmctld stopped for a few seconds while the jobs run (a maintenance restart): the driver
+    neither fails nor judges the jobs lost, and collects them once the controller is back."""
+    pid_file = Path("/var/lib/wfl_like-slurm/run/slurmctld.pid")
+    start_script = HERE / "slurm" / "start_local_slurm.sh"
+    if not pid_file.exists():
+        pytest.skip("needs the local cluster of tests/slurm/start_local_slurm.sh, which this test restarts")
+    inputs(tmp_path, 8)
+    expected = serial_text(slow_copy, tmp_path, delay=0)
+    out = tmp_path / "out.xyz"
+    state = tmp_path / ".out.xyz.journal.jobs"
+
+    def restart_controller():
+        wait_until(lambda: any(read_results(d).records for d in state.glob("task_*")), "a first record")
+        os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+        time.sleep(5)
+        subprocess.run(["bash", str(start_script)], check=True, capture_output=True, timeout=120)
+
+    restarter = threading.Thread(target=restart_controller, daemon=True)
+    restarter.start()
+    try:
+        autoparallelize(slow_copy, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out), delay=1.0,
+                        autopara_info={"remote_info": remote(4)})
+    finally:
+        restarter.join(timeout=150)
+        subprocess.run(["bash", str(start_script)], check=True, capture_output=True, timeout=120)
+    assert out.read_text() == expected
+    assert all(len(jobs) == 1 for jobs in job_ids_of(out).values())

@@ -256,6 +256,9 @@ def _compute_queued(call, inputs, outputs, info, rng, cache, remote):
         with contextlib.closing(results):
             return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast,
                               rendered_by_workers=outputs is not None and outputs.files is not None)
+    except (Exception, KeyboardInterrupt):
+        jobs.say_left_queued()
+        raise
     finally:
         jobs.close()
 

@@ -168,6 +168,14 @@ class QueuedJobs:
                 summary[view.summary_state()] = summary.get(view.summary_state(), 0) + 1
         return summary
 
+    def say_left_queued(self):
+        """Warn (in the log) of the jobs this call leaves behind as it stops early: they run on."""
+        jobs = sorted({view.job[0] for view in self._views.values()
+                       if view.job is not None and view.missing() and not view.ended and view.lost is None})
+        if jobs:
+            log.warning("%s: stopped while jobs %s are queued or running; they go on: rerun the same call to "
+                        "collect them, or scancel them", self.name, " ".join(jobs))
+
     def close(self):
         """Let go of the registry; the jobs are left as they are (queued jobs outlive the driver)."""
         self.registry.close()
