@@ -19,6 +19,7 @@ _DEFAULTS = {
     "executor": None,
     "workers_read_files": None,
     "remote_info": None,
+    "progress": None,
 }
 
 WORKERS_READ_FILES_ENV = "WFL_LIKE_WORKERS_READ_FILES"
@@ -113,6 +114,11 @@ class AutoparaInfo:
         the entry for this operation in the env var ``WFL_EXPYRE_INFO``, else run here.
         Needs a journal (file outputs, or ``cache=PATH``): it also records the jobs, so
         that a rerun after the driver died collects them instead of submitting again.
+    progress : bool, optional
+        Draw a progress bar (items done of the total, rate, time left, failures; jobs by
+        state for queued jobs).  Default: the env var ``WFL_LIKE_PROGRESS`` (``0`` or
+        ``1``), else drawn where a person watches (standard error is a terminal, or a
+        notebook).  Never drawn inside worker processes.
 
     Raises
     ------
@@ -192,6 +198,8 @@ class AutoparaInfo:
                             f"not {type(self.executor).__name__}")
         if self.workers_read_files is not None and not isinstance(self.workers_read_files, bool):
             raise TypeError(f"workers_read_files must be True, False or None, not {self.workers_read_files!r}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise TypeError(f"progress must be True, False or None, not {self.progress!r}")
         if self.remote_info is not None:
             from wfl_like.autoparallelize.remote.remote_info import RemoteInfo
 

@@ -15,7 +15,7 @@ from wfl_like.autoparallelize.autoparainfo import AutoparaInfo, workers_read_fil
 from wfl_like.autoparallelize.resume.cache import RunCache, inputs_fingerprint, journal_location
 from wfl_like.autoparallelize.resume import stored
 from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
-from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, frame_items
+from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, count_frames, frame_items
 from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_runner, num_workers
 from wfl_like.autoparallelize.workers.frames_task import FramesCall, check_output
 from wfl_like.autoparallelize.workers.opcall import PER_ITEM_INFO, OpCall, in_worker, op_name, takes_argument
@@ -24,6 +24,7 @@ from wfl_like.configset import ConfigSet, OutputSpec
 from wfl_like.io.renderer import RenderedOutput
 from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError, OutputIsInputError
 from wfl_like.io.ownership import FOREIGN, WRITE
+from wfl_like.progress import Progress, show_bar
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,7 @@ def _compute(call, inputs, outputs, info, rng, cache):
     log.info("%s: %s, num_inputs_per_python_subprocess=%s", name, where, info.num_inputs_per_python_subprocess)
     sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
     items, call = _items_and_call(inputs, outputs, call, info, hashed=cache is not None)
+    progress = _progress_of(name, inputs, items, info)
     rendered_by_workers = isinstance(call, FramesCall) and call.renderer is not None
     chunks = make_chunks(items, sizer or info.num_inputs_per_python_subprocess, rng,
                          lookup=cache.lookup if cache is not None else None)
@@ -225,7 +227,7 @@ def _compute(call, inputs, outputs, info, rng, cache):
     with chunk_runner(call, workers, info.initializer, executor=executor, initializer_timeout=initializer_timeout,
                       max_items_per_worker=info.max_items_per_worker) as (submit, slots):
         results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
-                               chunk_size=sizer)
+                               chunk_size=sizer, progress=progress)
         with contextlib.closing(results):      # an error while storing withdraws the queued chunks
             return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast,
                               rendered_by_workers=rendered_by_workers)
@@ -242,17 +244,18 @@ def _compute_queued(call, inputs, outputs, info, rng, cache, remote):
         raise ValueError(f"{name}: remote_info needs a journal, which also records the queued jobs: give file "
                          f"outputs (OutputSpec('out.xyz')) or cache=PATH, and do not set cache=False")
     items, call = _items_and_call(inputs, outputs, call, info, hashed=True)
+    progress = _progress_of(name, inputs, items, info)
     per_job = remote.items_per_job(info.num_inputs_per_python_subprocess)
     chunks = list(make_chunks(items, per_job, rng, lookup=cache.lookup))
     state_dir = queued.state_dir_of(cache.journal.path, fresh=outputs is not None and outputs.overwrite)
-    jobs = queued.QueuedJobs(remote, call, info, outputs, state_dir, per_job)
+    jobs = queued.QueuedJobs(remote, call, info, outputs, state_dir, per_job, progress=progress)
     try:
         futures = {chunk.first: jobs.submit(chunk) for chunk in chunks if chunk.cached is None}
         jobs.flush()
         if not remote.wait_for_results and not jobs.all_settled():
             raise queued.JobsPending(name, jobs)
         results = run_in_order(lambda chunk, timeout: futures[chunk.first], chunks, max(1, len(chunks)), name,
-                               retries=0)
+                               retries=0, progress=progress)
         with contextlib.closing(results):
             return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast,
                               rendered_by_workers=outputs is not None and outputs.files is not None)
@@ -260,7 +263,21 @@ def _compute_queued(call, inputs, outputs, info, rng, cache, remote):
         jobs.say_left_queued()
         raise
     finally:
+        progress.close()
         jobs.close()
+
+
+def _progress_of(name, inputs, items, info):
+    """The Progress of a call: a bar where one is wanted (never in a worker), with the total
+    where it is known without reading the inputs (frames of indexed files, a list)."""
+    bar = show_bar(info.progress) and not in_worker()
+    total = None
+    if bar:
+        if isinstance(items, (list, tuple)):
+            total = len(items)
+        elif isinstance(inputs, ConfigSet) and inputs.frame_files() is not None:
+            total = count_frames(inputs.frame_files())
+    return Progress(name, total=total, bar=bar)
 
 
 def _items_and_call(inputs, outputs, call, info, hashed):

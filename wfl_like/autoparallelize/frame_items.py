@@ -115,6 +115,20 @@ def frame_items(frame_files, hashed=False):
         yield from _frames_of_file(path, prefix, frame_files.index, hashed)
 
 
+def count_frames(frame_files):
+    """How many frames :func:`frame_items` gives for ``frame_files``, or None where a file cannot
+    be indexed (that error is the items' own to raise)."""
+    from wfl_like.io.frames import index_frames
+
+    total = 0
+    for path in frame_files.paths:
+        try:
+            total += len(index_frames(path).select(frame_files.index))
+        except (InputFileError, OSError):
+            return None
+    return total
+
+
 def _frames_of_file(path, prefix, selection, hashed):
     from wfl_like.io.frames import index_frames
 

@@ -8,12 +8,12 @@ becomes a :class:`~wfl_like.errors.FailedItem`, and the run goes on.
 
 import collections
 import logging
-import time
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from wfl_like.autoparallelize.chunks import Chunk
+from wfl_like.progress import Progress
 from wfl_like.errors import (FailedItem, OpOutputError, QueuedJobsTimeout, SlurmError, TaskTimeoutError,
                              WorkerDiedError, WorkerInitializerError, WorkerPoisonedError)
 
@@ -45,7 +45,7 @@ class _Job:
         self.parts = None       # after a split: [(one-item chunk, future, attempts)]
 
 
-def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_size=None):
+def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_size=None, progress=None):
     """Submit chunks and yield a :class:`ChunkResult` per chunk, in input order.
 
     Parameters
@@ -65,13 +65,16 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
         Seconds per item; a chunk gets ``timeout`` times its length.
     chunk_size : AdaptiveChunkSize, optional
         Told of every computed chunk that comes back, to size the next ones.
+    progress : wfl_like.progress.Progress, optional
+        Told of every chunk handed back (a bar, log lines); by default log lines only.
 
     Raises
     ------
     WorkerInitializerError
         No worker could start; nothing can run.
     """
-    progress = _Progress(op_name)
+    if progress is None:
+        progress = Progress(op_name)
     in_flight = collections.deque()
     limit = IN_FLIGHT_PER_SLOT * slots
 
@@ -113,6 +116,7 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
         # an executor that outlives the call does not go on computing them
         for job in in_flight:
             job.future.cancel()
+        progress.close()
 
 
 def _completed(outputs):
@@ -226,25 +230,3 @@ def _bounded(text, limit):
 
 def _span(indices):
     return f"{indices[0]}" if len(indices) == 1 else f"{indices[0]}..{indices[-1]}"
-
-
-class _Progress:
-    """Logs how far an operation got: at most every ``interval`` seconds, and at the end."""
-
-    def __init__(self, op_name, interval=10.0):
-        self.op_name, self.interval = op_name, interval
-        self.done = self.failed = 0
-        self.start = self.last = time.monotonic()
-
-    def advance(self, n, failed):
-        self.done += n
-        self.failed += failed
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            log.info("%s: %d items done (%d failed), %.1f items/s", self.op_name, self.done, self.failed,
-                     self.done / (now - self.start))
-
-    def finish(self):
-        elapsed = time.monotonic() - self.start
-        log.info("%s: finished %d items (%d failed) in %.2f s", self.op_name, self.done, self.failed, elapsed)

@@ -92,9 +92,11 @@ class QueuedJobs:
         Holds the registry (:mod:`.registry`), the task directories and the jobs' logs.
     per_job : int
         Items per new task (one queued job each).
+    progress : wfl_like.progress.Progress, optional
+        Shown the jobs' states as they change.
     """
 
-    def __init__(self, remote_info, call, info, outputs, state_dir, per_job):
+    def __init__(self, remote_info, call, info, outputs, state_dir, per_job, progress=None):
         self.remote = remote_info
         self.name = call.name
         self.call = task_call(call)
@@ -111,6 +113,7 @@ class QueuedJobs:
         self._last_report = None
         self.submitted_jobs = []  # job ids sbatch gave in this call
         self.per_job = per_job
+        self.progress = progress
         self._gathered = None     # the new task being filled
         self._claimed = set()     # (task number, position) of every item this call takes
         self._silent_since = None  # since when squeue / scontrol have been failing
@@ -365,6 +368,8 @@ class QueuedJobs:
         summary = self.states_summary()
         if summary != self._last_report:
             self._last_report = summary
+            if self.progress is not None:
+                self.progress.jobs(summary)
             log.info("%s: queued tasks: %s", self.name, ", ".join(f"{n} {state.lower()}"
                                                                   for state, n in sorted(summary.items())))
 
