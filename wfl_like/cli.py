@@ -6,6 +6,7 @@ import inspect
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import warnings
@@ -22,6 +23,13 @@ DEFAULT_CALCULATOR = "ase.calculators.emt:EMT"
 # md's random streams come from this seed unless --seed is given: the same command
 # gives the same trajectories, and resumes its own run
 DEFAULT_SEED = 0
+
+# --slurm's defaults, for jobs that each compute a good number of cheap structures
+SLURM_MAX_TIME = "1h"
+SLURM_PER_JOB = 100
+# the options that shape --slurm's jobs (dest, option)
+_SLURM_OPTIONS = (("job_name", "--job-name"), ("max_time", "--max-time"), ("per_job", "--per-job"),
+                  ("partition", "--partition"), ("job_cores", "--job-cores"))
 
 # Exit codes: 2 for bad input (as argparse does), 1 for a failure during the run,
 # 128 + signal number when stopped by a signal.
@@ -71,6 +79,35 @@ _count = _whole_number(0)
 _positive_float = _number(0, above=True)
 _float = _number()
 _non_negative_float = _number(0)
+
+
+# Slurm job names and partition names: what RemoteInfo accepts
+_SLURM_NAME = re.compile(r"[A-Za-z0-9_.+\-]+")
+
+
+def _job_name(text):
+    if not _SLURM_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} must be made of letters, digits and _.+- (no spaces)")
+    return text
+
+
+def _partitions(text):
+    names = [name.strip() for name in text.split(",")]
+    if not all(_SLURM_NAME.fullmatch(name) for name in names):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a partition name, or a comma-separated list of them")
+    return names[0] if len(names) == 1 else names
+
+
+def _wall_time(text):
+    from wfl_like.autoparallelize.remote.remote_info import time_seconds
+
+    try:
+        time_seconds(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a wall time; write e.g. 30m, 2h, 90s, 1:00:00 or "
+                                         f"1-00:00:00") from None
+    # kept as written: RemoteInfo reads the text itself, as it does in a --remote-info file
+    return text
 
 
 def _chunk_size(text):
@@ -208,7 +245,8 @@ def _add_run_options(parser, default_chunk, default_errors):
                                  "(.yaml, .yml; needs PyYAML) holding one mapping")
     run = parser.add_argument_group("running")
     run.add_argument("-n", "--num-processes", type=_process_count, default=None, metavar="N",
-                     help="worker processes (default: $WFL_NUM_PYTHON_SUBPROCESSES, else serial)")
+                     help="worker processes (default: $WFL_NUM_PYTHON_SUBPROCESSES, else serial); with "
+                          "queued jobs, in each job")
     run.add_argument("--chunk-size", type=_chunk_size, default=None, metavar="M",
                      help=f"structures per call of the operation, or 'auto' to size chunks so each "
                           f"takes about 0.2 s (default: {default_chunk})")
@@ -223,9 +261,29 @@ def _add_run_options(parser, default_chunk, default_errors):
                      help="reruns of a structure whose worker died (signal, out of memory) before it "
                           "counts as failed (default 2)")
     run.add_argument("--overwrite", action="store_true", help="recompute and replace an existing OUTPUT")
-    run.add_argument("--mpi", action="store_true",
-                     help="run on the ranks of an MPI job (mpiexec -n N wfl-like ... --mpi): rank 0 "
-                          "reads and writes, the others compute; also on when $WFL_MPIPOOL is set")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--mpi", action="store_true",
+                       help="run on the ranks of an MPI job (mpiexec -n N wfl-like ... --mpi): rank 0 "
+                            "reads and writes, the others compute; also on when $WFL_MPIPOOL is set")
+    where.add_argument("--remote-info", default=None, metavar="FILE",
+                       help="send the structures as queued jobs (Slurm job arrays) set up by FILE, a JSON file "
+                            "of one remote_info object (sys_name, job_name, resources, ...); run this on the "
+                            "login node: the same command again collects the jobs and submits none twice "
+                            "(default: the operation's entry in $WFL_EXPYRE_INFO, if any)")
+    where.add_argument("--slurm", action="store_true",
+                       help="queued jobs on Slurm, shaped by --job-name, --max-time, --per-job, --partition "
+                            "and --job-cores; -n is then the worker processes in each job (default there: "
+                            "$WFL_NUM_PYTHON_SUBPROCESSES, else the job's cores)")
+    run.add_argument("--job-name", type=_job_name, default=None, metavar="NAME",
+                     help="with --slurm: name of the jobs, letters, digits and _.+- (default: OUTPUT's file name)")
+    run.add_argument("--max-time", type=_wall_time, default=None, metavar="TIME",
+                     help=f"with --slurm: wall time of each job, e.g. 30m, 2h, 1:00:00 (default {SLURM_MAX_TIME})")
+    run.add_argument("--per-job", type=_positive_int, default=None, metavar="N",
+                     help=f"with --slurm: structures per job (default {SLURM_PER_JOB})")
+    run.add_argument("--partition", type=_partitions, default=None, metavar="P",
+                     help="with --slurm: partition(s) of the jobs, comma-separated (default: the cluster's)")
+    run.add_argument("--job-cores", type=_positive_int, default=None, metavar="C",
+                     help="with --slurm: cores of each job (default: a whole node each)")
     run.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
 
 
@@ -351,7 +409,108 @@ def _autopara_info(args):
         autopara_info["timeout"] = args.timeout
     if args.retries is not None:
         autopara_info["retries"] = args.retries
+    remote_info = remote_info_of(args)
+    if remote_info is not None:
+        autopara_info["remote_info"] = remote_info
     return autopara_info
+
+
+def remote_info_of(args):
+    """The ``remote_info`` dict that ``--remote-info`` or ``--slurm`` and its options give, or None.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of a run subcommand.
+
+    Returns
+    -------
+    dict or None
+        None: neither option was given (``$WFL_EXPYRE_INFO`` may still send the run as
+        queued jobs).
+
+    Raises
+    ------
+    UsageError
+        A job option without ``--slurm``, or a ``--remote-info`` file that cannot be read,
+        is not JSON, or is not a valid remote_info (the message is RemoteInfo's own).
+    """
+    from wfl_like.autoparallelize.remote.remote_info import RemoteInfo
+
+    given = [option for dest, option in _SLURM_OPTIONS if getattr(args, dest) is not None]
+    if given and not args.slurm:
+        hint = " (with --remote-info, its file holds these settings)" if args.remote_info is not None else ""
+        raise UsageError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --slurm{hint}")
+    if args.remote_info is not None:
+        value, where = read_remote_info(args.remote_info), f"--remote-info {args.remote_info!r}"
+    elif args.slurm:
+        value, where = _slurm_remote_info(args), "--slurm"
+    else:
+        return None
+    try:
+        RemoteInfo.from_autopara(value, "")
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    return value
+
+
+def _slurm_remote_info(args):
+    resources = {"max_time": args.max_time or SLURM_MAX_TIME}
+    if args.partition is not None:
+        resources["partitions"] = args.partition
+    if args.job_cores is not None:
+        resources["num_cores"] = args.job_cores
+    # the output's file name tells the jobs apart in squeue; characters Slurm would refuse become _
+    job_name = args.job_name or re.sub(r"[^A-Za-z0-9_.+\-]", "_", Path(args.output).name) or PROG
+    return {"sys_name": "slurm", "job_name": job_name, "resources": resources,
+            "num_inputs_per_queued_job": args.per_job or SLURM_PER_JOB}
+
+
+def read_remote_info(path):
+    """The remote_info dict held by the JSON file ``path`` (``--remote-info``).
+
+    Parameters
+    ----------
+    path : str
+        A JSON file holding one object: the keys of
+        :class:`~wfl_like.autoparallelize.remote.remote_info.RemoteInfo`.
+
+    Returns
+    -------
+    dict
+        As read; RemoteInfo checks its keys and values.
+
+    Raises
+    ------
+    UsageError
+        The file cannot be read, is not JSON, or holds something other than one object.
+    """
+    import dataclasses
+    import json
+
+    from wfl_like.autoparallelize.remote.remote_info import EXPYRE_INFO_ENV, RemoteInfo
+
+    what = ("give a JSON file holding one remote_info object, e.g. {\"sys_name\": \"slurm\", \"job_name\": "
+            "\"dft_sp\", \"resources\": {\"max_time\": \"2h\"}}")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"--remote-info {path!r} cannot be read ({exc.strerror or exc}); {what}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--remote-info {path!r} is not a text file; {what}") from None
+    try:
+        content = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--remote-info {path!r} is not valid JSON ({exc}); {what}") from None
+    if not isinstance(content, dict):
+        raise UsageError(f"--remote-info {path!r} holds a JSON {type(content).__name__}, not an object; {what}")
+    known = {field.name for field in dataclasses.fields(RemoteInfo)}
+    if content and not known & set(content) and all(isinstance(v, dict) for v in content.values()):
+        # the table form, keyed by operation name, belongs in the env var
+        raise UsageError(f"--remote-info {path!r} maps names ({', '.join(sorted(content))}) to remote_info "
+                         f"objects, the form of ${EXPYRE_INFO_ENV}: give it one remote_info object, or set "
+                         f"{EXPYRE_INFO_ENV}={path} instead")
+    return content
 
 
 def _run_operation(args, operation, *op_args, **op_kwargs):
@@ -365,14 +524,19 @@ def _run_operation(args, operation, *op_args, **op_kwargs):
         outputs = OutputSpec(args.output, overwrite=args.overwrite)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
+    autopara_info = _autopara_info(args)
     try:
-        operation(inputs, outputs, *op_args, autopara_info=_autopara_info(args), **op_kwargs)
+        result = operation(inputs, outputs, *op_args, autopara_info=autopara_info, **op_kwargs)
     except (KeyboardInterrupt, Terminated) as stop:
         # the stop may come after the output was published: the message must say so
         stop.published = [str(path) for path in outputs.published]
         raise
     if outputs.n_stored:
         logging.getLogger(PROG).info("wrote %d structures to %s", outputs.n_stored, args.output)
+    elif result is None and "remote_info" in autopara_info:
+        # wait_for_results=False: the command ends while its jobs run on
+        logging.getLogger(PROG).info("%s is not written yet: its queued jobs run on; the same command "
+                                     "again collects them", args.output)
     return 0
 
 
@@ -519,6 +683,11 @@ def main(argv=None):
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
+        queued = getattr(args, "slurm", False) or getattr(args, "remote_info", None) is not None
+        if queued and os.environ.get(MPIPOOL_ENV):
+            # the ranks would wait for work that goes to the queue instead
+            raise UsageError(f"{'--slurm' if args.slurm else '--remote-info'} sends the structures as queued "
+                             f"jobs, not to MPI ranks: unset {MPIPOOL_ENV}")
         if getattr(args, "mpi", False) or os.environ.get(MPIPOOL_ENV):
             os.environ[MPIPOOL_ENV] = os.environ.get(MPIPOOL_ENV) or "1"
             mpipool_support.init()      # worker ranks serve rank 0 from here, and leave at its end
