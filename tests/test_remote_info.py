@@ -134,3 +134,11 @@ def test_bad_env_says_what_it_must_be(monkeypatch, tmp_path):
     monkeypatch.setenv("WFL_EXPYRE_INFO", json.dumps({"calculate": "slurm"}))
     with pytest.raises(ValueError, match="mapping operation names"):
         RemoteInfo.from_autopara(None, "x.calculate")
+
+
+def test_the_env_var_key_may_be_the_name_users_call(monkeypatch):
+    monkeypatch.setenv("WFL_EXPYRE_INFO", json.dumps({"calculate": {"sys_name": "slurm", "job_name": "sp",
+                                                                    "resources": {"max_time": "5m"}}}))
+    found = RemoteInfo.from_autopara(None, "wfl_like.calculators.generic._calculate_op")
+    assert found is not None and found.job_name == "sp"
+    assert RemoteInfo.from_autopara(None, "wfl_like.generate.optimize._optimize_op") is None

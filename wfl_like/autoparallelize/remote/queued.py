@@ -366,7 +366,7 @@ class QueuedJobs:
 
     def _report(self):
         summary = self.states_summary()
-        if summary != self._last_report:
+        if summary and summary != self._last_report:
             self._last_report = summary
             if self.progress is not None:
                 self.progress.jobs(summary)
@@ -482,7 +482,9 @@ class _TaskView:
             return "FAILED"
         if self.to_submit:
             return "TO_SUBMIT"
-        return self.state or "GONE"
+        if self.state is None:
+            return "GONE" if self.ended else "SUBMITTED"
+        return self.state
 
 
 def _size(task_dir):

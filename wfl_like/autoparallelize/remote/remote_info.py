@@ -218,7 +218,11 @@ def _from_env(op_name):
                          f"dicts") from None
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise ValueError(f"{where} must be a JSON object mapping operation names to remote_info objects")
-    matching = [key for key in table if op_name == key or op_name.endswith("." + key)]
+    from wfl_like.progress import public_name
+
+    # the wrapper's name too: a wfl user's key "calculate" names the op calculate() runs (_calculate_op)
+    public = public_name(op_name)
+    matching = [key for key in table if op_name == key or op_name.endswith("." + key) or key == public]
     return table[max(matching, key=len)] if matching else None
 
 
