@@ -763,6 +763,9 @@ def test_cli_calculate_killed_and_rerun_writes_what_an_uninterrupted_run_writes(
     done = int(status.stdout.split("items:")[1].split()[0])
     assert done == CLI_GATE
     assert "not complete" in status.stdout and "0 failed" in status.stdout
+    # the items line of a killed run reads as a sentence (it once ended "... its end pending")
+    (items_line,) = [line for line in status.stdout.splitlines() if line.startswith("items:")]
+    assert items_line.endswith("0 failed (the rest unknown: the run did not reach the end of its input)")
 
     release.touch()
     reference = run_cli(*calculate, cwd=ref_dir, env=env)

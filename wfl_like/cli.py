@@ -662,13 +662,13 @@ def _status_lines(args, path):
         n_items = journal.meta("n_items")
         complete = journal.meta("complete") is True
         failures = journal.failures(limit=args.failures)
-    pending = (f"{n_items - counts['done'] - counts['failed']}" if complete and n_items is not None
-               else "unknown until the input has been read to its end")
+    pending = (f", {n_items - counts['done'] - counts['failed']} pending" if complete and n_items is not None
+               else " (the rest unknown: the run did not reach the end of its input)")
     arguments = ", ".join([str(a) for a in call.get("args", [])]
                           + [f"{k}={v}" for k, v in dict(call.get("kwargs", {})).items()])
     lines = [f"output:    {args.output} ({'complete' if complete else 'not complete'})",
              f"operation: {call.get('op', '?')}({arguments})",
-             f"items:     {counts['done']} done, {counts['failed']} failed, {pending} pending"]
+             f"items:     {counts['done']} done, {counts['failed']} failed{pending}"]
     lines += [f"  item {index}: {reason}" for index, reason in failures]
     if counts["failed"] > len(failures):
         lines.append(f"  ... and {counts['failed'] - len(failures)} more")
