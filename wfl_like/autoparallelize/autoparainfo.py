@@ -20,6 +20,7 @@ _DEFAULTS = {
     "workers_read_files": None,
     "remote_info": None,
     "progress": None,
+    "wait": True,
 }
 
 WORKERS_READ_FILES_ENV = "WFL_LIKE_WORKERS_READ_FILES"
@@ -119,6 +120,13 @@ class AutoparaInfo:
         state for queued jobs).  Default: the env var ``WFL_LIKE_PROGRESS`` (``0`` or
         ``1``), else drawn where a person watches (standard error is a terminal, or a
         notebook).  Never drawn inside worker processes.
+    wait : bool, default True
+        ``False``: return at once a :class:`concurrent.futures.Future` of what the call
+        returns (its ConfigSet, or None), computed in a thread of its own, so that
+        independent calls (two datasets, two potentials) run at the same time, each with
+        its own workers or on one shared ``executor``.  Journal, output lock, failures and
+        random streams are those of a blocking call (the call's generator is spawned at
+        once, in call order).  The inputs must not change until the future is done.
 
     Raises
     ------
@@ -198,6 +206,8 @@ class AutoparaInfo:
                             f"not {type(self.executor).__name__}")
         if self.workers_read_files is not None and not isinstance(self.workers_read_files, bool):
             raise TypeError(f"workers_read_files must be True, False or None, not {self.workers_read_files!r}")
+        if not isinstance(self.wait, bool):
+            raise TypeError(f"wait must be True or False, not {self.wait!r}")
         if self.progress is not None and not isinstance(self.progress, bool):
             raise TypeError(f"progress must be True, False or None, not {self.progress!r}")
         if self.remote_info is not None:

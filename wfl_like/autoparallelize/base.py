@@ -3,7 +3,9 @@
 import contextlib
 import itertools
 import logging
+import threading
 import warnings
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +75,41 @@ def autoparallelize(op, *args, default_autopara_info=None, **kwargs):
         raise TypeError(f"autopara_info must be an AutoparaInfo or a dict, not {type(info).__name__}")
     info = info.with_defaults(default_autopara_info)
     rng = kwargs.pop("rng", None)
-    return _run(op, inputs, outputs, info, rng, tuple(args), kwargs)
+    _check_arguments(op_name(op), inputs, outputs, info, rng, args)
+    # Spawned here, in the caller's thread, once per call whatever the call then does
+    # (compute, resume, reuse), as wfl does: a script sharing one generator between calls
+    # gets the same streams in each call on a rerun, however many of its calls are reused
+    # or run at once.
+    op_rng = rng.spawn(1)[0] if rng is not None else None
+    if info.wait:
+        return _run(op, inputs, outputs, info, rng, op_rng, tuple(args), kwargs)
+    return _in_background(_run, op, inputs, outputs, info, rng, op_rng, tuple(args), kwargs)
+
+
+def _in_background(function, *args):
+    """A Future of ``function(*args)``, run in a thread of its own.
+
+    The thread is not a daemon: a script that ends while a call runs waits for it, so that
+    its outputs are written whole.  Inside a worker process the call runs at once (a worker
+    runs its items one after another), and the Future comes back done.
+    """
+    future = Future()
+
+    def run():
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = function(*args)
+        except BaseException as exc:       # handed to whoever waits on the future, as an executor does
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    if in_worker():
+        run()
+    else:
+        threading.Thread(target=run, name=f"wfl_like {op_name(args[0])}", daemon=False).start()
+    return future
 
 
 def _take_inputs_outputs(args, kwargs):
@@ -91,13 +127,9 @@ def _take_inputs_outputs(args, kwargs):
     return inputs, args.pop(0)
 
 
-def _run(op, inputs, outputs, info, rng, args, kwargs):
+def _run(op, inputs, outputs, info, rng, op_rng, args, kwargs):
+    """One call, start to end; ``op_rng`` is its own generator, spawned from the caller's ``rng``."""
     name = op_name(op)
-    _check_arguments(name, inputs, outputs, info, rng, args)
-    # Spawn once per call, whatever the call then does (compute, resume, reuse), as wfl
-    # does: a script sharing one generator between calls gets the same streams in each
-    # call on a rerun, however many of its calls are reused.
-    op_rng = rng.spawn(1)[0] if rng is not None else None
     if outputs is not None:
         # before the reuse of existing outputs: an input file "reused" as its own output
         # would be handed back unprocessed

@@ -21,6 +21,8 @@ import signal
 import subprocess
 import sys
 
+from wfl_like.autoparallelize.workers.starting import START_LOCK
+
 log = logging.getLogger(__name__)
 
 # Run with -I -S: no site-packages, no user paths, no PYTHON* variables, so the guardian
@@ -76,9 +78,10 @@ class Guardian:
 
     def __init__(self):
         try:
-            self._process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _GUARDIAN_CODE],
-                                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                             start_new_session=True)
+            with START_LOCK:
+                self._process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _GUARDIAN_CODE],
+                                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                                 start_new_session=True)
         except OSError as exc:
             log.warning("could not start the process that ends worker process groups if the driver dies "
                         "(%s); programs started by the operation may outlive a killed driver", exc)

@@ -23,6 +23,7 @@ from multiprocessing.connection import wait
 from wfl_like.autoparallelize.workers.devices import device_of, environment_for_start, worker_environment
 from wfl_like.autoparallelize.workers.threads import thread_environment
 from wfl_like.autoparallelize.workers.guardian import Guardian, kill_process_group
+from wfl_like.autoparallelize.workers.starting import START_LOCK
 from wfl_like.autoparallelize.workers.worker import worker_main
 from wfl_like.errors import (TaskTimeoutError, WorkerDiedError, WorkerInitializerError, WorkerPoisonedError,
                              describe_exitcode)
@@ -104,9 +105,10 @@ class _Worker:
         # a spawned interpreter imports the driver's main module before worker_main runs:
         # it must start with its device and thread limits; a forked one (or one forked by
         # the forkserver, whose environment is the server's) gets them first thing in worker_main
-        with environment_for_start(environment if method == "spawn" else None):
-            self.process.start()
-        child_conn.close()
+        with START_LOCK:
+            with environment_for_start(environment if method == "spawn" else None):
+                self.process.start()
+            child_conn.close()
         self.ready = False        # the initializer has run; tasks may be sent
         self.task = None          # the _Task being run
         self.timed_out = False    # killed because its task (or its initializer) ran past its deadline
