@@ -9,8 +9,10 @@ import time
 
 def listing(directory):
     """Sorted names in ``directory``, leaving out the run journal (``.NAME.journal.sqlite``
-    and SQLite's companions), which a run keeps beside its outputs on purpose."""
-    return sorted(p.name for p in directory.iterdir() if ".journal.sqlite" not in p.name)
+    and SQLite's companions) and the manifest (``NAME.manifest.json``), which a run keeps
+    beside its outputs on purpose."""
+    return sorted(p.name for p in directory.iterdir()
+                  if ".journal.sqlite" not in p.name and not p.name.endswith(".manifest.json"))
 
 
 def process_state(pid):

@@ -37,6 +37,7 @@ from wfl_like.autoparallelize.resume.fingerprint import fingerprint
 from wfl_like.autoparallelize.resume.journal import Journal, journal_path
 from wfl_like.autoparallelize.supervisor import IN_FLIGHT_PER_SLOT
 from wfl_like.cli import main as cli_main
+from wfl_like.manifest import read_manifest
 from wfl_like.errors import AutoparallelizeError, FailedItemsWarning, OutputLockedError
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -476,7 +477,8 @@ def test_overwrite_recomputes_everything(setup):
 def test_cache_false_keeps_no_journal_and_reuses_outputs_as_wfl_does(setup):
     inputs, out, markers = setup
     autoparallelize(marking_op, ConfigSet(inputs), OutputSpec(out), markers, autopara_info=para(cache=False))
-    assert sorted(os.listdir(out.parent)) == ["in.xyz", "markers", "out.xyz"]
+    # no journal: only the manifest beside the output, which says what made it
+    assert sorted(os.listdir(out.parent)) == ["in.xyz", "markers", "out.xyz", "out.xyz.manifest.json"]
     written = out.read_bytes()
 
     # reused as it is, even with another argument: the cache is off
@@ -820,3 +822,48 @@ def test_editing_a_method_of_a_callable_class_changes_its_key(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("class_op_module", None)
+
+
+MEMO_MODULE = '''
+import collections
+
+class Memo:
+    def __init__(self):
+        self._entries = collections.OrderedDict()
+
+    def get(self, key):
+        if key not in self._entries:
+            self._entries[key] = key * 2
+        return self._entries[key]
+
+_memo = Memo()
+_seen = {}
+
+def remember(key):
+    _seen[key] = True
+
+def doubled_op(items):
+    for atoms in items:
+        atoms.info["doubled"] = _memo.get(len(atoms))
+        remember(len(atoms))
+        atoms.info["seen"] = len(_seen)
+    return items
+'''
+
+
+def test_state_that_a_run_fills_does_not_make_the_next_identical_call_recompute(tmp_path, monkeypatch):
+    """A module-level memo object, or a dict one function fills and another reads, holds what
+    ran before in this process: the next call's key must not change with it."""
+    (tmp_path / "memo_ops.py").write_text(MEMO_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import memo_ops
+
+    ase.io.write(tmp_path / "in.xyz", [Atoms("Cu" * n, positions=np.zeros((n, 3))) for n in (1, 2, 3)])
+    out = tmp_path / "out.xyz"
+    autoparallelize(memo_ops.doubled_op, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out),
+                    autopara_info={"num_python_subprocesses": 0})
+    with open(tmp_path / "in.xyz", "a") as handle:
+        ase.io.write(handle, Atoms("Cu4", positions=np.zeros((4, 3))), format="extxyz")
+    autoparallelize(memo_ops.doubled_op, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out),
+                    autopara_info={"num_python_subprocesses": 0})
+    assert read_manifest(out)["items"] == {"total": 4, "failed": 0, "computed": 1, "reused": 3}

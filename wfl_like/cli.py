@@ -139,6 +139,11 @@ def build_parser():
     status.add_argument("output", metavar="OUTPUT", help="the output file of a wfl_like run")
     status.add_argument("--failures", type=int, default=20, metavar="N",
                         help="list at most N failed items (default 20)")
+    status.add_argument("--failed", action="store_true",
+                        help="write the input structures that failed or were not finished to the file of -o, "
+                             "to rerun them with other settings")
+    status.add_argument("-o", "--output-failed", default=None, metavar="FILE", dest="failed_output",
+                        help="with --failed: the extended-XYZ file to write them to")
     status.set_defaults(run=run_status)
     return parser
 
@@ -639,8 +644,13 @@ def run_status(args):
     if not path.exists():
         raise UsageError(f"no journal for {args.output!r} (expected {str(path)!r}): it was not written by "
                          f"wfl_like, or with the cache off")
+    if args.failed != (args.failed_output is not None):
+        raise UsageError("--failed and -o FILE go together: `wfl-like status --failed OUTPUT -o failed.xyz` "
+                         "writes the failed and unfinished input structures to failed.xyz")
     try:
         lines = _status_lines(args, path)
+        if args.failed:
+            lines.append(_export_unfinished(args, path))
     except (JournalError, PermissionError) as exc:
         raise UsageError(str(exc)) from None
     except (sqlite3.Error, OSError) as exc:
@@ -672,7 +682,56 @@ def _status_lines(args, path):
     lines += [f"  item {index}: {reason}" for index, reason in failures]
     if counts["failed"] > len(failures):
         lines.append(f"  ... and {counts['failed'] - len(failures)} more")
+    return lines + _manifest_lines(args.output)
+
+
+def _manifest_lines(output):
+    """What the manifest beside ``output`` adds: who made it, where, when, from what, with what."""
+    from wfl_like.manifest import read_manifest
+
+    manifest = read_manifest(output)
+    if manifest is None:
+        return []
+    lines = [f"made by:   {manifest.get('operation', '?')} on {manifest.get('host', '?')} "
+             f"(pid {manifest.get('pid', '?')}), started {manifest.get('started', '?')}, "
+             f"{manifest.get('state', '?')}" + (f" {manifest['finished']}" if manifest.get("finished") else "")]
+    inputs = manifest.get("inputs")
+    if isinstance(inputs, list):
+        lines += [f"input:     {entry.get('path')} (sha256 {str(entry.get('sha256'))[:16]}...)"
+                  for entry in inputs if isinstance(entry, dict)]
+    versions = manifest.get("versions")
+    if isinstance(versions, dict):
+        lines.append("versions:  " + ", ".join(f"{name} {version}" for name, version in versions.items()))
+    if manifest.get("stopped_by"):
+        lines.append(f"stopped:   {manifest['stopped_by']}")
     return lines
+
+
+def _export_unfinished(args, path):
+    """Write the input structures of ``args.output``'s run that failed or were not finished to
+    ``args.failed_output``; the line that says so."""
+    import ase.io
+
+    from wfl_like.autoparallelize.resume.journal import Journal
+    from wfl_like.configset import ConfigSet
+    from wfl_like.manifest import manifest_path, read_manifest
+
+    manifest = read_manifest(args.output)
+    inputs = manifest.get("inputs") if manifest is not None else None
+    if not isinstance(inputs, list) or not inputs:
+        raise UsageError(f"--failed needs the input files of the run, named in {str(manifest_path(args.output))!r}; "
+                         f"there is no such manifest, or the run's inputs were in memory")
+    with Journal(path, read_only=True) as journal:
+        done = journal.done_indices()
+    paths = [entry.get("path") for entry in inputs]
+    missing = [p for p in paths if not isinstance(p, str) or not Path(p).is_file()]
+    if missing:
+        raise UsageError(f"input file {missing[0]!r} of the run is gone; --failed reads the structures from it")
+    read_kwargs = manifest.get("inputs_read_kwargs") or {}
+    source = ConfigSet(paths[0] if len(paths) == 1 else paths, read_kwargs=read_kwargs)
+    left = [atoms for index, atoms in enumerate(source) if index not in done]
+    ase.io.write(args.failed_output, left, format="extxyz")
+    return f"wrote {len(left)} failed or unfinished input structures to {args.failed_output}"
 
 
 def main(argv=None):

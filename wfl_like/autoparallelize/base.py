@@ -3,6 +3,7 @@
 import contextlib
 import itertools
 import logging
+import os
 import threading
 import warnings
 from concurrent.futures import Future
@@ -14,7 +15,7 @@ from ase import Atoms
 from wfl_like.autoparallelize.workers import mpi as mpipool_support
 from wfl_like.autoparallelize.remote import queued
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo, workers_read_files
-from wfl_like.autoparallelize.resume.cache import RunCache, inputs_fingerprint, journal_location
+from wfl_like.autoparallelize.resume.cache import RunCache, input_digests, inputs_fingerprint, journal_location
 from wfl_like.autoparallelize.resume import stored
 from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
 from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, count_frames, frame_items
@@ -26,6 +27,7 @@ from wfl_like.configset import ConfigSet, OutputSpec
 from wfl_like.io.renderer import RenderedOutput
 from wfl_like.errors import AutoparallelizeError, FailedItem, FailedItemsWarning, OpOutputError, OutputIsInputError
 from wfl_like.io.ownership import FOREIGN, WRITE
+from wfl_like.manifest import Manifest
 from wfl_like.progress import Progress, show_bar
 
 log = logging.getLogger(__name__)
@@ -145,12 +147,13 @@ def _run(op, inputs, outputs, info, rng, op_rng, args, kwargs):
         journal, call, info.skip_failed, cache_extra=info.cache_extra, rng=op_rng, initializer=info.initializer,
         overwrite=outputs is not None and outputs.overwrite, outputs=outputs)
     try:
-        fingerprint_of_inputs = inputs_fingerprint(inputs) if cache is not None else None
+        digests = input_digests(inputs) if cache is not None else None
+        fingerprint_of_inputs = inputs_fingerprint(inputs, digests) if cache is not None else None
         plan = _plan_outputs(outputs, cache, fingerprint_of_inputs)
         if plan.reuse is not None:
             _say_reused(plan, name, outputs)
             return outputs.to_ConfigSet()
-        return _execute(call, inputs, outputs, info, op_rng, cache, fingerprint_of_inputs, plan)
+        return _execute(call, inputs, outputs, info, op_rng, cache, fingerprint_of_inputs, plan, digests)
     finally:
         if cache is not None:
             cache.close()
@@ -182,13 +185,17 @@ def _say_reused(plan, name, outputs):
         log.info("%s", message)
 
 
-def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs, plan):
+def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs, plan, digests=None):
     name = call.name
+    manifest = None
     try:
         if outputs is not None:
             # Before any work, and before the journal is touched: the output's own lock keeps
             # out a second writer whatever its journal settings.
             outputs.claim(replace_existing=plan.replace_existing)
+            if outputs.files is not None:
+                manifest = Manifest(call, inputs, outputs, _spread(info), digests)
+                manifest.write()
         if cache is not None:
             cache.start()
         failures, n_items = _compute(call, inputs, outputs, info, rng, cache)
@@ -198,16 +205,23 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs, pla
         # wait_for_results=False: the jobs run on; a later call with the same arguments collects
         if outputs is not None:
             outputs.discard()
+        if manifest is not None:
+            manifest.finish("stopped", reason=str(pending))
         log.info("%s", pending)
         return None
-    except BaseException:
+    except BaseException as exc:
         if outputs is not None:
             outputs.discard()
+        if manifest is not None:
+            manifest.finish("stopped", failures=getattr(exc, "failures", ()), reason=one_line_reason(exc))
         raise
     if failures:
         warnings.warn(FailedItemsWarning(name, failures), stacklevel=4)
     if outputs is not None:
         outputs.close()
+    if manifest is not None:
+        manifest.finish("complete", n_items, failures, *((cache.computed, cache.reused) if cache is not None
+                                                          else (n_items, 0)))
     if cache is not None:
         cache.finish(n_items, fingerprint_of_inputs, len(failures), outputs)
     if outputs is None:
@@ -215,6 +229,20 @@ def _execute(call, inputs, outputs, info, rng, cache, fingerprint_of_inputs, pla
     result = outputs.to_ConfigSet()
     result.failures = failures
     return result
+
+
+def _spread(info):
+    """How a call's work is spread, in the words of its options (for its manifest)."""
+    spread = {"num_inputs_per_python_subprocess": info.num_inputs_per_python_subprocess}
+    if info.remote_info is not None or os.environ.get("WFL_EXPYRE_INFO"):
+        spread["queued_jobs"] = True
+    if info.executor is not None:
+        spread["executor"] = type(info.executor).__name__
+    elif mpipool_support.active_executor() is not None:
+        spread["executor"] = "MPI (WFL_MPIPOOL)"
+    else:
+        spread["num_python_subprocesses"] = num_workers(info.num_python_subprocesses)
+    return spread
 
 
 def _compute(call, inputs, outputs, info, rng, cache):

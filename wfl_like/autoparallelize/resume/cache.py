@@ -255,21 +255,30 @@ def _text_fingerprint(outputs):
                        io.codec_identity())
 
 
-def inputs_fingerprint(inputs):
-    """A fingerprint of input files by their bytes (not parsed), or None for other inputs.
-
-    Hashing a file is far faster than parsing it, so an unchanged input is recognised
-    in a fraction of a second.
-    """
+def input_digests(inputs):
+    """``[(absolute path, SHA-256 hex)]`` of the input files by their bytes (not parsed), or None
+    for other inputs.  Hashing a file is far faster than parsing it."""
     if not isinstance(inputs, ConfigSet) or not inputs.files():
         return None
-    parts = []
+    digests = []
     for path in inputs.files():
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-        parts.append((str(Path(path).resolve()), digest.hexdigest()))
+        digests.append((str(Path(path).resolve()), digest.hexdigest()))
+    return digests
+
+
+def inputs_fingerprint(inputs, digests=None):
+    """A fingerprint of input files by their bytes, or None for other inputs, so that an
+    unchanged input is recognised in a fraction of a second.
+
+    ``digests``: what :func:`input_digests` gave for ``inputs``, when it was already asked.
+    """
+    parts = input_digests(inputs) if digests is None else digests
+    if parts is None:
+        return None
     return fingerprint(parts, inputs.read_kwargs, inputs.enclosing_location)
 
 

@@ -438,7 +438,8 @@ def _feed_reads(feed, hasher, code, namespace, seen):
     module = namespace.get("__name__")
     for chain in sorted(chains):
         _feed_text(hasher, ".".join(chain))
-        if chain[0] in written or (module, chain[0]) in seen.set_up:
+        if (chain[0] in written or (module, chain[0]) in seen.set_up
+                or chain[0] in _written_in_module(module, source_digest(module))):
             # the code's own state (a memo, an object built once): its current value says
             # what ran before in this process; its first value is in the text of the module
             # it lives in (``helpers.CACHE`` lives in helpers, not in the op's module)
@@ -448,6 +449,38 @@ def _feed_reads(feed, hasher, code, namespace, seen):
         feed_or_source(lambda h, v, s, chain=chain: _feed_chain(feed, h, chain, v, s), hasher, namespace, seen, module)
     for name, level in sorted(imported):
         _feed_imported(hasher, name, level, namespace)
+
+
+@functools.lru_cache(maxsize=512)
+def _written_in_module(module_name, digest):
+    """Global names of a local module that some function or method of it assigns or changes in
+    place: state (a cache filled by one function and read by another), not a constant.
+
+    Keyed by the module's source digest, so that a module rewritten and reloaded is scanned again.
+    """
+    module = sys.modules.get(module_name) if module_name else None
+    if module is None or not digest or module_origin(module_name) != LOCAL:
+        return frozenset()
+    names = set()
+    for value in list(vars(module).values()):
+        for func in _functions_defined_in(value, module_name):
+            names |= code_reads(func.__code__)[1]
+    return frozenset(names)
+
+
+def _functions_defined_in(value, module_name):
+    """The functions of a module-level value defined in ``module_name``: itself, or a class's methods."""
+    if isinstance(value, types.FunctionType) and value.__module__ == module_name:
+        return [value]
+    if isinstance(value, type) and value.__module__ == module_name:
+        found = []
+        for member in vars(value).values():
+            unwrapped = _unwrap_descriptor(member)
+            for func in unwrapped if isinstance(unwrapped, list) else [unwrapped]:
+                if isinstance(func, types.FunctionType):
+                    found.append(func)
+        return found
+    return []
 
 
 def _home_module(chain, namespace, default):
@@ -497,6 +530,7 @@ def _feed_chain(feed, hasher, chain, namespace, seen):
     else:
         _feed_text(hasher, "<unbound>")
         return
+    home = namespace.get("__name__")
     for attribute in chain[1:]:
         if not (isinstance(value, types.ModuleType) and module_origin(value.__name__) == LOCAL):
             break
@@ -506,8 +540,65 @@ def _feed_chain(feed, hasher, chain, namespace, seen):
             # it will be cannot be told, so the module's text counts
             _feed_text(hasher, source_digest(value.__name__))
             return
+        home = value.__name__
         value = vars(value)[attribute]
+    if _holds_state(value):
+        # an object whose own methods change it (a memo of built calculators): its current
+        # contents say what ran before in this process; what makes it is its module's text
+        _feed_text(hasher, "<its own state>")
+        _feed_text(hasher, source_digest(home))
+        return
     feed(hasher, value, seen)
+
+
+# methods that build an object, whose writes to it make its first state rather than change it
+_BUILDERS = frozenset({"__init__", "__new__", "__post_init__", "__setstate__", "__init_subclass__"})
+
+
+def _holds_state(value):
+    """Whether ``value`` is an instance of a local class some method of which (other than its
+    constructors) changes the instance: assigns an attribute, or changes one in place."""
+    cls = type(value)
+    if isinstance(value, (type, types.ModuleType, types.FunctionType)) or module_origin(cls.__module__) != LOCAL:
+        return False
+    return _class_changes_self(cls)
+
+
+@functools.lru_cache(maxsize=512)
+def _class_changes_self(cls):
+    for klass in cls.__mro__:
+        if klass is object or module_origin(klass.__module__) != LOCAL:
+            continue
+        for name, member in vars(klass).items():
+            if name in _BUILDERS:
+                continue
+            unwrapped = _unwrap_descriptor(member)
+            for func in unwrapped if isinstance(unwrapped, list) else [unwrapped]:
+                if isinstance(func, types.FunctionType) and _changes_first_argument(func.__code__):
+                    return True
+    return False
+
+
+def _changes_first_argument(code):
+    """Whether the code assigns an attribute of its first argument (``self.x = ...``), or
+    changes one in place (``self.x[k] = ...``, ``self.x.append(...)``)."""
+    if code.co_argcount == 0:
+        return False
+    instructions = [i for i in dis.get_instructions(code) if i.opname not in ("CACHE", "EXTENDED_ARG", "NOP")]
+    self_name = code.co_varnames[0]
+    for k, instruction in enumerate(instructions):
+        if instruction.opname != "LOAD_FAST" or instruction.argval != self_name:
+            continue
+        following = instructions[k + 1:k + 5]
+        if following and following[0].opname in ("STORE_ATTR", "DELETE_ATTR"):
+            return True
+        if len(following) >= 2 and following[0].opname == "LOAD_ATTR":
+            rest = following[1:]
+            if any(i.opname in ("STORE_SUBSCR", "DELETE_SUBSCR") for i in rest[:3]):
+                return True
+            if rest[0].opname in ("LOAD_METHOD", "LOAD_ATTR") and rest[0].argval in _MUTATORS:
+                return True
+    return False
 
 
 def _feed_imported(hasher, name, level, namespace):

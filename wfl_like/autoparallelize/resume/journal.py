@@ -363,6 +363,17 @@ class Journal:
         counts = dict(rows)
         return {DONE: counts.get(DONE, 0), FAILED: counts.get(FAILED, 0)}
 
+    def done_indices(self):
+        """Input indices of the items the latest run finished (computed or met), as a set."""
+        if self.empty:
+            return set()
+        with self._guard():
+            rows = self._db.execute("SELECT idx FROM items WHERE status=? AND run=?",
+                                    (DONE, self.meta("run", 0))).fetchall()
+        if not all(type(row[0]) is int for row in rows):
+            raise JournalError(f"journal {str(self.path)!r} holds a malformed item index; {_RECOVER}")
+        return {row[0] for row in rows}
+
     def failures(self, limit=None):
         """``[(index, reason), ...]`` of the failed items of the latest run, in input order."""
         if self.empty:
