@@ -486,7 +486,7 @@ def test_cache_false_keeps_no_journal_and_reuses_outputs_as_wfl_does(setup):
                              autopara_info=para(cache=False))
     assert sum(computed(markers).values()) == N_ITEMS
     assert result.one_file() == out and out.read_bytes() == written
-    assert sorted(os.listdir(out.parent)) == ["in.xyz", "markers", "out.xyz"]
+    assert sorted(os.listdir(out.parent)) == ["in.xyz", "markers", "out.xyz", "out.xyz.manifest.json"]
 
 
 def test_outputs_without_a_journal_are_reused_with_a_warning(setup):
