@@ -182,3 +182,20 @@ def test_an_overwrite_call_never_takes_records_of_a_job_of_the_call_it_replaced(
                     autopara_info={"remote_info": new})
     assert [a.info["tag"] for a in ase.io.read(out, ":")] == ["new", "new"]
     assert out.read_bytes() == expected
+
+
+@pytest.mark.xfail(strict=True, reason="next_number() counts the registry's tasks only: with the registry emptied, "
+                                       "a new task is written into an existing task_0 whose results file holds "
+                                       "another call's records, and they are taken")
+def test_a_lost_registry_never_lets_a_new_task_take_an_old_task_directorys_records(tmp_path):
+    out, info, task_dir, _ = _done_task(tmp_path, mark, 2)        # tag "x", done, not collected
+    (task_dir.parent / "jobs").write_bytes(b"")                     # the registry lost (emptied)
+    expected = serial_of(mark, tmp_path / "in.xyz", tmp_path, "y")
+    try:
+        autoparallelize(mark, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out), "y",
+                        autopara_info={"remote_info": {**info, "wait_for_results": True, "timeout": 60}})
+    except Exception:
+        assert not out.exists()           # refused: fine
+        return
+    assert [a.info["tag"] for a in ase.io.read(out, ":")] == ["y", "y"]
+    assert out.read_bytes() == expected
