@@ -199,3 +199,60 @@ def test_a_lost_registry_never_lets_a_new_task_take_an_old_task_directorys_recor
         return
     assert [a.info["tag"] for a in ase.io.read(out, ":")] == ["y", "y"]
     assert out.read_bytes() == expected
+
+
+@pytest.mark.xfail(strict=True, reason="a job imports the operation's module as it is on disk when the job starts, "
+                                       "not as the driver keyed it: an edit while the job is queued gives outputs "
+                                       "of the new code, recorded and stored under the old code's keys")
+def test_an_op_module_edited_while_its_job_is_queued_never_gives_the_new_codes_outputs(tmp_path, monkeypatch):
+    import importlib
+    import sys
+    import time
+
+    name = f"rt_edited_{uuid.uuid4().hex[:8]}"
+    module = tmp_path / f"{name}.py"
+    source = "def tag(items):\n    for atoms in items:\n        atoms.info['tag'] = '{}'\n    return items\n"
+    module.write_text(source.format("v1"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    op = importlib.import_module(name).tag
+    try:
+        ase.io.write(tmp_path / "in.xyz", cu_cells(2))
+        expected = serial_of(op, tmp_path / "in.xyz", tmp_path)
+        out = tmp_path / "out.xyz"
+        info = remote(2, wait_for_results=False, header_extra=["--begin=now+3"])
+        info["env_vars"] = {**info["env_vars"], "PYTHONPATH": f"{tmp_path}{os.pathsep}{HERE}",
+                            "PYTHONDONTWRITEBYTECODE": "1"}
+        assert _collect(op, tmp_path / "in.xyz", out, info) is None
+        module.write_text(source.format("version2"))        # edited while the job waits in the queue
+        state = tmp_path / ".out.xyz.journal.jobs"
+        deadline = time.monotonic() + 120
+        while not all(read_results(d).done for d in state.glob("task_*")):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        # collected by the driver that still runs the code it submitted (as a driver that waited would)
+        try:
+            _collect(op, tmp_path / "in.xyz", out, {**info, "wait_for_results": True, "timeout": 60})
+        except Exception:
+            assert not out.exists()        # refused: fine
+            return
+        assert [a.info["tag"] for a in ase.io.read(out, ":")] == ["v1", "v1"]
+        assert out.read_bytes() == expected
+    finally:
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.xfail(strict=True, reason="JobRegistry._take does not check that a task record's indices, keys and "
+                                       "locations have one entry each: QueuedJobs._holder fails with a bare "
+                                       "IndexError naming no file")
+def test_a_task_record_with_too_few_locations_is_a_clear_error_naming_the_registry(tmp_path):
+    from wfl_like.autoparallelize.remote.results import read_lines
+
+    out, info, task_dir, _ = _done_task(tmp_path, mark, 2)
+    registry = task_dir.parent / "jobs"
+    payloads = [payload for _, payload in read_lines(registry, "")[0]]
+    for payload in payloads:
+        if payload["kind"] == "task":
+            payload["locations"] = payload["locations"][:1]
+    registry.write_bytes(b"".join(encode(p) for p in payloads))
+    with pytest.raises(ValueError, match="jobs"):
+        _collect(mark, tmp_path / "in.xyz", out, {**info, "wait_for_results": True, "timeout": 60})
