@@ -265,3 +265,74 @@ def test_an_infinite_check_interval_is_refused_naming_the_option():
 
     with pytest.raises(ValueError, match="check_interval"):
         RemoteInfo.from_autopara({**remote(1), "check_interval": float("inf")}, "module.op")
+
+
+def empty_list_for_odd(items):
+    return [[] if atoms.info["idx"] % 2 else [atoms] for atoms in items]
+
+
+def info_heavy(items):
+    import numpy as np
+
+    for atoms in items:
+        atoms.info["f"] = 0.1 + 1e-17 * atoms.info["idx"]
+        atoms.info["s"] = 'quote " and \\ back  two  spaces'
+        atoms.info["arr"] = np.arange(3) / 7
+        atoms.arrays["big"] = np.full(len(atoms), 1e300)
+    return items
+
+
+def slow_mark(items, delay=0.3):
+    import time
+
+    for atoms in items:
+        time.sleep(delay)
+        atoms.info["tag"] = "slow"
+    return items
+
+
+KILLED_DRIVER = """
+import json, os, signal, sys
+sys.path.insert(0, {tests!r})
+from wfl_like import ConfigSet, OutputSpec, autoparallelize
+from wfl_like.autoparallelize.remote import queued, registry
+import test_redteam_queued as ops
+
+point, info = sys.argv[1], json.loads(sys.argv[2])
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+real_submit, real_submitted = queued.slurm.submit_array, registry.JobRegistry.submitted
+if point == "before_add_task":
+    registry.JobRegistry.add_task = lambda self, *a, **k: die()
+elif point == "before_sbatch":
+    queued.slurm.submit_array = lambda *a, **k: die()
+elif point == "after_sbatch":
+    queued.slurm.submit_array = lambda *a, **k: (real_submit(*a, **k), die())
+elif point == "after_job_recorded":
+    registry.JobRegistry.submitted = lambda self, *a, **k: (real_submitted(self, *a, **k), die())
+autoparallelize(ops.mark, ConfigSet("in.xyz"), OutputSpec("out.xyz"), autopara_info={{"remote_info": info}})
+"""
+
+
+@pytest.mark.parametrize("point", ["before_add_task", "before_sbatch", "after_sbatch", "after_job_recorded"])
+def test_a_driver_killed_around_sbatch_is_rerun_to_the_serial_bytes_with_one_job_per_task(tmp_path, point):
+    import json
+    import subprocess
+    import sys
+
+    ase.io.write(tmp_path / "in.xyz", cu_cells(5))
+    expected = serial_of(mark, tmp_path / "in.xyz", tmp_path)
+    script = tmp_path / "driver.py"
+    script.write_text(KILLED_DRIVER.format(tests=str(HERE)))
+    info = json.dumps(remote(2))
+    first = subprocess.run([sys.executable, str(script), point, info], cwd=tmp_path, capture_output=True, timeout=120)
+    assert first.returncode == -9, first.stderr
+    second = subprocess.run([sys.executable, str(script), "none", info], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=200)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (tmp_path / "out.xyz").read_bytes() == expected
+    tasks = tasks_of(tmp_path / "out.xyz")
+    assert sorted(i for indices, _ in tasks.values() for i in indices) == list(range(5))
+    assert all(len(jobs) == 1 for _, jobs in tasks.values())
+    names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-r", "-n", json.loads(info)["job_name"],
+                            "-o", "%F_%K"], capture_output=True, text=True).stdout.split()
+    assert len(names) == len(tasks), names           # Slurm knows no job the registry does not
