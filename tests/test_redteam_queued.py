@@ -10,7 +10,6 @@ from pathlib import Path
 
 import ase.io
 import pytest
-from ase.build import bulk
 
 from wfl_like import ConfigSet, OutputSpec, autoparallelize
 from wfl_like.autoparallelize.remote.registry import JobRegistry
