@@ -335,3 +335,58 @@ def test_a_driver_killed_around_sbatch_is_rerun_to_the_serial_bytes_with_one_job
     names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-r", "-n", json.loads(info)["job_name"],
                             "-o", "%F_%K"], capture_output=True, text=True).stdout.split()
     assert len(names) == len(tasks), names           # Slurm knows no job the registry does not
+
+
+SLOW_SBATCH = """#!/bin/bash
+touch {started}
+sleep 6
+{real} "$@"
+touch {finished}
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="a driver killed while sbatch is still running leaves sbatch alive; a rerun "
+                                       "that finds no job with the token's comment yet forgets the submission and "
+                                       "submits the tasks again, and the first sbatch then submits them too")
+def test_a_driver_killed_during_a_slow_sbatch_is_rerun_without_a_second_job_for_its_tasks(tmp_path):
+    import json
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ase.io.write(tmp_path / "in.xyz", cu_cells(2))
+    expected = serial_of(mark, tmp_path / "in.xyz", tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    started, finished = tmp_path / "sbatch_started", tmp_path / "sbatch_finished"
+    (bin_dir / "sbatch").write_text(SLOW_SBATCH.format(started=started, finished=finished,
+                                                       real=shutil.which("sbatch")))
+    (bin_dir / "sbatch").chmod(0o755)
+    script = tmp_path / "driver.py"
+    script.write_text(KILLED_DRIVER.format(tests=str(HERE)))
+    info = remote(2)
+    slow_env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    first = subprocess.Popen([sys.executable, str(script), "none", json.dumps(info)], cwd=tmp_path, env=slow_env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():       # sbatch is running (a busy controller: it takes a while)
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        second = subprocess.run([sys.executable, str(script), "none", json.dumps(info)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=200)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert (tmp_path / "out.xyz").read_bytes() == expected
+        deadline = time.monotonic() + 60
+        while not finished.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        ids = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-n", info["job_name"], "-o", "%F"],
+                             capture_output=True, text=True).stdout.split()
+        assert len(set(ids)) == 1, f"jobs {sorted(set(ids))} submitted for one task"
+    finally:
+        subprocess.run(["scancel", "--me", "-n", info["job_name"]], capture_output=True)
