@@ -390,3 +390,24 @@ def test_a_driver_killed_during_a_slow_sbatch_is_rerun_without_a_second_job_for_
         assert len(set(ids)) == 1, f"jobs {sorted(set(ids))} submitted for one task"
     finally:
         subprocess.run(["scancel", "--me", "-n", info["job_name"]], capture_output=True)
+
+
+def refuse_second(items):
+    for atoms in items:
+        if atoms.info["idx"] == 1:
+            raise ValueError("item 1 refused")
+    return items
+
+
+@pytest.mark.xfail(strict=True, reason="an item that raised inside a queued job fails with the exception's line "
+                                       "only: its reason names neither the job nor its log")
+def test_the_reason_of_an_item_that_raised_in_a_queued_job_names_the_job(tmp_path):
+    ase.io.write(tmp_path / "in.xyz", cu_cells(2))
+    out = tmp_path / "out.xyz"
+    with pytest.warns(Warning):
+        result = autoparallelize(refuse_second, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out),
+                                 autopara_info={"remote_info": remote(2), "errors": "skip"})
+    ((job_id, array_index),) = tasks_of(out)[0][1]
+    (failure,) = result.failures
+    assert "item 1 refused" in failure.reason
+    assert f"{job_id}_{array_index}" in failure.reason, failure.reason
