@@ -416,3 +416,14 @@ def test_the_reason_of_an_item_that_raised_in_a_queued_job_names_the_job(tmp_pat
     (failure,) = result.failures
     assert "item 1 refused" in failure.reason
     assert f"{job_id}_{array_index}" in failure.reason, failure.reason
+
+
+@pytest.mark.xfail(strict=True, reason="sbatch_directives writes the log paths unquoted into #SBATCH lines: sbatch "
+                                       "refuses a script whose state directory path has a space")
+def test_an_output_in_a_directory_with_a_space_is_computed_as_serially(tmp_path):
+    where = tmp_path / "my runs"
+    where.mkdir()
+    ase.io.write(where / "in.xyz", cu_cells(2))
+    expected = serial_of(mark, where / "in.xyz", where)
+    _collect(mark, where / "in.xyz", where / "out.xyz", remote(2, retries=0, timeout=60))
+    assert (where / "out.xyz").read_bytes() == expected
