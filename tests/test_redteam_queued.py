@@ -441,3 +441,27 @@ def test_a_frame_inserted_before_the_others_reuses_the_records_of_the_moved_fram
     assert out.read_bytes() == expected
     new_tasks = [indices for number, (indices, _) in tasks_of(out).items() if number > 0]
     assert new_tasks == [[0]], f"computed again: {new_tasks}"
+
+
+@pytest.mark.xfail(strict=True, reason="state_dir_of(fresh=True) drops the state directory at every call with "
+                                       "overwrite=True, so 'call again with the same arguments to collect' submits "
+                                       "every item again, at every call, and never collects")
+def test_wait_for_results_false_with_overwrite_collects_on_the_next_call_without_submitting_again(tmp_path):
+    import time
+
+    ase.io.write(tmp_path / "in.xyz", cu_cells(2))
+    expected = serial_of(mark, tmp_path / "in.xyz", tmp_path)
+    out = tmp_path / "out.xyz"
+    info = remote(2, wait_for_results=False)
+    assert autoparallelize(mark, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out, overwrite=True),
+                           autopara_info={"remote_info": info}) is None
+    first = tasks_of(out)
+    state = tmp_path / ".out.xyz.journal.jobs"
+    deadline = time.monotonic() + 120
+    while not all(read_results(d).done for d in state.glob("task_*")):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    result = autoparallelize(mark, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out, overwrite=True),
+                             autopara_info={"remote_info": info})
+    assert tasks_of(out) == first, "submitted again"
+    assert result is not None and out.read_bytes() == expected
