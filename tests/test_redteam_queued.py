@@ -465,3 +465,42 @@ def test_wait_for_results_false_with_overwrite_collects_on_the_next_call_without
                              autopara_info={"remote_info": info})
     assert tasks_of(out) == first, "submitted again"
     assert result is not None and out.read_bytes() == expected
+
+
+def odd_outputs(items):
+    out = []
+    for atoms in items:
+        if atoms.info["idx"] == 1:
+            out.append("not a structure")
+        elif atoms.info["idx"] == 2:
+            raise RuntimeError("ünïcode\nand a second line")
+        else:
+            out.append(atoms)
+    return out
+
+
+class Tally:
+    """A value of the user's own class, as an operation may return with outputs kept in memory."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __eq__(self, other):
+        return isinstance(other, Tally) and other.n == self.n
+
+
+def values_of(items):
+    import numpy as np
+
+    kinds = [lambda a: len(a), lambda a: {"n": len(a), "e": 0.1}, lambda a: np.arange(3) / 7, lambda a: Tally(len(a))]
+    return [kinds[atoms.info["idx"] % 4](atoms) for atoms in items]
+
+
+@pytest.mark.xfail(strict=True, reason="job_main.output_record checks every output as an Atoms whatever the call's "
+                                       "outputs: with outputs=None (any value taken) each item that returned a "
+                                       "number, dict, array or object fails, where the serial call succeeds")
+def test_outputs_none_takes_any_value_in_a_queued_job_as_in_a_serial_run(tmp_path):
+    cells = cu_cells(4)
+    assert autoparallelize(values_of, [c.copy() for c in cells], None, autopara_info=SERIAL) is None
+    assert autoparallelize(values_of, [c.copy() for c in cells], None,
+                           autopara_info={"remote_info": remote(4), "cache": tmp_path / "journal.sqlite"}) is None
