@@ -161,9 +161,6 @@ def import_missing(items):
     return items
 
 
-@pytest.mark.xfail(strict=True, reason="task directories are named by number only: an overwrite=True call remakes "
-                                       "task_0 at the same path, and a job of the earlier call that had already "
-                                       "read its task appends that call's records to the new task's results")
 def test_an_overwrite_call_never_takes_records_of_a_job_of_the_call_it_replaced(tmp_path):
     import time
 
@@ -188,9 +185,6 @@ def test_an_overwrite_call_never_takes_records_of_a_job_of_the_call_it_replaced(
     assert out.read_bytes() == expected
 
 
-@pytest.mark.xfail(strict=True, reason="next_number() counts the registry's tasks only: with the registry emptied, "
-                                       "a new task is written into an existing task_0 whose results file holds "
-                                       "another call's records, and they are taken")
 def test_a_lost_registry_never_lets_a_new_task_take_an_old_task_directorys_records(tmp_path):
     out, info, task_dir, _ = _done_task(tmp_path, mark, 2)        # tag "x", done, not collected
     (task_dir.parent / "jobs").write_bytes(b"")                     # the registry lost (emptied)
@@ -205,9 +199,6 @@ def test_a_lost_registry_never_lets_a_new_task_take_an_old_task_directorys_recor
     assert out.read_bytes() == expected
 
 
-@pytest.mark.xfail(strict=True, reason="a job imports the operation's module as it is on disk when the job starts, "
-                                       "not as the driver keyed it: an edit while the job is queued gives outputs "
-                                       "of the new code, recorded and stored under the old code's keys")
 def test_an_op_module_edited_while_its_job_is_queued_never_gives_the_new_codes_outputs(tmp_path, monkeypatch):
     import importlib
     import sys
@@ -245,9 +236,6 @@ def test_an_op_module_edited_while_its_job_is_queued_never_gives_the_new_codes_o
         sys.modules.pop(name, None)
 
 
-@pytest.mark.xfail(strict=True, reason="JobRegistry._take does not check that a task record's indices, keys and "
-                                       "locations have one entry each: QueuedJobs._holder fails with a bare "
-                                       "IndexError naming no file")
 def test_a_task_record_with_too_few_locations_is_a_clear_error_naming_the_registry(tmp_path):
     from wfl_like.autoparallelize.remote.results import read_lines
 
@@ -262,8 +250,6 @@ def test_a_task_record_with_too_few_locations_is_a_clear_error_naming_the_regist
         _collect(mark, tmp_path / "in.xyz", out, {**info, "wait_for_results": True, "timeout": 60})
 
 
-@pytest.mark.xfail(strict=True, reason="_checked_interval accepts inf: the driver submits its jobs, then "
-                                       "time.sleep(inf) raises OverflowError, naming no option")
 def test_an_infinite_check_interval_is_refused_naming_the_option():
     from wfl_like.autoparallelize.remote.remote_info import RemoteInfo
 
@@ -350,9 +336,6 @@ touch {finished}
 """
 
 
-@pytest.mark.xfail(strict=True, reason="a driver killed while sbatch is still running leaves sbatch alive; a rerun "
-                                       "that finds no job with the token's comment yet forgets the submission and "
-                                       "submits the tasks again, and the first sbatch then submits them too")
 def test_a_driver_killed_during_a_slow_sbatch_is_rerun_without_a_second_job_for_its_tasks(tmp_path):
     import json
     import shutil
@@ -404,8 +387,6 @@ def refuse_second(items):
     return items
 
 
-@pytest.mark.xfail(strict=True, reason="an item that raised inside a queued job fails with the exception's line "
-                                       "only: its reason names neither the job nor its log")
 def test_the_reason_of_an_item_that_raised_in_a_queued_job_names_the_job(tmp_path):
     ase.io.write(tmp_path / "in.xyz", cu_cells(2))
     out = tmp_path / "out.xyz"
@@ -418,8 +399,6 @@ def test_the_reason_of_an_item_that_raised_in_a_queued_job_names_the_job(tmp_pat
     assert f"{job_id}_{array_index}" in failure.reason, failure.reason
 
 
-@pytest.mark.xfail(strict=True, reason="sbatch_directives writes the log paths unquoted into #SBATCH lines: sbatch "
-                                       "refuses a script whose state directory path has a space")
 def test_an_output_in_a_directory_with_a_space_is_computed_as_serially(tmp_path):
     where = tmp_path / "my runs"
     where.mkdir()
@@ -496,9 +475,6 @@ def values_of(items):
     return [kinds[atoms.info["idx"] % 4](atoms) for atoms in items]
 
 
-@pytest.mark.xfail(strict=True, reason="job_main.output_record checks every output as an Atoms whatever the call's "
-                                       "outputs: with outputs=None (any value taken) each item that returned a "
-                                       "number, dict, array or object fails, where the serial call succeeds")
 def test_outputs_none_takes_any_value_in_a_queued_job_as_in_a_serial_run(tmp_path):
     cells = cu_cells(4)
     assert autoparallelize(values_of, [c.copy() for c in cells], None, autopara_info=SERIAL) is None

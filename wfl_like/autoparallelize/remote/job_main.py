@@ -43,6 +43,11 @@ def run_task(task_dir):
     task = load_task(task_dir)
     with ResultsWriter(task_dir) as writer:
         todo = [k for k, index in enumerate(task.indices) if index not in writer.done_before]
+        changed = _changed_code(task) if todo else None
+        if changed is not None:
+            for k in todo:
+                writer.append(ItemRecord(task.indices[k], False, reason=changed))
+            todo = []
         if writer.done_before:
             log.info("task %s: %d items recorded by an earlier job, %d to compute", task_dir,
                      len(task.indices) - len(todo), len(todo))
@@ -56,6 +61,19 @@ def run_task(task_dir):
                         writer.append(record)
         writer.finish(len(task.indices))
     return len(todo)
+
+
+def _changed_code(task):
+    """Why the task's op may not run here (its code or arguments are not those the driver
+    filed the task under), or None."""
+    if task.code_key is None:
+        return None
+    from wfl_like.autoparallelize.remote.jobs import code_key_of
+
+    if code_key_of(task.call, task.initializer) == task.code_key:
+        return None
+    return (f"ChangedCodeError: the code of {task.call.name} (or what it reads) changed after the driver "
+            f"wrote this task, so its outputs would be filed under the old code; rerun the driver")
 
 
 def job_workers(requested):
@@ -100,6 +118,8 @@ def output_record(task, index, output, location):
     """The record of an item whose operation returned ``output``."""
     if isinstance(output, Unstorable):
         return ItemRecord(index, False, reason=output.reason)
+    if not task.keep_outputs:
+        return ItemRecord(index, True)      # the call has no outputs: whatever the op gave is dropped
     if isinstance(output, RenderedOutput):
         return ItemRecord(index, True, output.text, output.file_i, output.count)
     try:

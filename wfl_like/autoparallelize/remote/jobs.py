@@ -65,6 +65,14 @@ def build_tasks(op, inputs, outputs, remote_info, op_args=(), op_kwargs=None, au
             for start in range(0, len(items), size)]
 
 
+def code_key_of(call, initializer):
+    """The fingerprint of a call's operation, code and arguments (as the journal's key holds them)."""
+    from wfl_like.autoparallelize.resume.fingerprint import fingerprint_call
+
+    inner = call.call if isinstance(call, FramesCall) else call
+    return fingerprint_call(inner.op, inner.args, inner.kwargs, inner.iterable_arg, tuple(initializer))
+
+
 def task_call(call):
     """The call as a job runs it: a FramesCall renders its outputs but does not pack them for a
     journal (the job's results file holds text, the driver journals it)."""
@@ -73,10 +81,11 @@ def task_call(call):
     return call
 
 
-def make_task(call, indices, items, rngs, locations, renderer, info):
+def make_task(call, indices, items, rngs, locations, renderer, info, keep_outputs=True, code_key=None):
     """A :class:`RemoteTask` of these items, to be run with the options of ``info`` (AutoparaInfo).
 
     Frames of input files are given by absolute paths: the job runs in another directory.
+    ``keep_outputs`` and ``code_key`` are those of :class:`RemoteTask`.
     """
     items = [dataclasses.replace(item, path=os.path.abspath(item.path)) if isinstance(item, FrameItem) else item
              for item in items]
@@ -85,7 +94,8 @@ def make_task(call, indices, items, rngs, locations, renderer, info):
                       locations=[tuple(loc or ()) for loc in locations], renderer=renderer,
                       skip_failed=info.skip_failed, chunk_size=chunk_size if isinstance(chunk_size, int) else 1,
                       num_python_subprocesses=info.num_python_subprocesses, retries=info.retries,
-                      timeout=info.timeout, initializer=tuple(info.initializer))
+                      timeout=info.timeout, initializer=tuple(info.initializer), keep_outputs=keep_outputs,
+                      code_key=code_key)
 
 
 def write_tasks(tasks_root, tasks):

@@ -16,27 +16,24 @@ submitted again, up to ``retries`` times in one call; its recorded items are not
 again.  Then those items fail, their reason naming the job and its end.
 """
 
-import io
 import logging
 import os
-import shutil
 import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
 
-import ase.io
 
 from wfl_like.autoparallelize.frame_items import Unstorable
 from wfl_like.autoparallelize.remote import slurm
-from wfl_like.autoparallelize.remote.jobs import TASK_PREFIX, job_script, make_task, task_call, write_listing
-from wfl_like.autoparallelize.remote.registry import JobRegistry
+from wfl_like.autoparallelize.remote.jobs import (TASK_PREFIX, code_key_of, job_script, make_task, task_call,
+                                                   write_listing)
+from wfl_like.autoparallelize.remote.registry import REGISTRY_NAME, JobRegistry
 from wfl_like.autoparallelize.remote.results import read_results
 from wfl_like.autoparallelize.remote.task import write_task
-from wfl_like.autoparallelize.resume import codec
+from wfl_like.autoparallelize.resume import codec, stored
 from wfl_like.errors import QueuedJobsTimeout, SlurmError
 from wfl_like.io.renderer import RenderedOutput
-from wfl_like.locations import LOC_KEY
 
 log = logging.getLogger("wfl_like.progress")
 
@@ -59,11 +56,14 @@ def state_dir_of(journal_path, fresh=False):
     """The state directory of the call whose journal is ``journal_path``: beside it.
 
     ``fresh`` (outputs with ``overwrite=True``): what an earlier run left there is
-    dropped, so that nothing is taken from its tasks.
+    set aside, so that nothing is taken from its tasks.
     """
     state_dir = Path(journal_path).with_suffix(STATE_SUFFIX)
-    if fresh and state_dir.exists():
-        shutil.rmtree(state_dir, ignore_errors=True)
+    registry = state_dir / REGISTRY_NAME
+    if fresh and registry.exists():
+        # set aside, not removed: jobs of the replaced call may still run, each in a task
+        # directory of its own that no new task ever takes
+        registry.rename(state_dir / f"{REGISTRY_NAME}.replaced-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
     return state_dir
 
 
@@ -102,6 +102,9 @@ class QueuedJobs:
         self.call = task_call(call)
         self.info = info
         self.to_files = outputs is not None and outputs.files is not None
+        # outputs=None: the jobs record that each item succeeded, not what it gave
+        self.keep_outputs = outputs is not None
+        self.code_key = code_key_of(self.call, info.initializer)
         self.renderer = outputs.renderer() if self.to_files else None
         # absolute: the jobs run in the driver's directory, and their logs and tasks are named from there
         self.state_dir = Path(state_dir).resolve()
@@ -197,7 +200,7 @@ class QueuedJobs:
         entry, position = found
         if (entry.number, position) in self._claimed:
             return None     # an identical item earlier in this call has it: each record is handed over once
-        if entry.locations[position] != location or not (self.state_dir / f"{TASK_PREFIX}{entry.number}").is_dir():
+        if entry.locations[position] != location or not (self.state_dir / entry.name).is_dir():
             return None     # the item moved, or its task directory was removed
         view = self._view(entry)
         record = view.records.get(entry.indices[position])
@@ -209,7 +212,7 @@ class QueuedJobs:
     def _view(self, entry):
         view = self._views.get(entry.number)
         if view is None:
-            view = self._views[entry.number] = _TaskView(entry, self.state_dir / f"{TASK_PREFIX}{entry.number}")
+            view = self._views[entry.number] = _TaskView(entry, self.state_dir / entry.name)
         return view
 
     def _gather(self, chunk, position):
@@ -231,31 +234,49 @@ class QueuedJobs:
         if gathered is None:
             return
         task = make_task(self.call, gathered.indices, gathered.items, gathered.rngs, gathered.locations,
-                         self.renderer, self.info)
-        write_task(self.state_dir / f"{TASK_PREFIX}{gathered.number}", task)
+                         self.renderer, self.info, keep_outputs=self.keep_outputs, code_key=self.code_key)
+        name = f"{TASK_PREFIX}{gathered.number}_{uuid.uuid4().hex[:8]}"
+        write_task(self.state_dir / name, task)
         # recorded once its directory is complete, and before any job can be submitted for it
-        entry = self.registry.add_task(gathered.number, gathered.indices, gathered.keys, gathered.locations)
+        entry = self.registry.add_task(gathered.number, name, gathered.indices, gathered.keys, gathered.locations)
         self._view(entry).to_submit = True
         self._to_submit.append(gathered.number)
 
     def _submit_array(self, numbers):
+        import fcntl
+
         token = uuid.uuid4().hex
         listing = write_listing(self.state_dir / f"array_{token}.tasks",
-                                [self.state_dir / f"{TASK_PREFIX}{n}" for n in numbers])
-        directives = self.remote.sbatch_directives(log_dir=self.state_dir / "logs")
-        # journaled before sbatch: a driver killed before it hears the job id finds the job by its comment
-        self.registry.submitting(token, numbers)
-        job_id = slurm.submit_array(job_script(self.remote, listing), len(numbers), directives, self.state_dir,
-                                    comment=COMMENT_PREFIX + token, chdir=os.getcwd())
+                                [self.state_dir / self.registry.tasks[n].name for n in numbers])
+        directives = self.remote.sbatch_directives()
+        # sbatch holds this lock for as long as it runs, even past a killed driver: a rerun
+        # waits for it before it looks for the job by its comment
+        lock = os.open(self.state_dir / f"submit_{token}.lock", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            # journaled before sbatch: a driver killed before it hears the job id finds the job by its comment
+            self.registry.submitting(token, numbers)
+            job_id = slurm.submit_array(job_script(self.remote, listing), len(numbers), directives, self.state_dir,
+                                        comment=COMMENT_PREFIX + token, chdir=os.getcwd(),
+                                        log_dir=None if self._user_logs() else self.state_dir / "logs",
+                                        keep_fd=lock)
+        finally:
+            os.close(lock)
         self.registry.submitted(token, job_id, numbers)
         self.submitted_jobs.append(job_id)
         log.info("%s: submitted job array %s of %d tasks (%s)", self.name, job_id, len(numbers), self.state_dir)
         for array_index, number in enumerate(numbers):
             self._views[number].submitted(job_id, array_index)
 
+    def _user_logs(self):
+        """Whether ``header_extra`` says where the jobs' logs go (then it is obeyed)."""
+        return any(option in line for line in self.remote.header_extra
+                   for option in ("--output", "--error", " -o ", " -e "))
+
     def _confirm_unheard_submissions(self):
         """Find the jobs of submissions whose job id a killed driver never recorded."""
         for token, numbers in list(self.registry.unconfirmed.items()):
+            _wait_for_sbatch(self.state_dir / f"submit_{token}.lock")
             job_id = slurm.find_by_comment(COMMENT_PREFIX + token)
             if job_id is None:
                 # never reached Slurm, or ended long ago: the results files tell what was done
@@ -352,17 +373,19 @@ class QueuedJobs:
         if record is None:
             return _NOT_YET if view.lost is None else Unstorable(view.lost)
         if not record.ok:
-            return Unstorable(record.reason)
+            return Unstorable(f"{record.reason} (in queued job {view.job_name()}; its log {self._log_of(view)})")
+        # a record is read back from a shared filesystem: what it claims is checked before it is stored
+        damage = _damage(record, index, view, self.to_files, self.keep_outputs)
+        if damage is not None:
+            return Unstorable(f"the record of item {index} in {view.task_dir / 'results'} {damage}; remove that "
+                              f"directory and rerun to compute the item again")
+        if not self.keep_outputs:
+            return None
         if record.data is not None:
-            try:
-                return codec.decode(record.data)
-            except ValueError as exc:
-                return Unstorable(f"the record of item {index} in {view.task_dir} cannot be read: {exc}")
+            return codec.decode(record.data)
         if record.count == 0:
             return None
-        if self.to_files:
-            return RenderedOutput(record.file_i, record.text, record.count)
-        return _structures(record)
+        return RenderedOutput(record.file_i, record.text, record.count)      # file outputs (checked above)
 
     def _report(self):
         summary = self.states_summary()
@@ -384,6 +407,50 @@ class QueuedJobs:
 _NOT_YET = object()
 
 
+def _wait_for_sbatch(lock_path):
+    """Wait until no sbatch of a killed driver holds ``lock_path`` (at most as long as a Slurm
+    command may take)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock_path, os.O_WRONLY)
+    except FileNotFoundError:
+        return
+    try:
+        deadline = time.monotonic() + slurm.COMMAND_TIMEOUT + 10
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.2)
+    finally:
+        os.close(fd)
+
+
+def _damage(record, index, view, to_files, keep_outputs):
+    """What is wrong with an ok record, or None."""
+    if index in view.duplicated:
+        return "is not the only record of that item"
+    if not keep_outputs:
+        return None
+    if record.data is not None:
+        try:
+            codec.decode(record.data)
+        except ValueError as exc:
+            return f"cannot be read ({exc})"
+        return None
+    if not to_files:
+        return "holds text where outputs kept in memory are expected"
+    frames = stored.frames_in(record.text)
+    if frames != record.count:
+        return (f"claims {record.count} structures but holds "
+                f"{'no extended-XYZ frames' if frames is None else frames}")
+    return None
+
+
 def _last_line(path):
     """``" ends: LINE"`` with the last line of a job's log, or "" when it has none."""
     try:
@@ -398,14 +465,6 @@ def _last_line(path):
 
 def _tries(view):
     return f"{view.tries_here} job{'s' if view.tries_here != 1 else ''} in this call"
-
-
-def _structures(record):
-    """The structures of a record's text: one Atoms, or a list when the output had several."""
-    frames = ase.io.read(io.StringIO(record.text), ":", format="extxyz")
-    for atoms in frames:
-        atoms.info.pop(LOC_KEY, None)      # the output's location is set again where it is stored
-    return frames[0] if len(frames) == 1 else frames
 
 
 class _Gathered:
@@ -431,6 +490,7 @@ class _TaskView:
         self.task_dir = task_dir
         results = read_results(task_dir)
         self.records = results.by_index()
+        self.duplicated = results.duplicated()
         self.done = results.done
         # failures on record before this call: computed again, in a new task
         self.failed_before = {index for index, record in self.records.items() if not record.ok}
@@ -458,6 +518,7 @@ class _TaskView:
             self._size = size
             results = read_results(self.task_dir)
             self.done = results.done
+            self.duplicated = results.duplicated()
             for index, record in results.by_index().items():
                 if index not in self.delivered:
                     self.records.setdefault(index, record)

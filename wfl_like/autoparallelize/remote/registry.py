@@ -33,7 +33,11 @@ class TaskEntry:
     Attributes
     ----------
     number : int
-        Its number: the directory is ``task_<number>``.
+        Its number, in the order tasks were made.
+    name : str
+        Its directory in the state directory: ``task_<number>_<token>``, never used twice, so
+        that a job of a call that was replaced (or forgotten) never writes into a new task's
+        directory.
     indices : list of int
         Input indices of its items in the run that made it (its records name these).
     keys : list of str
@@ -45,6 +49,7 @@ class TaskEntry:
     """
 
     number: int
+    name: str
     indices: list
     keys: list
     locations: list
@@ -84,9 +89,12 @@ class JobRegistry:
         try:
             kind = payload["kind"]
             if kind == "task":
-                self._add(TaskEntry(int(payload["task"]), [int(i) for i in payload["indices"]],
-                                    [str(k) for k in payload["keys"]],
-                                    [tuple(int(n) for n in loc) for loc in payload["locations"]]))
+                entry = TaskEntry(int(payload["task"]), str(payload["dir"]), [int(i) for i in payload["indices"]],
+                                  [str(k) for k in payload["keys"]],
+                                  [tuple(int(n) for n in loc) for loc in payload["locations"]])
+                if not (len(entry.indices) == len(entry.keys) == len(entry.locations)) or "/" in entry.name:
+                    raise ValueError("task")
+                self._add(entry)
             elif kind == "submitting":
                 self.unconfirmed[str(payload["token"])] = [int(n) for n in payload["tasks"]]
             elif kind == "job":
@@ -120,12 +128,12 @@ class JobRegistry:
             self._writer = LineWriter(self.path, self._end)
         self._writer.write_payload(payload)
 
-    def add_task(self, number, indices, keys, locations):
-        """Record a task directory, once it is written."""
+    def add_task(self, number, name, indices, keys, locations):
+        """Record a task directory (``name``, in the state directory), once it is written."""
         locations = [list(loc or ()) for loc in locations]
-        self._write({"kind": "task", "task": number, "indices": list(indices), "keys": list(keys),
-                                    "locations": locations})
-        entry = TaskEntry(number, list(indices), list(keys), [tuple(loc) for loc in locations])
+        self._write({"kind": "task", "task": number, "dir": name, "indices": list(indices), "keys": list(keys),
+                     "locations": locations})
+        entry = TaskEntry(number, name, list(indices), list(keys), [tuple(loc) for loc in locations])
         self._add(entry)
         return entry
 

@@ -95,6 +95,8 @@ class RemoteInfo:
         self.retries = _checked_int("retries", self.retries, "a number of resubmissions >= 0",
                                     allow=lambda v: v >= 0)
         self.check_interval = _checked_interval("check_interval", self.check_interval)
+        if not math.isfinite(self.check_interval):
+            raise ValueError(f"remote_info check_interval={self.check_interval} must be a finite number of seconds")
         if not isinstance(self.wait_for_results, bool):
             raise TypeError(f"remote_info wait_for_results must be True or False, not {self.wait_for_results!r}")
         if self.timeout is not None:

@@ -87,6 +87,14 @@ class TaskResults:
             table.setdefault(record.index, record)
         return table
 
+    def duplicated(self):
+        """Indices with more than one record: a job never writes them (it skips recorded items,
+        and holds the file while it writes), so the file was changed otherwise."""
+        seen, twice = set(), set()
+        for record in self.records:
+            (twice if record.index in seen else seen).add(record.index)
+        return twice
+
 
 def encode(payload):
     """The line of one record: ``CHECKSUM JSON\\n`` as bytes."""

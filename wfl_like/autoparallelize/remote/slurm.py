@@ -32,7 +32,7 @@ def _command(name):
     return path
 
 
-def run_command(args, allow_unknown_job=False):
+def run_command(args, allow_unknown_job=False, keep_fd=None):
     """Run a Slurm command; its stdout, or None where ``allow_unknown_job`` and Slurm does not know the job.
 
     Raises
@@ -43,7 +43,8 @@ def run_command(args, allow_unknown_job=False):
     argv = [_command(args[0]), *args[1:]]
     shown = " ".join(args)
     try:
-        answer = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+        answer = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False,
+                                pass_fds=() if keep_fd is None else (keep_fd,))
     except subprocess.TimeoutExpired:
         raise SlurmError(f"`{shown}` did not answer within {COMMAND_TIMEOUT} s; is slurmctld up?") from None
     except OSError as exc:
@@ -56,7 +57,8 @@ def run_command(args, allow_unknown_job=False):
     return answer.stdout
 
 
-def submit_array(script, n_tasks, directives, workdir, hold=False, comment=None, chdir=None):
+def submit_array(script, n_tasks, directives, workdir, hold=False, comment=None, chdir=None, log_dir=None,
+                 keep_fd=None):
     """Submit ``script`` as a job array of ``n_tasks`` tasks (``--array=0-(n_tasks-1)``).
 
     Parameters
@@ -76,6 +78,11 @@ def submit_array(script, n_tasks, directives, workdir, hold=False, comment=None,
         The job's comment (``--comment``): :func:`find_by_comment` finds the job by it.
     chdir : str or Path, optional
         The jobs' working directory.
+    log_dir : str or Path, optional
+        Where each task's stdout and stderr go (``JOBNAME_ARRAYID_TASK.out`` / ``.err``), given
+        on the command line: a path with spaces or quotes cannot go in an ``#SBATCH`` line.
+    keep_fd : int, optional
+        A descriptor sbatch inherits (and so holds open for as long as it runs).
 
     Returns
     -------
@@ -101,7 +108,12 @@ def submit_array(script, n_tasks, directives, workdir, hold=False, comment=None,
         args.append("--hold")
     if comment is not None:
         args.append(f"--comment={comment}")
-    out = run_command([*args, path])
+    if log_dir is not None:
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        pattern = str(log_dir).replace("%", "%%")      # a literal % of the path, not a Slurm pattern
+        args += [f"--output={pattern}/%x_%A_%a.out", f"--error={pattern}/%x_%A_%a.err"]
+    out = run_command([*args, path], keep_fd=keep_fd)
     job_id = out.strip().split(";")[0]
     if not job_id.isdigit():
         raise SlurmError(f"`sbatch --parsable {path}` gave {out.strip()!r}, not a job id")

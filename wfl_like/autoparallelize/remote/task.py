@@ -43,6 +43,12 @@ class RemoteTask:
         Seconds per item inside the job.
     initializer : tuple
         ``(function or None, args)`` run once per worker.
+    keep_outputs : bool
+        ``False`` (the call has no outputs): records say that an item succeeded, not what it gave.
+    code_key : str or None
+        The fingerprint of the operation's code and arguments when the driver made the task:
+        a job whose op (imported anew) no longer matches it computes nothing, since what
+        it would give is not what the driver's journal will file it under.
     """
 
     call: object
@@ -57,6 +63,8 @@ class RemoteTask:
     retries: int = 2
     timeout: float = None
     initializer: tuple = (None, ())
+    keep_outputs: bool = True
+    code_key: str = None
 
     def __post_init__(self):
         if len(self.items) != len(self.indices):
