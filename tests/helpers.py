@@ -128,3 +128,35 @@ def cu_cells(n, seed=0):
         atoms.info["idx"] = i
         cells.append(atoms)
     return cells
+
+
+def queued_remote_info(per_job, job_prefix, check_interval, **options):
+    """A ``remote_info`` dict for tests on the local Slurm: a unique job name, one core per job,
+    no worker pool inside it, and ``tests/`` importable there (the jobs import the tests' ops)."""
+    import os
+    import uuid
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    env = {"WFL_NUM_PYTHON_SUBPROCESSES": "0",
+           "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    info = {"sys_name": "slurm", "job_name": f"{job_prefix}_{uuid.uuid4().hex[:8]}",
+            "resources": {"max_time": "5m", "num_cores": 1}, "num_inputs_per_queued_job": per_job,
+            "check_interval": check_interval, "env_vars": env}
+    info.update(options)
+    return info
+
+
+def queued_task_dir(output, number):
+    """The directory of task ``number`` of the queued call writing ``output``, as its registry names it
+    (``task_<number>_<token>``: a task directory is never used twice)."""
+    from pathlib import Path
+
+    from wfl_like.autoparallelize.remote.registry import JobRegistry
+
+    state = Path(output).with_name(f".{Path(output).name}.journal.jobs")
+    registry = JobRegistry(state)
+    try:
+        return state / registry.tasks[number].name
+    finally:
+        registry.close()

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import ase.io
@@ -27,7 +26,7 @@ from wfl_like.autoparallelize.remote.registry import JobRegistry
 from wfl_like.autoparallelize.remote.results import read_results
 from wfl_like.calculators.generic import calculate
 from wfl_like.errors import AutoparallelizeError, FailedItemsWarning, QueuedJobsTimeout, SlurmError
-from helpers import cu_cells
+from helpers import cu_cells, queued_remote_info, queued_task_dir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(400)]
 
@@ -38,13 +37,7 @@ WAIT_S = 180
 
 
 def remote(per_job, **options):
-    env = {"WFL_NUM_PYTHON_SUBPROCESSES": "0",
-           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    info = {"sys_name": "slurm", "job_name": f"wfl_like_q_{uuid.uuid4().hex[:8]}",
-            "resources": {"max_time": "5m", "num_cores": 1}, "num_inputs_per_queued_job": per_job,
-            "check_interval": 0.3, "env_vars": env}
-    info.update(options)
-    return info
+    return queued_remote_info(per_job, "wfl_like_q", 0.3, **options)
 
 
 def registry_of(output):
@@ -172,10 +165,10 @@ def cancel_when(output, recorded, job_index=0):
     state = output.with_name(f".{output.name}.journal.jobs")
 
     def run():
-        task_dir = state / f"task_{job_index}"
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
-            if len(read_results(task_dir).records) >= recorded:
+            if state.joinpath("jobs").exists() and job_index in job_ids_of(output) and \
+                    len(read_results(queued_task_dir(output, job_index)).records) >= recorded:
                 (job_id, array_index), = job_ids_of(output)[job_index][:1]
                 slurm.cancel(job_id, tasks=[array_index])
                 return
@@ -199,7 +192,7 @@ def test_a_cancelled_job_keeps_its_finished_items_and_is_submitted_again_for_the
     (jobs,) = job_ids_of(out).values()
     assert len(jobs) == 2, jobs                      # the cancelled job, then one more
     assert "ended CANCELLED" in caplog.text and "submitting it again" in caplog.text
-    records = read_results(out.with_name(".out.xyz.journal.jobs") / "task_0").records
+    records = read_results(queued_task_dir(out, 0)).records
     assert [r.index for r in records] == list(range(8))      # each item computed once
 
 
@@ -247,7 +240,8 @@ def test_a_job_whose_processes_are_all_killed_is_submitted_again(tmp_path, caplo
     killed = []
 
     def kill_job():
-        wait_until(lambda: len(read_results(state / "task_0").records) >= 2, "two items recorded")
+        wait_until(lambda: state.joinpath("jobs").exists() and 0 in job_ids_of(out)
+                   and len(read_results(queued_task_dir(out, 0)).records) >= 2, "two items recorded")
         ((array_id, array_index),) = job_ids_of(out)[0][:1]
         # the array task's own job id, which listpids takes
         job_id = slurm.run_command(["squeue", "-h", "-j", f"{array_id}_{array_index}", "-o", "%A"]).strip()
@@ -308,7 +302,7 @@ def test_items_that_raise_are_failures_of_the_call_and_a_rerun_computes_only_the
     # the even items came from the first call's tasks; the odd ones went out once more, together
     tasks = job_ids_of(out)
     assert len(tasks) == 3
-    assert [r.index for r in read_results(tmp_path / ".out.xyz.journal.jobs" / "task_2").records] == [1, 3, 5]
+    assert [r.index for r in read_results(queued_task_dir(out, 2)).records] == [1, 3, 5]
     with pytest.warns(FailedItemsWarning):
         serial = autoparallelize(refuse_odd, ConfigSet(tmp_path / "in.xyz"), OutputSpec(tmp_path / "serial.xyz"),
                                  autopara_info={**SERIAL, "errors": "skip"})

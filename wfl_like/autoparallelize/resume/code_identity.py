@@ -436,10 +436,12 @@ def feed_code(feed, hasher, code, seen):
 def _feed_reads(feed, hasher, code, namespace, seen):
     chains, written, imported = code_reads(code)
     module = namespace.get("__name__")
+    if chains:
+        # once per code object, not per name it reads: the digest reads the module's file
+        written = written | _written_in_module(module, source_digest(module))
     for chain in sorted(chains):
         _feed_text(hasher, ".".join(chain))
-        if (chain[0] in written or (module, chain[0]) in seen.set_up
-                or chain[0] in _written_in_module(module, source_digest(module))):
+        if chain[0] in written or (module, chain[0]) in seen.set_up:
             # the code's own state (a memo, an object built once): its current value says
             # what ran before in this process; its first value is in the text of the module
             # it lives in (``helpers.CACHE`` lives in helpers, not in the op's module)
