@@ -15,7 +15,7 @@ import pytest
 
 from wfl_like import ConfigSet, OutputSpec, autoparallelize
 from wfl_like.progress import PROGRESS_ENV, public_name, show_bar
-from helpers import cu_cells
+from helpers import BIN, MPIEXEC, cu_cells
 
 EMT_CALC = "ase.calculators.emt:EMT"
 RUN_TIMEOUT = 120
@@ -136,3 +136,54 @@ def test_the_bar_file_total_comes_from_the_frame_index(tmp_path, capsys, monkeyp
                         autopara_info={"progress": True, "errors": "skip", "num_python_subprocesses": 0})
     assert "7/7" in capsys.readouterr().err
     assert Path(tmp_path / "out.xyz").exists()
+
+
+MPI_DRIVER = """
+from wfl_like.autoparallelize import mpipool_support
+mpipool_support.init()
+
+from ase.calculators.emt import EMT
+from wfl_like import ConfigSet, OutputSpec, autoparallelize
+from wfl_like.calculators.generic import calculate
+
+
+def nested_outer(items):
+    # an autoparallelized call made by the operation, on a worker rank: it draws nothing
+    return list(calculate(items, OutputSpec(), (EMT, [], {{}})))
+
+
+autoparallelize(nested_outer, ConfigSet({inputs!r}), OutputSpec("out.xyz"),
+                autopara_info={{"num_inputs_per_python_subprocess": 3}})
+"""
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (install the mpi extra)")
+@pytest.mark.timeout(300)
+def test_under_mpi_only_rank_0_draws_a_bar(inputs, tmp_path):
+    pytest.importorskip("mpipool")
+    (tmp_path / "driver.py").write_text(MPI_DRIVER.format(inputs=str(inputs)))
+    env = {k: v for k, v in os.environ.items() if k != "WFL_NUM_PYTHON_SUBPROCESSES"}
+    env.update({PROGRESS_ENV: "1", "WFL_MPIPOOL": "1", "PATH": BIN + os.pathsep + env.get("PATH", "")})
+    proc = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "driver.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    states = [line for line in proc.stderr.replace("\r", "\n").splitlines() if "%|" in line]
+    # one bar, of the call rank 0 made (it starts once, and ends at 30/30); the worker ranks'
+    # nested calls to calculate draw none
+    assert states and all(line.startswith("nested_outer:") for line in states), proc.stderr
+    assert sum(" 0/30 " in line for line in states) == 1 and "100%" in states[-1] and "30/30" in states[-1]
+    assert len(ase.io.read(tmp_path / "out.xyz", ":")) == 30
+
+
+def calls_another(items):
+    return list(autoparallelize(half_fail, items, OutputSpec(), autopara_info={"progress": True}))
+
+
+def test_a_call_made_by_an_operation_draws_no_bar_of_its_own(capsys, monkeypatch):
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    autoparallelize(calls_another, [a for a in cu_cells(6) if a.info["idx"] % 2 == 0], OutputSpec(),
+                    autopara_info={"progress": True, "num_python_subprocesses": 0,
+                                   "num_inputs_per_python_subprocess": 1})
+    drawn = capsys.readouterr().err.replace("\r", "\n")
+    assert "calls_another: 100%" in drawn and "3/3" in drawn, drawn
+    assert "half_fail" not in drawn, drawn

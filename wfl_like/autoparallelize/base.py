@@ -21,7 +21,8 @@ from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
 from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, count_frames, frame_items
 from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_runner, num_workers
 from wfl_like.autoparallelize.workers.frames_task import FramesCall, check_output
-from wfl_like.autoparallelize.workers.opcall import PER_ITEM_INFO, OpCall, in_worker, op_name, takes_argument
+from wfl_like.autoparallelize.workers.opcall import (PER_ITEM_INFO, OpCall, in_operation, in_worker, op_name,
+                                                     takes_argument)
 from wfl_like.autoparallelize.supervisor import one_line_reason, run_in_order
 from wfl_like.configset import ConfigSet, OutputSpec
 from wfl_like.io.renderer import RenderedOutput
@@ -328,9 +329,10 @@ def _compute_queued(call, inputs, outputs, info, rng, cache, remote):
 
 
 def _progress_of(name, inputs, items, info):
-    """The Progress of a call: a bar where one is wanted (never in a worker), with the total
-    where it is known without reading the inputs (frames of indexed files, a list)."""
-    bar = show_bar(info.progress) and not in_worker()
+    """The Progress of a call: a bar where one is wanted (never in a worker, nor for a call an
+    operation makes: the enclosing call's bar counts its items), with the total where it is known
+    without reading the inputs (frames of indexed files, a list)."""
+    bar = show_bar(info.progress) and not in_worker() and not in_operation()
     total = None
     if bar:
         if isinstance(items, (list, tuple)):

@@ -26,6 +26,7 @@ import logging
 import os
 
 from wfl_like.autoparallelize.workers import devices, threads
+from wfl_like.autoparallelize.workers.opcall import NESTED_ENV
 
 MPIPOOL_ENV = "WFL_MPIPOOL"
 
@@ -94,6 +95,8 @@ def _enter_worker_rank():
     limit = threads.worker_thread_limit(workers_here, threads.available_cpus())
     devices.enter_worker(index, devices.worker_environment(devices.device_of(plan, index),
                                                            threads.thread_environment(limit)))
+    # as in a pool worker: an autoparallelized call made by an operation here runs serially
+    os.environ[NESTED_ENV] = "1"
     if limit is not None:
         threads.limit_loaded_libraries(limit)
 

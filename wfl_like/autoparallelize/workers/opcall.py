@@ -19,6 +19,15 @@ def in_worker():
     return os.environ.get(NESTED_ENV) == "1"
 
 
+# Per thread: an executor's worker thread, or the driver in a serial run, may be inside an op
+_running = threading.local()
+
+
+def in_operation():
+    """Whether this thread is running an operation's chunk now (so a call made here is nested in another)."""
+    return getattr(_running, "depth", 0) > 0
+
+
 def op_name(op):
     """``module.qualname`` of an operation, for messages and logs."""
     module = getattr(op, "__module__", None) or "?"
@@ -86,12 +95,15 @@ class OpCall:
         else:
             args = self.args
             kwargs[self.iterable_arg] = items
+        _running.depth = getattr(_running, "depth", 0) + 1
         try:
             outputs = self.op(*args, **kwargs)
         except SystemExit as exc:
             # sys.exit() in an op must not end the caller's script quietly
             raise RuntimeError(f"operation {self.name} called sys.exit({exc.code!r}) on input items "
                                f"{first}..{first + len(items) - 1}") from exc
+        finally:
+            _running.depth -= 1
         if outputs is None:
             return [None] * len(items)
         try:
