@@ -430,3 +430,16 @@ def test_the_driver_rides_out_a_restart_of_the_slurm_controller(tmp_path):
         subprocess.run(["bash", str(start_script)], check=True, capture_output=True, timeout=120)
     assert out.read_text() == expected
     assert all(len(jobs) == 1 for jobs in job_ids_of(out).values())
+
+
+def test_the_progress_bar_counts_items_and_queued_jobs_by_state(tmp_path, capsys):
+    inputs(tmp_path, 4)
+    out = tmp_path / "out.xyz"
+    autoparallelize(slow_copy, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out), delay=0.2,
+                    autopara_info={"remote_info": remote(2), "progress": True})
+    drawn = capsys.readouterr().err.replace("\r", "\n")
+    states = [line for line in drawn.splitlines() if line.startswith("slow_copy:")]
+    assert states and "4/4" in states[-1], drawn
+    # the jobs' states as the driver saw them, the last of them all done
+    assert any("jobs:" in line and ("pending" in line or "running" in line) for line in states), drawn
+    assert "jobs: 2 done" in drawn, drawn
