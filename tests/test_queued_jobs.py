@@ -443,3 +443,16 @@ def test_the_progress_bar_counts_items_and_queued_jobs_by_state(tmp_path, capsys
     # the jobs' states as the driver saw them, the last of them all done
     assert any("jobs:" in line and ("pending" in line or "running" in line) for line in states), drawn
     assert "jobs: 2 done" in drawn, drawn
+
+
+def test_overwrite_after_a_collected_call_computes_everything_again(tmp_path):
+    inputs(tmp_path, 2)
+    out = tmp_path / "out.xyz"
+    for _ in range(2):
+        autoparallelize(slow_copy, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out, overwrite=True), delay=0,
+                        autopara_info={"remote_info": remote(2)})
+    # the first call collected its task: the second, asked to overwrite, took nothing from it
+    (jobs,) = job_ids_of(out).values()
+    assert len(jobs) == 1
+    assert len(list(out.with_name(".out.xyz.journal.jobs").glob("jobs.replaced-*"))) == 1
+    assert out.read_text() == serial_text(slow_copy, tmp_path, delay=0)

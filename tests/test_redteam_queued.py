@@ -59,9 +59,6 @@ def _collect(op, in_path, out, info, **kwargs):
     return autoparallelize(op, ConfigSet(in_path), OutputSpec(out), autopara_info={"remote_info": info}, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="duplicate structures share one cache key; the registry maps a key to its "
-                                       "last position only, so a rerun finds no task for the first copy and "
-                                       "submits it again")
 def test_a_rerun_with_duplicate_structures_submits_nothing_again(tmp_path):
     cells = cu_cells(3)
     ase.io.write(tmp_path / "in.xyz", [cells[0], cells[1], cells[0].copy(), cells[2]])
@@ -400,9 +397,6 @@ def test_an_output_in_a_directory_with_a_space_is_computed_as_serially(tmp_path)
     assert (where / "out.xyz").read_bytes() == expected
 
 
-@pytest.mark.xfail(strict=True, reason="QueuedJobs._holder refuses a task's record when the item's location moved, "
-                                       "where the journal moves the text: a frame put before the others makes a "
-                                       "rerun compute every item again")
 def test_a_frame_inserted_before_the_others_reuses_the_records_of_the_moved_frames(tmp_path):
     cells = cu_cells(4)
     out, info, _, _ = _done_task(tmp_path, mark, 3)               # frames 0..2 computed, not collected
@@ -414,9 +408,6 @@ def test_a_frame_inserted_before_the_others_reuses_the_records_of_the_moved_fram
     assert new_tasks == [[0]], f"computed again: {new_tasks}"
 
 
-@pytest.mark.xfail(strict=True, reason="state_dir_of(fresh=True) drops the state directory at every call with "
-                                       "overwrite=True, so 'call again with the same arguments to collect' submits "
-                                       "every item again, at every call, and never collects")
 def test_wait_for_results_false_with_overwrite_collects_on_the_next_call_without_submitting_again(tmp_path):
     import time
 

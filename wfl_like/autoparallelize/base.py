@@ -308,8 +308,10 @@ def _compute_queued(call, inputs, outputs, info, rng, cache, remote):
     progress = _progress_of(name, inputs, items, info)
     per_job = remote.items_per_job(info.num_inputs_per_python_subprocess)
     chunks = list(make_chunks(items, per_job, rng, lookup=cache.lookup))
-    state_dir = queued.state_dir_of(cache.journal.path, fresh=outputs is not None and outputs.overwrite)
-    jobs = queued.QueuedJobs(remote, call, info, outputs, state_dir, per_job, progress=progress)
+    state_dir = queued.state_dir_of(cache.journal.path, fresh=outputs is not None and outputs.overwrite,
+                                    call_key=cache.call_key)
+    jobs = queued.QueuedJobs(remote, call, info, outputs, state_dir, per_job, progress=progress,
+                             call_key=cache.call_key)
     try:
         futures = {chunk.first: jobs.submit(chunk) for chunk in chunks if chunk.cached is None}
         jobs.flush()
@@ -318,8 +320,14 @@ def _compute_queued(call, inputs, outputs, info, rng, cache, remote):
         results = run_in_order(lambda chunk, timeout: futures[chunk.first], chunks, max(1, len(chunks)), name,
                                retries=0, progress=progress)
         with contextlib.closing(results):
-            return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast,
-                              rendered_by_workers=outputs is not None and outputs.files is not None)
+            try:
+                returned = _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast,
+                                      rendered_by_workers=outputs is not None and outputs.files is not None)
+            except AutoparallelizeError:
+                jobs.collected()        # every item was heard of: failures end the call as outputs do
+                raise
+            jobs.collected()
+            return returned
     except (Exception, KeyboardInterrupt):
         jobs.say_left_queued()
         raise

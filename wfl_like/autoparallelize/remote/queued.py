@@ -32,6 +32,7 @@ from wfl_like.autoparallelize.remote.registry import REGISTRY_NAME, JobRegistry
 from wfl_like.autoparallelize.remote.results import read_results
 from wfl_like.autoparallelize.remote.task import write_task
 from wfl_like.autoparallelize.resume import codec, stored
+from wfl_like.autoparallelize.resume.relocate import relocated
 from wfl_like.errors import QueuedJobsTimeout, SlurmError
 from wfl_like.io.renderer import RenderedOutput
 
@@ -52,18 +53,26 @@ def remote_info_of(info, op_name):
     return RemoteInfo.from_autopara(info.remote_info, op_name)
 
 
-def state_dir_of(journal_path, fresh=False):
+def state_dir_of(journal_path, fresh=False, call_key=None):
     """The state directory of the call whose journal is ``journal_path``: beside it.
 
-    ``fresh`` (outputs with ``overwrite=True``): what an earlier run left there is
-    set aside, so that nothing is taken from its tasks.
+    ``fresh`` (outputs with ``overwrite=True``): what an earlier run left there is set
+    aside, so that nothing is taken from its tasks, unless those tasks are of this very
+    call (``call_key``) and it has not collected them yet: a call that did not wait for its
+    jobs (``wait_for_results=False``), or whose driver died, is collected by calling it again,
+    with ``overwrite=True`` as without.
     """
     state_dir = Path(journal_path).with_suffix(STATE_SUFFIX)
-    registry = state_dir / REGISTRY_NAME
-    if fresh and registry.exists():
+    registry_path = state_dir / REGISTRY_NAME
+    if fresh and registry_path.exists():
+        registry = JobRegistry(state_dir)
+        registry.close()
+        if registry.call_key is not None and registry.call_key == call_key and not registry.collected:
+            return state_dir
         # set aside, not removed: jobs of the replaced call may still run, each in a task
         # directory of its own that no new task ever takes
-        registry.rename(state_dir / f"{REGISTRY_NAME}.replaced-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+        registry_path.rename(state_dir / f"{REGISTRY_NAME}.replaced-{time.strftime('%Y%m%dT%H%M%S')}-"
+                                         f"{uuid.uuid4().hex[:6]}")
     return state_dir
 
 
@@ -96,7 +105,7 @@ class QueuedJobs:
         Shown the jobs' states as they change.
     """
 
-    def __init__(self, remote_info, call, info, outputs, state_dir, per_job, progress=None):
+    def __init__(self, remote_info, call, info, outputs, state_dir, per_job, progress=None, call_key=None):
         self.remote = remote_info
         self.name = call.name
         self.call = task_call(call)
@@ -119,6 +128,8 @@ class QueuedJobs:
         self.progress = progress
         self._gathered = None     # the new task being filled
         self._claimed = set()     # (task number, position) of every item this call takes
+        self._moved = {}          # (task number, position) -> the output of a frame that moved, relocated
+        self.call_key = call_key
         self._silent_since = None  # since when squeue / scontrol have been failing
         self._next_number = self.registry.next_number()
         self._confirm_unheard_submissions()
@@ -182,6 +193,10 @@ class QueuedJobs:
             log.warning("%s: stopped while jobs %s are queued or running; they go on: rerun the same call to "
                         "collect them, or scancel them", self.name, " ".join(jobs))
 
+    def collected(self):
+        """The call stored every output of its tasks: a later call with ``overwrite=True`` starts afresh."""
+        self.registry.mark_collected()
+
     def close(self):
         """Let go of the registry; the jobs are left as they are (queued jobs outlive the driver)."""
         self.registry.close()
@@ -192,22 +207,43 @@ class QueuedJobs:
         """``(task number, position)`` of an existing task that gives this item, or None.
 
         A failure recorded before this call is not taken (a rerun computes failed items
-        again, as a local rerun does): the item goes into a new task.
+        again, as a local rerun does): the item goes into a new task.  An item whose frame
+        moved (a structure put before it) is taken where its record is there and can be
+        moved to the new location exactly, as the journal does.
         """
-        found = self.registry.task_of(key)
-        if found is None:
-            return None
-        entry, position = found
-        if (entry.number, position) in self._claimed:
-            return None     # an identical item earlier in this call has it: each record is handed over once
-        if entry.locations[position] != location or not (self.state_dir / entry.name).is_dir():
-            return None     # the item moved, or its task directory was removed
-        view = self._view(entry)
-        record = view.records.get(entry.indices[position])
-        if record is not None and not record.ok and entry.indices[position] in view.failed_before:
-            return None
-        self._claimed.add((entry.number, position))
-        return entry.number, position
+        for entry, position in self.registry.holders_of(key):
+            part = (entry.number, position)
+            if part in self._claimed or not (self.state_dir / entry.name).is_dir():
+                continue    # an identical item earlier in this call has it, or its directory was removed
+            view = self._view(entry)
+            record = view.records.get(entry.indices[position])
+            if record is not None and not record.ok and entry.indices[position] in view.failed_before:
+                continue
+            if entry.locations[position] != location:
+                moved = self._relocated(view, position, record, location)
+                if moved is _CANNOT:
+                    continue
+                self._moved[part] = moved
+            self._claimed.add(part)
+            return part
+        return None
+
+    def _relocated(self, view, position, record, location):
+        """The output of a record made at another location, as storing the item at ``location``
+        gives it; ``_CANNOT`` where the record is not there yet, or cannot be moved exactly."""
+        index = view.entry.indices[position]
+        if record is None or not record.ok or _damage(record, index, view, self.to_files, self.keep_outputs):
+            return _CANNOT
+        output = self._kept(record)
+        if not isinstance(output, RenderedOutput):
+            return output       # nothing of the location is in it
+        try:
+            _, old_inner = self.renderer.file_of(view.entry.locations[position])
+            file_i, new_inner = self.renderer.file_of(location)
+        except ValueError:
+            return _CANNOT
+        text = relocated(output.text, output.count, old_inner, new_inner)
+        return _CANNOT if text is None else output._replace(file_i=file_i, text=text)
 
     def _view(self, entry):
         view = self._views.get(entry.number)
@@ -238,6 +274,8 @@ class QueuedJobs:
         name = f"{TASK_PREFIX}{gathered.number}_{uuid.uuid4().hex[:8]}"
         write_task(self.state_dir / name, task)
         # recorded once its directory is complete, and before any job can be submitted for it
+        if self.call_key is not None:
+            self.registry.begin_call(self.call_key)
         entry = self.registry.add_task(gathered.number, name, gathered.indices, gathered.keys, gathered.locations)
         self._view(entry).to_submit = True
         self._to_submit.append(gathered.number)
@@ -361,10 +399,13 @@ class QueuedJobs:
         # handed over: the records' texts are not kept twice, nor after they are stored
         for number, position in future.parts:
             self._views[number].deliver(position)
+            self._moved.pop((number, position), None)
         future.set_result(outputs)
         return True
 
     def _output(self, number, position):
+        if (number, position) in self._moved:
+            return self._moved[(number, position)]
         view = self._views.get(number)
         if view is None:
             return _NOT_YET       # a task still being gathered
@@ -379,13 +420,17 @@ class QueuedJobs:
         if damage is not None:
             return Unstorable(f"the record of item {index} in {view.task_dir / 'results'} {damage}; remove that "
                               f"directory and rerun to compute the item again")
+        return self._kept(record)
+
+    def _kept(self, record):
+        """What storing an ok record (checked) stores."""
         if not self.keep_outputs:
             return None
         if record.data is not None:
             return codec.decode(record.data)
         if record.count == 0:
             return None
-        return RenderedOutput(record.file_i, record.text, record.count)      # file outputs (checked above)
+        return RenderedOutput(record.file_i, record.text, record.count)      # file outputs (checked)
 
     def _report(self):
         summary = self.states_summary()
@@ -405,6 +450,7 @@ class QueuedJobs:
 
 
 _NOT_YET = object()
+_CANNOT = object()
 
 
 def _wait_for_sbatch(lock_path):

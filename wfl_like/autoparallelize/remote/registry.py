@@ -9,7 +9,9 @@ each fsynced before the driver goes on:
 - ``submitting``: ``sbatch`` is about to run for these tasks, with this token in the
   job's comment (so that a driver killed before it heard the job id finds the job);
 - ``job``: ``sbatch`` gave this job id for these tasks (array index k: the k-th task);
-- ``forgotten``: a ``submitting`` token whose job Slurm does not know (never submitted).
+- ``forgotten``: a ``submitting`` token whose job Slurm does not know (never submitted);
+- ``call``: the calls that made the tasks after it have this call key;
+- ``collected``: that call stored every output of its tasks (and so ended).
 
 A rerun reads it back, so that an item whose task exists is taken from that task (its
 results, or its job still queued) and never submitted again.  Items are matched by
@@ -71,6 +73,10 @@ class JobRegistry:
     unconfirmed : dict
         ``{token: [task numbers]}`` of submissions whose job id was never recorded (the
         driver died around ``sbatch``).
+    call_key : str or None
+        The call key of the last ``call`` record.
+    collected : bool
+        Whether that call collected its outputs since.
     """
 
     def __init__(self, state_dir):
@@ -78,7 +84,8 @@ class JobRegistry:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / REGISTRY_NAME
         self.tasks, self.unconfirmed = {}, {}
-        self._task_of_key = {}
+        self.call_key, self.collected = None, False
+        self._tasks_of_key = {}
         payloads, self._end = read_lines(self.path, _REMEDY)
         for line_no, payload in payloads:
             self._take(payload, line_no)
@@ -103,6 +110,10 @@ class JobRegistry:
                     self.tasks[int(number)].jobs.append((str(payload["job_id"]), array_index))
             elif kind == "forgotten":
                 self.unconfirmed.pop(str(payload["token"]), None)
+            elif kind == "call":
+                self.call_key, self.collected = str(payload["key"]), False
+            elif kind == "collected":
+                self.collected = True
             else:
                 raise ValueError(kind)
         except (KeyError, TypeError, ValueError):
@@ -111,14 +122,17 @@ class JobRegistry:
 
     def _add(self, entry):
         self.tasks[entry.number] = entry
-        # a later task holding a key (an item computed again after it failed) wins
         for position, key in enumerate(entry.keys):
-            self._task_of_key[key] = (entry.number, position)
+            self._tasks_of_key.setdefault(key, []).append((entry.number, position))
 
-    def task_of(self, key):
-        """``(TaskEntry, position)`` of the task holding the item with cache key ``key``, or None."""
-        found = self._task_of_key.get(key)
-        return None if found is None else (self.tasks[found[0]], found[1])
+    def holders_of(self, key):
+        """``[(TaskEntry, position)]`` of every place holding an item with cache key ``key``, latest first.
+
+        Latest first: an item computed again after it failed is taken from its new task.
+        Several places: identical structures in one input are items of their own, each
+        with its own record.
+        """
+        return [(self.tasks[number], position) for number, position in reversed(self._tasks_of_key.get(key, ()))]
 
     def next_number(self):
         return max(self.tasks, default=-1) + 1
@@ -148,6 +162,18 @@ class JobRegistry:
         self.unconfirmed.pop(token, None)
         for array_index, number in enumerate(numbers):
             self.tasks[number].jobs.append((str(job_id), array_index))
+
+    def begin_call(self, call_key):
+        """Record that the tasks made from now on are of the call with ``call_key``."""
+        if self.call_key != call_key or self.collected:
+            self._write({"kind": "call", "key": call_key})
+            self.call_key, self.collected = call_key, False
+
+    def mark_collected(self):
+        """Record that the call has stored every output of its tasks."""
+        if self.call_key is not None and not self.collected:
+            self._write({"kind": "collected"})
+            self.collected = True
 
     def forget(self, token):
         """Record that the submission ``token`` never reached Slurm."""
