@@ -187,3 +187,15 @@ def test_a_call_made_by_an_operation_draws_no_bar_of_its_own(capsys, monkeypatch
     drawn = capsys.readouterr().err.replace("\r", "\n")
     assert "calls_another: 100%" in drawn and "3/3" in drawn, drawn
     assert "half_fail" not in drawn, drawn
+
+
+def test_log_lines_written_while_the_bar_is_drawn_go_above_it_on_lines_of_their_own(inputs, tmp_path):
+    # with workers, a line about their thread limits is logged once the bar is up
+    status, drawn = cli_on_a_terminal(["calculate", inputs, "-o", tmp_path / "out.xyz", "-c", EMT_CALC, "-n", "2"],
+                                      tmp_path, env_without_progress())
+    assert status == 0, drawn
+    # what stays on each line (a terminal ends lines with \r\n)
+    screen = [line.rstrip("\r").split("\r")[-1] for line in drawn.split("\n")]
+    assert any("limited to 1 thread" in line and line.startswith("wfl-like:") for line in screen), drawn
+    assert not any("%|" in line and "wfl-like:" in line for line in screen), drawn
+    assert any(line.startswith("calculate: 100%") for line in screen), drawn

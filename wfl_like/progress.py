@@ -82,12 +82,16 @@ class Progress:
         self.op_name, self.total, self.interval = op_name, total, interval
         self.done = self.failed = 0
         self.start = self.last = time.monotonic()
-        self._bar = None
+        self._bar = self._redirect = None
         if bar:
             from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=total, desc=public_name(op_name), unit="item", dynamic_ncols=True,
                              smoothing=0.1, file=sys.stderr)
+            # log lines written to the console while the bar is drawn go above it, not through it
+            self._redirect = logging_redirect_tqdm(loggers=_console_loggers())
+            self._redirect.__enter__()
 
     def advance(self, n, failed):
         """Count ``n`` more items, ``failed`` of them failed."""
@@ -120,6 +124,16 @@ class Progress:
                  rate)
 
     def close(self):
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _console_loggers():
+    """The root logger and wfl_like's loggers that have handlers of their own (the command line's)."""
+    named = [logger for name, logger in logging.root.manager.loggerDict.items()
+             if name.split(".")[0] == "wfl_like" and isinstance(logger, logging.Logger) and logger.handlers]
+    return [logging.root, *named]
