@@ -35,9 +35,13 @@ exclude_patterns = ["_build", ".venv", "**/.ipynb_checkpoints"]
 myst_heading_anchors = 3
 
 # Links from the pages to files beside docs/ (they work on GitHub as they are): these files
-# are pages of the site too; other files become downloads (see _ext/repo_links.py).
+# are shown on pages of the site ("page#anchor"); other files become downloads (see _ext/repo_links.py).
 repo_link_root = ".."
-repo_link_pages = {"benchmarks/README.md": "benchmarks"}
+repo_link_pages = {
+    "benchmarks/README.md": "benchmarks",
+    "examples/relax_md_calculate.py": "examples#relax_md_calculatepy",
+    "examples/wrap_an_operation.py": "examples#wrap_an_operationpy",
+}
 
 # numpy-style docstrings
 napoleon_google_docstring = False

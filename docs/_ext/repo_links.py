@@ -8,7 +8,8 @@ a page that does not exist, and warns.  This extension settles those links while
 page is read, before Sphinx collects its downloads:
 
 - a file shown as a page of the site (``repo_link_pages``: repository path -> page name)
-  becomes a link to that page, its ``#anchor`` kept;
+  becomes a link to that page (to its ``#anchor`` when the entry names one, else to the
+  link's own anchor);
 - any other existing file becomes a download of the file, as MyST does for the rest;
 - a missing file is left alone, so that MyST's warning names it.
 """
@@ -34,8 +35,11 @@ def _outside_file(env, reftarget):
 
 def _settle_links(app, doctree):
     env = app.env
-    root = (Path(env.srcdir) / app.config.repo_link_root).resolve()
+    srcdir = Path(env.srcdir).resolve()
+    root = (srcdir / app.config.repo_link_root).resolve()
     pages = app.config.repo_link_pages
+    # a link's target is relative to the page that holds it
+    here = Path(env.doc2path(env.docname)).resolve().parent
     for node in list(doctree.findall(addnodes.pending_xref)):
         if node.get("reftype") != "myst" or node.get("refdomain") != "doc":
             continue
@@ -46,16 +50,36 @@ def _settle_links(app, doctree):
             continue
         page = pages.get(path.relative_to(root).as_posix())
         if page is not None:
-            node["reftarget"] = page
+            _point_at_page(node, page)
             continue
-        # a download's target is relative to the page that links to it
-        here = Path(env.doc2path(env.docname)).resolve().parent
         download = addnodes.download_reference(
             refdomain=None, reftype="myst", refdoc=env.docname, refexplicit=True,
             reftarget=_relative(path, here),
         )
         download.extend(child.deepcopy() for child in node.children)
         node.replace_self(download)
+    # MyST made these downloads itself; those of files shown on a page link to the page
+    for node in list(doctree.findall(addnodes.download_reference)):
+        if node.get("reftype") != "myst":
+            continue
+        path = (here / node["reftarget"]).resolve()
+        if root not in path.parents:
+            continue
+        page = pages.get(path.relative_to(root).as_posix())
+        if page is None:
+            continue
+        link = addnodes.pending_xref(refdomain="doc", reftype="myst", refdoc=env.docname,
+                                     refexplicit=node.get("refexplicit", True), reftarget="", reftargetid=None)
+        link.extend(child.deepcopy() for child in node.children)
+        _point_at_page(link, page)
+        node.replace_self(link)
+
+
+def _point_at_page(node, page):
+    page, _, anchor = page.partition("#")
+    node["reftarget"] = page
+    if anchor:
+        node["reftargetid"] = anchor
 
 
 def _relative(path, start):
