@@ -29,7 +29,8 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", ".venv", "**/.ipynb_checkpoints"]
+# README.md: a note for people browsing docs/ on GitHub would not be a page of the site
+exclude_patterns = ["_build", ".venv", "**/.ipynb_checkpoints", "README.md"]
 
 # MyST: headings get anchors so that links like guide.md#failures resolve.
 myst_heading_anchors = 3
