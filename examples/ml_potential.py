@@ -181,11 +181,13 @@ def run(inputs, workdir, num_processes, chunk_size, meet=False):
     autopara = {"num_python_subprocesses": num_processes, "num_inputs_per_python_subprocess": chunk_size,
                 # the weights are opened by path, which the journal cannot see: name them
                 "cache_extra": [weights]}
-    if meet and num_processes > 1:
+    # no more workers start than there are chunks, so meet only as many as will start
+    n_chunks = -(-sum(1 for _ in ConfigSet(inputs)) // chunk_size) if meet else 0
+    if min(num_processes, n_chunks) > 1:
         barrier = workdir / "started"
         shutil.rmtree(barrier, ignore_errors=True)
         barrier.mkdir()
-        autopara["initializer"] = (wait_for_workers, [str(barrier), num_processes])
+        autopara["initializer"] = (wait_for_workers, [str(barrier), min(num_processes, n_chunks)])
     return calculate(ConfigSet(inputs), OutputSpec("ml.xyz", file_root=workdir),
                      (NumpyMLPotential, [], {"weights": str(weights)}), properties=["energy", "forces"],
                      output_prefix="MLP_", autopara_info=autopara)
