@@ -54,6 +54,13 @@ def radial_features(atoms, centres):
     of ``i`` within ``CUTOFF`` (periodic images included), with the smooth cutoff
     ``fc(d) = (cos(pi d / CUTOFF) + 1) / 2``.
 
+    Parameters
+    ----------
+    atoms : Atoms
+        the structure
+    centres : ndarray (n_features,)
+        the centres of the Gaussians, in Angstrom
+
     Returns
     -------
     G : ndarray (n_atoms, n_features)
@@ -73,7 +80,22 @@ def radial_features(atoms, centres):
 
 
 def energy_and_forces(atoms, model):
-    """The model's energy (sum of atomic MLP outputs) and forces (its exact negative gradient)."""
+    """The model's energy (sum of atomic MLP outputs) and forces (its exact negative gradient).
+
+    Parameters
+    ----------
+    atoms : Atoms
+        the structure
+    model : dict
+        the weights, as :func:`write_weights` writes them
+
+    Returns
+    -------
+    energy : float
+        eV
+    forces : ndarray (n_atoms, 3)
+        eV/A
+    """
     G, (i, j, d, D, dG) = radial_features(atoms, model["centres"])
     x = (G - model["mean"]) / model["scale"]
     h = np.tanh(x @ model["w1"] + model["b1"])
@@ -119,7 +141,19 @@ class NumpyMLPotential(Calculator):
 
 
 def training_cells(n=40, seed=7):
-    """Rattled fcc Cu cells of several sizes, to fit the readout to."""
+    """Rattled fcc Cu cells of several lattice constants, to fit the readout to.
+
+    Parameters
+    ----------
+    n : int
+        number of cells
+    seed : int
+        seed of their lattice constants and displacements
+
+    Returns
+    -------
+    list of Atoms
+    """
     rng = np.random.default_rng(seed)
     cells = []
     for _ in range(n):
@@ -165,6 +199,15 @@ def wait_for_workers(directory, n_workers, timeout=120.0):
 
     Only for the demonstration on a handful of structures, where the first worker could
     otherwise finish them all before the second is up; real runs do not need it.
+
+    Parameters
+    ----------
+    directory : str
+        an empty folder, where each worker leaves a file named after its process id
+    n_workers : int
+        how many workers to wait for
+    timeout : float
+        seconds to wait before raising TimeoutError
     """
     Path(directory, str(os.getpid())).touch()
     deadline = time.monotonic() + timeout
@@ -175,7 +218,26 @@ def wait_for_workers(directory, n_workers, timeout=120.0):
 
 
 def run(inputs, workdir, num_processes, chunk_size, meet=False):
-    """Write the weights, evaluate ``inputs`` with the potential; the ConfigSet of the outputs."""
+    """Write the weights, then evaluate ``inputs`` with the potential.
+
+    Parameters
+    ----------
+    inputs : str or list of Atoms
+        an input file, or structures
+    workdir : Path
+        where the weights (``mlp_weights.json``) and the output (``ml.xyz``) are written
+    num_processes : int
+        worker processes (0: serial)
+    chunk_size : int
+        structures per chunk
+    meet : bool
+        hold each worker at its start until all have started (see :func:`wait_for_workers`)
+
+    Returns
+    -------
+    ConfigSet
+        the evaluated structures, results under ``MLP_``
+    """
     weights = workdir / "mlp_weights.json"
     write_weights(weights)
     autopara = {"num_python_subprocesses": num_processes, "num_inputs_per_python_subprocess": chunk_size,
@@ -194,7 +256,17 @@ def run(inputs, workdir, num_processes, chunk_size, meet=False):
 
 
 def summary(evaluated):
-    """Lines saying where each structure was computed and how the model compares with EMT."""
+    """Lines saying where the structures were computed and how the model compares with EMT.
+
+    Parameters
+    ----------
+    evaluated : ConfigSet
+        what :func:`run` returned
+
+    Returns
+    -------
+    list of str
+    """
     frames = list(evaluated)
     lines = [f"{len(frames)} structures; WFL_TORCH_N_GPUS={os.environ.get('WFL_TORCH_N_GPUS', 'unset')}"]
     per_worker = Counter((int(a.info["ml_worker"]), str(a.info["ml_cuda_visible_devices"]),
@@ -208,6 +280,7 @@ def summary(evaluated):
 
 
 def main(argv=None):
+    """Run the example; ``argv`` as on the command line (default ``sys.argv[1:]``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", default=str(EXAMPLE_INPUT), help="input structures (default: the bundled Cu cells)")
     parser.add_argument("--workdir", default="ml_out", help="folder of the weights and the output")

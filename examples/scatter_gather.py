@@ -67,11 +67,26 @@ def scatter(structures, n_groups, workdir):
 
 
 def evaluate(group_files, workdir, num_processes, wait):
-    """Evaluate every group with each potential; ``{name: Future or ConfigSet}``.
+    """Evaluate every group with each potential of ``POTENTIALS``.
 
     With ``wait=False`` both calls are made before either is done and each returns a Future:
-    they run at the same time, each with its own ``num_processes`` workers.  The outputs go
-    to ``workdir/NAME/group_K.xyz``, one file per input file.
+    they run at the same time, each with its own ``num_processes`` workers.
+
+    Parameters
+    ----------
+    group_files : list of Path
+        the groups, one file each
+    workdir : Path
+        the outputs go to ``workdir/NAME/group_K.xyz``, one file per input file
+    num_processes : int
+        worker processes of each call (0: serial)
+    wait : bool
+        True: each call returns when it is done; False: at once, with a Future
+
+    Returns
+    -------
+    dict
+        ``{name: ConfigSet}``, or ``{name: concurrent.futures.Future}`` when ``wait`` is False
     """
     runs = {}
     for name, spec in POTENTIALS.items():
@@ -85,7 +100,17 @@ def evaluate(group_files, workdir, num_processes, wait):
 def group_statistics(evaluated, name):
     """Per group: number of structures, mean and spread of the energy per atom, largest force.
 
-    ``evaluated`` is the ConfigSet a call returned: one group per input file (``groups()``).
+    Parameters
+    ----------
+    evaluated : ConfigSet
+        what a call returned: one group per input file (``groups()``)
+    name : str
+        the potential's name, the prefix of its results (``EMT_energy``, ``EMT_forces``)
+
+    Returns
+    -------
+    list of dict
+        one per group: ``n``, ``mean``, ``std`` (eV/atom) and ``max_force`` (eV/A)
     """
     rows = []
     for group in evaluated.groups():
@@ -102,7 +127,21 @@ def group_statistics(evaluated, name):
 
 
 def histogram(values, bins=8, width=30):
-    """A text histogram of ``values``: one line per bin, its range, its count, a bar."""
+    """A text histogram: one line per bin, with its range, its count and a bar.
+
+    Parameters
+    ----------
+    values : sequence of float
+        the values to count
+    bins : int
+        number of bins, of equal width between the smallest and largest value
+    width : int
+        characters of the longest bar
+
+    Returns
+    -------
+    list of str
+    """
     counts, edges = np.histogram(values, bins=bins)
     longest = max(counts.max(), 1)
     return [f"  [{lo:8.4f}, {hi:8.4f})  {count:3d} {'#' * round(width * count / longest)}".rstrip()
@@ -110,7 +149,17 @@ def histogram(values, bins=8, width=30):
 
 
 def summary(results):
-    """The lines of the report from ``{name: ConfigSet}``: a table per group, then a histogram."""
+    """The lines of the report: a table of the groups, then a histogram of the EMT energies.
+
+    Parameters
+    ----------
+    results : dict
+        ``{name: ConfigSet}`` of the evaluations, ``"EMT"`` among them
+
+    Returns
+    -------
+    list of str
+    """
     stats = {name: group_statistics(evaluated, name) for name, evaluated in results.items()}
     names = list(stats)
     lines = [f"{sum(row['n'] for row in stats[names[0]])} structures in {len(stats[names[0]])} groups; "
@@ -127,6 +176,7 @@ def summary(results):
 
 
 def main(argv=None):
+    """Run the example; ``argv`` as on the command line (default ``sys.argv[1:]``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", default=str(EXAMPLE_INPUT), help="input structures (default: the bundled Cu cells)")
     parser.add_argument("--workdir", default="scatter_out", help="folder of the pieces, the outputs and the summary")
