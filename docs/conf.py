@@ -42,6 +42,8 @@ repo_link_pages = {
     "benchmarks/README.md": "benchmarks",
     "examples/relax_md_calculate.py": "examples#relax_md_calculatepy",
     "examples/wrap_an_operation.py": "examples#wrap_an_operationpy",
+    "examples/scatter_gather.py": "examples#scatter_gatherpy",
+    "examples/ml_potential.py": "examples#ml_potentialpy",
 }
 
 # numpy-style docstrings

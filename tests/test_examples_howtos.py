@@ -145,9 +145,6 @@ def test_ml_potential_two_workers_one_device_each_give_the_serial_values(serial_
     assert "worker 1: CUDA_VISIBLE_DEVICES=1, model loaded 1 time(s)" in done.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="under spawn a spec whose class is defined in the driver script is "
-                   "rebuilt for every structure: the calculator cache keys specs by pickle.dumps, which "
-                   "fails for a class that reached the worker by value (wfl_like/calculators/spec.py _key)")
 def test_ml_potential_spawned_workers_load_the_model_once(tmp_path):
     n_gpus = gpus_the_driver_may_hand_out()
     if n_gpus is not None and n_gpus < 2:

@@ -138,9 +138,19 @@ _structure_specs = _BuiltCalculators(MAX_STRUCTURE_SPECS)
 def _key(spec):
     constructor, args, kwargs = normalized(spec)
     try:
-        return pickle.dumps((constructor, args, sorted(kwargs.items())))
+        arguments = pickle.dumps((args, sorted(kwargs.items())))
     except Exception:
         return None
+    try:
+        # the constructor itself (kept alive by the key): a class that reached a spawned worker
+        # by value, defined in the driver's script, cannot be pickled by reference there
+        hash(constructor)
+        return constructor, arguments
+    except TypeError:
+        try:
+            return pickle.dumps(constructor), arguments
+        except Exception:
+            return None
 
 
 def construct_calculator(calculator):
