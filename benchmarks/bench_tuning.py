@@ -133,7 +133,8 @@ def plot(path, panels, header, workers_list, chunks):
         ax.set_xticks(list(positions), [str(c) for c in chunks])
         ax.set_xlabel("num_inputs_per_python_subprocess")
         ax.set_ylabel("items/s")
-        ax.set_yscale("log")
+        # from zero: the gaps between lines read as the ratios they are
+        ax.set_ylim(bottom=0)
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=8)
@@ -176,8 +177,8 @@ def main():
     n_emt = args.n_emt or (6 if args.quick else 200)
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    header = (f"{os.cpu_count()} CPUs, load average {load} at the start; Python {platform.python_version()}, "
-              f"ASE {ase.__version__}, numpy {np.__version__}; median of {rounds} interleaved round(s)")
+    header = (f"{os.cpu_count()} CPUs; Python {platform.python_version()}, ASE {ase.__version__}, "
+              f"numpy {np.__version__}; median of {rounds} interleaved round(s); load average {load} at the start")
     print(header, flush=True)
     settings = [(workers, chunk) for workers in workers_list for chunk in chunks]
     with tempfile.TemporaryDirectory(prefix="bench_tuning_") as tmp, warnings.catch_warnings():
@@ -194,9 +195,10 @@ def main():
         ]
     for title, n, medians in panels:
         print_table(title, n, medians, workers_list, chunks)
-    print(f"\nload average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end")
+    load_end = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nload average {load_end} at the end")
     if args.plot:
-        plot(args.plot, panels, header, workers_list, chunks)
+        plot(args.plot, panels, f"{header}; load average {load_end} at the end", workers_list, chunks)
         print(f"figure written to {args.plot}")
 
 
