@@ -198,7 +198,9 @@ def main():
     load_end = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nload average {load_end} at the end")
     if args.plot:
-        plot(args.plot, panels, f"{header}; load average {load_end} at the end", workers_list, chunks)
+        # two lines: one does not fit the figure's width
+        title = header.replace("; load average", "\nload average") + f", {load_end} at the end"
+        plot(args.plot, panels, title, workers_list, chunks)
         print(f"figure written to {args.plot}")
 
 
