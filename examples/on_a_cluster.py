@@ -25,6 +25,7 @@ Run from the repository root::
 
 import argparse
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -114,6 +115,14 @@ def main(argv=None):
         # `export WFL_MPIPOOL=1` does the same.  Ranks 1..N-1 serve rank 0 inside init() and
         # leave the process when it is done: they never run the rest of main().
         os.environ.setdefault("WFL_MPIPOOL", "1")
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            sys.exit('on_a_cluster.py: error: --backend mpi needs the mpi extra: pip install "wfl-like[mpi]"')
+        if MPI.COMM_WORLD.Get_size() < 2:
+            # said here in one line: mpipool's own refusal is a traceback
+            sys.exit("on_a_cluster.py: error: --backend mpi needs 2 or more MPI ranks: "
+                     "mpiexec -n 3 python examples/on_a_cluster.py --backend mpi")
         from wfl_like.autoparallelize import mpipool_support
 
         mpipool_support.init()
