@@ -79,18 +79,39 @@ def write_emt_cells(path, n, seed=1):
 
 
 def run_identity(source, target, workers, chunk):
+    """The identity op from ``source`` to ``target`` with ``workers`` workers and chunks of ``chunk``."""
     autoparallelize(identity, ConfigSet(source), OutputSpec(target), autopara_info={
         "num_python_subprocesses": workers, "num_inputs_per_python_subprocess": chunk, "progress": False})
 
 
 def run_emt(source, target, workers, chunk):
+    """EMT energies and forces from ``source`` to ``target`` with ``workers`` workers and chunks of ``chunk``."""
     calculate(ConfigSet(source), OutputSpec(target), (EMT, [], {}), properties=["energy", "forces"],
               autopara_info={"num_python_subprocesses": workers, "num_inputs_per_python_subprocess": chunk,
                              "progress": False})
 
 
 def measure(run, source, workdir, settings, rounds):
-    """Median seconds of ``run`` for each ``(workers, chunk)`` of ``settings`` over interleaved rounds."""
+    """Median seconds of each setting over interleaved rounds.
+
+    Parameters
+    ----------
+    run : callable
+        ``run(source, target, workers, chunk)``, one call of the op, file to file
+    source : Path
+        the input file
+    workdir : Path
+        where each run gets a directory of its own (a first run: no journal to reuse)
+    settings : list(tuple(int, int or str))
+        the ``(workers, chunk)`` pairs, in the order of the first round
+    rounds : int
+        how many times each setting runs
+
+    Returns
+    -------
+    dict
+        ``(workers, chunk)`` -> median wall time of the call, in seconds
+    """
     times = {setting: [] for setting in settings}
     for round_i in range(rounds):
         # rotating the order: the setting run first in a round (or after a slow one) changes
@@ -116,7 +137,19 @@ def print_table(title, n, medians, workers_list, chunks):
 
 
 def plot(path, panels, header, workers_list, chunks):
-    """Items/s against the chunk size, one line per worker count, one panel per op, into ``path``."""
+    """Items/s against the chunk size, one line per worker count, one panel per op.
+
+    Parameters
+    ----------
+    path : str or Path
+        the image to write (its format from the suffix, as matplotlib's ``savefig`` takes it)
+    panels : list(tuple(str, int, dict))
+        ``(title, number of structures, medians)`` per op, medians as :func:`measure` returns them
+    header : str
+        the figure's title: the machine and its load
+    workers_list, chunks : list
+        the worker counts (one line each) and chunk sizes (the x axis) measured
+    """
     import matplotlib
 
     # no display is needed, nor wanted, on a cluster node or in CI
