@@ -60,7 +60,20 @@ def parse_args(argv=None):
 
 
 def evaluate(args, autopara_info):
-    """EMT energies, forces and stresses of the inputs into ``args.output``; the ConfigSet of the outputs."""
+    """EMT energies, forces and stresses of the inputs, written to ``args.output``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        the command line (inputs, structures, output, chunk size)
+    autopara_info : dict
+        what the backend adds to the call: workers, an executor, a remote_info, or nothing
+
+    Returns
+    -------
+    ConfigSet
+        the evaluated structures, in input order
+    """
     from ase.calculators.emt import EMT
 
     from wfl_like import ConfigSet, OutputSpec
@@ -73,16 +86,19 @@ def evaluate(args, autopara_info):
 
 
 def run_pool(args):
+    """On wfl_like's own worker processes (``-n 0``: in this process)."""
     return evaluate(args, {"num_python_subprocesses": args.workers})
 
 
 def run_mpi(args):
+    """On the worker ranks that ``mpipool_support.init()`` made."""
     # init() has made the ranks 1..N-1 workers, and only rank 0 gets here: every call of this
     # process runs on them, with no option to pass
     return evaluate(args, {})
 
 
 def run_dask(args):
+    """On the workers of a Dask ``LocalCluster`` started for the call."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -98,6 +114,7 @@ def run_dask(args):
 
 
 def run_slurm(args):
+    """As Slurm job arrays of ``--per-job`` structures each, waiting for them."""
     resources = {"max_time": args.max_time, "num_nodes": 1, "num_cores": args.workers}
     if args.partition:
         resources["partitions"] = args.partition
@@ -109,6 +126,7 @@ def run_slurm(args):
 
 
 def main(argv=None):
+    """Run the call on the backend of the command line and print one line about the outputs."""
     args = parse_args(argv)
     if args.backend == "mpi":
         # Set here so that the command line above needs nothing more; in a job script,
