@@ -231,3 +231,12 @@ def test_mpi_job_killed_midway_resumes_from_the_journal(tmp_path):
             path = Path("/dev/shm") / name
             if not in_use(path):        # another MPI job, started meanwhile, may be using its own
                 path.unlink(missing_ok=True)
+
+
+def test_wfl_mpipool_without_mpiexec_says_how_to_run_it(tmp_path):
+    script = "from wfl_like.autoparallelize import mpipool_support\nmpipool_support.init()\n"
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=mpi_env(mpi=True), capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT)
+    assert done.returncode != 0
+    assert "RuntimeError: WFL_MPIPOOL is set but this MPI job has no rank besides rank 0" in done.stderr
+    assert "mpiexec -n N" in done.stderr

@@ -62,16 +62,18 @@ def init(verbose=False):
     except ImportError:
         raise ImportError(f"{MPIPOOL_ENV} is set but mpipool is not installed; install the mpi extra: "
                           f"pip install \"wfl-like[mpi]\"") from None
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_size() < 2:
+        # asked before mpipool, which refuses one process with a message that names no remedy
+        raise RuntimeError(f"{MPIPOOL_ENV} is set but this MPI job has no rank besides rank 0; "
+                           f"run it with mpiexec -n N, N >= 2, or unset {MPIPOOL_ENV}")
     _enter_worker_rank()
     # rejoin=False: a worker leaves the process when rank 0 is done, instead of going on
     # to run the driver's code
-    executor = MPIExecutor(rejoin=False)
-    if executor.size < 1:
-        raise RuntimeError(f"{MPIPOOL_ENV} is set but this MPI job has no rank besides rank 0; "
-                           f"run it with mpiexec -n N, N >= 2")
-    _executor = executor
+    _executor = MPIExecutor(rejoin=False)
     if verbose:
-        log.info("MPI pool with %d worker ranks", executor.size)
+        log.info("MPI pool with %d worker ranks", _executor.size)
 
 
 def active_executor():
