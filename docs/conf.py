@@ -44,6 +44,7 @@ repo_link_pages = {
     "examples/wrap_an_operation.py": "examples#wrap_an_operationpy",
     "examples/scatter_gather.py": "examples#scatter_gatherpy",
     "examples/ml_potential.py": "examples#ml_potentialpy",
+    "examples/on_a_cluster.py": "examples#on_a_clusterpy",
 }
 
 # numpy-style docstrings
