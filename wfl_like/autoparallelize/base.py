@@ -483,9 +483,7 @@ def _write_chunk(outputs, to_files, rendered, done, chunk):
         # ``done`` is in chunk order: an item's location is found by its place in the chunk,
         # with no dictionary of the chunk's locations built for it
         first, locations = chunk.first, chunk.locations
-        for index, output in done:
-            if output is not None:
-                outputs.store(output, locations[index - first] or "")
+        outputs.store_many((output, locations[index - first] or "") for index, output in done)
 
 
 def _rendered(output, outputs, name, skip_failed, location, as_text):
