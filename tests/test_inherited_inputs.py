@@ -150,8 +150,10 @@ def test_a_failed_chunk_is_rerun_from_the_original_inputs_even_in_the_worker_tha
         monkeypatch, workers, start):
     items = [structure(i) for i in range(9)]
     before = round_trip(items)
+    serial, serial_failures = run(shift_then_fail, items, 0, 3, errors="skip")
     outputs, failures = run(shift_then_fail, items, workers, 3, start, monkeypatch, errors="skip")
-    assert [f.index for f in failures] == [4]
+    assert [f.index for f in failures] == [f.index for f in serial_failures] == [4]
+    assert_same_outputs(serial, outputs, strictly=False)
     # one worker: the items of the failed chunk were rerun in the very process that changed them
     assert [a.info["times_shifted"] for a in outputs] == [1] * 8
     assert [a.info["label"] for a in outputs] == [0, 1, 2, 3, 5, 6, 7, 8]
