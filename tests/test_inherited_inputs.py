@@ -1,7 +1,7 @@
 """Forked workers take a chunk's inputs from the list they inherited, not from the pipe.
 
-With ``fork``, a call whose inputs are a list, a tuple or a ConfigSet in memory sends each
-chunk as its place in the inputs; the worker copies the items from its inherited list
+With ``fork``, a call whose inputs are a list or a tuple sends each chunk as its place in
+the inputs; the worker copies the items from its inherited list
 before the operation sees them.  Checked here: the outputs are those of a serial run and
 of ``spawn`` workers (which are sent the items), whatever the operation does to its inputs
 in place, whether its worker dies mid-chunk, is retired or is replaced; the caller's
@@ -188,6 +188,16 @@ def test_retired_and_replacement_workers_inherit_the_unchanged_inputs(monkeypatc
     assert len({a.info["pid"] for a in outputs}) >= 5
     assert_same_outputs(serial, outputs, strictly=False)
     assert same_objects(before, round_trip(items))
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_a_configset_holding_one_structure_twice_stores_each_output_at_its_own_location(monkeypatch, chunk):
+    shared = structure(1)
+    inputs = ConfigSet([[structure(0), shared], [shared], [structure(2)]])
+    serial, _ = run(shift_then_fail, inputs, 0, chunk, op_kwargs={"bad": -1})
+    forked, _ = run(shift_then_fail, inputs, 2, chunk, "fork", monkeypatch, op_kwargs={"bad": -1})
+    assert [a.info["_ConfigSet_loc"] for a in forked] == [a.info["_ConfigSet_loc"] for a in serial]
+    assert_same_outputs(serial, forked, strictly=False)
 
 
 def test_a_configset_in_memory_gives_the_outputs_and_locations_of_a_serial_run(monkeypatch):

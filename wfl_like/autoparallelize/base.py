@@ -375,15 +375,16 @@ def _items_and_call(inputs, outputs, call, info, hashed):
 def _inheritable(items, info, workers, executor):
     """The inputs as a tuple for forked workers to inherit, or None where chunks carry their items.
 
-    Only inputs held whole in memory before the workers are forked qualify: a list or
-    tuple, or a ConfigSet of structures in memory (iterated here, which writes each
-    structure's location into its ``info`` as the chunker's iteration would).  A call with
-    ``wait=False`` runs beside the caller, who may change the structures meanwhile: its
-    chunks carry their items, as they stood when each was sent.
+    Only a list or a tuple qualifies: held whole in memory before the workers are forked,
+    and read by the chunker without a change.  A ConfigSet does not: its iteration writes
+    each structure's location into its ``info`` as it goes, so a structure it holds twice
+    carries each of its locations in turn, which a copy taken before the first fork would
+    not.  A call with ``wait=False`` runs beside the caller, who may change the structures
+    meanwhile: its chunks carry their items, as they stood when each was sent.
     """
     if not info.wait or not forks_workers(workers, executor):
         return None
-    if isinstance(items, (list, tuple)) or (isinstance(items, ConfigSet) and not items.files()):
+    if isinstance(items, (list, tuple)):
         return tuple(items)
     return None
 
