@@ -10,7 +10,9 @@ Measured side by side in interleaved rounds, the median of each printed in us pe
 - ``loop + pickle``: the same on a pickle round trip of each chunk, the way of earlier versions;
 - ``serial``: ``autoparallelize`` with ``num_python_subprocesses=0``;
 - ``pool``: with ``--workers`` (default 2) worker processes, with the driver's CPU time per
-  item (``time.process_time``, all its threads) beside it.
+  item (``time.process_time``, all its threads) and the workers' (all of them together, from
+  their start to their end: ``RUSAGE_CHILDREN``, which also counts the pool's small guardian
+  process) beside it.
 
 The overhead is each row minus the plain loop.  On a machine busy with other work, the
 pool's wall time waits for CPUs; its driver CPU per item is the steadier figure.
@@ -24,6 +26,7 @@ import logging
 import os
 import pickle
 import platform
+import resource
 import statistics
 import time
 
@@ -60,6 +63,11 @@ def engine(inputs, workers):
         "num_python_subprocesses": workers, "num_inputs_per_python_subprocess": "auto", "cache": False})
 
 
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20_000)
@@ -79,22 +87,25 @@ def main():
         "pool": lambda: engine(inputs, args.workers),
     }
     wall = {name: [] for name in rows}
-    driver_cpu = []
+    driver_cpu, workers_cpu = [], []
     for _ in range(args.rounds):
         for name, run in rows.items():
+            children0 = _children_cpu()
             cpu0, start = time.process_time(), time.perf_counter()
             run()
             wall[name].append((time.perf_counter() - start) / args.n * 1e6)
             if name == "pool":
                 driver_cpu.append((time.process_time() - cpu0) / args.n * 1e6)
+                # the workers are reaped when the call returns: their whole CPU time is counted
+                workers_cpu.append((_children_cpu() - children0) / args.n * 1e6)
     print(f"wfl_like per-item overhead -- {platform.node()}, os.cpu_count()={os.cpu_count()}, "
           f"python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
     print(f"no-op over {args.n} 2-atom Atoms in memory, chunks \"auto\", medians of {args.rounds} interleaved rounds")
     floor = statistics.median(wall["plain loop"])
     for name, times in wall.items():
         median = statistics.median(times)
-        extra = f"  (driver CPU {statistics.median(driver_cpu):.1f} us/item, {args.workers} workers)" \
-            if name == "pool" else ""
+        extra = (f"  (driver CPU {statistics.median(driver_cpu):.1f} us/item, {args.workers} workers' CPU "
+                 f"{statistics.median(workers_cpu):.1f})") if name == "pool" else ""
         print(f"    {name:14s} {median:7.1f} us/item, overhead {median - floor:7.1f} us/item{extra}")
 
 

@@ -552,16 +552,47 @@ class OutputSpec:
         if configs is None:
             return
         if self.files is None:
-            loc = self._take_location(parse_location(input_CS_loc))
-            self._tag(configs)
-            if loc:
-                place_in_tree(self.configs, loc, configs)
-            else:
-                self.configs.append(configs)
-            self.n_stored += sum(1 for _ in nested_structures(configs))
+            self._keep(configs, parse_location(input_CS_loc))
             return
         self.claim()
         self.store_rendered(self.render(configs, input_CS_loc))
+
+    def store_many(self, outputs):
+        """Store several outputs, each at its input's location: :meth:`store` of each in turn.
+
+        Parameters
+        ----------
+        outputs : iterable of (configs, input_CS_loc)
+            As :meth:`store` takes them; ``None`` outputs store nothing.
+
+        Raises
+        ------
+        OutputFormatError, OutputWriteError
+            As :meth:`store`; the outputs before the one that failed are stored.
+        """
+        if self.files is not None:
+            for configs, input_CS_loc in outputs:
+                self.store(configs, input_CS_loc)
+            return
+        # outputs in memory: asked of every item of every run, so the checks that hold for
+        # the whole batch are made once
+        check_stop()
+        if self.closed:
+            raise ValueError("cannot store into an OutputSpec after close()")
+        for configs, input_CS_loc in outputs:
+            if configs is not None:
+                self._keep(configs, parse_location(input_CS_loc))
+
+    def _keep(self, configs, loc):
+        """Keep an output in memory at ``loc`` (a tuple; empty: after the others)."""
+        loc = self._take_location(loc)
+        if self.tags:
+            self._tag(configs)
+        if loc:
+            place_in_tree(self.configs, loc, configs)
+        else:
+            self.configs.append(configs)
+        self.n_stored += 1 if type(configs) is Atoms else sum(1 for _ in nested_structures(configs))
 
     def render(self, configs, input_CS_loc=""):
         """The text that storing ``configs`` would write, checked to read back; nothing is written.

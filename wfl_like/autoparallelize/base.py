@@ -19,7 +19,7 @@ from wfl_like.autoparallelize.resume.cache import RunCache, input_digests, input
 from wfl_like.autoparallelize.resume import stored
 from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
 from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, count_frames, frame_items
-from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_runner, num_workers
+from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_runner, forks_workers, num_workers
 from wfl_like.autoparallelize.workers.frames_task import FramesCall, check_output
 from wfl_like.autoparallelize.workers.opcall import (PER_ITEM_INFO, OpCall, in_operation, in_worker, op_name,
                                                      takes_argument)
@@ -277,6 +277,9 @@ def _compute(call, inputs, outputs, info, rng, cache):
     log.info("%s: %s, num_inputs_per_python_subprocess=%s", name, where, info.num_inputs_per_python_subprocess)
     sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
     items, call = _items_and_call(inputs, outputs, call, info, hashed=cache is not None)
+    inherited = _inheritable(items, info, workers, executor)
+    if inherited is not None:
+        items = inherited
     progress = _progress_of(name, inputs, items, info)
     rendered_by_workers = isinstance(call, FramesCall) and call.renderer is not None
     chunks = make_chunks(items, sizer or info.num_inputs_per_python_subprocess, rng,
@@ -286,7 +289,7 @@ def _compute(call, inputs, outputs, info, rng, cache):
         # a per-item limit also bounds the user's set-up, unless it is given a limit of its own
         initializer_timeout = info.timeout
     with chunk_runner(call, workers, info.initializer, executor=executor, initializer_timeout=initializer_timeout,
-                      max_items_per_worker=info.max_items_per_worker) as (submit, slots):
+                      max_items_per_worker=info.max_items_per_worker, inputs=inherited) as (submit, slots):
         results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
                                chunk_size=sizer, progress=progress)
         with contextlib.closing(results):      # an error while storing withdraws the queued chunks
@@ -367,6 +370,23 @@ def _items_and_call(inputs, outputs, call, info, hashed):
         # refused where the driver meets the item, as when it stored there: before its chunk runs
         items = _with_file_checked(items, renderer)
     return items, FramesCall(call, renderer, info.skip_failed, journaled=hashed)
+
+
+def _inheritable(items, info, workers, executor):
+    """The inputs as a tuple for forked workers to inherit, or None where chunks carry their items.
+
+    Only a list or a tuple qualifies: held whole in memory before the workers are forked,
+    and read by the chunker without a change.  A ConfigSet does not: its iteration writes
+    each structure's location into its ``info`` as it goes, so a structure it holds twice
+    carries each of its locations in turn, which a copy taken before the first fork would
+    not.  A call with ``wait=False`` runs beside the caller, who may change the structures
+    meanwhile: its chunks carry their items, as they stood when each was sent.
+    """
+    if not info.wait or not forks_workers(workers, executor):
+        return None
+    if isinstance(items, (list, tuple)):
+        return tuple(items)
+    return None
 
 
 def _with_file_checked(items, renderer):
@@ -464,9 +484,7 @@ def _write_chunk(outputs, to_files, rendered, done, chunk):
         # ``done`` is in chunk order: an item's location is found by its place in the chunk,
         # with no dictionary of the chunk's locations built for it
         first, locations = chunk.first, chunk.locations
-        for index, output in done:
-            if output is not None:
-                outputs.store(output, locations[index - first] or "")
+        outputs.store_many((output, locations[index - first] or "") for index, output in done)
 
 
 def _rendered(output, outputs, name, skip_failed, location, as_text):

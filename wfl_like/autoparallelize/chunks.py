@@ -95,6 +95,9 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
     """
     rngs = item_rngs(rng)
     size_of = chunk_size if callable(chunk_size) else (lambda: chunk_size)
+    if lookup is None and isinstance(inputs, (list, tuple)):
+        yield from _slices(inputs, size_of, rngs)
+        return
     todo, done = _Batch(found=False), _Batch(found=True)
     for index, item in enumerate(inputs):
         item_rng = next(rngs)
@@ -110,6 +113,17 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
     for batch in (todo, done):
         if batch:
             yield batch.flush()
+
+
+def _slices(inputs, size_of, rngs):
+    """:func:`make_chunks` of a list or tuple with no journal: the same chunks, cut as slices
+    (it is asked of every item of every run)."""
+    first = 0
+    while first < len(inputs):
+        items = list(inputs[first:first + max(1, size_of())])
+        yield Chunk(first=first, items=items, locations=[location_of_item(item) for item in items],
+                    rngs=list(itertools.islice(rngs, len(items))))
+        first += len(items)
 
 
 # Items found in the journal are grouped like the others, but never more than this many at

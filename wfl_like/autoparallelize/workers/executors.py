@@ -11,7 +11,7 @@ from wfl_like.autoparallelize.workers import devices, mpi as mpipool_support, th
 from wfl_like.autoparallelize.workers.isolation import copy_rngs, isolated, round_trip
 from wfl_like.autoparallelize.workers.packing import packed
 from wfl_like.autoparallelize.workers.opcall import (ByValue, CallNotHere, begin_call, in_worker, install,
-                                                     run_installed, run_portable)
+                                                     run_inherited, run_installed, run_portable)
 from wfl_like.autoparallelize.workers.pool import START_METHOD_ENV, WorkerPool, default_context
 from wfl_like.autoparallelize.workers.threads import available_cpus
 
@@ -149,9 +149,20 @@ def executor_slots(executor):
     return os.cpu_count() or 1
 
 
+def forks_workers(workers, executor=None):
+    """Whether :func:`chunk_runner` with these ``workers`` and ``executor`` runs the chunks on
+    worker processes of its own, started with ``fork`` (so that they inherit the driver's objects)."""
+    if executor is not None or not workers or in_worker():
+        return False
+    try:
+        return default_context().get_start_method() == "fork"
+    except ValueError:
+        return False        # a bad start method: chunk_runner says so
+
+
 @contextlib.contextmanager
 def chunk_runner(call, workers, initializer, isolate=True, executor=None, initializer_timeout=None,
-                 max_items_per_worker=None):
+                 max_items_per_worker=None, inputs=None):
     """Yield ``(submit, slots)``: ``submit(chunk, timeout) -> Future`` and how many chunks run at once.
 
     The pool's workers receive ``call`` once, when they start, instead of with every chunk;
@@ -160,6 +171,9 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
     (any :class:`concurrent.futures.Executor`), chunks run there instead; it is the
     caller's, so it is left running.  ``initializer_timeout`` and ``max_items_per_worker``
     are those of :class:`~wfl_like.autoparallelize.workers.pool.WorkerPool` (ignored unless it runs).
+    ``inputs``: the whole sequence of items the chunks are made of (a tuple that nothing
+    changes while the call runs), where :func:`forks_workers` holds: the workers inherit it,
+    and a chunk of its items is sent as its place in it, not as the items.
     Leaving the block normally waits for the workers to finish; leaving it by an
     exception (including Ctrl-C) kills them at once.
     """
@@ -194,29 +208,53 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
     if thread_limit is not None:
         log.info("%s: native libraries (BLAS, OpenMP) limited to %d thread%s in each of the %d workers", call.name,
                  thread_limit, "" if thread_limit == 1 else "s", workers)
-    pool_init, pool_initargs = _worker_initializer(call, init_func, init_args, context.get_start_method())
+    inherited = inputs if context.get_start_method() == "fork" else None
+    pool_init, pool_initargs = _worker_initializer(call, init_func, init_args, context.get_start_method(),
+                                                   inherited)
     pool = WorkerPool(workers, initializer=pool_init, initargs=pool_initargs, mp_context=context,
                       on_demand=True, initializer_timeout=initializer_timeout,
                       max_items_per_worker=max_items_per_worker, devices=plan, threads=thread_limit)
     try:
-        yield (lambda chunk, timeout: pool.submit_task(run_installed, (chunk.first, packed(chunk.items), chunk.rngs),
-                                                       timeout=timeout, weight=len(chunk.items))), workers
+        yield _pool_submit(pool, inherited), workers
     except BaseException:
         pool.terminate()
         raise
     pool.shutdown(wait=True)
 
 
-def _worker_initializer(call, init_func, init_args, start_method):
-    """``(initializer, initargs)`` of the pool: install the call, then run the user's initializer.
+def _pool_submit(pool, inherited):
+    """``submit(chunk, timeout) -> Future`` of the pool: a chunk of ``inherited`` goes as its
+    place there (the workers hold their own copy), any other as its items, packed."""
+    def submit(chunk, timeout):
+        n_items = len(chunk.items)
+        if inherited is not None and _taken_from(inherited, chunk):
+            task = run_inherited, (chunk.first, n_items, chunk.rngs)
+        else:
+            task = run_installed, (chunk.first, packed(chunk.items), chunk.rngs)
+        return pool.submit_task(*task, timeout=timeout, weight=n_items)
 
-    Forked workers inherit both.  Others receive them pickled by value, in one payload:
+    return submit
+
+
+def _taken_from(inputs, chunk):
+    """Whether the chunk's items are ``inputs[chunk.first:]`` themselves, object for object: the
+    workers are sent places in ``inputs`` only where they would take these very items."""
+    part = inputs[chunk.first:chunk.first + len(chunk.items)]
+    return len(part) == len(chunk.items) and all(a is b for a, b in zip(part, chunk.items))
+
+
+def _worker_initializer(call, init_func, init_args, start_method, inputs=None):
+    """``(initializer, initargs)`` of the pool: install the call (and ``inputs``, for forked
+    workers to take chunks from), then run the user's initializer.
+
+    Forked workers inherit all of them.  Others receive the call and the initializer pickled by
+    value, in one payload (and chunks as their items):
     an initializer and an operation defined in a script share its globals there as in
     the driver (a potential the initializer keeps in a global is the op's), which two
     payloads, unpickled apart, would not.
     """
     if start_method == "fork":
-        return install, (call, init_func, tuple(init_args))
+        return install, (call, init_func, tuple(init_args), True, inputs)
     try:
         together = ByValue((call, init_func))
     except Exception as exc:

@@ -6,6 +6,7 @@ import os
 import threading
 from dataclasses import dataclass
 
+from wfl_like.autoparallelize.workers.isolation import isolated
 from wfl_like.autoparallelize.workers.packing import packed, unpacked
 from wfl_like.errors import ItemAbortedError, OpOutputError
 
@@ -132,6 +133,8 @@ class OpCall:
 # The call a pool worker applies, set once per worker by `install` so that the
 # operation and its arguments are not sent again with every chunk.
 _installed = None
+# The call's inputs, where this worker was forked with them (see run_inherited).
+_inherited_inputs = None
 
 
 class ByValue:
@@ -173,15 +176,18 @@ def call_generation():
     return _call_generation
 
 
-def install(call, initializer=None, initargs=(), own_process=True):
+def install(call, initializer=None, initargs=(), own_process=True, inputs=None):
     """Worker initializer: keep ``call`` for :func:`run_installed`, then run the user's initializer.
 
     ``call`` and ``initializer`` may come wrapped in :class:`ByValue`.  ``own_process``
     says this process is a pool worker of ours (not, say, a thread of the caller's).
+    ``inputs``: the call's whole input sequence, which a forked worker inherited from the
+    driver, for :func:`run_inherited`.
     """
-    global _installed
+    global _installed, _inherited_inputs
     call, initializer = _unwrap(call), _unwrap(initializer)
     _installed = call
+    _inherited_inputs = inputs
     begin_call()
     if own_process:
         # an op that calls another autoparallelized op runs it serially: a worker cannot have workers
@@ -194,6 +200,20 @@ def run_installed(first, items, rngs):
     """Apply the call set by :func:`install` to one chunk; the outputs are packed for the trip back
     (:mod:`~wfl_like.autoparallelize.workers.packing`)."""
     return packed(_installed.run(first, unpacked(items), rngs))
+
+
+def run_inherited(first, count, rngs):
+    """:func:`run_installed` on inputs ``first .. first + count - 1`` of those :func:`install` kept.
+
+    The operation gets copies (:func:`~wfl_like.autoparallelize.workers.isolation.isolated`,
+    equal to what unpickling the chunk gives): it may change them in place, and this
+    process's inherited inputs must stay as the driver has them, for a chunk retried here
+    item by item and for the workers forked from the driver after this one.
+    """
+    if _inherited_inputs is None or first < 0 or first + count > len(_inherited_inputs):
+        raise RuntimeError(f"items {first}..{first + count - 1} are not among this worker's inherited inputs "
+                           f"({'none' if _inherited_inputs is None else len(_inherited_inputs)})")
+    return packed(_installed.run(first, isolated(list(_inherited_inputs[first:first + count])), rngs))
 
 
 # The calls installed in this process by run_portable, by the id the driver gave each: a
