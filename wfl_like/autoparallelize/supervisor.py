@@ -22,6 +22,11 @@ log = logging.getLogger("wfl_like.progress")
 # Chunks queued per running slot: enough that no worker waits for the driver, few
 # enough that a huge input never sits in memory at once.
 IN_FLIGHT_PER_SLOT = 2
+# Outputs found in the journal, held while the chunks after them are read ahead, so that the
+# workers compute those while the driver stores what a resumed run had already done (bytes of
+# text; an output kept otherwise counts as _HELD_GUESS bytes)
+CACHED_AHEAD_BYTES = 64 * 2**20
+_HELD_GUESS = 4096
 
 # Failures that say nothing about the items: they end the whole call.
 _FATAL = (WorkerInitializerError, SlurmError, QueuedJobsTimeout)
@@ -54,7 +59,9 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
         ``submit(chunk, timeout) -> Future`` of the list of outputs of the chunk.
     chunks : iterable of Chunk
         Consumed lazily: at most ``IN_FLIGHT_PER_SLOT * slots`` chunks are submitted and
-        not yet handed back.
+        not yet handed back.  Chunks found in the journal (``cached``) take no slot: the
+        chunks after them are read ahead, while at most ``CACHED_AHEAD_BYTES`` of their
+        outputs are held, so that the workers never wait for the driver to store them.
     slots : int
         How many chunks run at once.
     op_name : str
@@ -77,6 +84,7 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
         progress = Progress(op_name)
     in_flight = collections.deque()
     limit = IN_FLIGHT_PER_SLOT * slots
+    computing = held = 0       # chunks submitted and not handed back; bytes of cached outputs held
 
     def note_cost(future, n_items):
         # only chunks that ran through say what an item costs
@@ -106,8 +114,17 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
             if chunk is None:
                 break
             in_flight.append(start(chunk))
-            if len(in_flight) >= limit:
-                yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
+            if chunk.cached is None:
+                computing += 1
+            else:
+                held += _held_bytes(chunk.cached)
+            while computing >= limit or held > CACHED_AHEAD_BYTES:
+                job = in_flight.popleft()
+                if job.chunk.cached is None:
+                    computing -= 1
+                else:
+                    held -= _held_bytes(job.chunk.cached)
+                yield _settle(job, submit, op_name, retries, timeout, progress)
         while in_flight:
             yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
         progress.finish()
@@ -117,6 +134,12 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
         for job in in_flight:
             job.future.cancel()
         progress.close()
+
+
+def _held_bytes(outputs):
+    """About how much memory the cached outputs of a chunk hold."""
+    return sum(len(text) if isinstance(text := getattr(output, "text", None), (str, bytes)) else _HELD_GUESS
+               for output in outputs)
 
 
 def _completed(outputs):
