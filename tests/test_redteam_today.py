@@ -269,3 +269,97 @@ def test_identical_structures_with_outputs_of_their_own_each_take_their_own_reco
     # once more, everything from the journal
     _queued(draw_and_shift, tmp_path / "in.xyz", out, _remote(per_job), 1)
     assert out.read_bytes() == expected
+
+
+def shifted(items):
+    for atoms in items:
+        atoms.positions[0, 0] += 0.5
+        atoms.info["seen"] = len(atoms)
+    return items
+
+
+def _files_call(tmp_path, names, info, prefix):
+    from wfl_like import ConfigSet
+
+    outs = [tmp_path / f"{prefix}_{name}" for name in names]
+    autoparallelize(shifted, ConfigSet([tmp_path / name for name in names]),
+                    OutputSpec([out.name for out in outs], file_root=tmp_path), autopara_info=info)
+    return [out.read_bytes() for out in outs]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_frames_moved_within_and_across_two_input_files_give_the_serial_outputs(tmp_path):
+    import ase.io
+
+    base = cells(6)
+    ase.io.write(tmp_path / "a.xyz", [base[0], base[1], base[0].copy()])
+    ase.io.write(tmp_path / "b.xyz", [base[2], base[3], base[0].copy()])
+    _files_call(tmp_path, ["a.xyz", "b.xyz"], _remote(2), "q")
+    # a frame inserted before the others of a.xyz, the last of b.xyz moved to the front of b.xyz
+    ase.io.write(tmp_path / "a.xyz", [base[4], base[0], base[1], base[0].copy()])
+    ase.io.write(tmp_path / "b.xyz", [base[0].copy(), base[2], base[3], base[5]])
+    expected = _files_call(tmp_path, ["a.xyz", "b.xyz"], {"num_python_subprocesses": 0}, "s")
+    got = _files_call(tmp_path, ["a.xyz", "b.xyz"], _remote(2), "q")
+    assert (tmp_path / ".q_a.xyz.journal.jobs").exists(), "no queued jobs were run"
+    assert got == expected
+
+
+def tag_or_fail(items, tag, fail_label=None, pause=0.0):
+    import time
+
+    time.sleep(pause)
+    for atoms in items:
+        if atoms.info["label"] == fail_label:
+            raise ValueError(f"label {fail_label} refused")
+        atoms.info["tag"] = tag
+    return items
+
+
+def _tag_call(tmp_path, out_name, info, overwrite=False, **kwargs):
+    from wfl_like import ConfigSet
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        autoparallelize(tag_or_fail, ConfigSet(tmp_path / "in.xyz"), OutputSpec(out_name, file_root=tmp_path,
+                                                                                 overwrite=overwrite),
+                        autopara_info=info, **kwargs)
+    path = tmp_path / out_name
+    return path.read_bytes() if path.exists() else None
+
+
+def _inputs(tmp_path, n=4):
+    import ase.io
+
+    ase.io.write(tmp_path / "in.xyz", cells(n))
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_overwrite_after_a_failed_queued_call_gives_the_new_arguments_outputs(tmp_path):
+    _inputs(tmp_path)
+    expected = _tag_call(tmp_path, "serial.xyz", {"num_python_subprocesses": 0}, tag="b")
+    with pytest.raises(AutoparallelizeError):
+        _tag_call(tmp_path, "out.xyz", _remote(2), tag="a", fail_label=1)
+    assert _tag_call(tmp_path, "out.xyz", _remote(2), overwrite=True, tag="b") == expected
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_overwrite_with_a_changed_argument_while_the_old_calls_jobs_run(tmp_path):
+    _inputs(tmp_path)
+    expected = _tag_call(tmp_path, "serial.xyz", {"num_python_subprocesses": 0}, tag="b")
+    assert _tag_call(tmp_path, "out.xyz", _remote(2, wait_for_results=False), tag="a", pause=3.0) is None
+    assert _tag_call(tmp_path, "out.xyz", _remote(2), overwrite=True, tag="b") == expected
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_collected_then_overwritten_without_waiting_then_collected_then_changed(tmp_path):
+    _inputs(tmp_path)
+    expected_a = _tag_call(tmp_path, "serial_a.xyz", {"num_python_subprocesses": 0}, tag="a")
+    expected_b = _tag_call(tmp_path, "serial_b.xyz", {"num_python_subprocesses": 0}, tag="b")
+    assert _tag_call(tmp_path, "out.xyz", _remote(2), tag="a") == expected_a
+    _tag_call(tmp_path, "out.xyz", _remote(2, wait_for_results=False), overwrite=True, tag="a", pause=1.0)
+    assert _tag_call(tmp_path, "out.xyz", _remote(2), overwrite=True, tag="a") == expected_a
+    assert _tag_call(tmp_path, "out.xyz", _remote(2), overwrite=True, tag="b") == expected_b
