@@ -363,3 +363,47 @@ def test_collected_then_overwritten_without_waiting_then_collected_then_changed(
     _tag_call(tmp_path, "out.xyz", _remote(2, wait_for_results=False), overwrite=True, tag="a", pause=1.0)
     assert _tag_call(tmp_path, "out.xyz", _remote(2), overwrite=True, tag="a") == expected_a
     assert _tag_call(tmp_path, "out.xyz", _remote(2), overwrite=True, tag="b") == expected_b
+
+
+OVERWRITING_DRIVER = """
+import json, os, signal, sys
+sys.path.insert(0, {tests!r})
+from wfl_like import ConfigSet, OutputSpec, autoparallelize
+from wfl_like.autoparallelize.remote import registry
+import test_redteam_today as ops
+
+die, info = sys.argv[1] == "die", json.loads(sys.argv[2])
+real_submitted = registry.JobRegistry.submitted
+if die:
+    registry.JobRegistry.submitted = lambda self, *a, **k: (real_submitted(self, *a, **k),
+                                                            os.kill(os.getpid(), signal.SIGKILL))
+autoparallelize(ops.tag_or_fail, ConfigSet("in.xyz"), OutputSpec("out.xyz", overwrite=True),
+                autopara_info={{"remote_info": info}}, tag="b", pause=1.0)
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_collected_then_an_overwriting_driver_killed_then_rerun_gives_the_new_outputs(tmp_path):
+    import json
+    import subprocess
+    from pathlib import Path
+
+    _inputs(tmp_path, 4)
+    expected_a = _tag_call(tmp_path, "serial_a.xyz", {"num_python_subprocesses": 0}, tag="a")
+    expected_b = _tag_call(tmp_path, "serial_b.xyz", {"num_python_subprocesses": 0}, tag="b", pause=1.0)
+    info = _remote(2)
+    assert _tag_call(tmp_path, "out.xyz", info, tag="a") == expected_a
+    script = tmp_path / "driver.py"
+    script.write_text(OVERWRITING_DRIVER.format(tests=str(Path(__file__).resolve().parent)))
+    remote_info = json.dumps(info["remote_info"])
+    try:
+        first = subprocess.run([sys.executable, str(script), "die", remote_info], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120)
+        assert first.returncode == -9, first.stderr[-3000:]
+        second = subprocess.run([sys.executable, str(script), "live", remote_info], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=200)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert (tmp_path / "out.xyz").read_bytes() == expected_b
+    finally:
+        subprocess.run(["scancel", "--me", "-n", info["remote_info"]["job_name"]], capture_output=True)
