@@ -228,6 +228,60 @@ def test_forked_workers_keep_objects_shared_by_the_structures_of_a_chunk_as_spaw
     assert [a.info["log"] for a in forked] == [a.info["log"] for a in spawned]
 
 
+def draw_then_kill_the_driver(items, _autopara_per_item_info, marker=None):
+    """Each item's draw in its info; the worker meeting label 5 SIGKILLs the driver once (``marker``)."""
+    import os
+    import signal
+
+    for atoms, info in zip(items, _autopara_per_item_info):
+        if marker is not None and atoms.info["label"] == 5 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getppid(), signal.SIGKILL)
+            os._exit(1)
+        atoms.info["draw"] = float(info["rng"].random())
+        atoms.positions[0, 0] += atoms.info["draw"]
+    return items
+
+
+RESUMED_DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+from ase import Atoms
+from wfl_like import OutputSpec, autoparallelize
+import test_redteam_today as ops
+
+items = ops.cells(8)
+items = items[:3] + [items[0]] + items[3:]          # one structure twice
+autoparallelize(ops.draw_then_kill_the_driver, items, OutputSpec("out.xyz"), rng=np.random.default_rng(1),
+                marker="killed", autopara_info={{"num_python_subprocesses": 2, "num_inputs_per_python_subprocess": 1}})
+"""
+
+
+def test_list_inputs_to_a_file_resumed_after_the_driver_is_killed_give_the_serial_bytes(tmp_path, monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    items = cells(8)
+    items = items[:3] + [items[0]] + items[3:]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "serial").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        autoparallelize(draw_then_kill_the_driver, items, OutputSpec("serial/out.xyz"),
+                        rng=np.random.default_rng(1), autopara_info={"num_python_subprocesses": 0})
+    script = tmp_path / "driver.py"
+    script.write_text(RESUMED_DRIVER.format(tests=str(Path(__file__).resolve().parent)))
+    env = {**__import__("os").environ, "WFL_LIKE_START_METHOD": "fork"}
+    first = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert first.returncode == -9, first.stderr[-3000:]
+    second = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (tmp_path / "out.xyz").read_bytes() == (tmp_path / "serial" / "out.xyz").read_bytes()
+
+
 # ---------------------------------------------------------------- queued jobs (local Slurm)
 
 def draw_and_shift(items, _autopara_per_item_info):
