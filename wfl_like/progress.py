@@ -12,6 +12,7 @@ or the call runs in a notebook, and never inside a worker process.  The log
 import logging
 import os
 import sys
+import threading
 import time
 
 PROGRESS_ENV = "WFL_LIKE_PROGRESS"
@@ -82,16 +83,14 @@ class Progress:
         self.op_name, self.total, self.interval = op_name, total, interval
         self.done = self.failed = 0
         self.start = self.last = time.monotonic()
-        self._bar = self._redirect = None
+        self._bar = None
         if bar:
             from tqdm.auto import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=total, desc=public_name(op_name), unit="item", dynamic_ncols=True,
                              smoothing=0.1, file=sys.stderr)
             # log lines written to the console while the bar is drawn go above it, not through it
-            self._redirect = logging_redirect_tqdm(loggers=_console_loggers())
-            self._redirect.__enter__()
+            _console.enter()
 
     def advance(self, n, failed):
         """Count ``n`` more items, ``failed`` of them failed."""
@@ -124,16 +123,79 @@ class Progress:
                  rate)
 
     def close(self):
-        if self._redirect is not None:
-            self._redirect.__exit__(None, None, None)
-            self._redirect = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+            _console.leave()
 
 
-def _console_loggers():
-    """The root logger and wfl_like's loggers that have handlers of their own (the command line's)."""
-    named = [logger for name, logger in logging.root.manager.loggerDict.items()
-             if name.split(".")[0] == "wfl_like" and isinstance(logger, logging.Logger) and logger.handlers]
-    return [logging.root, *named]
+class _AboveBars(logging.Handler):
+    """Stands in the place of a console handler while bars are drawn: each record goes to that
+    handler itself (its level, filters, formatter and stream as they are), with the bars cleared
+    from the terminal while it writes and drawn again below."""
+
+    def __init__(self, handler):
+        super().__init__()
+        self.handler = handler
+
+    def handle(self, record):
+        if record.levelno < self.handler.level:
+            return False
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=self.handler.stream):
+            return self.handler.handle(record)
+
+
+class _ConsoleHandlers:
+    """The console handlers of the loggers, each wrapped in an :class:`_AboveBars` in its own
+    place while at least one bar is drawn (calls may overlap: ``wait=False``), then put back
+    where they were; handlers added or removed meanwhile are left as the caller made them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._bars = 0
+        self._wrapped = []      # (logger, wrapper)
+
+    def enter(self):
+        with self._lock:
+            self._bars += 1
+            if self._bars == 1:
+                self._wrapped = [(logger, self._wrap(logger, i)) for logger in _loggers()
+                                 for i, handler in enumerate(logger.handlers) if _writes_to_console(handler)]
+
+    def leave(self):
+        with self._lock:
+            self._bars -= 1
+            if self._bars:
+                return
+            for logger, wrapper in self._wrapped:
+                handlers = list(logger.handlers)
+                if wrapper in handlers:
+                    handlers[handlers.index(wrapper)] = wrapper.handler
+                    logger.handlers = handlers
+            self._wrapped = []
+
+    @staticmethod
+    def _wrap(logger, position):
+        wrapper = _AboveBars(logger.handlers[position])
+        handlers = list(logger.handlers)
+        handlers[position] = wrapper
+        # a new list, swapped in whole: a record being handled in another thread sees the old one
+        logger.handlers = handlers
+        return wrapper
+
+
+_console = _ConsoleHandlers()
+
+
+def _loggers():
+    """The root logger and every other logger that has handlers of its own."""
+    others = [logger for logger in logging.root.manager.loggerDict.values()
+              if isinstance(logger, logging.Logger) and logger.handlers]
+    return [logging.root, *others]
+
+
+def _writes_to_console(handler):
+    return (type(handler) is logging.StreamHandler
+            and getattr(handler, "stream", None) in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))

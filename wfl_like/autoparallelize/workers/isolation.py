@@ -37,14 +37,20 @@ def isolated(items: list) -> list:
     -------
     list
         Equal items, with the identities a pickle round trip of the list keeps: an object
-        that appears twice in ``items`` appears twice in the copy, as one object.
+        that appears twice in ``items``, or that two of them share (a list in the ``info``
+        of two structures), appears twice in the copy, as one object.
     """
     memo = {}
     copies = []
     for item in items:
         known = memo.get(id(item))
         if known is None:
-            known = memo[id(item)] = _copy(item)
+            try:
+                known = memo[id(item)] = _copy(item, memo)
+            except _NotPlain:
+                # an object only pickle copies faithfully, which the others may share: the
+                # whole chunk goes through pickle at once, as it would to a worker
+                return round_trip(list(items))
         copies.append(known)
     return copies
 
@@ -54,20 +60,17 @@ def round_trip(obj):
     return pickle.loads(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
 
 
-def _copy(item):
+def _copy(item, memo):
     if type(item) is FrameItem:
         return item         # frozen, of immutable parts: the worker side parses its own structures from it
-    if is_plain_atoms(item):
-        try:
-            return _copy_atoms(item)
-        except _NotPlain:
-            pass        # its info holds something else than plain data
-    return round_trip(item)
+    if not is_plain_atoms(item):
+        raise _NotPlain
+    return _copy_atoms(item, memo)
 
 
-def _copy_atoms(atoms):
+def _copy_atoms(atoms, memo):
     state = atoms.__dict__
-    info = _copy_plain(state["info"])
+    info = _copy_plain(state["info"], memo)
     return atoms_from_parts(state["_cellobj"].array.copy(), state["_pbc"].copy(),
                             {name: value.copy() for name, value in state["arrays"].items()}, info,
                             state["_celldisp"].copy())
@@ -79,20 +82,27 @@ def _copy_array(array):
     return array.copy()
 
 
-def _copy_plain(value):
-    """A deep copy of plain data; _NotPlain for anything else."""
+def _copy_plain(value, memo):
+    """A deep copy of plain data, each mutable part copied once (``memo``: id -> copy); _NotPlain
+    for anything else."""
     kind = type(value)
     if kind in _IMMUTABLE or isinstance(value, np.generic):
         return value
+    known = memo.get(id(value))
+    if known is not None:
+        return known
     if kind is dict:
-        return {_key(key): _copy_plain(item) for key, item in value.items()}
-    if kind is list:
-        return [_copy_plain(item) for item in value]
-    if kind is tuple:
-        return tuple(_copy_plain(item) for item in value)
-    if kind is np.ndarray:
-        return _copy_array(value)
-    raise _NotPlain
+        copied = {_key(key): _copy_plain(item, memo) for key, item in value.items()}
+    elif kind is list:
+        copied = [_copy_plain(item, memo) for item in value]
+    elif kind is tuple:
+        copied = tuple(_copy_plain(item, memo) for item in value)
+    elif kind is np.ndarray:
+        copied = _copy_array(value)
+    else:
+        raise _NotPlain
+    memo[id(value)] = copied
+    return copied
 
 
 def _key(key):

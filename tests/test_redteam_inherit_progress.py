@@ -1,6 +1,8 @@
-"""Red-team tests of today's changes: inherited inputs of forked workers, queued jobs, progress bars.
+"""Red-team tests of inherited inputs of forked workers, queued jobs and progress bars.
 
-Tests marked xfail(strict=True) show a break that is there today: each passes once it is fixed.
+Seven of them were breaks when they were written (a console handler's level, stream or
+absence ignored while a bar is drawn, handlers lost by overlapping calls, objects shared by
+the structures of a chunk split by forked workers), now fixed; the others confirm what held.
 """
 
 import logging
@@ -60,10 +62,6 @@ def call_with_bar(op, n=3, **more):
                                autopara_info={"progress": True, "num_python_subprocesses": 0, **more})
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="progress.Progress uses tqdm's logging_redirect_tqdm, whose handler takes the console "
-                          "handler's stream, formatter and filters but not its level: a StreamHandler(stderr) "
-                          "set to WARNING prints INFO lines while a bar is drawn")
 def test_a_console_handler_level_still_holds_while_the_bar_is_drawn(root_logging, capsys):
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.WARNING)
@@ -75,10 +73,6 @@ def test_a_console_handler_level_still_holds_while_the_bar_is_drawn(root_logging
     assert "INFO-LINE-0" not in err, "an INFO line reached a console handler set to WARNING"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="logging_redirect_tqdm adds a console handler to every logger it is given, the root "
-                          "logger included, even one that had no console handler: a script logging to a file "
-                          "only gets its log lines on stderr while a bar is drawn")
 def test_a_script_logging_only_to_a_file_gets_no_log_lines_on_the_console(root_logging, capsys, tmp_path):
     handler = logging.FileHandler(tmp_path / "run.log")
     root_logging.handlers[:] = [handler]
@@ -90,10 +84,6 @@ def test_a_script_logging_only_to_a_file_gets_no_log_lines_on_the_console(root_l
     assert "WARN-LINE-0" not in err and "INFO-LINE-0" not in err, "log lines meant for a file reached stderr"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="logging_redirect_tqdm replaces all console handlers of a logger by one handler on the "
-                          "first one's stream: a handler on stdout and one on stderr become one, and the lines "
-                          "the stderr handler wrote go to stdout only")
 def test_two_console_handlers_each_keep_their_stream_while_the_bar_is_drawn(root_logging, capsys):
     out_handler = logging.StreamHandler(sys.stdout)
     err_handler = logging.StreamHandler(sys.stderr)
@@ -142,10 +132,6 @@ def slow_until(event):
     return op
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="progress.Progress enters logging_redirect_tqdm per call and its exit restores the "
-                          "handler list it saw on entry: two overlapping calls with bars that end in the order "
-                          "they started leave the first call's tqdm handler on the root logger for good")
 def test_two_overlapping_calls_with_bars_leave_the_root_handlers_as_they_were(root_logging, capsys):
     handler = logging.StreamHandler(sys.stderr)
     root_logging.handlers[:] = [handler]
@@ -167,9 +153,6 @@ def test_two_overlapping_calls_with_bars_leave_the_root_handlers_as_they_were(ro
     assert root_logging.handlers == [handler], f"root handlers after both calls: {root_logging.handlers}"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="logging_redirect_tqdm's exit sets logger.handlers back to the list saved on entry: a "
-                          "handler the caller adds while a wait=False call draws its bar is dropped when it ends")
 def test_a_handler_added_while_a_background_call_draws_its_bar_stays(root_logging, capsys, tmp_path):
     root_logging.handlers[:] = [logging.StreamHandler(sys.stderr)]
     may_end = threading.Event()
@@ -218,10 +201,6 @@ def sharing_one_log(n=4):
     return items
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="opcall.run_inherited copies a chunk with isolation.isolated, which copies each plain "
-                          "Atoms' info part by part and so splits an object two structures of the chunk share; "
-                          "pickling the chunk (spawn, and fork before today) keeps it one object")
 def test_forked_workers_keep_objects_shared_by_the_structures_of_a_chunk_as_spawned_ones_do(monkeypatch):
     spawned = run_list(append_label_to_shared_log, sharing_one_log(), 2, monkeypatch, start="spawn")
     forked = run_list(append_label_to_shared_log, sharing_one_log(), 2, monkeypatch, start="fork")
@@ -251,11 +230,6 @@ def sharing_one_counter(n=4):
     return items
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="opcall.run_inherited copies with isolation.isolated, which round-trips each non-plain "
-                          "item through pickle on its own: an object the items of a chunk share (one calculator "
-                          "or helper for all) becomes one copy per item, where the pickled chunk (spawn, and fork "
-                          "before today) keeps one")
 def test_forked_workers_keep_one_object_shared_by_non_plain_items_of_a_chunk(monkeypatch):
     spawned = run_list(count_with_the_shared_calculator, sharing_one_counter(), 2, monkeypatch, start="spawn")
     forked = run_list(count_with_the_shared_calculator, sharing_one_counter(), 2, monkeypatch, start="fork")
