@@ -258,7 +258,7 @@ sys.path.insert(0, {tests!r})
 import numpy as np
 from ase import Atoms
 from wfl_like import OutputSpec, autoparallelize
-import test_redteam_today as ops
+import test_redteam_inherit_progress as ops
 
 items = ops.cells(8)
 items = items[:3] + [items[0]] + items[3:]          # one structure twice
@@ -433,7 +433,7 @@ import json, os, signal, sys
 sys.path.insert(0, {tests!r})
 from wfl_like import ConfigSet, OutputSpec, autoparallelize
 from wfl_like.autoparallelize.remote import registry
-import test_redteam_today as ops
+import test_redteam_inherit_progress as ops
 
 die, info = sys.argv[1] == "die", json.loads(sys.argv[2])
 real_submitted = registry.JobRegistry.submitted
