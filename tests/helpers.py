@@ -5,6 +5,8 @@ import shutil
 import signal
 import sys
 import time
+import uuid
+from pathlib import Path
 
 
 def listing(directory):
@@ -133,10 +135,6 @@ def cu_cells(n, seed=0):
 def queued_remote_info(per_job, job_prefix, check_interval, **options):
     """A ``remote_info`` dict for tests on the local Slurm: a unique job name, one core per job,
     no worker pool inside it, and ``tests/`` importable there (the jobs import the tests' ops)."""
-    import os
-    import uuid
-    from pathlib import Path
-
     tests = str(Path(__file__).resolve().parent)
     env = {"WFL_NUM_PYTHON_SUBPROCESSES": "0",
            "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
@@ -150,8 +148,6 @@ def queued_remote_info(per_job, job_prefix, check_interval, **options):
 def queued_task_dir(output, number):
     """The directory of task ``number`` of the queued call writing ``output``, as its registry names it
     (``task_<number>_<token>``: a task directory is never used twice)."""
-    from pathlib import Path
-
     from wfl_like.autoparallelize.remote.registry import JobRegistry
 
     state = Path(output).with_name(f".{Path(output).name}.journal.jobs")

@@ -161,8 +161,8 @@ class _ConsoleHandlers:
         with self._lock:
             self._bars += 1
             if self._bars == 1:
-                self._wrapped = [(logger, self._wrap(logger, i)) for logger in _loggers()
-                                 for i, handler in enumerate(logger.handlers) if _writes_to_console(handler)]
+                for logger in _loggers():
+                    self._wrap_console_handlers(logger)
 
     def leave(self):
         with self._lock:
@@ -176,14 +176,13 @@ class _ConsoleHandlers:
                     logger.handlers = handlers
             self._wrapped = []
 
-    @staticmethod
-    def _wrap(logger, position):
-        wrapper = _AboveBars(logger.handlers[position])
-        handlers = list(logger.handlers)
-        handlers[position] = wrapper
-        # a new list, swapped in whole: a record being handled in another thread sees the old one
-        logger.handlers = handlers
-        return wrapper
+    def _wrap_console_handlers(self, logger):
+        handlers = [_AboveBars(h) if _writes_to_console(h) else h for h in logger.handlers]
+        wrappers = [h for h in handlers if isinstance(h, _AboveBars)]
+        if wrappers:
+            # a new list, swapped in whole: a record being handled in another thread sees the old one
+            logger.handlers = handlers
+            self._wrapped += [(logger, wrapper) for wrapper in wrappers]
 
 
 _console = _ConsoleHandlers()

@@ -48,6 +48,8 @@ class _Job:
         self.chunk = chunk
         self.future = future
         self.parts = None       # after a split: [(one-item chunk, future, attempts)]
+        # about how much memory its outputs take while it waits, where they were found in the journal
+        self.held = 0 if chunk.cached is None else _held_bytes(chunk.cached)
 
 
 def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_size=None, progress=None):
@@ -113,17 +115,14 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
                 raise
             if chunk is None:
                 break
-            in_flight.append(start(chunk))
-            if chunk.cached is None:
-                computing += 1
-            else:
-                held += _held_bytes(chunk.cached)
+            job = start(chunk)
+            in_flight.append(job)
+            computing += chunk.cached is None
+            held += job.held
             while computing >= limit or held > CACHED_AHEAD_BYTES:
                 job = in_flight.popleft()
-                if job.chunk.cached is None:
-                    computing -= 1
-                else:
-                    held -= _held_bytes(job.chunk.cached)
+                computing -= job.chunk.cached is None
+                held -= job.held
                 yield _settle(job, submit, op_name, retries, timeout, progress)
         while in_flight:
             yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)

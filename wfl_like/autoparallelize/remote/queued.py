@@ -32,7 +32,7 @@ from wfl_like.autoparallelize.remote.registry import REGISTRY_NAME, JobRegistry
 from wfl_like.autoparallelize.remote.results import read_results
 from wfl_like.autoparallelize.remote.task import write_task
 from wfl_like.autoparallelize.resume import codec, stored
-from wfl_like.autoparallelize.resume.relocate import relocated
+from wfl_like.autoparallelize.resume.relocate import moved_output
 from wfl_like.errors import QueuedJobsTimeout, SlurmError
 from wfl_like.io.renderer import RenderedOutput
 
@@ -237,13 +237,8 @@ class QueuedJobs:
         output = self._kept(record)
         if not isinstance(output, RenderedOutput):
             return output       # nothing of the location is in it
-        try:
-            _, old_inner = self.renderer.file_of(view.entry.locations[position])
-            file_i, new_inner = self.renderer.file_of(location)
-        except ValueError:
-            return _CANNOT
-        text = relocated(output.text, output.count, old_inner, new_inner)
-        return _CANNOT if text is None else output._replace(file_i=file_i, text=text)
+        moved = moved_output(output, self.renderer, view.entry.locations[position], location)
+        return _CANNOT if moved is None else moved
 
     def _view(self, entry):
         view = self._views.get(entry.number)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wfl_like.autoparallelize.frame_items import FrameItem
 from wfl_like.autoparallelize.resume import codec, stored
-from wfl_like.autoparallelize.resume.relocate import relocated
+from wfl_like.autoparallelize.resume.relocate import moved_output
 from wfl_like.autoparallelize.resume.fingerprint import (describe, fingerprint, fingerprint_call, fingerprint_extra,
                                                          frame_key)
 from wfl_like.autoparallelize.resume.journal import Journal, journal_path
@@ -170,13 +170,7 @@ class RunCache:
         ``new_location`` gives it, or None when that cannot be done exactly."""
         if self._renderer is None:
             return None
-        try:
-            _, old_inner = self._renderer.file_of(old_location)
-            file_i, new_inner = self._renderer.file_of(new_location)
-        except ValueError:
-            return None     # it picks no file of this run: the item's own check says so when computed
-        text = relocated(output.text, output.count, old_inner, new_inner)
-        return None if text is None else output._replace(file_i=file_i, text=text)
+        return moved_output(output, self._renderer, old_location, new_location)
 
     def record(self, chunk, done, failed, packed=None):
         """Persist a chunk's finished items (``done``: ``[(index, output)]``, ``failed``:

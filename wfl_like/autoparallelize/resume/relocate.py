@@ -57,6 +57,21 @@ def relocated(text, count, old_inner, new_inner):
     return "".join(pieces)
 
 
+def moved_output(output, renderer, old_location, new_location):
+    """``output`` (a RenderedOutput rendered at ``old_location``, a whole input location) as
+    rendering it at ``new_location`` gives it, or None when that cannot be done exactly.
+
+    ``renderer`` decides, as rendering does, which file and inner location a location gives.
+    """
+    try:
+        _, old_inner = renderer.file_of(old_location)
+        file_i, new_inner = renderer.file_of(new_location)
+    except ValueError:
+        return None     # it picks no file of this run: the item's own check says so when computed
+    text = relocated(output.text, output.count, old_inner, new_inner)
+    return None if text is None else output._replace(file_i=file_i, text=text)
+
+
 def _moved_comment(line, old, new):
     """The comment line with its one location value moved from under ``old`` to under ``new``;
     None when it holds no such single value (or ``old`` elsewhere, which might be a copy)."""
