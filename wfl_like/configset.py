@@ -579,9 +579,26 @@ class OutputSpec:
         check_stop()
         if self.closed:
             raise ValueError("cannot store into an OutputSpec after close()")
+        # single structures without a location and without tags (the common case) are put
+        # after the others in one go; any other output is kept as store() keeps it, in turn
+        following = []
         for configs, input_CS_loc in outputs:
-            if configs is not None:
-                self._keep(configs, parse_location(input_CS_loc))
+            if configs is None:
+                continue
+            if not input_CS_loc and type(configs) is Atoms and not self.tags:
+                following.append(configs)
+                continue
+            self._append(following)
+            following = []
+            self._keep(configs, parse_location(input_CS_loc))
+        self._append(following)
+
+    def _append(self, structures):
+        """Keep single structures, without locations or tags, after the others."""
+        if structures:
+            self._take_location(())
+            self.configs.extend(structures)
+            self.n_stored += len(structures)
 
     def _keep(self, configs, loc):
         """Keep an output in memory at ``loc`` (a tuple; empty: after the others)."""

@@ -88,6 +88,12 @@ class SparseList:
         """Put ``value`` after the last item."""
         self.set(self._end, value)
 
+    def extend(self, values):
+        """Put ``values`` after the last item, in order."""
+        values = list(values)
+        self._items.update(zip(range(self._end, self._end + len(values)), values))
+        self._end += len(values)
+
     def __repr__(self):
         return f"SparseList({dict(self.present())!r})"
 

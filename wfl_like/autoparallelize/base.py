@@ -17,6 +17,7 @@ from wfl_like.autoparallelize.remote import queued
 from wfl_like.autoparallelize.autoparainfo import AutoparaInfo, workers_read_files
 from wfl_like.autoparallelize.resume.cache import RunCache, input_digests, inputs_fingerprint, journal_location
 from wfl_like.autoparallelize.resume import stored
+from wfl_like.autoparallelize.collector import collector_paused
 from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
 from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, count_frames, frame_items
 from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_runner, forks_workers, num_workers
@@ -288,8 +289,13 @@ def _compute(call, inputs, outputs, info, rng, cache):
     if initializer_timeout is None and info.initializer[0] is not None:
         # a per-item limit also bounds the user's set-up, unless it is given a limit of its own
         initializer_timeout = info.timeout
-    with chunk_runner(call, workers, info.initializer, executor=executor, initializer_timeout=initializer_timeout,
-                      max_items_per_worker=info.max_items_per_worker, inputs=inherited) as (submit, slots):
+    # outputs computed in other processes (wfl_like's workers, the MPI ranks; an executor of the
+    # caller's may run the op in this one) are gathered with the collector paused (see collector)
+    elsewhere = executor is mpipool_support.active_executor() if executor is not None else workers and not in_worker()
+    paused = collector_paused() if elsewhere and info.wait else contextlib.nullcontext()
+    with paused, chunk_runner(call, workers, info.initializer, executor=executor,
+                              initializer_timeout=initializer_timeout, max_items_per_worker=info.max_items_per_worker,
+                              inputs=inherited) as (submit, slots):
         results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
                                chunk_size=sizer, progress=progress)
         with contextlib.closing(results):      # an error while storing withdraws the queued chunks
@@ -442,7 +448,8 @@ def _sorted_chunk(result, outputs, name, skip_failed, cache, rendered_by_workers
     workers made."""
     done, failed, rendered, packed = [], list(result.failures), [], {}
     failed_indices = {failure.index for failure in failed}
-    locations = dict(zip(result.chunk.indices, result.chunk.locations))
+    locations = dict(zip(result.chunk.indices, result.chunk.locations)) if to_files else None
+    where = _where(outputs)
     for index, output in zip(result.chunk.indices, result.outputs):
         if index in failed_indices:
             continue
@@ -459,7 +466,7 @@ def _sorted_chunk(result, outputs, name, skip_failed, cache, rendered_by_workers
                 if text is not None:
                     rendered.append(text)
             else:
-                _check_output(output, outputs, name, skip_failed)
+                check_output(output, name, skip_failed, where)
         except OpOutputError as exc:
             # the record names the item; the reason keeps the exception's own type
             reason = one_line_reason(exc)
@@ -519,11 +526,14 @@ def _joined(rendered):
 
 def _check_output(output, outputs, name, skip_failed):
     """Refuse (OpOutputError) an item's output that cannot be stored."""
+    check_output(output, name, skip_failed, _where(outputs))
+
+
+def _where(outputs):
+    """Where outputs go, for check_output's messages: None where they are not stored."""
     if outputs is None:
-        where = None
-    else:
-        where = [str(p) for p in outputs.paths] if outputs.files is not None else "an OutputSpec in memory"
-    check_output(output, name, skip_failed, where)
+        return None
+    return [str(p) for p in outputs.paths] if outputs.files is not None else "an OutputSpec in memory"
 
 
 def _refuse_output_over_input(inputs, outputs):

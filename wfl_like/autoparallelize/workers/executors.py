@@ -213,7 +213,8 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
                                                    inherited)
     pool = WorkerPool(workers, initializer=pool_init, initargs=pool_initargs, mp_context=context,
                       on_demand=True, initializer_timeout=initializer_timeout,
-                      max_items_per_worker=max_items_per_worker, devices=plan, threads=thread_limit)
+                      max_items_per_worker=max_items_per_worker, devices=plan, threads=thread_limit,
+                      send_ahead=True)
     try:
         yield _pool_submit(pool, inherited), workers
     except BaseException:
@@ -224,10 +225,21 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
 
 def _pool_submit(pool, inherited):
     """``submit(chunk, timeout) -> Future`` of the pool: a chunk of ``inherited`` goes as its
-    place there (the workers hold their own copy), any other as its items, packed."""
+    place there (the workers hold their own copy), any other as its items, packed.
+
+    Only a chunk's first run goes as a place: a worker may have lent its own inherited items
+    to the operation (:func:`~wfl_like.autoparallelize.workers.opcall.run_inherited`), so a
+    chunk run again, or its items one by one, go as the driver's items, which no operation
+    has seen.  Chunks come in input order, so a chunk that begins before the end of those
+    sent so far is being run again.
+    """
+    sent_up_to = 0
+
     def submit(chunk, timeout):
+        nonlocal sent_up_to
         n_items = len(chunk.items)
-        if inherited is not None and _taken_from(inherited, chunk):
+        if inherited is not None and chunk.first >= sent_up_to and _taken_from(inherited, chunk):
+            sent_up_to = chunk.first + n_items
             task = run_inherited, (chunk.first, n_items, chunk.rngs)
         else:
             task = run_installed, (chunk.first, packed(chunk.items), chunk.rngs)
@@ -254,7 +266,8 @@ def _worker_initializer(call, init_func, init_args, start_method, inputs=None):
     payloads, unpickled apart, would not.
     """
     if start_method == "fork":
-        return install, (call, init_func, tuple(init_args), True, inputs)
+        lend = inputs is not None and len(set(map(id, inputs))) == len(inputs)
+        return install, (call, init_func, tuple(init_args), True, inputs, lend)
     try:
         together = ByValue((call, init_func))
     except Exception as exc:

@@ -13,6 +13,7 @@ round trip, so the result is always what a worker would have received.
 
 import copy
 import pickle
+import sys
 
 import numpy as np
 
@@ -53,6 +54,81 @@ def isolated(items: list) -> list:
                 return round_trip(list(items))
         copies.append(known)
     return copies
+
+
+def lendable(items: list) -> bool:
+    """Whether an operation may be given ``items`` themselves, in a process whose items they are.
+
+    A forked worker's inherited inputs are its own: a change made there reaches neither the
+    caller nor another worker.  But a part that two items share (one list in the ``info``
+    of two structures) or that something else in the process holds would carry a change
+    made while one chunk ran into a later chunk, where a copy would not.  So the items are
+    lent only where each is a plain ``Atoms`` whose every mutable part (its dicts, lists,
+    arrays and cell, to the bottom of its ``info``) is held by that item alone: a reference
+    count of one, which no sharing can give.  An array that is a view of another does not
+    qualify.  The caller makes sure that no item appears twice among the inputs.
+
+    Parameters
+    ----------
+    items : list
+        A chunk's inputs.
+
+    Returns
+    -------
+    bool
+    """
+    for item in items:
+        if not is_plain_atoms(item) or not _atoms_owns_its_parts(item):
+            return False
+    return True
+
+
+# sys.getrefcount of a part reached as `holder[key]`, held once: its holder's and the call's
+_HELD_ONCE = 2
+
+
+def _atoms_owns_its_parts(atoms):
+    state = atoms.__dict__
+    # written out flat: it is asked of every item of every chunk that is lent
+    if (sys.getrefcount(atoms.__dict__) != _HELD_ONCE + 1         # the object's own, and `state`
+            or sys.getrefcount(state["arrays"]) != _HELD_ONCE or sys.getrefcount(state["_cellobj"]) != _HELD_ONCE
+            or sys.getrefcount(state["_pbc"]) != _HELD_ONCE or sys.getrefcount(state["_celldisp"]) != _HELD_ONCE
+            or sys.getrefcount(state["_constraints"]) != _HELD_ONCE or sys.getrefcount(state["info"]) != _HELD_ONCE):
+        return False
+    cell = state["_cellobj"].__dict__
+    if sys.getrefcount(cell["array"]) != _HELD_ONCE or cell["array"].base is not None:
+        return False
+    if state["_pbc"].base is not None or state["_celldisp"].base is not None:
+        return False
+    arrays = state["arrays"]
+    for name in arrays:
+        if sys.getrefcount(arrays[name]) != _HELD_ONCE or arrays[name].base is not None:
+            return False
+    return _owns_its_parts(state["info"])
+
+
+def _owns_its_parts(container):
+    """Whether every mutable value in a dict, list or tuple is held by it alone, all the way down."""
+    keys = container.keys() if type(container) is dict else range(len(container))
+    for key in keys:
+        kind = type(container[key])
+        if kind in _IMMUTABLE or isinstance(container[key], np.generic):
+            continue
+        if kind is tuple and not _owns_its_parts(container[key]):
+            return False        # a tuple of immutable values may be shared: nothing in it can change
+        if kind is tuple:
+            continue
+        if sys.getrefcount(container[key]) != _HELD_ONCE:
+            return False
+        if kind is dict or kind is list:
+            if not _owns_its_parts(container[key]):
+                return False
+        elif kind is np.ndarray:
+            if container[key].base is not None or container[key].dtype.hasobject:
+                return False
+        else:
+            return False
+    return True
 
 
 def round_trip(obj):

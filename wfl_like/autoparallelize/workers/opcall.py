@@ -6,7 +6,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from wfl_like.autoparallelize.workers.isolation import isolated
+from wfl_like.autoparallelize.workers.isolation import isolated, lendable
 from wfl_like.autoparallelize.workers.packing import packed, unpacked
 from wfl_like.errors import ItemAbortedError, OpOutputError
 
@@ -133,8 +133,10 @@ class OpCall:
 # The call a pool worker applies, set once per worker by `install` so that the
 # operation and its arguments are not sent again with every chunk.
 _installed = None
-# The call's inputs, where this worker was forked with them (see run_inherited).
+# The call's inputs, where this worker was forked with them (see run_inherited), and whether
+# the operation may be given them themselves (no structure among them appears twice).
 _inherited_inputs = None
+_lend_inherited = False
 
 
 class ByValue:
@@ -176,18 +178,19 @@ def call_generation():
     return _call_generation
 
 
-def install(call, initializer=None, initargs=(), own_process=True, inputs=None):
+def install(call, initializer=None, initargs=(), own_process=True, inputs=None, lend=False):
     """Worker initializer: keep ``call`` for :func:`run_installed`, then run the user's initializer.
 
     ``call`` and ``initializer`` may come wrapped in :class:`ByValue`.  ``own_process``
     says this process is a pool worker of ours (not, say, a thread of the caller's).
     ``inputs``: the call's whole input sequence, which a forked worker inherited from the
-    driver, for :func:`run_inherited`.
+    driver, for :func:`run_inherited`; ``lend``: no object appears twice among them.
     """
-    global _installed, _inherited_inputs
+    global _installed, _inherited_inputs, _lend_inherited
     call, initializer = _unwrap(call), _unwrap(initializer)
     _installed = call
     _inherited_inputs = inputs
+    _lend_inherited = lend and inputs is not None
     begin_call()
     if own_process:
         # an op that calls another autoparallelized op runs it serially: a worker cannot have workers
@@ -205,15 +208,23 @@ def run_installed(first, items, rngs):
 def run_inherited(first, count, rngs):
     """:func:`run_installed` on inputs ``first .. first + count - 1`` of those :func:`install` kept.
 
-    The operation gets copies (:func:`~wfl_like.autoparallelize.workers.isolation.isolated`,
-    equal to what unpickling the chunk gives): it may change them in place, and this
-    process's inherited inputs must stay as the driver has them, for a chunk retried here
-    item by item and for the workers forked from the driver after this one.
+    Each chunk is sent here once: the driver sends a chunk it runs again (split after a
+    failure, retried after its worker died) as its items, as they stand in the driver.  So
+    the operation may be given this process's own inherited items, and change them in place,
+    where nothing else can see the change: where no item appears twice among the inputs and
+    no part of an item is shared
+    (:func:`~wfl_like.autoparallelize.workers.isolation.lendable`).  Otherwise it gets copies
+    (:func:`~wfl_like.autoparallelize.workers.isolation.isolated`, equal to what unpickling
+    the chunk gives), as in a serial run.  Workers forked after this one start from the
+    driver's items, which no operation has seen.
     """
     if _inherited_inputs is None or first < 0 or first + count > len(_inherited_inputs):
         raise RuntimeError(f"items {first}..{first + count - 1} are not among this worker's inherited inputs "
                            f"({'none' if _inherited_inputs is None else len(_inherited_inputs)})")
-    return packed(_installed.run(first, isolated(list(_inherited_inputs[first:first + count])), rngs))
+    items = list(_inherited_inputs[first:first + count])
+    if not (_lend_inherited and lendable(items)):
+        items = isolated(items)
+    return packed(_installed.run(first, items, rngs))
 
 
 # The calls installed in this process by run_portable, by the id the driver gave each: a

@@ -93,28 +93,36 @@ def _pack(items, names, plain):
         else:
             counts.append(_OTHER)
             others.append(item)
-    arrays = tuple(np.concatenate([s.arrays[name] for s in structures]) for name, _, _ in names)
-    cells = np.stack([s.cell.array for s in structures])
-    pbcs = np.stack([s.pbc for s in structures])
-    displacements = np.stack([s._celldisp for s in structures])
-    infos = [s.info for s in structures]
+    states = [s.__dict__ for s in structures]
+    arrays = tuple(np.concatenate([state["arrays"][name] for state in states]) for name, _, _ in names)
+    # joined end to end and shaped after: np.stack costs more than all the rest
+    cells = np.concatenate([state["_cellobj"].array for state in states]).reshape(-1, 3, 3)
+    pbcs = np.concatenate([state["_pbc"] for state in states]).reshape(-1, 3)
+    displacements = np.concatenate([state["_celldisp"] for state in states]).reshape(-1, 3, 1)
+    infos = [state["info"] for state in states]
     return (np.array(counts, dtype=np.int64), tuple(name for name, _, _ in names), arrays, cells, pbcs,
             displacements, infos, others)
 
 
 def _unpack(counts, names, arrays, cells, pbcs, displacements, infos, others):
+    sizes = counts[counts >= 0]
+    # each structure's arrays, cut name by name: one loop per name costs less than one
+    # dictionary built per structure from slices
+    if len(sizes) and (sizes == sizes[0]).all():
+        shape = (len(sizes), int(sizes[0]))
+        columns = [[part.copy() for part in array.reshape(shape + array.shape[1:])] for array in arrays]
+    else:
+        ends = np.cumsum(sizes).tolist()
+        bounds = list(zip([0] + ends[:-1], ends))
+        columns = [[array[start:end].copy() for start, end in bounds] for array in arrays]
+    per_structure = zip(zip(*columns), cells, pbcs, displacements, infos)
     items, others = [], iter(others)
-    start = k = 0
     for count in counts.tolist():
         if count == _NONE:
             items.append(None)
-            continue
-        if count == _OTHER:
+        elif count == _OTHER:
             items.append(next(others))
-            continue
-        end = start + count
-        items.append(atoms_from_parts(cells[k].copy(), pbcs[k].copy(),
-                                      {name: array[start:end].copy() for name, array in zip(names, arrays)},
-                                      infos[k], displacements[k].copy()))
-        start, k = end, k + 1
+        else:
+            parts, cell, pbc, displacement, info = next(per_structure)
+            items.append(atoms_from_parts(cell.copy(), pbc.copy(), dict(zip(names, parts)), info, displacement.copy()))
     return items

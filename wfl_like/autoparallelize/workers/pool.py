@@ -13,6 +13,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import pickle
 import selectors
 import sys
 import threading
@@ -39,6 +40,10 @@ _MAX_WAIT = 3600.0
 
 # How often a worker that was asked to leave is looked at while it is waited for.
 _EXIT_POLL = 0.05
+
+# With send_ahead, a worker whose last task took less than this many seconds is sent its
+# next task while it still runs one (see WorkerPool).
+_SEND_AHEAD_BELOW = 0.1
 
 
 class RemoteTraceback(Exception):
@@ -111,6 +116,9 @@ class _Worker:
             child_conn.close()
         self.ready = False        # the initializer has run; tasks may be sent
         self.task = None          # the _Task being run
+        self.next_task = None     # a _Task sent ahead, waiting in its pipe (see _SEND_AHEAD_BELOW)
+        self.task_began = None    # when the worker began its task, about (monotonic)
+        self.quick = False        # its last task took less than _SEND_AHEAD_BELOW
         self.timed_out = False    # killed because its task (or its initializer) ran past its deadline
         self.items_run = 0
         self.leaving = False      # retired or dead: not to be given tasks
@@ -166,6 +174,14 @@ class WorkerPool(Executor):
         worker may use: set for those it has loaded (threadpoolctl) and in its
         environment for those it loads later (see :mod:`~wfl_like.autoparallelize.workers.threads`).
         Default: they keep their own defaults (usually one thread per core, in every worker).
+    send_ahead : bool, default False
+        Send a worker whose last task took less than 0.1 s its next task while it still
+        runs one, so that it finds the task in its pipe when it is done instead of waiting
+        for the dispatcher (which waits for the GIL while the driver's other threads
+        work).  For tasks alike in cost, such as chunks of one operation: a task sent
+        ahead of one that turns out long waits for it, even while another worker is idle.
+        A task sent ahead that never began (its worker died, or was replaced) runs in
+        another worker; it is never run twice.
 
     Notes
     -----
@@ -185,12 +201,14 @@ class WorkerPool(Executor):
     """
 
     def __init__(self, max_workers, *, initializer=None, initargs=(), mp_context=None, on_demand=False,
-                 initializer_timeout=None, max_items_per_worker=None, devices=None, threads=None):
+                 initializer_timeout=None, max_items_per_worker=None, devices=None, threads=None,
+                 send_ahead=False):
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, not {max_workers}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a whole number >= 1 or None, not {threads!r}")
         self._threads = threads
+        self._send_ahead = send_ahead
         self._ctx = mp_context or default_context()
         self._max_workers = max_workers
         self._on_demand = on_demand
@@ -222,6 +240,8 @@ class WorkerPool(Executor):
         # workers that became free to take a task, oldest first; one may have left or been
         # given a task since (checked when it is taken): no turn looks at every worker
         self._idle = collections.deque()
+        # busy workers that may be sent their next task ahead, checked likewise when taken
+        self._ahead = collections.deque()
         self._retiring = []         # asked to leave after their last task; reaped when they have
         try:
             # before the dispatcher thread, so that the first forks happen while the driver
@@ -313,7 +333,7 @@ class WorkerPool(Executor):
         ``weight`` is how many items the task counts as for ``max_items_per_worker``
         (a chunk counts its length).
         """
-        future = Future()
+        future = _PickledResultFuture()
         with self._lock:
             if self._broken is not None:
                 raise self._broken
@@ -381,7 +401,9 @@ class WorkerPool(Executor):
         try:
             while True:
                 self._grow()
-                self._send_tasks(self._pair_tasks())
+                # a worker given a task may at once be sent another ahead of it
+                while pairs := self._pair_tasks():
+                    self._send_tasks(pairs)
                 with self._lock:
                     # queued tasks keep a shutting-down pool going only while a worker is
                     # left to run them (dead workers are replaced while tasks are queued)
@@ -446,20 +468,26 @@ class WorkerPool(Executor):
                 pass        # not registered (never started in full), or the selector is closed
 
     def _pair_tasks(self):
-        """Take queued tasks for idle ready workers: ``[(worker, task), ...]``."""
+        """Take queued tasks for idle ready workers, then to send ahead to busy quick ones:
+        ``[(worker, task, ahead), ...]``."""
         pairs = []
         with self._lock:
-            while self._queue and self._idle:
-                worker = self._idle.popleft()
-                if worker.leaving or not worker.ready or worker.task is not None:
-                    continue
-                task = self._queue.popleft()
-                # a task put back after a failed send is already marked running
-                if task.future.running() or task.future.set_running_or_notify_cancel():
-                    worker.task = task
-                    pairs.append((worker, task))
-                else:
-                    self._idle.appendleft(worker)       # the task was cancelled: the worker is still free
+            for waiting, ahead in ((self._idle, False), (self._ahead, True)):
+                while self._queue and waiting:
+                    worker = waiting.popleft()
+                    if worker.leaving or not worker.ready or (
+                            worker.next_task is not None or worker.task is None if ahead else worker.task is not None):
+                        continue
+                    task = self._queue.popleft()
+                    # a task put back (after a failed send, or from a dead worker's pipe) is already marked running
+                    if task.future.running() or task.future.set_running_or_notify_cancel():
+                        if ahead:
+                            worker.next_task = task
+                        else:
+                            worker.task = task
+                        pairs.append((worker, task, ahead))
+                    else:
+                        waiting.appendleft(worker)       # the task was cancelled: the worker is still free
         return pairs
 
     @staticmethod
@@ -473,24 +501,44 @@ class WorkerPool(Executor):
                 kill_process_group(worker.pid)
 
     def _send_tasks(self, pairs):
-        for worker, task in pairs:
-            if task.timeout is not None:
-                task.deadline = time.monotonic() + task.timeout
+        for worker, task, ahead in pairs:
+            if not ahead:
+                self._begin(worker, time.monotonic())
             try:
                 worker.conn.send((task.id, task.fn, task.args, task.kwargs))
             except (BrokenPipeError, ConnectionResetError, EOFError):
                 # the worker died just now: its sentinel will say so; another worker takes
                 # the task, unless queued tasks were given up meanwhile (terminate)
-                worker.task = None
-                with self._lock:
-                    if self._cancelled:
-                        _abandon(task.future, self._broken)
-                    else:
-                        self._queue.appendleft(task)
+                self._unpair(worker, ahead)
+                self._put_back(task)
             except Exception as exc:
-                worker.task = None
-                self._idle.append(worker)
+                self._unpair(worker, ahead)
+                if not ahead:
+                    self._idle.append(worker)
                 _abandon(task.future, _unpicklable(exc, "the task's arguments"))
+
+    def _begin(self, worker, now):
+        """The worker begins its task (just sent, or found in its pipe): its time limit starts."""
+        worker.task_began = now
+        if worker.task.timeout is not None:
+            worker.task.deadline = now + worker.task.timeout
+        if worker.quick:
+            self._ahead.append(worker)
+
+    @staticmethod
+    def _unpair(worker, ahead):
+        if ahead:
+            worker.next_task = None
+        else:
+            worker.task = None
+
+    def _put_back(self, task):
+        """Queue again, first, a task that never began: unless queued tasks were given up (terminate)."""
+        with self._lock:
+            if self._cancelled:
+                _abandon(task.future, self._broken)
+            else:
+                self._queue.appendleft(task)
 
     def _reap_retired(self):
         for worker in [w for w in self._retiring if _has_exited(w.pid)]:
@@ -541,8 +589,15 @@ class WorkerPool(Executor):
                         "the operation wrote on the worker's pipe?)", worker.pid, task_id,
                         "nothing" if worker.task is None else f"task {worker.task.id}")
         else:
-            task, worker.task = worker.task, None
-            self._idle.append(worker)
+            now = time.monotonic()
+            task, worker.task, worker.next_task = worker.task, worker.next_task, None
+            # sent ahead only while the worker would not be retired for the items it ran
+            worker.quick = (self._send_ahead and now - worker.task_began < _SEND_AHEAD_BELOW
+                            and self._max_items_per_worker is None)
+            if worker.task is not None:
+                self._begin(worker, now)
+            else:
+                self._idle.append(worker)
             worker.items_run += task.weight
             if kind == "ok":
                 _settle(task.future, result=value)
@@ -565,6 +620,14 @@ class WorkerPool(Executor):
         # what it says from now on is not read; its end is looked for
         self._unwatch(worker)
         self._selector.register(worker.sentinel, selectors.EVENT_READ, ("retired", worker))
+        if worker.task is not None:
+            # a task sent ahead, which it may have begun: it is not to run there (its worker is
+            # not to be trusted, and its reply would not be read), so the worker goes now
+            # and the task runs in another one
+            task, worker.task = worker.task, None
+            kill_process_group(worker.pid)
+            self._put_back(task)
+            return
         try:
             worker.conn.send(None)
         except (OSError, ValueError):
@@ -587,6 +650,10 @@ class WorkerPool(Executor):
             died = TaskTimeoutError(worker.task.timeout, pid) if worker.timed_out else WorkerDiedError(exitcode, pid)
             _settle(worker.task.future, exc=died)
             worker.task = None
+        if worker.next_task is not None:
+            # still in its pipe, never begun: another worker runs it
+            self._put_back(worker.next_task)
+            worker.next_task = None
         with self._lock:
             self._workers.remove(worker)
         log.info("worker pid %d died (%s)", pid, describe_exitcode(exitcode))
@@ -614,8 +681,10 @@ class WorkerPool(Executor):
             self._abandon_queue(exc)
             running = [w for w in self._workers if w.task is not None]
         for worker in running:
-            _settle(worker.task.future, exc=exc)
-            worker.task = None
+            for task in (worker.task, worker.next_task):
+                if task is not None:
+                    _settle(task.future, exc=exc)
+            worker.task = worker.next_task = None
 
     def _stop_workers(self, workers, timeout):
         """Ask workers to leave, wait at most ``timeout`` seconds for all of them, then kill the rest."""
@@ -663,6 +732,35 @@ def _time_to_next_deadline(workers):
         return None
     # a limit of inf or 1e10 s is accepted: never hand wait() more than it takes
     return min(_MAX_WAIT, max(0.0, min(deadlines) - time.monotonic()))
+
+
+class _PickledResultFuture(Future):
+    """A future whose result comes from a worker pickled, and is unpickled where it is asked for.
+
+    So the dispatcher, which receives it, is free at once to give the worker its next task:
+    unpickling a chunk of structures takes longer than its trip.  A result that does not
+    unpickle here is raised by :meth:`result` as a :class:`TypeError` naming why;
+    :meth:`exception` tells only how the task itself ended, so that a callback asking it
+    (in the dispatcher's thread) does not unpickle the result there.
+    """
+
+    _decoded = False
+    _value = _error = None
+
+    def result(self, timeout=None):
+        raw = super().result(timeout)
+        with self._condition:
+            if not self._decoded:
+                try:
+                    self._value = pickle.loads(raw)
+                except Exception as exc:
+                    self._error = TypeError(f"a reply from the worker could not be unpickled: "
+                                            f"{type(exc).__name__}: {exc}")
+                    self._error.__cause__ = exc
+                self._decoded = True
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _settle(future, result=None, exc=None):

@@ -3,7 +3,9 @@
 The protocol over the worker's pipe: the driver sends ``(task_id, fn, args, kwargs)``
 or ``None`` (leave); the worker answers ``(kind, task_id, value, traceback_text,
 replace_me)`` with ``kind`` one of ``"initializing"``, ``"ready"``, ``"init_error"``,
-``"ok"``, ``"error"``.
+``"ok"``, ``"error"``.  The value of an ``"ok"`` is the task's result pickled on its own:
+the driver's dispatcher reads the reply and gives the worker its next task at once, and
+the result is unpickled by whoever asks its future for it.
 Every reply names the task it answers, so a reply that is not the worker's current
 task's (a process the operation forked, speaking on the worker's pipe) can be told
 and dropped.
@@ -12,6 +14,7 @@ and dropped.
 import ctypes
 import errno
 import os
+import pickle
 import signal
 import sys
 import traceback
@@ -89,10 +92,22 @@ def _serve(conn, me):
             return
         task_id, fn, args, kwargs = message
         try:
-            reply = ("ok", task_id, fn(*args, **kwargs), "", False)
+            result = fn(*args, **kwargs)
         except BaseException as exc:
             reply = _error_reply("error", task_id, _as_item_failure(exc))
+        else:
+            reply = _ok_reply(task_id, result)
         _send(conn, me, reply)
+
+
+def _ok_reply(task_id, result):
+    try:
+        return "ok", task_id, pickle.dumps(result, pickle.HIGHEST_PROTOCOL), "", False
+    except Exception as exc:
+        # the result does not pickle: say what can be said of it
+        error = TypeError(f"the operation's result could not be sent back from the worker: "
+                          f"{type(exc).__name__}: {exc}")
+        return _error_reply("error", task_id, error)
 
 
 def _only_in(me):
@@ -139,12 +154,11 @@ def _send(conn, me, reply):
     except (OSError, EOFError):
         raise
     except Exception as exc:
-        # the result or the exception does not pickle: send what can be said of it
+        # the exception does not pickle: send what can be said of it
         kind, task_id, value, tb_text, replace = reply
-        what = "result" if kind == "ok" else f"exception {value!r}"
-        error = TypeError(f"the operation's {what} could not be sent back from the worker: "
+        error = TypeError(f"the operation's exception {value!r} could not be sent back from the worker: "
                           f"{type(exc).__name__}: {exc}")
-        conn.send(("error" if kind == "ok" else kind, task_id, error, tb_text, replace))
+        conn.send((kind, task_id, error, tb_text, replace))
 
 
 def _close(thing):
