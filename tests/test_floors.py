@@ -19,7 +19,7 @@ from ase.constraints import FixAtoms
 from wfl_like import OutputSpec
 from wfl_like.autoparallelize import autoparallelize
 from wfl_like.autoparallelize.frame_items import FrameItem
-from wfl_like.autoparallelize.workers.isolation import copy_rngs, isolated
+from wfl_like.autoparallelize.workers.isolation import copy_rngs, isolated, lendable
 from wfl_like.structures import is_plain_atoms
 from wfl_like.autoparallelize.workers.packing import PackedList, packed, unpacked
 from wfl_like.autoparallelize.workers.pool import WorkerPool
@@ -265,3 +265,38 @@ def test_an_executor_gets_the_call_once_per_process_not_with_every_chunk():
     # may ask for the call once more
     assert len(executor.carried) >= 20
     assert sum(executor.carried) <= 4 + 2
+
+
+# --- which items a worker may lend to the operation --------------------------------------
+
+
+def test_only_structures_whose_every_mutable_part_is_theirs_alone_are_lendable():
+    def plain(i=0):
+        atoms = Atoms("CuH", positions=[[0, 0, 0], [1, 1, 1]], cell=[2, 2, 2], pbc=True)
+        atoms.info.update(label=i, nested={"a": [1, (2, 3)]}, numbers=np.arange(3), constant=(1, "x"))
+        return atoms
+
+    assert lendable([plain(0), plain(1)])
+    a, b = plain(0), plain(1)
+    b.info["nested"]["a"] = a.info["nested"]["a"]        # one list in two structures
+    assert not lendable([a]) and not lendable([b])
+    a = plain()
+    held = a.info["numbers"]                             # held outside the structure
+    assert not lendable([a])
+    del held
+    assert lendable([a])
+    a = plain()
+    a.info["view"] = np.arange(4)[1:]                    # a view shares its base's memory
+    assert not lendable([a])
+    a, b = plain(0), plain(1)
+    a.info["pair"] = b.info["pair"] = ([1],)             # a tuple of a list, in two structures
+    assert not lendable([a])
+    a, b = plain(0), plain(1)
+    a.info["pair"] = b.info["pair"] = (1, "one")         # a tuple of immutable values: nothing to change
+    assert lendable([a, b])
+    a = plain()
+    a.arrays["positions"] = a.arrays["positions"][:]     # a view of an array nobody else names
+    assert not lendable([a])
+    a = plain()
+    a.calc = SinglePointCalculator(a, energy=1.0)        # not plain
+    assert not lendable([a])

@@ -1,10 +1,11 @@
 """Forked workers take a chunk's inputs from the list they inherited, not from the pipe.
 
-With ``fork``, a call whose inputs are a list or a tuple sends each chunk as its place in
-the inputs; the worker copies the items from its inherited list
-before the operation sees them.  Checked here: the outputs are those of a serial run and
-of ``spawn`` workers (which are sent the items), whatever the operation does to its inputs
-in place, whether its worker dies mid-chunk, is retired or is replaced; the caller's
+With ``fork``, a call whose inputs are a list or a tuple sends each chunk, on its first
+run, as its place in the inputs; the worker lends the operation its own inherited items
+where no part of them is shared (and no item appears twice), and copies them otherwise.
+Checked here: the outputs are those of a serial run and of ``spawn`` workers (which are
+sent the items), whatever the operation does to its inputs in place, whether its worker
+dies mid-chunk, is retired or is replaced, and whatever the items share; the caller's
 objects never change; and the path is taken only where it should be.
 """
 
@@ -253,3 +254,63 @@ def test_inputs_from_an_iterator_are_sent_as_items(monkeypatch):
         "num_python_subprocesses": 2, "num_inputs_per_python_subprocess": 2})
     assert [a.positions[0, 2] for a in result] == [float(i) for i in range(6)]
     assert Counted.pickled > 0
+
+
+# --- lent items ------------------------------------------------------------------------
+
+
+def append_to_history(items):
+    """Changes its inputs in place: a list in their info, their positions, a counter."""
+    for atoms in items:
+        atoms.info.setdefault("history", []).append(atoms.info["label"])
+        atoms.info["count"] = atoms.info.get("count", 0) + 1
+        atoms.positions += 1.0
+    return items
+
+
+def with_shared_parts(twice):
+    """Structures of which pairs share one part: a list in info, a dict of info, an array,
+    a tuple holding a list; and, if ``twice``, one structure given twice."""
+    items = [structure(i) for i in range(10)]
+    shared_list = [-1]
+    items[0].info["history"] = shared_list
+    items[6].info["history"] = shared_list
+    items[1].info["nested"] = items[7].info["nested"] = {"a": [1, 2]}
+    positions = items[2].arrays["positions"]
+    items[8].arrays["seen"] = items[2].arrays["seen"] = np.zeros(2)
+    items[3].info["pair"] = items[9].info["pair"] = ([5],)
+    return items + [items[4]] * twice, positions
+
+
+@pytest.mark.parametrize("twice", [False, True])
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_parts_that_structures_of_other_chunks_share_are_copied_for_each_as_in_a_serial_run(
+        monkeypatch, chunk, twice):
+    # one worker: every chunk runs in the process whose inherited items the op changed before
+    items, _ = with_shared_parts(twice)
+    before = round_trip(items)
+    serial, _ = run(append_to_history, items, 0, chunk)
+    forked, _ = run(append_to_history, items, 1, chunk, "fork", monkeypatch)
+    assert_same_outputs(serial, forked, strictly=False)
+    assert [a.info["count"] for a in forked] == [1] * len(items)
+    assert forked[6].info["history"] == [-1, 6]
+    assert np.allclose([a.positions[0, 2] for a in forked], [a.positions[0, 2] + 1.0 for a in before])
+    assert same_objects(before, round_trip(items))
+
+
+def test_items_without_shared_parts_are_lent_and_give_the_outputs_of_spawned_workers(monkeypatch):
+    items = varied()[:-1]            # no structure twice: the plain ones are lent
+    forked, _ = run(shift_with_rng, items, 2, 3, "fork", monkeypatch)
+    spawned, _ = run(shift_with_rng, items, 2, 3, "spawn", monkeypatch)
+    assert_same_outputs(spawned, forked)
+    again, _ = run(append_to_history, items, 1, 2, "fork", monkeypatch)
+    assert [a.info["count"] for a in again] == [1] * len(items)
+
+
+def test_a_part_the_caller_holds_is_not_lent(monkeypatch):
+    items = [structure(i) for i in range(6)]
+    kept = items[4].arrays["positions"]        # the caller holds it: the worker's copy of it is not lent
+    serial, _ = run(append_to_history, items, 0, 1)
+    forked, _ = run(append_to_history, items, 1, 1, "fork", monkeypatch)
+    assert_same_outputs(serial, forked, strictly=False)
+    assert np.allclose(kept, structure(4).positions)

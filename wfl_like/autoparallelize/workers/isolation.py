@@ -77,6 +77,11 @@ def lendable(items: list) -> bool:
     -------
     bool
     """
+    global _counts_checked
+    if _counts_checked is None:
+        _counts_checked = _counts_as_expected()
+    if not _counts_checked:
+        return False
     for item in items:
         if not is_plain_atoms(item) or not _atoms_owns_its_parts(item):
             return False
@@ -85,6 +90,15 @@ def lendable(items: list) -> bool:
 
 # sys.getrefcount of a part reached as `holder[key]`, held once: its holder's and the call's
 _HELD_ONCE = 2
+_counts_checked = None
+
+
+def _counts_as_expected():
+    """Whether this interpreter counts references as the checks below expect (an interpreter
+    that counts borrowed references otherwise lends nothing)."""
+    shared = [0]
+    one, other = {"part": shared}, {"part": [0]}
+    return sys.getrefcount(one["part"]) == _HELD_ONCE + 1 and sys.getrefcount(other["part"]) == _HELD_ONCE
 
 
 def _atoms_owns_its_parts(atoms):
@@ -109,18 +123,21 @@ def _atoms_owns_its_parts(atoms):
 
 def _owns_its_parts(container):
     """Whether every mutable value in a dict, list or tuple is held by it alone, all the way down."""
-    keys = container.keys() if type(container) is dict else range(len(container))
+    if type(container) is dict:
+        keys = container.keys()
+        if not all(type(key) in _IMMUTABLE for key in keys):
+            return False
+    else:
+        keys = range(len(container))
     for key in keys:
         kind = type(container[key])
         if kind in _IMMUTABLE or isinstance(container[key], np.generic):
             continue
-        if kind is tuple and not _owns_its_parts(container[key]):
-            return False        # a tuple of immutable values may be shared: nothing in it can change
-        if kind is tuple:
-            continue
+        if kind is tuple and _all_immutable(container[key]):
+            continue            # a tuple of immutable values may be shared: nothing in it can change
         if sys.getrefcount(container[key]) != _HELD_ONCE:
             return False
-        if kind is dict or kind is list:
+        if kind is dict or kind is list or kind is tuple:
             if not _owns_its_parts(container[key]):
                 return False
         elif kind is np.ndarray:
@@ -129,6 +146,11 @@ def _owns_its_parts(container):
         else:
             return False
     return True
+
+
+def _all_immutable(values):
+    return all(type(value) in _IMMUTABLE or isinstance(value, np.generic)
+               or type(value) is tuple and _all_immutable(value) for value in values)
 
 
 def round_trip(obj):

@@ -502,7 +502,10 @@ class WorkerPool(Executor):
 
     def _send_tasks(self, pairs):
         for worker, task, ahead in pairs:
-            if not ahead:
+            if ahead:
+                log.debug("task %d sent ahead to worker pid %d, which runs task %d", task.id, worker.pid,
+                          worker.task.id)
+            else:
                 self._begin(worker, time.monotonic())
             try:
                 worker.conn.send((task.id, task.fn, task.args, task.kwargs))

@@ -98,6 +98,10 @@ def _serve(conn, me):
         else:
             reply = _ok_reply(task_id, result)
         _send(conn, me, reply)
+        if reply[4]:
+            # out of memory or descriptors: it is replaced, and must not begin a task the
+            # driver sent ahead (that task runs in another worker)
+            return
 
 
 def _ok_reply(task_id, result):
