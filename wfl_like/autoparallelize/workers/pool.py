@@ -624,9 +624,9 @@ class WorkerPool(Executor):
         self._unwatch(worker)
         self._selector.register(worker.sentinel, selectors.EVENT_READ, ("retired", worker))
         if worker.task is not None:
-            # a task sent ahead, which it may have begun: it is not to run there (its worker is
-            # not to be trusted, and its reply would not be read), so the worker goes now
-            # and the task runs in another one
+            # a task sent ahead (only a poisoned worker is retired with one): a worker that asks
+            # to be replaced leaves without beginning another task (worker._serve), so the
+            # task runs in another one; the kill makes sure it leaves now
             task, worker.task = worker.task, None
             kill_process_group(worker.pid)
             self._put_back(task)
