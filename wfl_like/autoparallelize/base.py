@@ -22,6 +22,7 @@ from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
 from wfl_like.autoparallelize.frame_items import FrameReadError, Unstorable, count_frames, frame_items
 from wfl_like.autoparallelize.workers.executors import available_cpus, chunk_runner, forks_workers, num_workers
 from wfl_like.autoparallelize.workers.frames_task import FramesCall, check_output
+from wfl_like.autoparallelize.workers.isolation import held_by_the_inputs_alone
 from wfl_like.autoparallelize.workers.opcall import (PER_ITEM_INFO, OpCall, in_operation, in_worker, op_name,
                                                      takes_argument)
 from wfl_like.autoparallelize.supervisor import one_line_reason, run_in_order
@@ -279,7 +280,10 @@ def _compute(call, inputs, outputs, info, rng, cache):
     sizer = AdaptiveChunkSize() if info.num_inputs_per_python_subprocess == "auto" else None
     items, call = _items_and_call(inputs, outputs, call, info, hashed=cache is not None)
     inherited = _inheritable(items, info, workers, executor)
+    lendable_inputs = None
     if inherited is not None:
+        # before anything of the call's own holds them: which inputs nothing else holds
+        lendable_inputs = held_by_the_inputs_alone(inherited, 0 if inherited is items else 1)
         items = inherited
     progress = _progress_of(name, inputs, items, info)
     rendered_by_workers = isinstance(call, FramesCall) and call.renderer is not None
@@ -295,7 +299,7 @@ def _compute(call, inputs, outputs, info, rng, cache):
     paused = collector_paused() if elsewhere and info.wait else contextlib.nullcontext()
     with paused, chunk_runner(call, workers, info.initializer, executor=executor,
                               initializer_timeout=initializer_timeout, max_items_per_worker=info.max_items_per_worker,
-                              inputs=inherited) as (submit, slots):
+                              inputs=inherited, lendable_inputs=lendable_inputs) as (submit, slots):
         results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
                                chunk_size=sizer, progress=progress)
         with contextlib.closing(results):      # an error while storing withdraws the queued chunks

@@ -162,7 +162,7 @@ def forks_workers(workers, executor=None):
 
 @contextlib.contextmanager
 def chunk_runner(call, workers, initializer, isolate=True, executor=None, initializer_timeout=None,
-                 max_items_per_worker=None, inputs=None):
+                 max_items_per_worker=None, inputs=None, lendable_inputs=None):
     """Yield ``(submit, slots)``: ``submit(chunk, timeout) -> Future`` and how many chunks run at once.
 
     The pool's workers receive ``call`` once, when they start, instead of with every chunk;
@@ -173,7 +173,9 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
     are those of :class:`~wfl_like.autoparallelize.workers.pool.WorkerPool` (ignored unless it runs).
     ``inputs``: the whole sequence of items the chunks are made of (a tuple that nothing
     changes while the call runs), where :func:`forks_workers` holds: the workers inherit it,
-    and a chunk of its items is sent as its place in it, not as the items.
+    and a chunk of its items is sent as its place in it, not as the items; ``lendable_inputs``
+    says which of them the workers may lend to the operation (see
+    :func:`~wfl_like.autoparallelize.workers.opcall.run_inherited`).
     Leaving the block normally waits for the workers to finish; leaving it by an
     exception (including Ctrl-C) kills them at once.
     """
@@ -210,7 +212,7 @@ def chunk_runner(call, workers, initializer, isolate=True, executor=None, initia
                  thread_limit, "" if thread_limit == 1 else "s", workers)
     inherited = inputs if context.get_start_method() == "fork" else None
     pool_init, pool_initargs = _worker_initializer(call, init_func, init_args, context.get_start_method(),
-                                                   inherited)
+                                                   inherited, lendable_inputs)
     pool = WorkerPool(workers, initializer=pool_init, initargs=pool_initargs, mp_context=context,
                       on_demand=True, initializer_timeout=initializer_timeout,
                       max_items_per_worker=max_items_per_worker, devices=plan, threads=thread_limit,
@@ -255,7 +257,7 @@ def _taken_from(inputs, chunk):
     return len(part) == len(chunk.items) and all(a is b for a, b in zip(part, chunk.items))
 
 
-def _worker_initializer(call, init_func, init_args, start_method, inputs=None):
+def _worker_initializer(call, init_func, init_args, start_method, inputs=None, lendable_inputs=None):
     """``(initializer, initargs)`` of the pool: install the call (and ``inputs``, for forked
     workers to take chunks from), then run the user's initializer.
 
@@ -266,8 +268,7 @@ def _worker_initializer(call, init_func, init_args, start_method, inputs=None):
     payloads, unpickled apart, would not.
     """
     if start_method == "fork":
-        lend = inputs is not None and len(set(map(id, inputs))) == len(inputs)
-        return install, (call, init_func, tuple(init_args), True, inputs, lend)
+        return install, (call, init_func, tuple(init_args), True, inputs, lendable_inputs)
     try:
         together = ByValue((call, init_func))
     except Exception as exc:

@@ -56,6 +56,27 @@ def isolated(items: list) -> list:
     return copies
 
 
+def held_by_the_inputs_alone(inputs: tuple, other_containers: int) -> bytes:
+    """Which of ``inputs`` nothing holds but the inputs themselves: ``b"\\x01"`` or ``b"\\x00"`` each.
+
+    Asked by the driver before it forks its workers: a structure that something else holds
+    too (another structure's ``info``, an argument of the operation, a global, a second
+    place among the inputs) is never lent (:func:`lendable`), since a change made to it in
+    a worker would be seen there through that other holder.  ``other_containers``: the
+    containers that hold every input besides ``inputs`` (the caller's list).
+    """
+    probe = object()
+    # held like an input: by a tuple that is iterated, and by the other containers
+    others = [[probe] for _ in range(other_containers)]
+    expected = _counts((probe,))[0] - 1        # less the name `probe` itself
+    del others
+    return bytes(count == expected for count in _counts(inputs))
+
+
+def _counts(items):
+    return [sys.getrefcount(item) for item in items]
+
+
 def lendable(items: list) -> bool:
     """Whether an operation may be given ``items`` themselves, in a process whose items they are.
 
@@ -66,7 +87,8 @@ def lendable(items: list) -> bool:
     lent only where each is a plain ``Atoms`` whose every mutable part (its dicts, lists,
     arrays and cell, to the bottom of its ``info``) is held by that item alone: a reference
     count of one, which no sharing can give.  An array that is a view of another does not
-    qualify.  The caller makes sure that no item appears twice among the inputs.
+    qualify.  The caller makes sure that nothing else holds the items themselves
+    (:func:`held_by_the_inputs_alone`).
 
     Parameters
     ----------

@@ -133,10 +133,10 @@ class OpCall:
 # The call a pool worker applies, set once per worker by `install` so that the
 # operation and its arguments are not sent again with every chunk.
 _installed = None
-# The call's inputs, where this worker was forked with them (see run_inherited), and whether
-# the operation may be given them themselves (no structure among them appears twice).
+# The call's inputs, where this worker was forked with them (see run_inherited), and which
+# of them the operation may be given themselves (held by nothing else: one byte each, or None).
 _inherited_inputs = None
-_lend_inherited = False
+_lendable_inputs = None
 
 
 class ByValue:
@@ -178,19 +178,20 @@ def call_generation():
     return _call_generation
 
 
-def install(call, initializer=None, initargs=(), own_process=True, inputs=None, lend=False):
+def install(call, initializer=None, initargs=(), own_process=True, inputs=None, lend=None):
     """Worker initializer: keep ``call`` for :func:`run_installed`, then run the user's initializer.
 
     ``call`` and ``initializer`` may come wrapped in :class:`ByValue`.  ``own_process``
     says this process is a pool worker of ours (not, say, a thread of the caller's).
     ``inputs``: the call's whole input sequence, which a forked worker inherited from the
-    driver, for :func:`run_inherited`; ``lend``: no object appears twice among them.
+    driver, for :func:`run_inherited`; ``lend``: which of them nothing else holds
+    (:func:`~wfl_like.autoparallelize.workers.isolation.held_by_the_inputs_alone`).
     """
-    global _installed, _inherited_inputs, _lend_inherited
+    global _installed, _inherited_inputs, _lendable_inputs
     call, initializer = _unwrap(call), _unwrap(initializer)
     _installed = call
     _inherited_inputs = inputs
-    _lend_inherited = lend and inputs is not None
+    _lendable_inputs = lend if inputs is not None else None
     begin_call()
     if own_process:
         # an op that calls another autoparallelized op runs it serially: a worker cannot have workers
@@ -211,8 +212,8 @@ def run_inherited(first, count, rngs):
     Each chunk is sent here once: the driver sends a chunk it runs again (split after a
     failure, retried after its worker died) as its items, as they stand in the driver.  So
     the operation may be given this process's own inherited items, and change them in place,
-    where nothing else can see the change: where no item appears twice among the inputs and
-    no part of an item is shared
+    where nothing else can see the change: where nothing but the inputs holds an item
+    (checked by the driver before the fork) and no part of an item is shared
     (:func:`~wfl_like.autoparallelize.workers.isolation.lendable`).  Otherwise it gets copies
     (:func:`~wfl_like.autoparallelize.workers.isolation.isolated`, equal to what unpickling
     the chunk gives), as in a serial run.  Workers forked after this one start from the
@@ -222,7 +223,8 @@ def run_inherited(first, count, rngs):
         raise RuntimeError(f"items {first}..{first + count - 1} are not among this worker's inherited inputs "
                            f"({'none' if _inherited_inputs is None else len(_inherited_inputs)})")
     items = list(_inherited_inputs[first:first + count])
-    if not (_lend_inherited and lendable(items)):
+    if not (_lendable_inputs is not None and b"\x00" not in _lendable_inputs[first:first + count]
+            and lendable(items)):
         items = isolated(items)
     return packed(_installed.run(first, items, rngs))
 

@@ -20,6 +20,7 @@ import threading
 import time
 from concurrent.futures import CancelledError, Executor, Future
 from multiprocessing.connection import wait
+from multiprocessing.reduction import ForkingPickler
 
 from wfl_like.autoparallelize.workers.devices import device_of, environment_for_start, worker_environment
 from wfl_like.autoparallelize.workers.threads import thread_environment
@@ -44,6 +45,10 @@ _EXIT_POLL = 0.05
 # With send_ahead, a worker whose last task took less than this many seconds is sent its
 # next task while it still runs one (see WorkerPool).
 _SEND_AHEAD_BELOW = 0.1
+# ... and only a task this small: it must fit in the pipe at once.  The dispatcher's write
+# of a bigger one would wait for the worker to read it, while the worker, done with its
+# task, waits for the dispatcher to read its reply.
+_SEND_AHEAD_BYTES = 16 * 1024
 
 
 class RemoteTraceback(Exception):
@@ -508,7 +513,13 @@ class WorkerPool(Executor):
             else:
                 self._begin(worker, time.monotonic())
             try:
-                worker.conn.send((task.id, task.fn, task.args, task.kwargs))
+                message = ForkingPickler.dumps((task.id, task.fn, task.args, task.kwargs))
+                if ahead and len(message) > _SEND_AHEAD_BYTES:
+                    # too big to wait in the pipe: it goes when the worker is free
+                    worker.next_task = None
+                    self._put_back(task)
+                    continue
+                worker.conn.send_bytes(message)
             except (BrokenPipeError, ConnectionResetError, EOFError):
                 # the worker died just now: its sentinel will say so; another worker takes
                 # the task, unless queued tasks were given up meanwhile (terminate)
@@ -756,7 +767,8 @@ class _PickledResultFuture(Future):
             if not self._decoded:
                 try:
                     self._value = pickle.loads(raw)
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:
+                    # SystemExit too: the output's, not a stop of the caller's program
                     self._error = TypeError(f"a reply from the worker could not be unpickled: "
                                             f"{type(exc).__name__}: {exc}")
                     self._error.__cause__ = exc
