@@ -40,8 +40,8 @@ def sleep_forever():
 
 @pytest.fixture
 def quick_pool():
-    """One worker, known to be quick: each of its tasks so far took well under 0.1 s."""
-    pool = WorkerPool(1, send_ahead=True)
+    """One worker, known to be quick: each of its tasks so far took well under a second."""
+    pool = WorkerPool(1, send_ahead=1.0)
     assert [pool.submit(square, i).result() for i in range(3)] == [0, 1, 4]
     yield pool
     pool.terminate()
@@ -85,7 +85,7 @@ def test_a_task_sent_ahead_of_one_that_times_out_runs_in_the_replacement(quick_p
 
 
 def test_many_quick_tasks_sent_ahead_each_return_their_own_result():
-    pool = WorkerPool(3, send_ahead=True)
+    pool = WorkerPool(3, send_ahead=1.0)
     try:
         futures = [pool.submit(square, i) for i in range(600)]
         assert [f.result() for f in futures] == [i * i for i in range(600)]

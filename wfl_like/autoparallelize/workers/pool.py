@@ -44,7 +44,7 @@ _EXIT_POLL = 0.05
 
 # With send_ahead, a worker whose last task took less than this many seconds is sent its
 # next task while it still runs one (see WorkerPool).
-_SEND_AHEAD_BELOW = 0.1
+_SEND_AHEAD_BELOW = 0.01
 # ... and only a task this small: it must fit in the pipe at once.  The dispatcher's write
 # of a bigger one would wait for the worker to read it, while the worker, done with its
 # task, waits for the dispatcher to read its reply.
@@ -179,8 +179,9 @@ class WorkerPool(Executor):
         worker may use: set for those it has loaded (threadpoolctl) and in its
         environment for those it loads later (see :mod:`~wfl_like.autoparallelize.workers.threads`).
         Default: they keep their own defaults (usually one thread per core, in every worker).
-    send_ahead : bool, default False
-        Send a worker whose last task took less than 0.1 s its next task while it still
+    send_ahead : bool or float, default False
+        Send a worker whose last task took less than 10 ms (or this many seconds, where a
+        number is given) its next task while it still
         runs one, so that it finds the task in its pipe when it is done instead of waiting
         for the dispatcher (which waits for the GIL while the driver's other threads
         work).  For tasks alike in cost, such as chunks of one operation: a task sent
@@ -213,7 +214,8 @@ class WorkerPool(Executor):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a whole number >= 1 or None, not {threads!r}")
         self._threads = threads
-        self._send_ahead = send_ahead
+        # the longest last task after which a worker is sent its next one ahead (0: never)
+        self._send_ahead_below = (_SEND_AHEAD_BELOW if send_ahead is True else float(send_ahead or 0))
         self._ctx = mp_context or default_context()
         self._max_workers = max_workers
         self._on_demand = on_demand
@@ -606,8 +608,7 @@ class WorkerPool(Executor):
             now = time.monotonic()
             task, worker.task, worker.next_task = worker.task, worker.next_task, None
             # sent ahead only while the worker would not be retired for the items it ran
-            worker.quick = (self._send_ahead and now - worker.task_began < _SEND_AHEAD_BELOW
-                            and self._max_items_per_worker is None)
+            worker.quick = (now - worker.task_began < self._send_ahead_below and self._max_items_per_worker is None)
             if worker.task is not None:
                 self._begin(worker, now)
             else:
