@@ -586,6 +586,7 @@ def test_overlapping_calls_in_threads_leave_the_collector_running(monkeypatch):
 
 
 def test_an_output_whose_unpickling_exits_fails_its_item(monkeypatch):
+    gc.enable()
     items = [structure(i) for i in range(6)]
     try:
         outputs, failures = run(attach_payload, items, 2, 1, "fork", monkeypatch, errors="skip",
