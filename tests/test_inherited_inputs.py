@@ -314,3 +314,57 @@ def test_a_part_the_caller_holds_is_not_lent(monkeypatch):
     forked, _ = run(append_to_history, items, 1, 1, "fork", monkeypatch)
     assert_same_outputs(serial, forked, strictly=False)
     assert np.allclose(kept, structure(4).positions)
+
+
+# the caller's input list, as a script that keeps it in a module global holds it
+ALL_INPUTS = []
+
+
+def shift_and_read_the_first_input(items, everything=None):
+    """Changes its inputs in place; records the height of the first of ``everything`` (the
+    whole input list, given as an argument or read from a module global) as it sees it."""
+    everything = ALL_INPUTS if everything is None else everything
+    for atoms in items:
+        atoms.positions += 1.0
+        atoms.info["first_z"] = float(everything[0].positions[0, 2])
+        atoms.info["seen_as"] = id(atoms)
+    return items
+
+
+def test_inputs_whose_list_the_operation_gets_as_an_argument_are_not_lent(monkeypatch):
+    items = [structure(i) for i in range(5)]
+    serial, _ = run(shift_and_read_the_first_input, items, 0, 1, op_kwargs={"everything": items})
+    forked, _ = run(shift_and_read_the_first_input, items, 1, 1, "fork", monkeypatch,
+                    op_kwargs={"everything": items})
+    assert [a.info["first_z"] for a in serial] == [0.0] * 5
+    assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"
+
+
+def test_inputs_whose_list_a_module_global_holds_are_not_lent(monkeypatch):
+    items = [structure(i) for i in range(5)]
+    monkeypatch.setitem(globals(), "ALL_INPUTS", items)        # as `ALL_INPUTS = items` in a script
+    forked, _ = run(shift_and_read_the_first_input, items, 1, 1, "fork", monkeypatch)
+    assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"
+
+
+def test_inputs_that_only_the_callers_variables_hold_are_lent(monkeypatch):
+    items = [structure(i) for i in range(5)]
+    forked, _ = run(shift_and_read_the_first_input, items, 1, 1, "fork", monkeypatch,
+                    op_kwargs={"everything": [structure(0)]})
+    # a lent structure is the worker's inherited object itself, at the driver's address
+    assert [a.info["seen_as"] for a in forked] == [id(a) for a in items]
+    assert [a.positions[0, 2] for a in items] == [0.1 * i for i in range(5)]
+
+
+def wrapped_shift(*args, **kwargs):
+    """An operation's wrapper, as wfl writes them: everything goes on by ``*`` and ``**``."""
+    return autoparallelize(shift_and_read_the_first_input, *args, **kwargs)
+
+
+def test_inputs_passed_on_by_keyword_through_a_wrapper_are_still_lent(monkeypatch):
+    items = [structure(i) for i in range(5)]
+    monkeypatch.setenv(START_ENV, "fork")
+    forked = list(wrapped_shift(inputs=items, outputs=OutputSpec(), everything=[structure(0)],
+                                autopara_info={"num_python_subprocesses": 1, "num_inputs_per_python_subprocess": 1}))
+    assert [a.info["seen_as"] for a in forked] == [id(a) for a in items]
+    assert [a.info["first_z"] for a in forked] == [0.0] * 5

@@ -283,7 +283,7 @@ def _compute(call, inputs, outputs, info, rng, cache):
     lendable_inputs = None
     if inherited is not None:
         # before anything of the call's own holds them: which inputs nothing else holds
-        lendable_inputs = held_by_the_inputs_alone(inherited, 0 if inherited is items else 1)
+        lendable_inputs = held_by_the_inputs_alone(inherited, items)
         items = inherited
     progress = _progress_of(name, inputs, items, info)
     rendered_by_workers = isinstance(call, FramesCall) and call.renderer is not None

@@ -12,8 +12,10 @@ round trip, so the result is always what a worker would have received.
 """
 
 import copy
+import gc
 import pickle
 import sys
+import types
 
 import numpy as np
 
@@ -56,21 +58,62 @@ def isolated(items: list) -> list:
     return copies
 
 
-def held_by_the_inputs_alone(inputs: tuple, other_containers: int) -> bytes:
+def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
     """Which of ``inputs`` nothing holds but the inputs themselves: ``b"\\x01"`` or ``b"\\x00"`` each.
 
     Asked by the driver before it forks its workers: a structure that something else holds
     too (another structure's ``info``, an argument of the operation, a global, a second
     place among the inputs) is never lent (:func:`lendable`), since a change made to it in
-    a worker would be seen there through that other holder.  ``other_containers``: the
-    containers that hold every input besides ``inputs`` (the caller's list).
+    a worker would be seen there through that other holder.  The same goes for every
+    structure where the list that holds them all, ``callers`` (the caller's list or tuple,
+    which may be ``inputs`` itself), is held by anything but the variables of running
+    functions: an argument of the operation, a module's global, an object's attribute.
+    The operation could reach it there, and read one structure as another chunk left it.
     """
+    if _held_beyond_variables(callers):
+        return bytes(len(inputs))
     probe = object()
-    # held like an input: by a tuple that is iterated, and by the other containers
-    others = [[probe] for _ in range(other_containers)]
+    # held like an input: by a tuple that is iterated, and by the caller's list if it is another
+    others = [[probe]] if callers is not inputs else []
     expected = _counts((probe,))[0] - 1        # less the name `probe` itself
     del others
     return bytes(count == expected for count in _counts(inputs))
+
+
+# how many rings of tuples and dicts around the caller's list are followed before it counts as held
+_HOLDER_DEPTH = 3
+
+
+def _held_beyond_variables(container):
+    """Whether something but the variables of running functions holds ``container``.
+
+    The collector finds every holder it tracks: dicts (a module's globals, an object's
+    attributes, keyword arguments), lists, objects, closures' cells.  A variable of a
+    running function is no object (or a frame, where one was made), but a call with ``*``
+    or ``**`` holds its arguments in a tuple or dict that only the running call holds: so
+    a tuple or dict is looked through, up to a few rings, to what holds it.
+    """
+    kept = []                   # the lists made here hold what they list: not holders to report
+    mine = set()
+    level = [container]
+    for _ in range(_HOLDER_DEPTH):
+        kept.append(level)
+        mine.add(id(level))
+        found = []
+        kept.append(found)
+        mine.add(id(found))
+        for obj in level:
+            holders = gc.get_referrers(obj)
+            kept.append(holders)
+            mine.add(id(holders))
+            found.extend(holder for holder in holders
+                         if id(holder) not in mine and type(holder) is not types.FrameType)
+        if not found:
+            return False
+        if any(type(holder) is not tuple and type(holder) is not dict for holder in found):
+            return True
+        level = found
+    return True
 
 
 def _counts(items):
