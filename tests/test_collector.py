@@ -20,7 +20,10 @@ def _collector_on(monkeypatch):
     was = gc.isenabled()
     gc.enable()
     yield
-    if not was:
+    # as it was, whatever the test left: a later test must not start with the collector off
+    if was:
+        gc.enable()
+    else:
         gc.disable()
 
 

@@ -450,6 +450,10 @@ def _sorted_chunk(result, outputs, name, skip_failed, cache, rendered_by_workers
     """A chunk's items sorted into ``(done, failed, rendered, packed)``: the outputs to journal
     and store, the failures, the texts to write (file outputs), and the journal forms the
     workers made."""
+    if not (to_files or rendered_by_workers or result.failures) and all(
+            type(output) is Atoms for output in result.outputs):
+        # the common case, asked of every chunk: nothing failed, and every output can be stored
+        return list(zip(result.chunk.indices, result.outputs)), [], [], {}
     done, failed, rendered, packed = [], list(result.failures), [], {}
     failed_indices = {failure.index for failure in failed}
     locations = dict(zip(result.chunk.indices, result.chunk.locations)) if to_files else None

@@ -115,7 +115,8 @@ def _unpack(counts, names, arrays, cells, pbcs, displacements, infos, others):
         ends = np.cumsum(sizes).tolist()
         bounds = list(zip([0] + ends[:-1], ends))
         columns = [[array[start:end].copy() for start, end in bounds] for array in arrays]
-    per_structure = zip(zip(*columns), cells, pbcs, displacements, infos)
+    per_structure = zip(zip(*columns), [cell.copy() for cell in cells], [pbc.copy() for pbc in pbcs],
+                        [displacement.copy() for displacement in displacements], infos)
     items, others = [], iter(others)
     for count in counts.tolist():
         if count == _NONE:
@@ -124,5 +125,5 @@ def _unpack(counts, names, arrays, cells, pbcs, displacements, infos, others):
             items.append(next(others))
         else:
             parts, cell, pbc, displacement, info = next(per_structure)
-            items.append(atoms_from_parts(cell.copy(), pbc.copy(), dict(zip(names, parts)), info, displacement.copy()))
+            items.append(atoms_from_parts(cell, pbc, dict(zip(names, parts)), info, displacement))
     return items
