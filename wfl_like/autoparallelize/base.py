@@ -288,7 +288,7 @@ def _compute(call, inputs, outputs, info, rng, cache):
     progress = _progress_of(name, inputs, items, info)
     rendered_by_workers = isinstance(call, FramesCall) and call.renderer is not None
     chunks = make_chunks(items, sizer or info.num_inputs_per_python_subprocess, rng,
-                         lookup=cache.lookup if cache is not None else None)
+                         lookup=cache.lookup_many if cache is not None else None)
     initializer_timeout = info.initializer_timeout
     if initializer_timeout is None and info.initializer[0] is not None:
         # a per-item limit also bounds the user's set-up, unless it is given a limit of its own
@@ -320,7 +320,7 @@ def _compute_queued(call, inputs, outputs, info, rng, cache, remote):
     items, call = _items_and_call(inputs, outputs, call, info, hashed=True)
     progress = _progress_of(name, inputs, items, info)
     per_job = remote.items_per_job(info.num_inputs_per_python_subprocess)
-    chunks = list(make_chunks(items, per_job, rng, lookup=cache.lookup))
+    chunks = list(make_chunks(items, per_job, rng, lookup=cache.lookup_many))
     state_dir = queued.state_dir_of(cache.journal.path, fresh=outputs is not None and outputs.overwrite,
                                     call_key=cache.call_key)
     jobs = queued.QueuedJobs(remote, call, info, outputs, state_dir, per_job, progress=progress,

@@ -85,9 +85,10 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
     rng : numpy.random.Generator, optional
         Parent of the per-item generators.
     lookup : callable, optional
-        ``lookup(index, item, rng) -> (key, found, output)``: items found are grouped
-        into chunks of their own with ``cached`` outputs.  Each chunk holds consecutive
-        items, so chunks stay in input order.
+        ``lookup(first, items, rngs) -> [(key, found, output), ...]`` of consecutive items
+        (asked of a few dozen at a time, ahead of the chunks being made): items found are
+        grouped into chunks of their own with ``cached`` outputs.  Each chunk holds
+        consecutive items, so chunks stay in input order.
 
     Yields
     ------
@@ -99,9 +100,7 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
         yield from _slices(inputs, size_of, rngs)
         return
     todo, done = _Batch(found=False), _Batch(found=True)
-    for index, item in enumerate(inputs):
-        item_rng = next(rngs)
-        key, found, output = lookup(index, item, item_rng) if lookup is not None else (None, False, None)
+    for index, item, item_rng, (key, found, output) in _looked_up(inputs, rngs, lookup):
         batch, other = (done, todo) if found else (todo, done)
         if other:
             yield other.flush()
@@ -113,6 +112,41 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
     for batch in (todo, done):
         if batch:
             yield batch.flush()
+
+
+def _looked_up(inputs, rngs, lookup):
+    """``(index, item, rng, (key, found, output))`` of each input, in order.
+
+    The frames of input files are immutable: they are read a window ahead and looked up in
+    one query.  Any other item is looked up as soon as it comes, before the next is read
+    (iterating a ConfigSet writes each structure's location into it).
+    """
+    inputs = iter(inputs)
+    first, ahead = 0, _END
+    while True:
+        item = next(inputs, _END) if ahead is _END else ahead
+        ahead = _END
+        if item is _END:
+            return
+        window = [item]
+        if lookup is not None and type(item) is FrameItem:
+            while len(window) < _LOOKUP_WINDOW:
+                ahead = next(inputs, _END)
+                if type(ahead) is not FrameItem:
+                    break
+                window.append(ahead)
+                ahead = _END
+        window_rngs = list(itertools.islice(rngs, len(window)))
+        looked = lookup(first, window, window_rngs) if lookup is not None else [(None, False, None)]
+        yield from zip(range(first, first + len(window)), window, window_rngs, looked)
+        first += len(window)
+
+
+_END = object()
+
+# Inputs looked up in the journal at once: one query for them all, and few enough that the
+# first chunk goes out without delay.
+_LOOKUP_WINDOW = 64
 
 
 def _slices(inputs, size_of, rngs):

@@ -153,17 +153,26 @@ class RunCache:
         moved to the item's location when it was rendered at another (a frame that moved);
         one that cannot be moved exactly is not found.
         """
-        key = self.key_of(index, item, rng)
-        found, output, changed, rendered_at = self.journal.lookup(index, key, self._n_files)
-        if found and rendered_at is not None and isinstance(item, FrameItem) and rendered_at != item.location:
-            output = self._moved(output, rendered_at, item.location)
-            found = output is not None
-        if found:
-            self.reused += 1
-        else:
-            self.computed += 1
-            self.changed += changed
-        return key, found, output
+        return self.lookup_many(index, [item], [rng])[0]
+
+    def lookup_many(self, first, items, rngs):
+        """:meth:`lookup` of consecutive input items ``first, first + 1, ...``, with their
+        generators ``rngs``: one query of the journal for all of them."""
+        indices = range(first, first + len(items))
+        keys = [self.key_of(index, item, rng) for index, item, rng in zip(indices, items, rngs)]
+        looked = []
+        for index, item, key, (found, output, changed, rendered_at) in zip(
+                indices, items, keys, self.journal.lookup_many(indices, keys, self._n_files)):
+            if found and rendered_at is not None and isinstance(item, FrameItem) and rendered_at != item.location:
+                output = self._moved(output, rendered_at, item.location)
+                found = output is not None
+            if found:
+                self.reused += 1
+            else:
+                self.computed += 1
+                self.changed += changed
+            looked.append((key, found, output))
+        return looked
 
     def _moved(self, output, old_location, new_location):
         """``output`` (a RenderedOutput rendered at ``old_location``) as rendering it at

@@ -77,6 +77,8 @@ _META_TYPES = {"format": int, "call_key": str, "call": dict, "complete": bool, "
 # integers are 64-bit, and a run number is incremented.
 _LARGEST_COUNT = 2 ** 62
 
+# Keys asked for in one query: well below SQLite's oldest limit on a statement's parameters (999).
+_KEYS_PER_QUERY = 500
 _RECOVER = "pass overwrite=True (wfl-like --overwrite) to discard it and start afresh"
 
 
@@ -307,6 +309,47 @@ class Journal:
                 return True, self._unpacked(index, kept, n_files), False, self._rendered_at(index, kept)
             changed = self._db.execute("SELECT 1 FROM items WHERE idx=? LIMIT 1", (index,)).fetchone()
         return False, None, changed is not None, None
+
+    def lookup_many(self, indices, keys, n_files=None):
+        """:meth:`lookup` of several items at once (two queries, not one or two per item).
+
+        Parameters
+        ----------
+        indices, keys : sequence of int, sequence of str
+            The items' input indices and cache keys, in the same order.
+        n_files : int, optional
+
+        Returns
+        -------
+        list of (found, output, changed, rendered_at)
+            One per item, in order.
+        """
+        if not self._holds_items:
+            return [(False, None, False, None)] * len(keys)
+        rows = {}
+        with self._guard():
+            for start in range(0, len(keys), _KEYS_PER_QUERY):
+                part = list(dict.fromkeys(keys[start:start + _KEYS_PER_QUERY]))
+                marks = ", ".join("?" * len(part))
+                for row in self._db.execute(f"SELECT key, status, form, output, file_i, count, size, loc FROM items "
+                                            f"WHERE key IN ({marks})", part):
+                    rows[row[0]] = row[1:]
+            missed = [index for index, key in zip(indices, keys) if rows.get(key, (None,))[0] != DONE]
+            occupied = set()
+            for start in range(0, len(missed), _KEYS_PER_QUERY):
+                part = missed[start:start + _KEYS_PER_QUERY]
+                marks = ", ".join("?" * len(part))
+                occupied.update(row[0] for row in self._db.execute(
+                    f"SELECT DISTINCT idx FROM items WHERE idx IN ({marks})", part))
+        looked = []
+        for index, key in zip(indices, keys):
+            row = rows.get(key)
+            if row is not None and row[0] == DONE:
+                kept = stored_form.Stored(*row[1:])
+                looked.append((True, self._unpacked(index, kept, n_files), False, self._rendered_at(index, kept)))
+            else:
+                looked.append((False, None, index in occupied, None))
+        return looked
 
     def _rendered_at(self, index, kept):
         try:
