@@ -536,3 +536,34 @@ def test_outputspec_plans_from_its_files(tmp_path):
     assert out.plan_run().reuse == ownership.EXIST
     assert OutputSpec(tmp_path / "o.xyz", overwrite=True).plan_run().reuse is None
     assert OutputSpec().plan_run().reuse is None
+
+
+def test_looking_up_many_items_at_once_answers_as_one_at_a_time(tmp_path):
+    """Done, failed, moved, changed and new items, keys twice in one window, and more keys
+    than one query takes: each answer as the one-item lookup gives it."""
+    from wfl_like.errors import FailedItem
+
+    def frame(i):
+        return f"1\nProperties=species:S:1:pos:R:3 label={i}\nH 0.0 0.0 {i}.0\n"
+
+    journal = Journal(tmp_path / "journal.sqlite")
+    try:
+        journal.start("call", {"op": "test"})
+        done = [(i, f"key{i}", stored.at_location(stored.pack(RenderedOutput(0, frame(i) * (1 + i % 3), 1 + i % 3)),
+                                                   (i,)))
+                for i in range(0, 1300, 2)]
+        failed = [(i, f"key{i}", FailedItem(i, "ValueError: no")) for i in range(1, 1300, 6)]
+        journal.record(done=done, failed=failed)
+        journal.start("call", {"op": "test"})     # a second run: misses may now be changed items
+        indices = list(range(1400))
+        # most keys at their own place; some moved to another index, some never seen, one asked twice
+        keys = [f"key{i}" if i % 5 else f"key{(i + 2) % 1400}" for i in indices]
+        keys[7] = keys[8] = "key8"
+        keys[1399] = "never"
+        many = journal.lookup_many(indices, keys, n_files=1)
+        one_by_one = [journal.lookup(index, key, n_files=1) for index, key in zip(indices, keys)]
+    finally:
+        journal.close()
+    assert many == one_by_one
+    assert {found for found, _, _, _ in many} == {True, False}
+    assert {changed for found, _, changed, _ in many if not found} == {True, False}
