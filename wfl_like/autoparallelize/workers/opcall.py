@@ -178,20 +178,20 @@ def call_generation():
     return _call_generation
 
 
-def install(call, initializer=None, initargs=(), own_process=True, inputs=None, lend=None):
+def install(call, initializer=None, initargs=(), own_process=True, inputs=None, lendable_inputs=None):
     """Worker initializer: keep ``call`` for :func:`run_installed`, then run the user's initializer.
 
     ``call`` and ``initializer`` may come wrapped in :class:`ByValue`.  ``own_process``
     says this process is a pool worker of ours (not, say, a thread of the caller's).
     ``inputs``: the call's whole input sequence, which a forked worker inherited from the
-    driver, for :func:`run_inherited`; ``lend``: which of them nothing else holds
+    driver, for :func:`run_inherited`; ``lendable_inputs``: which of them nothing else holds
     (:func:`~wfl_like.autoparallelize.workers.isolation.held_by_the_inputs_alone`).
     """
     global _installed, _inherited_inputs, _lendable_inputs
     call, initializer = _unwrap(call), _unwrap(initializer)
     _installed = call
     _inherited_inputs = inputs
-    _lendable_inputs = lend if inputs is not None else None
+    _lendable_inputs = lendable_inputs if inputs is not None else None
     begin_call()
     if own_process:
         # an op that calls another autoparallelized op runs it serially: a worker cannot have workers
