@@ -122,8 +122,8 @@ def _looked_up(inputs, rngs, lookup):
     (iterating a ConfigSet writes each structure's location into it).
     """
     inputs = iter(inputs)
-    first, ahead = 0, _END
-    while True:
+    first, ahead, broken = 0, _END, None
+    while broken is None:
         item = next(inputs, _END) if ahead is _END else ahead
         ahead = _END
         if item is _END:
@@ -131,7 +131,14 @@ def _looked_up(inputs, rngs, lookup):
         window = [item]
         if lookup is not None and type(item) is FrameItem:
             while len(window) < _LOOKUP_WINDOW:
-                ahead = next(inputs, _END)
+                try:
+                    ahead = next(inputs, _END)
+                except Exception as error:
+                    # A bad frame read ahead must not stop the frames before it: they go
+                    # out (and are run and journaled) exactly as they would without the
+                    # window, and the error is raised where it would have been.
+                    broken, ahead = error, _END
+                    break
                 if type(ahead) is not FrameItem:
                     break
                 window.append(ahead)
@@ -140,6 +147,7 @@ def _looked_up(inputs, rngs, lookup):
         looked = lookup(first, window, window_rngs) if lookup is not None else [(None, False, None)]
         yield from zip(range(first, first + len(window)), window, window_rngs, looked)
         first += len(window)
+    raise broken
 
 
 _END = object()
