@@ -27,6 +27,7 @@ from ase.cell import Cell
 ATOMS_ATTRIBUTES = frozenset({"_cellobj", "_pbc", "arrays", "_celldisp", "_constraints", "info", "_calc"})
 _CELL_ATTRIBUTES = frozenset({"array"})
 _FLOAT, _BOOL = np.dtype(np.float64), np.dtype(np.bool_)
+# bound once: it is called for every structure a worker sends back
 _new = object.__new__
 # values a copy may share: no operation can change them in place
 IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), np.generic)

@@ -161,8 +161,8 @@ class RunCache:
         indices = range(first, first + len(items))
         keys = [self.key_of(index, item, rng) for index, item, rng in zip(indices, items, rngs)]
         looked = []
-        for index, item, key, (found, output, changed, rendered_at) in zip(
-                indices, items, keys, self.journal.lookup_many(indices, keys, self._n_files)):
+        for item, key, (found, output, changed, rendered_at) in zip(
+                items, keys, self.journal.lookup_many(indices, keys, self._n_files)):
             if found and rendered_at is not None and isinstance(item, FrameItem) and rendered_at != item.location:
                 output = self._moved(output, rendered_at, item.location)
                 found = output is not None

@@ -79,6 +79,7 @@ _LARGEST_COUNT = 2 ** 62
 
 # Keys asked for in one query: well below SQLite's oldest limit on a statement's parameters (999).
 _KEYS_PER_QUERY = 500
+
 _RECOVER = "pass overwrite=True (wfl-like --overwrite) to discard it and start afresh"
 
 
@@ -311,7 +312,7 @@ class Journal:
         return False, None, changed is not None, None
 
     def lookup_many(self, indices, keys, n_files=None):
-        """:meth:`lookup` of several items at once (two queries, not one or two per item).
+        """:meth:`lookup` of several items at once (two queries per 500 keys, not one or two per item).
 
         Parameters
         ----------

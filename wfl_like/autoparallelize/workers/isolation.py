@@ -64,11 +64,16 @@ def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
     Asked by the driver before it forks its workers: a structure that something else holds
     too (another structure's ``info``, an argument of the operation, a global, a second
     place among the inputs) is never lent (:func:`lendable`), since a change made to it in
-    a worker would be seen there through that other holder.  The same goes for every
-    structure where the list that holds them all, ``callers`` (the caller's list or tuple,
-    which may be ``inputs`` itself), is held by anything but the variables of running
-    functions: an argument of the operation, a module's global, an object's attribute.
-    The operation could reach it there, and read one structure as another chunk left it.
+    a worker would be seen there through that other holder.  No structure at all is lent
+    where the list that holds them all, ``callers`` (the caller's list or tuple, which may
+    be ``inputs`` itself), is held by anything but the variables of running functions: an
+    argument of the operation, a module's global, an object's attribute.  The operation
+    could reach it there, and read one structure as another chunk left it.
+
+    Holders are found through the garbage collector, so a holder it does not track is not
+    seen: a numpy object array or a weak reference that holds the caller's list itself
+    (not its structures, which are counted exactly).  An operation that reaches the
+    other inputs that way should be given them as a ConfigSet, whose chunks carry copies.
     """
     if _held_beyond_variables(callers):
         return bytes(len(inputs))
@@ -93,7 +98,9 @@ def _held_beyond_variables(container):
     or ``**`` holds its arguments in a tuple or dict that only the running call holds: so
     a tuple or dict is looked through, up to a few rings, to what holds it.
     """
-    kept = []                   # the lists made here hold what they list: not holders to report
+    # the lists made here hold what they list: not holders to report; and they are kept to
+    # the end, so that no id in `mine` is reused by an object made meanwhile
+    kept = []
     mine = set()
     level = [container]
     for _ in range(_HOLDER_DEPTH):
