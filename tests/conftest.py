@@ -36,5 +36,9 @@ def slurm_cluster():
 def pytest_collection_modifyitems(items):
     # every test marked `slurm` needs the cluster: give it the fixture so that it skips where none answers
     for item in items:
-        if item.get_closest_marker("slurm") is not None and "slurm_cluster" not in item.fixturenames:
-            item.fixturenames.insert(0, "slurm_cluster")
+        if item.get_closest_marker("slurm") is not None:
+            if "slurm_cluster" not in item.fixturenames:
+                item.fixturenames.insert(0, "slurm_cluster")
+            # one node for every job: the Slurm tests run one after another, in one test process,
+            # so no test's jobs queue behind another's
+            item.add_marker(pytest.mark.xdist_group("slurm"))
