@@ -33,6 +33,8 @@ def slurm_cluster():
         pytest.skip(reason)
 
 
+# first: pytest-xdist reads the groups in a hook of its own
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     # every test marked `slurm` needs the cluster: give it the fixture so that it skips where none answers
     for item in items:
