@@ -25,9 +25,12 @@ def _slurm_skip_reason():
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def slurm_cluster():
-    """Skip the test unless a Slurm cluster answers on this machine (sbatch, squeue, scancel work)."""
+    """Skip the test unless a Slurm cluster answers on this machine (sbatch, squeue, scancel work).
+
+    Asked for each test, in its turn on the cluster (:func:`pytest_runtest_protocol`): a test
+    before it may have restarted the controller."""
     reason = _slurm_skip_reason()
     if reason is not None and os.environ.get("WFL_LIKE_REQUIRE_SLURM") == "1":
         # CI starts a cluster and sets this: there a missing cluster is a failure, not a skip
@@ -36,29 +39,44 @@ def slurm_cluster():
         pytest.skip(reason)
 
 
-@pytest.fixture
-def one_slurm_test_at_a_time(slurm_cluster):
-    """Hold this machine's Slurm lock for the test: one node runs every job, so a test running
-    beside another (in the other test process, or another session) would see its jobs queue
-    behind the other's, or the controller the other restarts."""
-    with open(Path(tempfile.gettempdir()) / "wfl_like-slurm-tests.lock", "a") as lock:
+def _open_lock(path):
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        # another user's file in a sticky temp dir: a lock needs only a descriptor of it
+        return os.open(path, os.O_RDONLY)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Each Slurm test holds this machine's Slurm lock, from its setup to its teardown.
+
+    One node runs every job: a test beside another (in the other test process, or another
+    session) would see its jobs queue behind the other's, or the controller the other
+    restarts.  Taken outside the test's time limit, which counts from its setup."""
+    if item.get_closest_marker("slurm") is None or shutil.which("sbatch") is None:
+        yield
+        return
+    lock = _open_lock(Path(tempfile.gettempdir()) / "wfl_like-slurm-tests.lock")
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield
+    finally:
+        # unlocked before closing: a worker the test forked may still hold the descriptor
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
 
 
 def pytest_collection_modifyitems(items):
-    # every test marked `slurm` needs the cluster, and takes its turn on it
+    # every test marked `slurm` needs the cluster: give it the fixture so that it skips where none answers
     for item in items:
-        if item.get_closest_marker("slurm") is not None and "one_slurm_test_at_a_time" not in item.fixturenames:
-            item.fixturenames.insert(0, "one_slurm_test_at_a_time")
+        if item.get_closest_marker("slurm") is not None and "slurm_cluster" not in item.fixturenames:
+            item.fixturenames.insert(0, "slurm_cluster")
 
 
 def pytest_itemcollected(item):
     # The Slurm tests in one test process, one after another, so that neither process waits
-    # for the other's turn (pytest-xdist's groups; beside pytest 9.2, whose node ids it fails
-    # to rename, it ignores them, and the lock above still keeps the tests apart).
+    # for the other's turn (pytest-xdist's groups; with pytest 9.2, whose node ids it fails to
+    # rename, it ignores them, and the lock above still keeps the tests apart).
     if item.get_closest_marker("slurm") is not None:
         item.add_marker(pytest.mark.xdist_group("slurm"))

@@ -1,10 +1,14 @@
 """Chunks found in the journal take no slot: the chunks after them are submitted before the
-driver hands the found ones back, so that workers compute while a resumed run stores."""
+driver hands the found ones back, so that workers compute while a resumed run stores.  And the
+frames read ahead to be looked up in the journal a window at a time go out as without a journal."""
 
 from concurrent.futures import Future
 
-from wfl_like.autoparallelize import supervisor
+import pytest
+
+from wfl_like.autoparallelize import chunks, supervisor
 from wfl_like.autoparallelize.chunks import Chunk
+from wfl_like.autoparallelize.frame_items import FrameItem
 from wfl_like.io.renderer import RenderedOutput
 
 
@@ -48,3 +52,36 @@ def test_found_outputs_held_ahead_are_bounded_by_their_size(monkeypatch):
     assert next(results).chunk.first == 0
     # 8 bytes held are within the bound, 16 are not: the second found chunk was read, no more
     assert read == [0, 1]
+
+
+class BrokenInput(Exception):
+    """What a truncated input file raises where its bad frame is read."""
+
+
+def frames_breaking_at(bad, read):
+    """Frames 0, 1, ... of an input file that raises at frame ``bad``, noting each frame read."""
+    for index in range(bad):
+        read.append(index)
+        yield FrameItem(path="in.xyz", start=index, end=index + 1, location=(index,), digest=b"%d" % index)
+    raise BrokenInput(f"frame {bad}")
+
+
+def nothing_found(first, items, rngs):
+    return [(f"key {first + i}", False, None) for i in range(len(items))]
+
+
+@pytest.mark.parametrize("bad", [9, chunks._LOOKUP_WINDOW - 1, chunks._LOOKUP_WINDOW, 2 * chunks._LOOKUP_WINDOW + 5])
+def test_a_bad_frame_read_ahead_for_the_journal_stops_the_chunks_where_a_run_without_one_stops(bad):
+    def chunks_until_broken(lookup):
+        made = []
+        with pytest.raises(BrokenInput, match=f"frame {bad}") as raised:
+            for part in chunks.make_chunks(frames_breaking_at(bad, []), 4, lookup=lookup):
+                made.append([item.start for item in part.items])
+        return made, raised.value
+
+    without, error_without = chunks_until_broken(None)
+    looked_up, error_with = chunks_until_broken(nothing_found)
+    # every whole chunk before the bad frame went out, then the same error: none of the frames
+    # before it is held back by the window it was read into
+    assert looked_up == without == [list(range(first, first + 4)) for first in range(0, bad - bad % 4, 4)]
+    assert type(error_with) is type(error_without)

@@ -120,8 +120,8 @@ def _looked_up(inputs, rngs, lookup):
     The frames of input files are immutable: they are read a window ahead and looked up in
     one query.  Any other item is looked up as soon as it comes, before the next is read
     (iterating a ConfigSet writes each structure's location into it).  A frame whose key
-    repeats an earlier one in its window is not found, as one whose first copy is still
-    running is not: both are computed.
+    repeats an earlier one in its window is not found unless an earlier run journaled it,
+    as one whose first copy is still running is not: both are computed.
     """
     inputs = iter(inputs)
     first, ahead, broken = 0, _END, None

@@ -71,8 +71,9 @@ def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
     could reach it there, and read one structure as another chunk left it.
 
     Holders are found through the garbage collector, so a holder it does not track is not
-    seen: a numpy object array or a weak reference that holds the caller's list itself
-    (not its structures, which are counted exactly).  An operation that reaches the
+    seen: a numpy object array (or another container of a C extension that the collector
+    does not traverse) that holds the caller's list itself, not its structures, which are
+    counted exactly.  An operation that reaches the
     other inputs that way should be given them as a ConfigSet, whose chunks carry copies.
     """
     if _held_beyond_variables(callers):
