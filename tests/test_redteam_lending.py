@@ -399,6 +399,8 @@ def runs_of(where, n):
             else 0 for i in range(n)]
 
 
+# a hang (a task sent ahead to a worker that died, never sent again) fails the test
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["exit", "sigkill", "sleep", "memory", "emfile"])
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("as_list", [True, False])
@@ -408,10 +410,8 @@ def test_tasks_sent_ahead_of_a_dying_worker_run_once_elsewhere(monkeypatch, tmp_
     before = round_trip(items)
     inputs = items if as_list else iter(items)
     more = {"timeout": 1.0} if how == "sleep" else {}
-    t0 = time.monotonic()
     outputs, failures = run(count_runs_and_misbehave, inputs, workers, 1, "fork", monkeypatch, errors="skip",
                             op_kwargs={"where": str(tmp_path), "how": how}, retries=1, **more)
-    assert time.monotonic() - t0 < 20
     runs = runs_of(tmp_path, n)
     assert runs[:5] + runs[6:] == [1] * (n - 1), runs
     kept = list(range(n))
@@ -487,15 +487,14 @@ def attach_payload(items, how="raise", bad=(4,)):
     return items
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("chunk", [1, 3])
 @pytest.mark.parametrize("as_list", [True, False])
 def test_an_output_that_does_not_unpickle_in_the_driver_fails_its_item_with_a_type_error(
         monkeypatch, chunk, as_list):
     items = [structure(i) for i in range(9)]
     inputs = items if as_list else iter(items)
-    t0 = time.monotonic()
     outputs, failures = run(attach_payload, inputs, 2, chunk, "fork", monkeypatch, errors="skip")
-    assert time.monotonic() - t0 < 20
     assert [f.index for f in failures] == [4], failures
     assert "TypeError" in str(failures[0]) or "unpickled" in str(failures[0]), failures[0]
     assert [a.info["label"] for a in outputs] == [0, 1, 2, 3, 5, 6, 7, 8]
