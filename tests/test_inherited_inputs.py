@@ -368,3 +368,37 @@ def test_inputs_passed_on_by_keyword_through_a_wrapper_are_still_lent(monkeypatc
                                 autopara_info={"num_python_subprocesses": 1, "num_inputs_per_python_subprocess": 1}))
     assert [a.info["seen_as"] for a in forked] == [id(a) for a in items]
     assert [a.info["first_z"] for a in forked] == [0.0] * 5
+
+
+def test_inputs_of_a_list_that_a_lambda_captures_are_lent(monkeypatch):
+    # a harness that keeps its runs as lambdas: the list lives in a cell of the lambdas'
+    # closures, which nothing but this function's variables holds
+    items = [structure(i) for i in range(5)]
+    runs = {"forked": lambda: run(shift_and_read_the_first_input, items, 1, 1, "fork", monkeypatch,
+                                  op_kwargs={"everything": [structure(0)]})}
+    forked, _ = runs["forked"]()
+    assert [a.info["seen_as"] for a in forked] == [id(a) for a in items]
+    assert [a.positions[0, 2] for a in items] == [0.1 * i for i in range(5)]
+
+
+def test_inputs_of_a_list_that_the_operation_captures_are_not_lent(monkeypatch):
+    items = [structure(i) for i in range(5)]
+
+    def shift_and_read_the_captured_first_input(chunk):
+        return shift_and_read_the_first_input(chunk, items)
+
+    forked, _ = run(shift_and_read_the_captured_first_input, items, 1, 1, "fork", monkeypatch)
+    assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"
+
+
+def test_inputs_of_a_list_that_a_function_given_to_the_operation_captures_are_not_lent(monkeypatch):
+    items = [structure(i) for i in range(5)]
+
+    def first_input():
+        return items[0]
+
+    def shift_and_read_through(chunk, source):
+        return shift_and_read_the_first_input(chunk, [source()])
+
+    forked, _ = run(shift_and_read_through, items, 1, 1, "fork", monkeypatch, op_kwargs={"source": first_input})
+    assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"

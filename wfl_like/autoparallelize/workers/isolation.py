@@ -66,8 +66,9 @@ def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
     place among the inputs) is never lent (:func:`lendable`), since a change made to it in
     a worker would be seen there through that other holder.  No structure at all is lent
     where the list that holds them all, ``callers`` (the caller's list or tuple, which may
-    be ``inputs`` itself), is held by anything but the variables of running functions: an
-    argument of the operation, a module's global, an object's attribute.  The operation
+    be ``inputs`` itself), is held by anything but the variables of running functions
+    (closures' captured ones included): an argument of the operation, a module's global, an
+    object's attribute, a function that one of these holds.  The operation
     could reach it there, and read one structure as another chunk left it.
 
     Holders are found through the garbage collector, so a holder it does not track is not
@@ -86,8 +87,15 @@ def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
     return bytes(count == expected for count in _counts(inputs))
 
 
-# how many rings of tuples and dicts around the caller's list are followed before it counts as held
-_HOLDER_DEPTH = 3
+# How many rings of holders around the caller's list are followed before it counts as held:
+# a variable that a lambda captures (a cell, in the lambda's closure tuple, held by the
+# lambda, held by a dict of the caller's) is four.
+_HOLDER_DEPTH = 5
+
+# Holders looked through, to what holds them: the containers by which variables of running
+# functions hold things (arguments passed on by * and **, variables that closures capture).
+# A holder of any other kind (an object, a module, a list, a class) is one the operation may reach.
+_LOOKED_THROUGH = (tuple, dict, types.CellType, types.FunctionType)
 
 
 def _held_beyond_variables(container):
@@ -96,8 +104,10 @@ def _held_beyond_variables(container):
     The collector finds every holder it tracks: dicts (a module's globals, an object's
     attributes, keyword arguments), lists, objects, closures' cells.  A variable of a
     running function is no object (or a frame, where one was made), but a call with ``*``
-    or ``**`` holds its arguments in a tuple or dict that only the running call holds: so
-    a tuple or dict is looked through, up to a few rings, to what holds it.
+    or ``**`` holds its arguments in a tuple or dict that only the running call holds, and
+    a variable a closure captures lives in a cell, in the closure's tuple, held by the
+    function: so these are looked through, a few rings out, to what holds them.  One search
+    of the heap per ring, for all of its holders at once.
     """
     # the lists made here hold what they list: not holders to report; and they are kept to
     # the end, so that no id in `mine` is reused by an object made meanwhile
@@ -107,18 +117,18 @@ def _held_beyond_variables(container):
     for _ in range(_HOLDER_DEPTH):
         kept.append(level)
         mine.add(id(level))
+        holders = gc.get_referrers(*level)
+        kept.append(holders)
+        mine.add(id(holders))
+        seen = set(mine)
         found = []
-        kept.append(found)
-        mine.add(id(found))
-        for obj in level:
-            holders = gc.get_referrers(obj)
-            kept.append(holders)
-            mine.add(id(holders))
-            found.extend(holder for holder in holders
-                         if id(holder) not in mine and type(holder) is not types.FrameType)
+        for holder in holders:
+            if id(holder) not in seen and type(holder) is not types.FrameType:
+                seen.add(id(holder))
+                found.append(holder)
         if not found:
             return False
-        if any(type(holder) is not tuple and type(holder) is not dict for holder in found):
+        if any(type(holder) not in _LOOKED_THROUGH for holder in found):
             return True
         level = found
     return True
