@@ -58,10 +58,9 @@ class BrokenInput(Exception):
     """What a truncated input file raises where its bad frame is read."""
 
 
-def frames_breaking_at(bad, read):
-    """Frames 0, 1, ... of an input file that raises at frame ``bad``, noting each frame read."""
+def frames_breaking_at(bad):
+    """Frames 0, 1, ... of an input file that raises at frame ``bad``."""
     for index in range(bad):
-        read.append(index)
         yield FrameItem(path="in.xyz", start=index, end=index + 1, location=(index,), digest=b"%d" % index)
     raise BrokenInput(f"frame {bad}")
 
@@ -75,7 +74,7 @@ def test_a_bad_frame_read_ahead_for_the_journal_stops_the_chunks_where_a_run_wit
     def chunks_until_broken(lookup):
         made = []
         with pytest.raises(BrokenInput, match=f"frame {bad}") as raised:
-            for part in chunks.make_chunks(frames_breaking_at(bad, []), 4, lookup=lookup):
+            for part in chunks.make_chunks(frames_breaking_at(bad), 4, lookup=lookup):
                 made.append([item.start for item in part.items])
         return made, raised.value
 

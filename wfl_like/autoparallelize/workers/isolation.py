@@ -68,14 +68,14 @@ def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
     where the list that holds them all, ``callers`` (the caller's list or tuple, which may
     be ``inputs`` itself), is held by anything but the variables of running functions
     (closures' captured ones included): an argument of the operation, a module's global, an
-    object's attribute, a function that one of these holds.  The operation
-    could reach it there, and read one structure as another chunk left it.
+    object's attribute, a function that one of these holds.  The operation could reach it
+    there, and read one structure as another chunk left it.
 
     Holders are found through the garbage collector, so a holder it does not track is not
     seen: a numpy object array (or another container of a C extension that the collector
     does not traverse) that holds the caller's list itself, not its structures, which are
-    counted exactly.  An operation that reaches the
-    other inputs that way should be given them as a ConfigSet, whose chunks carry copies.
+    counted exactly.  An operation that reaches the other inputs that way should be given
+    them as a ConfigSet, whose chunks carry copies.
     """
     if _held_beyond_variables(callers):
         return bytes(len(inputs))
