@@ -9,8 +9,10 @@ dies mid-chunk, is retired or is replaced, and whatever the items share; the cal
 objects never change; and the path is taken only where it should be.
 """
 
+import gc
 import os
 import pickle
+import sys
 import warnings
 
 import numpy as np
@@ -401,4 +403,43 @@ def test_inputs_of_a_list_that_a_function_given_to_the_operation_captures_are_no
         return shift_and_read_the_first_input(chunk, [source()])
 
     forked, _ = run(shift_and_read_through, items, 1, 1, "fork", monkeypatch, op_kwargs={"source": first_input})
+    assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"
+
+
+def inputs_whose_frame_a_stored_exception_keeps():
+    """A list built in a call that has returned, whose frame a traceback kept (an exception
+    saved for a report): the operation reads the first input through it."""
+    items = [structure(i) for i in range(5)]
+    try:
+        raise ValueError("logged, not raised")
+    except ValueError as error:
+        STORED_ERRORS.append(error)
+    return items
+
+
+STORED_ERRORS = []
+
+
+def shift_and_read_the_first_input_of_the_stored_frame(items):
+    frame = STORED_ERRORS[-1].__traceback__.tb_frame
+    return shift_and_read_the_first_input(items, frame.f_locals["items"])
+
+
+def test_inputs_of_a_list_that_a_finished_call_s_kept_frame_holds_are_not_lent(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "STORED_ERRORS", [])
+    items = inputs_whose_frame_a_stored_exception_keeps()
+    forked, _ = run(shift_and_read_the_first_input_of_the_stored_frame, items, 1, 1, "fork", monkeypatch)
+    assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"
+
+
+def test_inputs_are_not_lent_while_the_collector_has_frozen_objects(monkeypatch):
+    # frozen objects are passed over by the collector's searches: a module global made
+    # before the freeze (here, the one the operation reads) would hide the list
+    gc.freeze()
+    try:
+        items = [structure(i) for i in range(5)]
+        monkeypatch.setitem(globals(), "ALL_INPUTS", items)
+        forked, _ = run(shift_and_read_the_first_input, items, 1, 1, "fork", monkeypatch)
+    finally:
+        gc.unfreeze()
     assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"

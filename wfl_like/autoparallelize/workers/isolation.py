@@ -74,8 +74,10 @@ def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
     Holders are found through the garbage collector, so a holder it does not track is not
     seen: a numpy object array (or another container of a C extension that the collector
     does not traverse) that holds the caller's list itself, not its structures, which are
-    counted exactly.  An operation that reaches the other inputs that way should be given
-    them as a ConfigSet, whose chunks carry copies.
+    counted exactly.  Nor is an operation that reads the frames of running calls
+    (``sys._getframe``, a frame object saved while its call runs) guarded against.  An
+    operation that reaches the other inputs that way should be given them as a ConfigSet,
+    whose chunks carry copies.
     """
     if _held_beyond_variables(callers):
         return bytes(len(inputs))
@@ -107,12 +109,17 @@ def _held_beyond_variables(container):
     or ``**`` holds its arguments in a tuple or dict that only the running call holds, and
     a variable a closure captures lives in a cell, in the closure's tuple, held by the
     function: so these are looked through, a few rings out, to what holds them.  One search
-    of the heap per ring, for all of its holders at once.
+    of the heap per ring, for all of its holders at once.  A frame is a variable only while
+    its call runs: one that outlived it (kept by a stored traceback) is a holder like any.
     """
+    if gc.get_freeze_count():
+        # the collector's searches pass over frozen objects: a holder among them is not seen
+        return True
     # the lists made here hold what they list: not holders to report; and they are kept to
-    # the end, so that no id in `mine` is reused by an object made meanwhile
+    # the end, so that no id in `mine` or `running` is reused by an object made meanwhile
     kept = []
     mine = set()
+    running = _running_frames(kept)
     level = [container]
     for _ in range(_HOLDER_DEPTH):
         kept.append(level)
@@ -123,7 +130,7 @@ def _held_beyond_variables(container):
         seen = set(mine)
         found = []
         for holder in holders:
-            if id(holder) not in seen and type(holder) is not types.FrameType:
+            if id(holder) not in seen and id(holder) not in running:
                 seen.add(id(holder))
                 found.append(holder)
         if not found:
@@ -132,6 +139,17 @@ def _held_beyond_variables(container):
             return True
         level = found
     return True
+
+
+def _running_frames(kept):
+    """The ids of the frames of every call running now, in any thread (the frames go in ``kept``)."""
+    running = set()
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            kept.append(frame)
+            running.add(id(frame))
+            frame = frame.f_back
+    return running
 
 
 def _counts(items):
