@@ -175,6 +175,10 @@ def _slices(inputs, size_of, rngs):
 _CACHED_BATCH = 1000
 
 
+# Chunks per slot after which a measurement is judged, if a chunk's worth of time has not passed.
+_JUDGE_AFTER = 2
+
+
 class AdaptiveChunkSize:
     """Chunk sizes that follow the cost of the operation: ``num_inputs_per_python_subprocess="auto"``.
 
@@ -194,7 +198,7 @@ class AdaptiveChunkSize:
         Largest chunk; it bounds the items held in memory.
     """
 
-    def __init__(self, target=0.2, maximum=200):
+    def __init__(self, target=0.2, maximum=1000):
         self.target, self.maximum = target, maximum
         self.size = 1
         self._since = None        # when the current measurement began
@@ -215,8 +219,9 @@ class AdaptiveChunkSize:
             self._items += n_items
             elapsed = now - self._since
             # judge after a chunk's worth of time, or sooner when chunks come back fast
-            # enough that eight per slot were seen: cheap operations reach their size quickly
-            if elapsed <= 0 or (elapsed < self.target and self._items < 8 * self.size * slots):
+            # enough that a few per slot were seen: cheap operations reach their size quickly
+            # (each judgement grows chunks at most 8-fold, so one judged on few is no risk)
+            if elapsed <= 0 or (elapsed < self.target and self._items < _JUDGE_AFTER * self.size * slots):
                 return
             per_item = elapsed * slots / self._items
             # at most 8-fold growth per measurement: the round trip's share shrinks as

@@ -23,7 +23,7 @@ from multiprocessing.connection import wait
 from multiprocessing.reduction import ForkingPickler
 
 from wfl_like.autoparallelize.workers.devices import device_of, environment_for_start, worker_environment
-from wfl_like.autoparallelize.workers.threads import thread_environment
+from wfl_like.autoparallelize.workers.threads import loaded_libraries, thread_environment
 from wfl_like.autoparallelize.workers.guardian import Guardian, kill_process_group
 from wfl_like.autoparallelize.workers.starting import START_LOCK
 from wfl_like.autoparallelize.workers.worker import worker_main
@@ -98,7 +98,7 @@ class _Task:
 
 class _Worker:
     def __init__(self, ctx, initializer, initargs, inherited, initializer_timeout=None, index=0, device=None,
-                 threads=None):
+                 threads=None, libraries=None):
         self.conn, child_conn = ctx.Pipe(duplex=True)
         method = ctx.get_start_method()
         if method == "fork":
@@ -107,10 +107,12 @@ class _Worker:
             inherited = list(inherited) + [self.conn]
         else:
             inherited = []      # a spawned child inherits none of them (and fd numbers mean nothing there)
+            libraries = None    # nor the driver's libraries
         self.index = index
         environment = worker_environment(device, thread_environment(threads))
         self.process = ctx.Process(target=worker_main,
-                                   args=(child_conn, initializer, initargs, inherited, index, environment, threads),
+                                   args=(child_conn, initializer, initargs, inherited, index, environment, threads,
+                                         libraries),
                                    daemon=True, name=f"wfl_like-worker-{index}")
         # a spawned interpreter imports the driver's main module before worker_main runs:
         # it must start with its device and thread limits; a forked one (or one forked by
@@ -214,6 +216,7 @@ class WorkerPool(Executor):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a whole number >= 1 or None, not {threads!r}")
         self._threads = threads
+        self._libraries = None      # the driver's native libraries, looked up once for its forked workers
         # the longest last task after which a worker is sent its next one ahead (0: never)
         self._send_ahead_below = (_SEND_AHEAD_BELOW if send_ahead is True else float(send_ahead or 0))
         self._ctx = mp_context or default_context()
@@ -273,9 +276,20 @@ class WorkerPool(Executor):
             inherited.append(self._guardian.fileno)
         index = self._free_index()
         worker = _Worker(self._ctx, self._initializer, self._initargs, inherited, self._initializer_timeout,
-                         index=index, device=device_of(self._devices, index), threads=self._threads)
+                         index=index, device=device_of(self._devices, index), threads=self._threads,
+                         libraries=self._loaded_libraries())
         self._guardian.watch(worker.pid)
         return worker
+
+    def _loaded_libraries(self):
+        if self._threads is None or self._ctx.get_start_method() != "fork":
+            return None
+        if self._libraries is None:
+            # once per pool: a library the driver loads while the pool runs, which a worker
+            # forked after that inherits, keeps its own thread count there (rare: the
+            # operation does not run in the driver while the pool does)
+            self._libraries = loaded_libraries()
+        return self._libraries
 
     def _free_index(self):
         """The lowest worker index no current worker holds (one leaving after its last task

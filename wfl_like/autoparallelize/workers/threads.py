@@ -19,7 +19,7 @@ per worker explicitly, whatever the driver's environment says.
 
 import os
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from wfl_like.autoparallelize.workers.devices import driver_environment, whole_number_variable
 
@@ -105,10 +105,25 @@ def thread_environment(limit):
     return {name: str(limit) for name in THREAD_VARIABLES}
 
 
-def limit_loaded_libraries(limit):
+def loaded_libraries():
+    """The native thread pools this process has loaded, for :func:`limit_loaded_libraries`.
+
+    Looked up by the driver before it forks workers, which inherit the answer: looking
+    again in each worker costs it milliseconds (more while the workers start side by side
+    on few cores), setting the limits through the inherited answer tens of microseconds.
+    Of no use to a spawned worker, which loads its libraries anew.
+    """
+    return ThreadpoolController()
+
+
+def limit_loaded_libraries(limit, loaded=None):
     """Limit the thread pools of the native libraries this process has loaded to ``limit`` threads.
 
-    The limit stays for the life of the process (it is not undone on return).
+    ``loaded``: what :func:`loaded_libraries` said in the process this one was forked
+    from, if it was called there; else this process looks itself.  The limit stays for
+    the life of the process (it is not undone on return).
     """
-    # kept in a local only: without ``with`` the limits are not restored, which is the point
-    threadpool_limits(limits=limit)
+    if loaded is None:
+        loaded = ThreadpoolController()
+    # the limiter is dropped, not used in ``with``: the limits are not restored, which is the point
+    loaded.limit(limits=limit)

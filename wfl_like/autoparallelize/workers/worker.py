@@ -30,7 +30,8 @@ _POISONING_ERRNOS = (errno.EMFILE, errno.ENFILE)
 _PR_SET_PDEATHSIG = 1
 
 
-def worker_main(conn, initializer, initargs, inherited, index=None, environment=None, threads=None):
+def worker_main(conn, initializer, initargs, inherited, index=None, environment=None, threads=None,
+                loaded_libraries=None):
     """Run tasks from ``conn`` until told to leave or the driver is gone.
 
     Parameters
@@ -51,12 +52,15 @@ def worker_main(conn, initializer, initargs, inherited, index=None, environment=
     threads : int, optional
         The most threads each native library this worker has loaded may use
         (:mod:`~wfl_like.autoparallelize.workers.threads`); None leaves them as they are.
+    loaded_libraries : threadpoolctl.ThreadpoolController, optional
+        The native libraries the driver had loaded when it forked this worker
+        (:func:`~wfl_like.autoparallelize.workers.threads.loaded_libraries`); None: look here.
     """
     enter_worker(index, environment)
     if threads is not None:
         # a forked worker has the driver's libraries loaded already, with the driver's
         # thread counts: the variables just set come too late for them
-        limit_loaded_libraries(threads)
+        limit_loaded_libraries(threads, loaded_libraries)
     _lead_own_process_group()
     _die_with_parent()
     for other in inherited:
