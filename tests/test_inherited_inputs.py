@@ -383,6 +383,37 @@ def test_inputs_of_a_list_that_a_lambda_captures_are_lent(monkeypatch):
     assert [a.positions[0, 2] for a in items] == [0.1 * i for i in range(5)]
 
 
+def test_inputs_of_a_list_that_lambdas_run_from_a_loop_over_a_dict_capture_are_lent(monkeypatch):
+    # a benchmark's harness: its runs kept as lambdas in a dict, run by a loop over the dict's
+    # items, whose iterator (on this call's stack) holds the last pair it gave
+    items = [structure(i) for i in range(5)]
+    runs = {"forked": lambda: run(shift_and_read_the_first_input, items, 1, 1, "fork", monkeypatch,
+                                  op_kwargs={"everything": [structure(0)]}),
+            "again": lambda: None}
+    results = {}
+    for name, one_run in runs.items():
+        results[name] = one_run()
+    forked, _ = results["forked"]
+    assert [a.info["seen_as"] for a in forked] == [id(a) for a in items]
+    assert [a.positions[0, 2] for a in items] == [0.1 * i for i in range(5)]
+
+
+# an iterator a script keeps, over getters of the input list (see the test below)
+GETTERS_LEFT = None
+
+
+def shift_and_read_the_first_input_through_the_iterator(items):
+    return shift_and_read_the_first_input(items, next(GETTERS_LEFT)())
+
+
+def test_inputs_of_a_list_that_an_iterator_in_a_module_global_reaches_are_not_lent(monkeypatch):
+    items = [structure(i) for i in range(5)]
+    getters = {i: (lambda: items) for i in range(10)}
+    monkeypatch.setitem(globals(), "GETTERS_LEFT", iter(getters.values()))
+    forked, _ = run(shift_and_read_the_first_input_through_the_iterator, items, 1, 1, "fork", monkeypatch)
+    assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"
+
+
 def test_inputs_of_a_list_that_the_operation_captures_are_not_lent(monkeypatch):
     items = [structure(i) for i in range(5)]
 

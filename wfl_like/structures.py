@@ -25,7 +25,9 @@ from ase.cell import Cell
 
 # The attributes of a plain Atoms: one with others was made by code that may rely on them.
 ATOMS_ATTRIBUTES = frozenset({"_cellobj", "_pbc", "arrays", "_celldisp", "_constraints", "info", "_calc"})
-_CELL_ATTRIBUTES = frozenset({"array"})
+_N_ATOMS_ATTRIBUTES = len(ATOMS_ATTRIBUTES)
+# looked up once: is_plain_atoms names it four times for every structure
+_ARRAY = np.ndarray
 _FLOAT, _BOOL = np.dtype(np.float64), np.dtype(np.bool_)
 # bound once: it is called for every structure a worker sends back
 _new = object.__new__
@@ -40,22 +42,34 @@ def is_plain_atoms(item) -> bool:
     that are ordinary C-ordered numpy arrays of numbers or strings (its ``info`` is not
     looked at).
     """
-    # written out flat: it is asked of every item of every chunk
+    # written out flat, with no tuple made (a shape is a new tuple each time it is read): it
+    # is asked of every item of every chunk, twice in a worker
     if type(item) is not Atoms:
         return False
     state = item.__dict__
-    if state.keys() != ATOMS_ATTRIBUTES or state["_calc"] is not None or state["_constraints"]:
+    # the seven attributes, none other: as many, and each one there
+    if len(state) != _N_ATOMS_ATTRIBUTES or "info" not in state:
         return False
-    cell, pbc, displacement = state["_cellobj"], state["_pbc"], state["_celldisp"]
-    if type(cell) is not Cell or cell.__dict__.keys() != _CELL_ATTRIBUTES:
+    try:
+        if state["_calc"] is not None or state["_constraints"]:
+            return False
+        cell, pbc, displacement, arrays = state["_cellobj"], state["_pbc"], state["_celldisp"], state["arrays"]
+    except KeyError:
         return False
-    cell = cell.array
-    if (type(cell) is not np.ndarray or cell.dtype != _FLOAT or cell.shape != (3, 3)
-            or type(pbc) is not np.ndarray or pbc.dtype != _BOOL or pbc.shape != (3,)
-            or type(displacement) is not np.ndarray or displacement.dtype != _FLOAT or displacement.shape != (3, 1)):
+    if type(cell) is not Cell:
         return False
-    for array in state["arrays"].values():
-        if type(array) is not np.ndarray or array.dtype.hasobject or not array.flags.c_contiguous:
+    cell_state = cell.__dict__
+    if len(cell_state) != 1 or "array" not in cell_state:
+        return False
+    cell = cell_state["array"]
+    # shapes (3, 3), (3,) and (3, 1), told by ndim, len and size
+    if (type(cell) is not _ARRAY or cell.dtype != _FLOAT or cell.ndim != 2 or len(cell) != 3 or cell.size != 9
+            or type(pbc) is not _ARRAY or pbc.dtype != _BOOL or pbc.ndim != 1 or len(pbc) != 3
+            or type(displacement) is not _ARRAY or displacement.dtype != _FLOAT or displacement.ndim != 2
+            or len(displacement) != 3 or displacement.size != 3):
+        return False
+    for array in arrays.values():
+        if type(array) is not _ARRAY or array.dtype.hasobject or not array.flags.c_contiguous:
             return False
     return True
 

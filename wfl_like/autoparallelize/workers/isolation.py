@@ -67,9 +67,10 @@ def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
     a worker would be seen there through that other holder.  No structure at all is lent
     where the list that holds them all, ``callers`` (the caller's list or tuple, which may
     be ``inputs`` itself), is held by anything but the variables of running functions
-    (closures' captured ones included): an argument of the operation, a module's global, an
-    object's attribute, a function that one of these holds.  The operation could reach it
-    there, and read one structure as another chunk left it.
+    (closures' captured ones and their loops' iterators included): an argument of the
+    operation, a module's global, an object's attribute, a function that one of these
+    holds.  The operation could reach it there, and read one structure as another chunk
+    left it.
 
     Holders are found through the garbage collector, so a holder it does not track is not
     seen: a numpy object array (or another container of a C extension that the collector
@@ -91,13 +92,19 @@ def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
 
 # How many rings of holders around the caller's list are followed before it counts as held:
 # a variable that a lambda captures (a cell, in the lambda's closure tuple, held by the
-# lambda, held by a dict of the caller's) is four.
-_HOLDER_DEPTH = 5
+# lambda, held by a dict of the caller's) is four; a loop over that dict's items (the
+# loop's last pair, held by its iterator) two more.
+_HOLDER_DEPTH = 6
 
 # Holders looked through, to what holds them: the containers by which variables of running
-# functions hold things (arguments passed on by * and **, variables that closures capture).
-# A holder of any other kind (an object, a module, a list, a class) is one the operation may reach.
-_LOOKED_THROUGH = (tuple, dict, types.CellType, types.FunctionType)
+# functions hold things (arguments passed on by * and **, variables that closures capture),
+# and the iterators of the loops they run (``for name, run in runs.items()``), which live
+# on a running call's stack as its variables do.  A holder of any other kind (an object, a
+# module, a list, a class) is one the operation may reach; so is an iterator that one of
+# those holds.
+_LOOKED_THROUGH = (tuple, dict, types.CellType, types.FunctionType,
+                   type(iter([])), type(iter(())), type(iter({})), type(iter({}.values())), type(iter({}.items())),
+                   type(reversed([])), enumerate, zip)
 
 
 def _held_beyond_variables(container):
@@ -191,6 +198,8 @@ def lendable(items: list) -> bool:
 
 # sys.getrefcount of a part reached as `holder[key]`, held once: its holder's and the call's
 _HELD_ONCE = 2
+# bound once: it is called a dozen times for every structure lent
+_refs = sys.getrefcount
 _counts_checked = None
 
 
@@ -199,25 +208,25 @@ def _counts_as_expected():
     that counts borrowed references otherwise lends nothing)."""
     shared = [0]
     one, other = {"part": shared}, {"part": [0]}
-    return sys.getrefcount(one["part"]) == _HELD_ONCE + 1 and sys.getrefcount(other["part"]) == _HELD_ONCE
+    return _refs(one["part"]) == _HELD_ONCE + 1 and _refs(other["part"]) == _HELD_ONCE
 
 
 def _atoms_owns_its_parts(atoms):
     state = atoms.__dict__
     # written out flat: it is asked of every item of every chunk that is lent
-    if (sys.getrefcount(atoms.__dict__) != _HELD_ONCE + 1         # the object's own, and `state`
-            or sys.getrefcount(state["arrays"]) != _HELD_ONCE or sys.getrefcount(state["_cellobj"]) != _HELD_ONCE
-            or sys.getrefcount(state["_pbc"]) != _HELD_ONCE or sys.getrefcount(state["_celldisp"]) != _HELD_ONCE
-            or sys.getrefcount(state["_constraints"]) != _HELD_ONCE or sys.getrefcount(state["info"]) != _HELD_ONCE):
+    if (_refs(atoms.__dict__) != _HELD_ONCE + 1         # the object's own, and `state`
+            or _refs(state["arrays"]) != _HELD_ONCE or _refs(state["_cellobj"]) != _HELD_ONCE
+            or _refs(state["_pbc"]) != _HELD_ONCE or _refs(state["_celldisp"]) != _HELD_ONCE
+            or _refs(state["_constraints"]) != _HELD_ONCE or _refs(state["info"]) != _HELD_ONCE):
         return False
     cell = state["_cellobj"].__dict__
-    if sys.getrefcount(cell["array"]) != _HELD_ONCE or cell["array"].base is not None:
+    if _refs(cell["array"]) != _HELD_ONCE or cell["array"].base is not None:
         return False
     if state["_pbc"].base is not None or state["_celldisp"].base is not None:
         return False
     arrays = state["arrays"]
     for name in arrays:
-        if sys.getrefcount(arrays[name]) != _HELD_ONCE or arrays[name].base is not None:
+        if _refs(arrays[name]) != _HELD_ONCE or arrays[name].base is not None:
             return False
     return _owns_its_parts(state["info"])
 
@@ -225,9 +234,10 @@ def _atoms_owns_its_parts(atoms):
 def _owns_its_parts(container):
     """Whether every mutable value in a dict, list or tuple is held by it alone, all the way down."""
     if type(container) is dict:
-        keys = container.keys()
-        if not all(type(key) in _IMMUTABLE for key in keys):
-            return False
+        for key in container:
+            if type(key) not in _IMMUTABLE:
+                return False
+        keys = container
     else:
         keys = range(len(container))
     for key in keys:
@@ -236,7 +246,7 @@ def _owns_its_parts(container):
             continue
         if kind is tuple and _all_immutable(container[key]):
             continue            # a tuple of immutable values may be shared: nothing in it can change
-        if sys.getrefcount(container[key]) != _HELD_ONCE:
+        if _refs(container[key]) != _HELD_ONCE:
             return False
         if kind is dict or kind is list or kind is tuple:
             if not _owns_its_parts(container[key]):

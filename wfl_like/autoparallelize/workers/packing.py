@@ -65,14 +65,17 @@ def packed(items):
 
 
 def _layout(atoms):
-    return tuple((name, value.dtype, value.shape[1:]) for name, value in atoms.arrays.items())
+    """Name, dtype, number of dimensions and trailing shape of each array, in order."""
+    return tuple((name, value.dtype, value.ndim, value.shape[1:]) for name, value in atoms.arrays.items())
 
 
 def _fits(arrays, names):
     if len(arrays) != len(names):
         return False
-    for (name, value), (wanted, dtype, shape) in zip(arrays.items(), names):
-        if name != wanted or value.dtype != dtype or value.shape[1:] != shape:
+    for (name, value), (wanted, dtype, ndim, trailing) in zip(arrays.items(), names):
+        # a shape is a new tuple each time it is read: one-dimensional arrays never need it
+        if (name != wanted or value.dtype != dtype or value.ndim != ndim
+                or (ndim > 1 and value.shape[1:] != trailing)):
             return False
     return True
 
@@ -94,13 +97,13 @@ def _pack(items, names, plain):
             counts.append(_OTHER)
             others.append(item)
     states = [s.__dict__ for s in structures]
-    arrays = tuple(np.concatenate([state["arrays"][name] for state in states]) for name, _, _ in names)
+    arrays = tuple(np.concatenate([state["arrays"][name] for state in states]) for name, _, _, _ in names)
     # joined end to end and shaped after: np.stack costs more than all the rest
     cells = np.concatenate([state["_cellobj"].array for state in states]).reshape(-1, 3, 3)
     pbcs = np.concatenate([state["_pbc"] for state in states]).reshape(-1, 3)
     displacements = np.concatenate([state["_celldisp"] for state in states]).reshape(-1, 3, 1)
     infos = [state["info"] for state in states]
-    return (np.array(counts, dtype=np.int64), tuple(name for name, _, _ in names), arrays, cells, pbcs,
+    return (np.array(counts, dtype=np.int64), tuple(name for name, _, _, _ in names), arrays, cells, pbcs,
             displacements, infos, others)
 
 
