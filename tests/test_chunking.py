@@ -8,6 +8,7 @@ from ase import Atoms
 
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import AutoparaInfo, autoparallelize
+from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
 
 
 def record_chunk_sizes(items, directory, _autopara_per_item_info=None):
@@ -82,3 +83,27 @@ def test_a_chunk_size_that_is_neither_a_whole_number_nor_auto_is_refused(bad):
     with pytest.raises(ValueError, match="num_inputs_per_python_subprocess.*'auto'"):
         autoparallelize(sleep_and_record, structures(2), OutputSpec(), "unused", 0,
                         autopara_info=AutoparaInfo(num_inputs_per_python_subprocess=bad))
+
+
+@pytest.mark.parametrize("inputs", [list(range(1000)), range(1000)], ids=["list", "range"])
+def test_auto_chunks_shrink_at_the_end_of_a_known_input_so_that_every_slot_gets_a_share(inputs):
+    sizer = AdaptiveChunkSize()
+    sizer.size = 100                      # as grown for a cheap operation
+    sizer.completed(1, slots=4)           # a first chunk came back, from one of 4 slots
+    sizes = [len(chunk.items) for chunk in make_chunks(inputs, sizer)]
+    assert sum(sizes) == 1000
+    assert sizes[:6] == [100] * 6         # far from the end: the grown size
+    first = 0
+    for size in sizes:
+        # never more than a slot's share of what is left: the last inputs go to every slot
+        assert size <= -(-(1000 - first) // 4)
+        first += size
+    assert sizes[-1] == 1
+
+
+def test_auto_chunks_keep_their_size_where_the_number_of_inputs_is_unknown():
+    sizer = AdaptiveChunkSize()
+    sizer.size = 100
+    sizer.completed(1, slots=4)
+    sizes = [len(chunk.items) for chunk in make_chunks(iter(range(1000)), sizer)]
+    assert sizes == [100] * 10

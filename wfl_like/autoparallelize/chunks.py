@@ -81,7 +81,8 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
         other items.
     chunk_size : int or AdaptiveChunkSize
         Items per chunk (the last one may be shorter); an :class:`AdaptiveChunkSize` is
-        asked again for each new chunk.
+        asked again for each new chunk, told how many inputs are left where that is known
+        (a list, a tuple or a range).
     rng : numpy.random.Generator, optional
         Parent of the per-item generators.
     lookup : callable, optional
@@ -95,17 +96,19 @@ def make_chunks(inputs, chunk_size, rng=None, lookup=None):
     Chunk
     """
     rngs = item_rngs(rng)
-    size_of = chunk_size if callable(chunk_size) else (lambda: chunk_size)
+    size_of = chunk_size if callable(chunk_size) else (lambda remaining: chunk_size)
     if lookup is None and isinstance(inputs, (list, tuple)):
         yield from _slices(inputs, size_of, rngs)
         return
+    # how many inputs there are, where that is known without reading them
+    total = len(inputs) if isinstance(inputs, (list, tuple, range)) else None
     todo, done = _Batch(found=False), _Batch(found=True)
     for index, item, item_rng, (key, found, output) in _looked_up(inputs, rngs, lookup):
         batch, other = (done, todo) if found else (todo, done)
         if other:
             yield other.flush()
         if not batch:
-            batch.size = size_of()
+            batch.size = size_of(None if total is None else total - index)
         batch.add(index, item, item_rng, key, output)
         if len(batch) >= batch.size or (found and len(batch) >= _CACHED_BATCH):
             yield batch.flush()
@@ -164,7 +167,7 @@ def _slices(inputs, size_of, rngs):
     (it is asked of every item of every run)."""
     first = 0
     while first < len(inputs):
-        items = list(inputs[first:first + max(1, size_of())])
+        items = list(inputs[first:first + max(1, size_of(len(inputs) - first))])
         yield Chunk(first=first, items=items, locations=[location_of_item(item) for item in items],
                     rngs=list(itertools.islice(rngs, len(items))))
         first += len(items)
@@ -175,8 +178,10 @@ def _slices(inputs, size_of, rngs):
 _CACHED_BATCH = 1000
 
 
-# Chunks per slot after which a measurement is judged, if a chunk's worth of time has not passed.
-_JUDGE_AFTER = 2
+# Chunks per slot after which a measurement is judged, if a chunk's worth of time has not
+# passed; after the fewer, only if it says to grow chunks as fast as they may grow.
+_SETTLED_AFTER = 8
+_GROWN_AFTER = 2
 
 
 class AdaptiveChunkSize:
@@ -203,30 +208,45 @@ class AdaptiveChunkSize:
         self.size = 1
         self._since = None        # when the current measurement began
         self._items = 0           # items completed since then
+        self._slots = None        # chunks running at once, as last reported
         self._lock = threading.Lock()     # completions are reported from executors' threads
 
-    def __call__(self):
-        return self.size
+    def __call__(self, remaining=None):
+        """The size of the next chunk; ``remaining``: the inputs left from it on, where known.
+
+        Near the end of a known input, chunks shrink so that the last inputs are spread over
+        every slot: no worker waits idle while another finishes a large last chunk.
+        """
+        if remaining is None or self._slots is None:
+            return self.size
+        return max(1, min(self.size, -(-remaining // self._slots)))
 
     def completed(self, n_items, slots):
         """Note that a chunk of ``n_items`` came back, with ``slots`` chunks running at once."""
         now = time.monotonic()
         with self._lock:
+            self._slots = slots
             if self._since is None:
                 # the first chunk also paid for starting the workers: measure from its end
                 self._since = now
                 return
             self._items += n_items
             elapsed = now - self._since
-            # judge after a chunk's worth of time, or sooner when chunks come back fast
-            # enough that a few per slot were seen: cheap operations reach their size quickly
-            # (each judgement grows chunks at most 8-fold, so one judged on few is no risk)
-            if elapsed <= 0 or (elapsed < self.target and self._items < _JUDGE_AFTER * self.size * slots):
+            # judge after a chunk's worth of time, or after eight chunks per slot when chunks
+            # come back faster than that
+            settled = elapsed >= self.target or self._items >= _SETTLED_AFTER * self.size * slots
+            if elapsed <= 0 or not (settled or self._items >= _GROWN_AFTER * self.size * slots):
                 return
             per_item = elapsed * slots / self._items
             # at most 8-fold growth per measurement: the round trip's share shrinks as
             # chunks grow, so the first estimates undervalue large chunks
-            self.size = max(1, min(self.maximum, int(self.target / per_item), 8 * self.size))
+            largest = min(self.maximum, 8 * self.size)
+            size = max(1, min(largest, int(self.target / per_item)))
+            if not settled and size < largest:
+                # two chunks per slot are trusted only to say that chunks are far too small
+                # (cheap operations then reach their size quickly); anything finer waits
+                return
+            self.size = size
             self._since, self._items = now, 0
 
 
