@@ -111,9 +111,13 @@ def loaded_libraries():
     Looked up by the driver before it forks workers, which inherit the answer: looking
     again in each worker costs it milliseconds (more while the workers start side by side
     on few cores), setting the limits through the inherited answer tens of microseconds.
-    Of no use to a spawned worker, which loads its libraries anew.
+    Of no use to a spawned worker, which loads its libraries anew.  None where the look
+    fails: each worker then looks itself, as it did before, and says what went wrong there.
     """
-    return ThreadpoolController()
+    try:
+        return ThreadpoolController()
+    except Exception:
+        return None
 
 
 def limit_loaded_libraries(limit, loaded=None):
