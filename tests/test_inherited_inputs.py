@@ -12,8 +12,11 @@ objects never change; and the path is taken only where it should be.
 import gc
 import os
 import pickle
+import signal
 import sys
+import types
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -23,6 +26,7 @@ from ase.constraints import FixAtoms
 
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import autoparallelize
+from wfl_like.autoparallelize.workers import isolation
 from wfl_like.structures import same_objects
 
 START_ENV = "WFL_LIKE_START_METHOD"
@@ -411,6 +415,53 @@ def test_inputs_of_a_list_that_an_iterator_in_a_module_global_reaches_are_not_le
     getters = {i: (lambda: items) for i in range(10)}
     monkeypatch.setitem(globals(), "GETTERS_LEFT", iter(getters.values()))
     forked, _ = run(shift_and_read_the_first_input_through_the_iterator, items, 1, 1, "fork", monkeypatch)
+    assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"
+
+
+# what the operation reads the caller's list through, in the tests below
+READ_THE_LIST = []
+
+
+def shift_and_read_the_first_input_as_told(items):
+    return shift_and_read_the_first_input(items, READ_THE_LIST[0]())
+
+
+def test_inputs_of_a_list_that_a_weakly_registered_callback_reaches_are_not_lent(monkeypatch):
+    # weak references are no referrers to the collector: an observer registry of callbacks
+    items = [structure(i) for i in range(5)]
+    cursor = iter(items)
+
+    def progress():
+        return cursor
+
+    callbacks = weakref.WeakSet([progress])
+    monkeypatch.setattr(sys.modules[__name__], "READ_THE_LIST",
+                        [lambda: next(iter(callbacks))().__reduce__()[1][0]])
+    forked, _ = run(shift_and_read_the_first_input_as_told, items, 1, 1, "fork", monkeypatch)
+    assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"
+
+
+def test_inputs_of_a_list_that_a_signal_handler_reaches_are_not_lent(monkeypatch):
+    # the interpreter keeps signal handlers outside the collector's view
+    items = [structure(i) for i in range(5)]
+    cursor = iter(items)
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: cursor)
+    try:
+        monkeypatch.setattr(sys.modules[__name__], "READ_THE_LIST",
+                            [lambda: signal.getsignal(signal.SIGUSR1)(None, None).__reduce__()[1][0]])
+        forked, _ = run(shift_and_read_the_first_input_as_told, items, 1, 1, "fork", monkeypatch)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"
+
+
+def test_inputs_of_a_list_that_an_iterator_an_object_holds_reaches_are_not_lent(monkeypatch):
+    # refused for the object that holds the iterator, well within the rings followed
+    items = [structure(i) for i in range(5)]
+    holder = types.SimpleNamespace(lists=iter((items,) * 10))
+    monkeypatch.setattr(sys.modules[__name__], "READ_THE_LIST", [lambda: next(holder.lists)])
+    monkeypatch.setattr(isolation, "_HOLDER_DEPTH", 20)
+    forked, _ = run(shift_and_read_the_first_input_as_told, items, 1, 1, "fork", monkeypatch)
     assert [a.info["first_z"] for a in forked] == [0.0] * 5, "a later chunk saw item 0 as lent and changed"
 
 

@@ -14,8 +14,10 @@ round trip, so the result is always what a worker would have received.
 import copy
 import gc
 import pickle
+import signal
 import sys
 import types
+import weakref
 
 import numpy as np
 
@@ -67,15 +69,17 @@ def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
     a worker would be seen there through that other holder.  No structure at all is lent
     where the list that holds them all, ``callers`` (the caller's list or tuple, which may
     be ``inputs`` itself), is held by anything but the variables of running functions
-    (closures' captured ones and their loops' iterators included): an argument of the
-    operation, a module's global, an object's attribute, a function that one of these
-    holds.  The operation could reach it there, and read one structure as another chunk
-    left it.
+    (closures' captured ones, and the iterators of the loops those calls run, included):
+    an argument of the operation, a module's global, an object's attribute, a function
+    that one of these holds.  The operation could reach it there, and read one structure
+    as another chunk left it.
 
     Holders are found through the garbage collector, so a holder it does not track is not
-    seen: a numpy object array (or another container of a C extension that the collector
-    does not traverse) that holds the caller's list itself, not its structures, which are
-    counted exactly.  Nor is an operation that reads the frames of running calls
+    seen: a numpy object array, a function registered with :mod:`atexit` (or another
+    container of a C extension that the collector does not traverse) that holds the
+    caller's list itself, or a tuple, dict, cell, function or iterator around it (not its
+    structures, which are counted exactly).  Functions that weak references, signal
+    handlers, profile and trace hooks reach are seen.  Nor is an operation that reads the frames of running calls
     (``sys._getframe``, a frame object saved while its call runs) guarded against.  An
     operation that reaches the other inputs that way should be given them as a ConfigSet,
     whose chunks carry copies.
@@ -92,8 +96,9 @@ def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
 
 # How many rings of holders around the caller's list are followed before it counts as held:
 # a variable that a lambda captures (a cell, in the lambda's closure tuple, held by the
-# lambda, held by a dict of the caller's) is four; a loop over that dict's items (the
-# loop's last pair, held by its iterator) two more.
+# lambda, held by a dict of the caller's and by the last pair of a loop over its items) is
+# four; the loop's iterator, which holds that pair, and the ring that finds nothing holding
+# the iterator, two more.
 _HOLDER_DEPTH = 6
 
 # Holders looked through, to what holds them: the containers by which variables of running
@@ -125,8 +130,19 @@ def _held_beyond_variables(container):
     # the lists made here hold what they list: not holders to report; and they are kept to
     # the end, so that no id in `mine` or `running` is reused by an object made meanwhile
     kept = []
+    try:
+        return _held_within_rings(container, kept)
+    finally:
+        # `kept` holds this call's own frame, which holds `kept`: a cycle that, left to the
+        # collector (paused while a call runs), would keep `[container]` alive, a list that
+        # holds the caller's list, which the next call's check would count as a holder
+        kept.clear()
+
+
+def _held_within_rings(container, kept):
     mine = set()
     running = _running_frames(kept)
+    hooks = _interpreter_hooks(kept, mine)
     level = [container]
     for _ in range(_HOLDER_DEPTH):
         kept.append(level)
@@ -144,8 +160,29 @@ def _held_beyond_variables(container):
             return False
         if any(type(holder) not in _LOOKED_THROUGH for holder in found):
             return True
+        # Held where the collector cannot see it: a function that a weak reference reaches
+        # (a WeakSet of callbacks; of the kinds looked through, only functions take one), or
+        # one the interpreter keeps in its own state, which the operation can ask it for.
+        if any(id(holder) in hooks or type(holder) is types.FunctionType and weakref.getweakrefcount(holder)
+               for holder in found):
+            return True
         level = found
     return True
+
+
+def _interpreter_hooks(kept, mine):
+    """The ids of the callables the interpreter holds outside the collector's view: signal
+    handlers, this thread's profile and trace functions, its async generator hooks."""
+    hooks = [sys.getprofile(), sys.gettrace(), *sys.get_asyncgen_hooks()]
+    for number in signal.valid_signals():
+        try:
+            hooks.append(signal.getsignal(number))
+        except (OSError, ValueError):
+            pass        # a number the platform lists but will not say a handler of
+    hooks = [hook for hook in hooks if callable(hook)]
+    kept.append(hooks)
+    mine.add(id(hooks))         # a list made here: not a holder to report
+    return {id(hook) for hook in hooks}
 
 
 def _running_frames(kept):
