@@ -163,6 +163,30 @@ def test_lists_that_do_not_pay_or_would_differ_are_not_packed():
         assert packed(items) is items
 
 
+def structures_whose_arrays_are_not_one_row_per_atom():
+    """Pairs that cutting by atom would garble: an array longer than the structure has atoms
+    (an assignment to ``atoms.arrays`` makes one), and zero-dimensional arrays."""
+    longer_2, longer_3 = structure(0), Atoms("H3", positions=np.zeros((3, 3)), cell=[4, 4, 4], pbc=True)
+    longer_2.arrays["x"] = np.array([0.0, 1.0, 2.0])
+    longer_3.arrays["x"] = np.array([10.0, 11.0, 12.0])
+    scalar_1, scalar_2 = structure(1), structure(2)
+    scalar_1.arrays["z"] = np.array(1.0)
+    scalar_2.arrays["z"] = np.array(2.0)
+    fine_a, fine_b = structure(3), structure(4)
+    fine_a.arrays["x"], fine_b.arrays["x"] = np.array([3.0, 4.0]), np.array([5.0, 6.0])
+    longer_later = Atoms("H3", positions=np.ones((3, 3)), cell=[4, 4, 4], pbc=True)
+    longer_later.arrays["x"] = np.arange(5.0)
+    return [[longer_2, longer_3], [scalar_1, scalar_2], [fine_a, fine_b, longer_later]]
+
+
+@pytest.mark.parametrize("index", range(3), ids=["longer first", "zero-dimensional", "longer later"])
+def test_arrays_that_are_not_one_row_per_atom_arrive_as_pickle_brings_them(index):
+    items = structures_whose_arrays_are_not_one_row_per_atom()[index]
+    received = round_trip(packed(items))
+    for expected, got in zip(round_trip(items), received):
+        same(expected, got)
+
+
 def mutate_then_fail(items):
     for atoms in items:
         atoms.positions += 10.0

@@ -58,24 +58,39 @@ def packed(items):
         if names is None:
             names = _layout(item)
         # one of other arrays than the first plain one travels pickled as usual
-        plain.append(_fits(item.arrays, names))
+        plain.append(names is not _UNCUT and _fits(item.arrays, names))
     if sum(plain) < 2:
         return items
     return PackedList(items, names, plain)
 
 
+# The layout of a structure whose arrays cannot be cut apart by atom: one with a
+# zero-dimensional array, or arrays of different lengths (which ASE does not make, but an
+# assignment to ``atoms.arrays`` can).
+_UNCUT = ()
+
+
 def _layout(atoms):
-    """Name, dtype, number of dimensions and trailing shape of each array, in order."""
+    """Name, dtype, number of dimensions and trailing shape of each array, in order (or _UNCUT)."""
+    values = list(atoms.arrays.values())
+    if not values or any(value.ndim == 0 for value in values) or any(len(value) != len(values[0]) for value in values):
+        return _UNCUT
     return tuple((name, value.dtype, value.ndim, value.shape[1:]) for name, value in atoms.arrays.items())
 
 
 def _fits(arrays, names):
     if len(arrays) != len(names):
         return False
+    length = None
     for (name, value), (wanted, dtype, ndim, trailing) in zip(arrays.items(), names):
         # a shape is a new tuple each time it is read: one-dimensional arrays never need it
         if (name != wanted or value.dtype != dtype or value.ndim != ndim
                 or (ndim > 1 and value.shape[1:] != trailing)):
+            return False
+        # every array one row per atom, as many as the first has (ndim >= 1, as the layout's)
+        if length is None:
+            length = len(value)
+        elif len(value) != length:
             return False
     return True
 

@@ -216,7 +216,9 @@ class WorkerPool(Executor):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a whole number >= 1 or None, not {threads!r}")
         self._threads = threads
-        self._libraries = None      # the driver's native libraries, looked up once for its forked workers
+        # the driver's native libraries, looked up for its forked workers, and how many modules
+        # it had imported then
+        self._libraries = None
         # the longest last task after which a worker is sent its next one ahead (0: never)
         self._send_ahead_below = (_SEND_AHEAD_BELOW if send_ahead is True else float(send_ahead or 0))
         self._ctx = mp_context or default_context()
@@ -284,12 +286,12 @@ class WorkerPool(Executor):
     def _loaded_libraries(self):
         if self._threads is None or self._ctx.get_start_method() != "fork":
             return None
-        if self._libraries is None:
-            # once per pool: a library the driver loads while the pool runs, which a worker
-            # forked after that inherits, keeps its own thread count there (rare: the
-            # operation does not run in the driver while the pool does)
-            self._libraries = loaded_libraries()
-        return self._libraries
+        # looked at again only where the driver has imported something since: a module
+        # imported while the pool runs (unpickling an output can import one) may have loaded
+        # a library that a worker forked later inherits
+        if self._libraries is None or self._libraries[1] != len(sys.modules):
+            self._libraries = (loaded_libraries(), len(sys.modules))
+        return self._libraries[0]
 
     def _free_index(self):
         """The lowest worker index no current worker holds (one leaving after its last task
