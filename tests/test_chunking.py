@@ -1,6 +1,7 @@
 """``num_inputs_per_python_subprocess="auto"``: chunk sizes that follow the operation's cost."""
 
 import os
+import types
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from ase import Atoms
 
 from wfl_like import ConfigSet, OutputSpec
 from wfl_like.autoparallelize import AutoparaInfo, autoparallelize
+from wfl_like.autoparallelize import chunks
 from wfl_like.autoparallelize.chunks import AdaptiveChunkSize, make_chunks
 
 
@@ -107,3 +109,47 @@ def test_auto_chunks_keep_their_size_where_the_number_of_inputs_is_unknown():
     sizer.completed(1, slots=4)
     sizes = [len(chunk.items) for chunk in make_chunks(iter(range(1000)), sizer)]
     assert sizes == [100] * 10
+
+
+class StepClock:
+    """A clock for the sizer's measurements that moves only when told to."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+
+def returned(sizer, clock, chunks_back, seconds_apart, slots):
+    """Report ``chunks_back`` chunks of the sizer's current size, one every ``seconds_apart``."""
+    for _ in range(chunks_back):
+        clock.now += seconds_apart
+        sizer.completed(sizer(), slots)
+
+
+def test_auto_grows_eightfold_after_two_chunks_per_slot_where_chunks_are_far_too_small(monkeypatch):
+    clock = StepClock()
+    monkeypatch.setattr(chunks, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    sizer = AdaptiveChunkSize()
+    sizer.completed(1, 2)                           # the first chunk back starts the measurement
+    # 10 us per item on 2 slots: a chunk of one comes back every 5 us
+    returned(sizer, clock, 3, 5e-6, 2)
+    assert sizer() == 1, "judged before two chunks per slot came back"
+    returned(sizer, clock, 1, 5e-6, 2)
+    assert sizer() == 8
+    returned(sizer, clock, 4, 8 * 5e-6, 2)
+    assert sizer() == 64
+
+
+def test_auto_waits_for_eight_chunks_per_slot_or_a_target_s_worth_where_growth_is_finer(monkeypatch):
+    clock = StepClock()
+    monkeypatch.setattr(chunks, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    sizer = AdaptiveChunkSize()
+    sizer.size = 64
+    sizer.completed(64, 2)
+    # 1 ms per item on 2 slots, chunks of 64: one back every 32 ms; 200 items make 0.2 s
+    returned(sizer, clock, 4, 0.032, 2)             # two per slot, 0.128 s: 200 wanted, not 512
+    assert sizer() == 64
+    returned(sizer, clock, 3, 0.032, 2)             # 0.224 s: a target's worth has passed
+    assert sizer() in (199, 200)                    # 0.2 s / 1 ms, as floats round

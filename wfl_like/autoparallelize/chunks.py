@@ -192,8 +192,12 @@ class AdaptiveChunkSize:
     holds for any executor and counts the round trip to the worker as part of the cost),
     and the size is set so that a chunk takes about ``target`` seconds: cheap operations
     get large chunks, so the round trip stops dominating; expensive ones keep chunks of
-    one, so no worker sits idle at the end and a failure or a kill costs little.  Outputs
-    do not depend on the sizes (every item has its own random stream).
+    one, so no worker sits idle at the end and a failure or a kill costs little.  A
+    measurement is judged once ``target`` seconds or eight chunks per slot have passed,
+    or after two chunks per slot where it says to grow chunks as fast as they may grow
+    (eightfold).  Near the end of an input of known length, a chunk is at most a slot's
+    share of what is left.  Outputs do not depend on the sizes (every item has its own
+    random stream).
 
     Parameters
     ----------
@@ -212,10 +216,20 @@ class AdaptiveChunkSize:
         self._lock = threading.Lock()     # completions are reported from executors' threads
 
     def __call__(self, remaining=None):
-        """The size of the next chunk; ``remaining``: the inputs left from it on, where known.
+        """The size of the next chunk.
 
         Near the end of a known input, chunks shrink so that the last inputs are spread over
         every slot: no worker waits idle while another finishes a large last chunk.
+
+        Parameters
+        ----------
+        remaining : int, optional
+            The inputs left, the next chunk's included, where that is known.
+
+        Returns
+        -------
+        int
+            At least 1.
         """
         if remaining is None or self._slots is None:
             return self.size

@@ -111,8 +111,13 @@ def loaded_libraries():
     Looked up by the driver before it forks workers, which inherit the answer: looking
     again in each worker costs it milliseconds (more while the workers start side by side
     on few cores), setting the limits through the inherited answer tens of microseconds.
-    Of no use to a spawned worker, which loads its libraries anew.  None where the look
-    fails: each worker then looks itself, as it did before, and says what went wrong there.
+    Of no use to a spawned worker, which loads its libraries anew.
+
+    Returns
+    -------
+    threadpoolctl.ThreadpoolController or None
+        None where the look fails: each worker then looks itself, and says what went
+        wrong there.
     """
     try:
         return ThreadpoolController()
@@ -123,9 +128,14 @@ def loaded_libraries():
 def limit_loaded_libraries(limit, loaded=None):
     """Limit the thread pools of the native libraries this process has loaded to ``limit`` threads.
 
-    ``loaded``: what :func:`loaded_libraries` said in the process this one was forked
-    from, if it was called there; else this process looks itself.  The limit stays for
-    the life of the process (it is not undone on return).
+    The limit stays for the life of the process (it is not undone on return).
+
+    Parameters
+    ----------
+    limit : int
+    loaded : threadpoolctl.ThreadpoolController, optional
+        What :func:`loaded_libraries` said in the process this one was forked from; where
+        None, this process looks itself.
     """
     if loaded is None:
         loaded = ThreadpoolController()
