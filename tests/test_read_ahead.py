@@ -84,3 +84,17 @@ def test_a_bad_frame_read_ahead_for_the_journal_stops_the_chunks_where_a_run_wit
     # before it is held back by the window it was read into
     assert looked_up == without == [list(range(first, first + 4)) for first in range(0, bad - bad % 4, 4)]
     assert type(error_with) is type(error_without)
+
+
+class BrokenJournal(Exception):
+    """What a journal that cannot be read raises when asked."""
+
+
+def test_a_journal_that_fails_after_a_bad_frame_was_read_ahead_says_both():
+    def failing_lookup(first, items, rngs):
+        raise BrokenJournal("the journal cannot be read")
+
+    with pytest.raises(BrokenJournal) as raised:
+        list(chunks.make_chunks(frames_breaking_at(9), 4, lookup=failing_lookup))
+    assert any("reading the inputs after item 8 failed: BrokenInput: frame 9" in note
+               for note in getattr(raised.value, "__notes__", []))

@@ -149,7 +149,14 @@ def _looked_up(inputs, rngs, lookup):
                 window.append(ahead)
                 ahead = _END
         window_rngs = list(itertools.islice(rngs, len(window)))
-        looked = lookup(first, window, window_rngs) if lookup is not None else [(None, False, None)]
+        try:
+            looked = lookup(first, window, window_rngs) if lookup is not None else [(None, False, None)]
+        except Exception as error:
+            if broken is not None:
+                # the journal's error wins, as it comes first; the input's must not be lost
+                error.add_note(f"Also, reading the inputs after item {first + len(window) - 1} failed: "
+                               f"{type(broken).__name__}: {broken}")
+            raise
         yield from zip(range(first, first + len(window)), window, window_rngs, looked)
         first += len(window)
     raise broken
