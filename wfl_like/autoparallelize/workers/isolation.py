@@ -78,11 +78,11 @@ def held_by_the_inputs_alone(inputs: tuple, callers) -> bytes:
     seen: a numpy object array, a function registered with :mod:`atexit` (or another
     container of a C extension that the collector does not traverse) that holds the
     caller's list itself, or a tuple, dict, cell, function or iterator around it (not its
-    structures, which are counted exactly).  Functions that weak references, signal
-    handlers, profile and trace hooks reach are seen.  Nor is an operation that reads the frames of running calls
-    (``sys._getframe``, a frame object saved while its call runs) guarded against.  An
-    operation that reaches the other inputs that way should be given them as a ConfigSet,
-    whose chunks carry copies.
+    structures, which are counted exactly).  Nor is an operation that reads the frames of
+    running calls (``sys._getframe``, a frame object saved while its call runs) guarded
+    against.  An operation that reaches the other inputs that way should be given them as a
+    ConfigSet, whose chunks carry copies.  (Functions that weak references, signal handlers
+    and profile or trace hooks reach, which the collector does not see either, are checked.)
     """
     if _held_beyond_variables(callers):
         return bytes(len(inputs))
@@ -158,16 +158,20 @@ def _held_within_rings(container, kept):
                 found.append(holder)
         if not found:
             return False
-        if any(type(holder) not in _LOOKED_THROUGH for holder in found):
-            return True
-        # Held where the collector cannot see it: a function that a weak reference reaches
-        # (a WeakSet of callbacks; of the kinds looked through, only functions take one), or
-        # one the interpreter keeps in its own state, which the operation can ask it for.
-        if any(id(holder) in hooks or type(holder) is types.FunctionType and weakref.getweakrefcount(holder)
-               for holder in found):
+        if any(_reachable(holder, hooks) for holder in found):
             return True
         level = found
     return True
+
+
+def _reachable(holder, hooks):
+    """Whether the operation may reach ``holder``: any kind not looked through, and a function
+    held where the collector cannot see it, by a weak reference (a WeakSet of callbacks; of
+    the kinds looked through, only functions take one) or by the interpreter's own state
+    (``hooks``), which the operation can ask for."""
+    if type(holder) not in _LOOKED_THROUGH:
+        return True
+    return type(holder) is types.FunctionType and (id(holder) in hooks or weakref.getweakrefcount(holder) > 0)
 
 
 def _interpreter_hooks(kept, mine):

@@ -64,16 +64,15 @@ def packed(items):
     return PackedList(items, names, plain)
 
 
-# The layout of a structure whose arrays cannot be cut apart by atom: one with a
-# zero-dimensional array, or arrays of different lengths (which ASE does not make, but an
-# assignment to ``atoms.arrays`` can).
-_UNCUT = ()
+# The layout of a structure with no arrays or a zero-dimensional one, which cannot be cut
+# apart by atom (arrays of different lengths, which ASE does not make but an assignment to
+# ``atoms.arrays`` can, are told by _fits, structure by structure).
+_UNCUT = object()
 
 
 def _layout(atoms):
     """Name, dtype, number of dimensions and trailing shape of each array, in order (or _UNCUT)."""
-    values = list(atoms.arrays.values())
-    if not values or any(value.ndim == 0 for value in values) or any(len(value) != len(values[0]) for value in values):
+    if not atoms.arrays or any(value.ndim == 0 for value in atoms.arrays.values()):
         return _UNCUT
     return tuple((name, value.dtype, value.ndim, value.shape[1:]) for name, value in atoms.arrays.items())
 
