@@ -300,10 +300,12 @@ def _compute(call, inputs, outputs, info, rng, cache):
     with paused, chunk_runner(call, workers, info.initializer, executor=executor,
                               initializer_timeout=initializer_timeout, max_items_per_worker=info.max_items_per_worker,
                               inputs=inherited, lendable_inputs=lendable_inputs) as (submit, slots):
+        # results computed in other processes stream in: the journal may hold their rows a moment
+        storing = _Storing(outputs, cache, hold=bool(elsewhere))
         results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
-                               chunk_size=sizer, progress=progress)
+                               chunk_size=sizer, progress=progress, before_wait=storing.before_wait)
         with contextlib.closing(results):      # an error while storing withdraws the queued chunks
-            return _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast,
+            return _store_all(results, storing, name, info.skip_failed, fail_fast=info.fail_fast,
                               rendered_by_workers=rendered_by_workers)
 
 
@@ -334,7 +336,8 @@ def _compute_queued(call, inputs, outputs, info, rng, cache, remote):
                                retries=0, progress=progress)
         with contextlib.closing(results):
             try:
-                returned = _store_all(results, outputs, name, info.skip_failed, cache, fail_fast=info.fail_fast,
+                returned = _store_all(results, _Storing(outputs, cache, hold=False), name, info.skip_failed,
+                                      fail_fast=info.fail_fast,
                                       rendered_by_workers=outputs is not None and outputs.files is not None)
             except AutoparallelizeError:
                 jobs.collected()        # every item was heard of: failures end the call as outputs do
@@ -411,7 +414,7 @@ def _with_file_checked(items, renderer):
 FAIL_FAST_AFTER = 10
 
 
-def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, rendered_by_workers=False):
+def _store_all(results, storing, name, skip_failed, fail_fast=True, rendered_by_workers=False):
     """Check, journal, then store, each chunk's outputs as it comes.
 
     File outputs are rendered to their final text before they are journaled (by the
@@ -427,23 +430,73 @@ def _store_all(results, outputs, name, skip_failed, cache=None, fail_fast=True, 
         The failures of the whole run, and the number of input items.
     """
     failures, succeeded, n_items = [], 0, 0
-    to_files = outputs is not None and outputs.files is not None
+    outputs, cache = storing.outputs, storing.cache
     for result in results:
         done, failed, rendered, packed = _sorted_chunk(result, outputs, name, skip_failed, cache,
-                                                       rendered_by_workers, to_files)
-        if cache is not None:
-            cache.record(result.chunk, done, failed, packed)
+                                                       rendered_by_workers, storing.to_files)
+        storing.journal(result.chunk, done, failed, packed)
         unreadable = next((f.exception for f in failed if isinstance(f.exception, FrameReadError)), None)
         if unreadable is not None:
             raise unreadable
-        _write_chunk(outputs, to_files, rendered, done, result.chunk)
+        storing.store(result.chunk, done, rendered)
         failures.extend(sorted(failed, key=lambda failure: failure.index))
         succeeded += len(done)
         n_items += len(result.chunk.items)
         if (fail_fast and not succeeded and len(failures) >= FAIL_FAST_AFTER
                 and len({f.reason for f in failures}) == 1):
             raise AutoparallelizeError(name, failures, stopped_early=True)
+    storing.finish()
     return failures, n_items
+
+
+class _Storing:
+    """Journals each chunk's outputs, then stores them, in input order.
+
+    With ``hold``, the journal may hold a chunk's rows for a moment, to commit them with
+    the next chunks' (:mod:`~wfl_like.autoparallelize.resume.journal`); the chunk's outputs
+    are stored once its rows are committed, so that nothing reaches the output files that
+    the journal does not have.
+
+    Parameters
+    ----------
+    outputs : OutputSpec or None
+    cache : RunCache or None
+    hold : bool
+        Results come from other processes, as a stream: rows may be held (never while the
+        driver computes a chunk itself, since that may take any time).
+    """
+
+    def __init__(self, outputs, cache, hold):
+        self.outputs, self.cache = outputs, cache
+        self.to_files = outputs is not None and outputs.files is not None
+        self._unstored = []       # (chunk, done, rendered) journaled, waiting for their rows' commit
+        if cache is not None:
+            cache.journal.hold = hold
+
+    def journal(self, chunk, done, failed, packed):
+        if self.cache is not None:
+            self.cache.record(chunk, done, failed, packed)
+
+    def store(self, chunk, done, rendered):
+        self._unstored.append((chunk, done, rendered))
+        if self.cache is None or not self.cache.journal.holding:
+            self._store_unstored()
+
+    def before_wait(self, future):
+        """Before the driver waits for ``future``: commit what the journal holds, unless the
+        result comes within moments, and store what that commit covers."""
+        if self.cache is not None and self.cache.before_wait(future):
+            self._store_unstored()
+
+    def finish(self):
+        if self.cache is not None:
+            self.cache.journal.commit()
+        self._store_unstored()
+
+    def _store_unstored(self):
+        unstored, self._unstored = self._unstored, []
+        for chunk, done, rendered in unstored:
+            _write_chunk(self.outputs, self.to_files, rendered, done, chunk)
 
 
 def _sorted_chunk(result, outputs, name, skip_failed, cache, rendered_by_workers, to_files):

@@ -52,7 +52,8 @@ class _Job:
         self.held = 0 if chunk.cached is None else _held_bytes(chunk.cached)
 
 
-def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_size=None, progress=None):
+def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_size=None, progress=None,
+                 before_wait=None):
     """Submit chunks and yield a :class:`ChunkResult` per chunk, in input order.
 
     Parameters
@@ -76,6 +77,10 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
         Told of every computed chunk that comes back, to size the next ones.
     progress : wfl_like.progress.Progress, optional
         Told of every chunk handed back (a bar, log lines); by default log lines only.
+    before_wait : callable, optional
+        ``before_wait(future)``, called before the next chunk to hand back is waited for
+        while it is still running (the journal commits what it holds, if it would
+        otherwise wait too long).
 
     Raises
     ------
@@ -101,6 +106,11 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
             job.future.add_done_callback(lambda future: note_cost(future, len(chunk.items)))
         return job
 
+    def settle(job):
+        if before_wait is not None and not job.future.done():
+            before_wait(job.future)
+        return _settle(job, submit, op_name, retries, timeout, progress)
+
     try:
         chunks = iter(chunks)
         while True:
@@ -111,7 +121,7 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
                 # still handed back, so that their results are journaled and a rerun after the
                 # input is fixed does not compute them again.
                 while in_flight:
-                    yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
+                    yield settle(in_flight.popleft())
                 raise
             if chunk is None:
                 break
@@ -123,9 +133,9 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
                 job = in_flight.popleft()
                 computing -= job.chunk.cached is None
                 held -= job.held
-                yield _settle(job, submit, op_name, retries, timeout, progress)
+                yield settle(job)
         while in_flight:
-            yield _settle(in_flight.popleft(), submit, op_name, retries, timeout, progress)
+            yield settle(in_flight.popleft())
         progress.finish()
     finally:
         # stopped early (an error, Ctrl-C): chunks not started yet are withdrawn, so that

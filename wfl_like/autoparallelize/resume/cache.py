@@ -12,6 +12,7 @@ its key too, and a text found for a frame that moved is moved to the frame's new
 that cannot be done exactly.  Failed items are never reused.
 """
 
+import concurrent.futures
 import hashlib
 import logging
 import warnings
@@ -203,6 +204,25 @@ class RunCache:
             return
         location_of = dict(zip(chunk.indices, chunk.locations))
         self.journal.record(done=self._encoded(done, key_of, location_of, packed or {}), failed=failed)
+
+    def before_wait(self, future):
+        """Commit what the journal holds unless ``future`` (the next chunk's) is done within moments:
+        rows are held only while results stream in, never while the driver waits for a slow one.
+
+        Returns
+        -------
+        bool
+            Whether the journal holds nothing now (what was recorded is committed).
+        """
+        due = self.journal.commit_due(waiting=True)
+        if due is None:
+            return True
+        if due > 0:
+            concurrent.futures.wait([future], timeout=due)
+        if future.done():
+            return False
+        self.journal.commit()
+        return True
 
     def _encoded(self, done, key_of, location_of, prepacked):
         """``[(index, key, Stored)]`` of the outputs the journal can hold; the others are

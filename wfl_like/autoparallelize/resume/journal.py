@@ -1,4 +1,4 @@
-"""The journal: every finished item of a run, persisted the moment it is done.
+"""The journal: every finished item of a run, persisted within a fraction of a second.
 
 An SQLite database in WAL mode beside the first output file, written by the driver
 alone (workers never see it).  A rerun of the same call reads it back: items whose
@@ -6,6 +6,20 @@ cache key is on record are not computed again, so a run killed at any moment res
 where it stopped, and a run whose operation, arguments or inputs changed recomputes
 exactly what changed.  Items are found by their key, not their position: inserting a
 structure at the start of an input computes that one only.
+
+While results stream in from worker processes or MPI ranks (:attr:`Journal.hold`), rows
+are held briefly and committed together: a commit costs about a millisecond whatever it
+holds (the random keys touch pages all over the key index), so one per chunk of a cheap
+operation cost more than the rest of the journal.  Held rows are committed as soon as
+the driver would wait more than :data:`HOLD_WHILE_WAITING` for the next result (so the
+result of an expensive item is committed at once); once they are :data:`HOLD_SECONDS`
+old, or :data:`HOLD_ITEMS` items or :data:`HOLD_BYTES` bytes; when a run starts,
+completes or stops (an error, Ctrl-C, SIGTERM); and before the items are counted or
+listed.  The outputs of held rows are written to their files only after the rows are
+committed.  Lookups do not see rows held: an item met again before its row is committed
+is computed again, as one still running is.  A process killed outright (SIGKILL, a
+crash) loses at most the results of its last :data:`HOLD_SECONDS`, which a rerun
+computes again.
 
 A journal may have been written or edited by anyone, so everything read from it is
 checked: outputs are stored as the text of their output file or in
@@ -80,6 +94,14 @@ _LARGEST_COUNT = 2 ** 62
 # Keys asked for in one query: well below SQLite's oldest limit on a statement's parameters (999).
 _KEYS_PER_QUERY = 500
 
+# Held rows are committed once the oldest is this many seconds old, or there are this many
+# items or bytes of outputs held, or the next result is this many seconds away (see the
+# module's docstring).
+HOLD_SECONDS = 0.25
+HOLD_WHILE_WAITING = 0.02
+HOLD_ITEMS = 1000
+HOLD_BYTES = 16 * 2**20
+
 _RECOVER = "pass overwrite=True (wfl-like --overwrite) to discard it and start afresh"
 
 
@@ -120,6 +142,10 @@ class Journal:
         self._lock = self._db = None
         self.empty = self.read_only = False
         self._holds_items = True      # whether a miss may be a changed item (set by start())
+        self.hold = False             # whether rows may be held (set by the run: results stream in)
+        self._held = []               # (done rows, failed rows, met rows) recorded, not committed yet
+        self._held_items = self._held_bytes = 0
+        self._held_since = None       # when the oldest of them was recorded (time.monotonic())
         try:
             if read_only:
                 self._open_read_only()
@@ -263,6 +289,7 @@ class Journal:
         str or None
             Why earlier results were dropped (the call changed), or None when they stand.
         """
+        self.commit()
         previous = self.meta("call_key")
         reason = None
         if previous is not None and previous != call_key:
@@ -284,6 +311,7 @@ class Journal:
     def complete(self, **values):
         """End the run: drop the items it did not meet (the input no longer holds them), and
         record ``values`` with ``complete=True``, in one transaction."""
+        self.commit()
         with self._transaction():
             self._db.execute("DELETE FROM items WHERE run != ?", (self.run,))
             self._set_meta({**values, "complete": True})
@@ -367,7 +395,8 @@ class Journal:
                                f"({exc}); {_RECOVER}") from None
 
     def record(self, done=(), failed=(), met=()):
-        """Persist a chunk's items in one transaction.
+        """Persist a chunk's items: at once, or, with :attr:`hold`, held and committed with others
+        (see the module's docstring).
 
         Parameters
         ----------
@@ -380,19 +409,55 @@ class Journal:
         """
         if not done and not failed and not met:
             return
+        done_rows = [(key, index, self.run, DONE, *packed) for index, key, packed in done]
+        failed_rows = [(key, index, self.run, FAILED, item.reason, item.traceback) for index, key, item in failed]
+        met_rows = [(self.run, index, key) for index, key in met]
+        self._held.append((done_rows, failed_rows, met_rows))
+        self._held_items += len(done_rows) + len(failed_rows) + len(met_rows)
+        self._held_bytes += sum(len(row[5]) for row in done_rows if isinstance(row[5], (str, bytes)))
+        if self._held_since is None:
+            self._held_since = time.monotonic()
+        if (not self.hold or self._held_items >= HOLD_ITEMS or self._held_bytes >= HOLD_BYTES
+                or self.commit_due() == 0):
+            self.commit()
+
+    @property
+    def holding(self):
+        """Whether rows recorded are waiting to be committed."""
+        return bool(self._held)
+
+    def commit_due(self, waiting=False):
+        """Seconds until the rows held must be committed (0: now), or None when none are held.
+
+        ``waiting``: for a driver about to wait for its next result, which commits them
+        unless that result comes within these seconds (at most :data:`HOLD_WHILE_WAITING`).
+        """
+        if self._held_since is None:
+            return None
+        due = max(0.0, HOLD_SECONDS - (time.monotonic() - self._held_since))
+        return min(due, HOLD_WHILE_WAITING) if waiting else due
+
+    def commit(self):
+        """Commit the rows held, in the order they were recorded, in one transaction."""
+        if not self._held:
+            return
+        held = self._held
+        self._held, self._held_items, self._held_bytes, self._held_since = [], 0, 0, None
         with self._transaction():
-            self._db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-                                 [(key, index, self.run, DONE, *packed) for index, key, packed in done])
-            self._db.executemany("INSERT OR REPLACE INTO items "
-                                 "VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, ?, ?)",
-                                 [(key, index, self.run, FAILED, item.reason, item.traceback)
-                                  for index, key, item in failed])
-            self._db.executemany("UPDATE items SET run=?, idx=? WHERE key=?",
-                                 [(self.run, index, key) for index, key in met])
+            for done_rows, failed_rows, met_rows in held:
+                if done_rows:
+                    self._db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, "
+                                         "NULL)", done_rows)
+                if failed_rows:
+                    self._db.executemany("INSERT OR REPLACE INTO items "
+                                         "VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, ?, ?)", failed_rows)
+                if met_rows:
+                    self._db.executemany("UPDATE items SET run=?, idx=? WHERE key=?", met_rows)
 
     def counts(self):
         """``{"done": n, "failed": m}`` of the run on record: the finished items of a
         complete run, or those the latest run has met so far."""
+        self.commit()
         if self.empty:
             return {DONE: 0, FAILED: 0}
         if self.meta("complete") is True and self.meta("n_items") is not None:
@@ -409,6 +474,7 @@ class Journal:
 
     def done_indices(self):
         """Input indices of the items the latest run finished (computed or met), as a set."""
+        self.commit()
         if self.empty:
             return set()
         with self._guard():
@@ -420,6 +486,7 @@ class Journal:
 
     def failures(self, limit=None):
         """``[(index, reason), ...]`` of the failed items of the latest run, in input order."""
+        self.commit()
         if self.empty:
             return []
         # the reason as stored was cut to one line of bounded length; a tampered one is cut here
@@ -470,7 +537,16 @@ class Journal:
             raise JournalError(f"{str(self.path)!r} is not a usable wfl_like journal ({exc}); {_RECOVER}") from None
 
     def close(self):
+        """Commit the rows held (a run that stops keeps what it computed), release the journal."""
         db = getattr(self, "_db", None)
+        if db is not None and getattr(self, "_held", None):
+            n_held = self._held_items
+            try:
+                self.commit()
+            except (JournalError, OutputWriteError, PermissionError, sqlite3.Error) as exc:
+                # closing on the way out of another error: that one is raised, this one is told
+                log.warning("journal %s: the last %d items could not be committed (%s); a rerun computes them "
+                            "again", self.path, n_held, exc)
         if db is not None:
             db.close()
             self._db = None
