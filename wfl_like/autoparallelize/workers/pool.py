@@ -25,7 +25,7 @@ from multiprocessing.reduction import ForkingPickler
 from wfl_like.autoparallelize.workers.devices import device_of, environment_for_start, worker_environment
 from wfl_like.autoparallelize.workers.threads import loaded_libraries, thread_environment
 from wfl_like.autoparallelize.workers.guardian import Guardian, kill_process_group
-from wfl_like.autoparallelize.workers.starting import START_LOCK
+from wfl_like.autoparallelize.workers.starting import START_LOCK, frozen_for_fork
 from wfl_like.autoparallelize.workers.worker import worker_main
 from wfl_like.errors import (TaskTimeoutError, WorkerDiedError, WorkerInitializerError, WorkerPoisonedError,
                              describe_exitcode)
@@ -118,7 +118,7 @@ class _Worker:
         # it must start with its device and thread limits; a forked one (or one forked by
         # the forkserver, whose environment is the server's) gets them first thing in worker_main
         with START_LOCK:
-            with environment_for_start(environment if method == "spawn" else None):
+            with environment_for_start(environment if method == "spawn" else None), frozen_for_fork(method):
                 self.process.start()
             child_conn.close()
         self.ready = False        # the initializer has run; tasks may be sent
