@@ -107,6 +107,9 @@ def test_child_forked_by_the_op_does_not_misattribute_outputs_or_hang(tmp_path, 
 
 def speak_on_the_workers_pipe():
     """Send a reply for another task on this worker's own pipe, as a stray process could."""
+    # a forked worker starts with what it inherited frozen, out of the collector's sight
+    # (its pipe among them): thawed, so that the pipe can be found
+    gc.unfreeze()
     [conn] = [o for o in gc.get_objects() if isinstance(o, Connection) and not o.closed]
     conn.send(("ok", -1, "a stray reply", "", False))
     return "the task's own result"

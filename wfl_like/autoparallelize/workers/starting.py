@@ -25,9 +25,11 @@ def frozen_for_fork(method):
     A forked worker inherits the whole heap of the driver (ASE, numpy, scipy and the
     caller's data); each full collection in the worker would walk all of it, writing to
     its pages, which the fork then copies.  Frozen (:func:`gc.freeze`), the worker's
-    collections see only what it makes itself (about 2 % of a cheap operation's time).
-    The parent is thawed again at once, so its collector works as before; a process that
-    froze objects itself is left as it is.
+    collections see only what it makes itself (1-2 % of a cheap operation's time).  The
+    parent is thawed again at once, so its collector works as before; a process that froze
+    objects itself is left as it is.  In the worker, what it inherited is out of the
+    collector's searches too (``gc.get_objects``, ``gc.get_referrers``): an operation that
+    inspects the heap that way calls ``gc.unfreeze()`` first.
     """
     if method != "fork" or gc.get_freeze_count():
         yield
