@@ -11,9 +11,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import ase.io
+import pytest
 from ase import Atoms
 
 from helpers import driver_env, end_process_group, wait_for
@@ -96,7 +98,15 @@ def test_closing_commits_what_is_held_and_a_new_run_sees_it(tmp_path):
     assert [hit for hit, _, _, _ in found] == [True] * 4
 
 
-def test_a_serial_run_records_each_chunk_as_it_is_done(tmp_path):
+@pytest.fixture
+def long_holds(monkeypatch):
+    """Rows held for as long as the run lasts, unless something commits them: a test then sees
+    what commits them, however fast or slow the machine."""
+    monkeypatch.setattr(journal_module, "HOLD_SECONDS", 3600.0)
+    monkeypatch.setattr(journal_module, "HOLD_WHILE_WAITING", 3600.0)
+
+
+def test_a_serial_run_records_each_chunk_as_it_is_done(tmp_path, long_holds):
     """In a serial run the driver computes each chunk itself, for as long as it takes: a row held
     meanwhile could wait for hours, so nothing is held."""
     inputs = [Atoms("H", cell=[3, 3, 3], pbc=True, info={"label": i}) for i in range(4)]
@@ -113,6 +123,60 @@ def test_a_serial_run_records_each_chunk_as_it_is_done(tmp_path):
     # a chunk is computed while the one before it waits to be stored (one ahead): each starts
     # with every chunk before that one on disk
     assert all(done >= k - 1 for k, done in enumerate(seen)), seen
+
+
+class CheckedOutput(OutputSpec):
+    """An output that notes, at every write, how many items the journal has on disk then."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.written, self.seen = 0, []
+
+    def store_rendered(self, rendered):
+        self.seen.append((self.written + rendered.count, done_on_disk(journal_path(self.paths[0]))))
+        super().store_rendered(rendered)
+        self.written += rendered.count
+
+
+def test_no_output_reaches_its_file_before_its_row_is_committed(tmp_path, long_holds):
+    inputs = [Atoms("H", cell=[3, 3, 3], pbc=True, info={"label": i}) for i in range(40)]
+    out = CheckedOutput(tmp_path / "out.xyz")
+    autoparallelize(_identity, inputs, out, autopara_info={"num_python_subprocesses": 2,
+                                                             "num_inputs_per_python_subprocess": 1})
+    assert out.written == 40 and out.seen
+    assert all(on_disk >= written for written, on_disk in out.seen), out.seen
+
+
+def _identity(items):
+    return items
+
+
+def _fails_in_pairs(items, markers):
+    """Fails item 11 whenever it runs with another; alone (the chunk split), notes how many items
+    the journal had on disk then."""
+    labels = [atoms.info["label"] for atoms in items]
+    if len(items) == 1:
+        Path(markers, f"alone-{labels[0]}-{done_on_disk(journal_path(Path(markers).parent / 'out.xyz'))}").touch()
+    if 11 in labels and len(items) > 1:
+        raise ValueError("item 11 fails with a chunk-mate")
+    if 9 in labels and len(items) > 1:
+        # the chunk before the failing one takes a while, so that the failed one is done (and
+        # its failure known) when its turn comes
+        time.sleep(1.0)
+    return items
+
+
+def test_rows_held_are_committed_before_a_failed_chunk_runs_again_item_by_item(tmp_path, long_holds):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    inputs = [Atoms("H", cell=[3, 3, 3], pbc=True, info={"label": i}) for i in range(16)]
+    autoparallelize(_fails_in_pairs, inputs, OutputSpec(tmp_path / "out.xyz"), str(markers),
+                    autopara_info={"num_python_subprocesses": 2, "num_inputs_per_python_subprocess": 2})
+    alone = {int(name.split("-")[1]): int(name.split("-")[2]) for name in (p.name for p in markers.iterdir())}
+    # the chunk of items 10 and 11 failed, and ran again one by one after the five chunks
+    # before it were handed back: their ten items were on disk by then
+    assert sorted(alone) == [10, 11]
+    assert all(on_disk >= 10 for on_disk in alone.values()), alone
 
 
 GATED_DRIVER = textwrap.dedent("""
@@ -174,3 +238,23 @@ def test_a_driver_waiting_for_a_slow_result_has_committed_every_result_before_it
     assert len(before) >= quick + 1
     assert again == list(range(quick, n))
     assert [atoms.info["label"] for atoms in ase.io.read(out, ":")] == list(range(n))
+
+
+def test_a_commit_that_fails_keeps_its_rows_for_the_next_try(tmp_path):
+    from wfl_like.errors import JournalError
+
+    path = tmp_path / "journal.sqlite"
+    journal = Journal(path)
+    try:
+        journal.start("call", {"op": "test"})
+        journal.hold = True
+        journal.record(done=done_rows(0, 2))
+        # a row the database refuses (no index: NOT NULL), as a full disk would refuse them all
+        journal.record(done=[(None, "bad", stored.at_location(stored.pack(RenderedOutput(0, frame_text(9), 1)),
+                                                               (9,)))])
+        with pytest.raises(JournalError):
+            journal.commit()
+        assert journal.holding and done_on_disk(path) == 0
+    finally:
+        journal.close()     # tries again, fails again, and says so rather than raising
+    assert done_on_disk(path) == 0

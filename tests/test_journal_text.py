@@ -101,8 +101,6 @@ def run_frames(inputs, out, markers, gate=None, stop_after=None, **spec):
                 computed += 1
             outputs.store_rendered(output)
             if gate is not None and index + 1 == stop_after:
-                # as the driver does before it waits for a result that is not coming (before_wait)
-                cache.journal.commit()
                 wait_for_release(gate, "half")
         outputs.close()
         cache.finish(index + 1, None, 0, outputs)

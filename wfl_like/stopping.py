@@ -12,7 +12,9 @@ second signal: it kills the worker processes with their process groups (what the
 operation started), removes the partial output files that
 :class:`~wfl_like.configset.OutputSpec` was writing, and ends the process with
 ``128 + signal number``.  The journal is an SQLite database in
-WAL mode, so nothing it already holds is lost either way.
+WAL mode, so nothing it has committed is lost either way; the rows it holds a moment while
+results stream in are committed as soon as the call's storing stops, before its workers
+are torn down (only a forced stop during that commit, or a SIGKILL, loses them).
 """
 
 import contextlib

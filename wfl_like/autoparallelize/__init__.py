@@ -11,7 +11,7 @@ How data flows through the engine::
     resume/cache.py: items already done are skipped   results, back in input order
                                                           |
                                                           v
-                                 resume/journal.py: each finished item persisted at once
+                                 resume/journal.py: each finished item persisted (within 0.25 s)
                                                           |
                                                           v
                                  OutputSpec: written to a partial file, renamed when complete

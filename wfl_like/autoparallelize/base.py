@@ -303,10 +303,15 @@ def _compute(call, inputs, outputs, info, rng, cache):
         # results computed in other processes stream in: the journal may hold their rows a moment
         storing = _Storing(outputs, cache, hold=bool(elsewhere))
         results = run_in_order(submit, chunks, slots, name, retries=info.retries, timeout=info.timeout,
-                               chunk_size=sizer, progress=progress, before_wait=storing.before_wait)
+                               chunk_size=sizer, progress=progress, before_blocking=storing.before_blocking)
         with contextlib.closing(results):      # an error while storing withdraws the queued chunks
-            return _store_all(results, storing, name, info.skip_failed, fail_fast=info.fail_fast,
-                              rendered_by_workers=rendered_by_workers)
+            try:
+                return _store_all(results, storing, name, info.skip_failed, fail_fast=info.fail_fast,
+                                  rendered_by_workers=rendered_by_workers)
+            except BaseException:
+                # before the workers are torn down (which a forced stop may cut short)
+                storing.abandon()
+                raise
 
 
 def _compute_queued(call, inputs, outputs, info, rng, cache, remote):
@@ -482,16 +487,22 @@ class _Storing:
         if self.cache is None or not self.cache.journal.holding:
             self._store_unstored()
 
-    def before_wait(self, future):
-        """Before the driver waits for ``future``: commit what the journal holds, unless the
-        result comes within moments, and store what that commit covers."""
-        if self.cache is not None and self.cache.before_wait(future):
+    def before_blocking(self, future=None):
+        """Before the driver may block (see :meth:`RunCache.before_blocking`): commit what the
+        journal holds, unless that can wait, and store what the commit covers."""
+        if self.cache is not None and self.cache.before_blocking(future):
             self._store_unstored()
 
     def finish(self):
         if self.cache is not None:
             self.cache.journal.commit()
         self._store_unstored()
+
+    def abandon(self):
+        """The call stops on an error: commit what the journal holds (its outputs are not
+        stored: the output files are discarded), telling rather than raising a failure."""
+        if self.cache is not None:
+            self.cache.journal.commit_or_warn()
 
     def _store_unstored(self):
         unstored, self._unstored = self._unstored, []

@@ -8,6 +8,7 @@ becomes a :class:`~wfl_like.errors.FailedItem`, and the run goes on.
 
 import collections
 import logging
+import time
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ IN_FLIGHT_PER_SLOT = 2
 # text; an output kept otherwise counts as _HELD_GUESS bytes)
 CACHED_AHEAD_BYTES = 64 * 2**20
 _HELD_GUESS = 4096
+
+# Seconds of reading a chunk's inputs after which the driver commits what its journal holds
+# before it reads the next (see journal.HOLD_WHILE_WAITING).
+_SLOW_INPUTS = 0.02
 
 # Failures that say nothing about the items: they end the whole call.
 _FATAL = (WorkerInitializerError, SlurmError, QueuedJobsTimeout)
@@ -53,7 +58,7 @@ class _Job:
 
 
 def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_size=None, progress=None,
-                 before_wait=None):
+                 before_blocking=None):
     """Submit chunks and yield a :class:`ChunkResult` per chunk, in input order.
 
     Parameters
@@ -77,10 +82,11 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
         Told of every computed chunk that comes back, to size the next ones.
     progress : wfl_like.progress.Progress, optional
         Told of every chunk handed back (a bar, log lines); by default log lines only.
-    before_wait : callable, optional
-        ``before_wait(future)``, called before the next chunk to hand back is waited for
-        while it is still running (the journal commits what it holds, if it would
-        otherwise wait too long).
+    before_blocking : callable, optional
+        ``before_blocking(future)``, called before the driver may block for long: with the
+        next chunk to hand back, before it is waited for, or before it is run again item
+        by item (it failed); with None, before the next inputs are read when reading the
+        last ones took a while.  The journal commits what it holds there.
 
     Raises
     ------
@@ -107,15 +113,20 @@ def run_in_order(submit, chunks, slots, op_name, retries=2, timeout=None, chunk_
         return job
 
     def settle(job):
-        if before_wait is not None and not job.future.done():
-            before_wait(job.future)
+        if before_blocking is not None:
+            before_blocking(job.future)
         return _settle(job, submit, op_name, retries, timeout, progress)
 
+    slow_inputs = False     # reading the last chunk's inputs took a while (a slow generator)
     try:
         chunks = iter(chunks)
         while True:
             try:
+                if slow_inputs and before_blocking is not None:
+                    before_blocking(None)
+                began = time.monotonic()
                 chunk = next(chunks, None)
+                slow_inputs = time.monotonic() - began > _SLOW_INPUTS
             except Exception:
                 # The inputs broke off (a truncated file, say): the chunks already running are
                 # still handed back, so that their results are journaled and a rerun after the

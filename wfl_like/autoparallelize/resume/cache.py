@@ -205,9 +205,16 @@ class RunCache:
         location_of = dict(zip(chunk.indices, chunk.locations))
         self.journal.record(done=self._encoded(done, key_of, location_of, packed or {}), failed=failed)
 
-    def before_wait(self, future):
-        """Commit what the journal holds unless ``future`` (the next chunk's) is done within moments:
-        rows are held only while results stream in, never while the driver waits for a slow one.
+    def before_blocking(self, future=None):
+        """Commit what the journal holds unless the driver will not block for long: rows are held
+        only while results stream in, never while the driver waits for a slow chunk, runs a
+        failed one again item by item, or reads slow inputs (``future`` None).
+
+        Parameters
+        ----------
+        future : concurrent.futures.Future, optional
+            The next chunk's: the journal still holds its rows if it is done (and did not
+            fail), or finishes within moments.
 
         Returns
         -------
@@ -217,10 +224,11 @@ class RunCache:
         due = self.journal.commit_due(waiting=True)
         if due is None:
             return True
-        if due > 0:
-            concurrent.futures.wait([future], timeout=due)
-        if future.done():
-            return False
+        if future is not None:
+            if not future.done() and due > 0:
+                concurrent.futures.wait([future], timeout=due)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                return False
         self.journal.commit()
         return True
 

@@ -441,10 +441,8 @@ class Journal:
         """Commit the rows held, in the order they were recorded, in one transaction."""
         if not self._held:
             return
-        held = self._held
-        self._held, self._held_items, self._held_bytes, self._held_since = [], 0, 0, None
         with self._transaction():
-            for done_rows, failed_rows, met_rows in held:
+            for done_rows, failed_rows, met_rows in self._held:
                 if done_rows:
                     self._db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, "
                                          "NULL)", done_rows)
@@ -453,6 +451,9 @@ class Journal:
                                          "VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, ?, ?)", failed_rows)
                 if met_rows:
                     self._db.executemany("UPDATE items SET run=?, idx=? WHERE key=?", met_rows)
+        # forgotten only once written: a commit that failed (a full disk, a busy database, a
+        # signal) is tried again by the next one, or by close()
+        self._held, self._held_items, self._held_bytes, self._held_since = [], 0, 0, None
 
     def counts(self):
         """``{"done": n, "failed": m}`` of the run on record: the finished items of a
@@ -538,15 +539,25 @@ class Journal:
 
     def close(self):
         """Commit the rows held (a run that stops keeps what it computed), release the journal."""
+        try:
+            self.commit_or_warn()
+        finally:
+            self._release()
+
+    def commit_or_warn(self):
+        """Commit the rows held, telling (not raising) a failure: for a run on its way out of
+        another error, which is the one to raise."""
+        if getattr(self, "_db", None) is None or not getattr(self, "_held", None):
+            return
+        n_held = self._held_items
+        try:
+            self.commit()
+        except Exception as exc:
+            log.warning("journal %s: the last %d items could not be committed (%s); a rerun computes them "
+                        "again", self.path, n_held, exc)
+
+    def _release(self):
         db = getattr(self, "_db", None)
-        if db is not None and getattr(self, "_held", None):
-            n_held = self._held_items
-            try:
-                self.commit()
-            except (JournalError, OutputWriteError, PermissionError, sqlite3.Error) as exc:
-                # closing on the way out of another error: that one is raised, this one is told
-                log.warning("journal %s: the last %d items could not be committed (%s); a rerun computes them "
-                            "again", self.path, n_held, exc)
         if db is not None:
             db.close()
             self._db = None
