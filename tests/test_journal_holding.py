@@ -44,12 +44,18 @@ def done_on_disk(path):
         return reader.counts()["done"]
 
 
+def holding_journal(path):
+    """A journal of a run under way that may hold its rows, as the driver's is."""
+    journal = Journal(path)
+    journal.start("call", {"op": "test"})
+    journal.hold = True
+    return journal
+
+
 def test_held_rows_are_invisible_until_committed_then_all_there(tmp_path):
     path = tmp_path / "journal.sqlite"
-    journal = Journal(path)
+    journal = holding_journal(path)
     try:
-        journal.start("call", {"op": "test"})
-        journal.hold = True
         journal.record(done=done_rows(0, 3))
         journal.record(done=done_rows(3, 2))
         assert journal.holding
@@ -74,9 +80,7 @@ def test_a_journal_that_may_not_hold_commits_every_record(tmp_path):
 
 def test_rows_past_the_item_bound_are_committed_at_once(tmp_path):
     path = tmp_path / "journal.sqlite"
-    with Journal(path) as journal:
-        journal.start("call", {"op": "test"})
-        journal.hold = True
+    with holding_journal(path) as journal:
         journal.record(done=done_rows(0, journal_module.HOLD_ITEMS - 1))
         assert journal.holding
         journal.record(done=done_rows(journal_module.HOLD_ITEMS - 1, 1))
@@ -86,9 +90,7 @@ def test_rows_past_the_item_bound_are_committed_at_once(tmp_path):
 
 def test_closing_commits_what_is_held_and_a_new_run_sees_it(tmp_path):
     path = tmp_path / "journal.sqlite"
-    journal = Journal(path)
-    journal.start("call", {"op": "test"})
-    journal.hold = True
+    journal = holding_journal(path)
     journal.record(done=done_rows(0, 4))
     journal.close()
     assert done_on_disk(path) == 4
@@ -244,10 +246,8 @@ def test_a_commit_that_fails_keeps_its_rows_for_the_next_try(tmp_path):
     from wfl_like.errors import JournalError
 
     path = tmp_path / "journal.sqlite"
-    journal = Journal(path)
+    journal = holding_journal(path)
     try:
-        journal.start("call", {"op": "test"})
-        journal.hold = True
         journal.record(done=done_rows(0, 2))
         # a row the database refuses (no index: NOT NULL), as a full disk would refuse them all
         journal.record(done=[(None, "bad", stored.at_location(stored.pack(RenderedOutput(0, frame_text(9), 1)),
