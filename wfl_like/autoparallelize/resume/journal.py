@@ -547,7 +547,7 @@ class Journal:
     def commit_or_warn(self):
         """Commit the rows held, telling (not raising) a failure: for a run on its way out of
         another error, which is the one to raise."""
-        if getattr(self, "_db", None) is None or not getattr(self, "_held", None):
+        if self._db is None or not self._held:
             return
         n_held = self._held_items
         try:
